@@ -1,0 +1,42 @@
+# marnn: two commands do everything (see README).
+#   make book   set up .venv, execute the notebooks with papermill, build the Jupyter Book
+#   make test   set up .venv, run the whole test suite (unit, nbval, browser)
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+BOOK_SCALE ?= quick
+export TQDM_DISABLE ?=
+
+.PHONY: install book notebooks test test-unit test-nbval test-browser bench clean
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c requirements.lock -e ".[book,test]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# Execute every notebook with papermill into book/generated/ (results come from
+# the committed store in results/; missing runs are computed).
+notebooks: $(STAMP)
+	$(BIN)/python -m marnn.book execute --scale $(BOOK_SCALE) --out book/generated
+
+book: notebooks
+	$(BIN)/jupyter-book build book -W -n --keep-going -q
+	@echo "Book built: $(CURDIR)/book/_build/html/index.html"
+
+test: $(STAMP)
+	$(BIN)/python -m marnn.book execute --scale smoke --out build/nbval --threads 1
+	$(BIN)/python -m pytest -n 2 -m "not browser" tests
+	$(BIN)/python -m pytest --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly build/nbval
+	$(MAKE) book
+	$(BIN)/python -m pytest -m browser tests/test_browser.py
+
+bench: $(STAMP)
+	$(BIN)/python -m marnn.bench
+
+clean:
+	rm -rf book/_build book/generated build

@@ -1,0 +1,61 @@
+"""The contract every marnn model follows (read this before writing a model or a trainer).
+
+Replicas
+--------
+Every parameter carries a leading *replica* dimension ``R``: a model object
+holds ``R`` independent parameter sets of one architecture (restarts with their
+own seeds and learning rates, and freeze modes) and runs them as one batched
+computation. ``R = 1`` is the ordinary single model. Replica ``r`` initialised
+from seed ``s`` is bit-for-bit the ``R = 1`` model initialised from seed ``s``.
+
+Forward
+-------
+``model(x, state=None, return_stack=False) -> Output``
+
+* ``x``: ``(R, B, T)`` long input indices, or ``(B, T)`` shared by every
+  replica. Formal-language inputs never contain EOS.
+* ``Output.logits``: ``(R, B, T + 1, V)`` when ``model.include_initial`` (formal
+  languages: ``h_0`` predicts the first symbol, ``h_T`` predicts EOS), else
+  ``(R, B, T, V)`` (PTB: one prediction per input token).
+* ``Output.state``: the carried state after the last step (LSTM state and stack
+  state), to pass back as ``state=`` for the next chunk (truncated BPTT);
+  ``marnn.models.detach_state(state)`` cuts the graph.
+* ``Output.stack``: with ``return_stack=True`` a dict of per-step tensors for
+  analysis (``"actions"``, ``"readings"``), else ``None``.
+
+Parameter groups and freeze modes
+---------------------------------
+``model.group_of(param_name) -> str`` in ``{"controller", "memory",
+"classifier", "embedding"}``; the embedding's effective group is decided by
+``embedding_group`` (see :data:`FREEZE_MODES` and ``marnn.models.freeze``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+GROUPS = ("controller", "memory", "classifier", "embedding")
+
+# PAPER.md "Freeze modes": which groups stay at their random initialisation.
+FREEZE_MODES: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "m": ("memory",),
+    "c": ("controller",),
+    "cm": ("controller", "memory"),
+}
+
+# Which freezable group the PTB input embedding joins. The paper does not say;
+# the default keeps it with the controller (it feeds the LSTM). "memory" is the
+# hypothesis that explains lstm-256 losing 10 points in mode m; "trained" never
+# freezes it. Formal-language models have no embedding (one-hot inputs).
+EMBEDDING_GROUPS = ("controller", "memory", "trained")
+DEFAULT_EMBEDDING_GROUP = "controller"
+
+
+@dataclass
+class Output:
+    logits: torch.Tensor  # (R, B, T(+1), V)
+    state: Any = None
+    stack: dict[str, torch.Tensor] | None = None

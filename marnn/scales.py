@@ -1,0 +1,116 @@
+"""Experiment scales: the one place that says what ``smoke``, ``quick`` and ``paper`` change.
+
+``paper`` is the published protocol (PAPER.md, "Training protocol" and
+"Splits"); the other two shrink it so that it fits a laptop:
+
+* ``smoke`` runs every model on every language in seconds; it exists for tests
+  and for nbval, and its numbers mean nothing.
+* ``quick`` trains on lengths 20-40 and tests on 20-50 / 51-100 / 101-200, so the
+  longest bin is 5x the longest training string, as in the paper (80 -> 400).
+
+Test bins are closed ranges; bins after the first start one past the previous
+bin's end (the paper writes 40-100, 100-200, 200-400).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+from .registry import lookup
+
+EVAL_SEED = 2024  # one fixed seed for every test set, shared by all models and modes
+
+
+@dataclass(frozen=True)
+class Scale:
+    name: str
+    # ---- formal languages ------------------------------------------------
+    train_size: int = 10_000  # strings; PAPER.md "Splits"
+    valid_size: int = 1_000  # strings; PAPER.md "Splits"
+    train_lengths: tuple[int, int] = (40, 80)  # PAPER.md "Splits"
+    test_bins: tuple[tuple[int, int], ...] = ((40, 100), (101, 200), (201, 400))  # PAPER.md
+    # strings per valid length in each bin: 100 for bin0 is the reference
+    # protocol; bins 1-2 are not given in the paper, these are our choice.
+    test_per_length: tuple[int, ...] = (100, 10, 4)
+    batch_size: int = 10  # one length per batch; PAPER.md
+    eval_batch_size: int = 100  # evaluation only, does not change any number
+    max_epochs: int = 200  # PAPER.md
+    early_stop: int = 10  # epochs without validation improvement; PAPER.md
+    lr_patience: int = 5  # epochs without improvement before lr *= lr_decay; PAPER.md
+    lr_decay: float = 0.9  # PAPER.md
+    lr_range: tuple[float, float] = (5e-4, 1e-2)  # log-uniform per restart; PAPER.md
+    clip: float = 5.0  # gradient-norm clipping; PAPER.md
+    restarts: int = 10  # PAPER.md
+    # ---- Penn Treebank -----------------------------------------------------
+    ptb_streams: int = 32  # PAPER.md
+    ptb_bptt: int = 35  # PAPER.md
+    ptb_train_tokens: int | None = None  # None = the whole training stream
+    ptb_eval_tokens: int | None = None  # None = whole validation / test streams
+    ptb_max_epochs: int = 100  # PAPER.md
+    ptb_early_stop: int = 2  # PAPER.md
+    ptb_lr_range: tuple[float, float] = (1.0, 100.0)  # log-uniform; PAPER.md
+    ptb_lr_divisor: float = 1.5  # PAPER.md
+    ptb_clip_range: tuple[float, float] = (0.0112, 1.12)  # log-uniform; PAPER.md
+    ptb_restarts: int = 10  # PAPER.md
+
+    @property
+    def bin_names(self) -> tuple[str, ...]:
+        return tuple(f"bin{i}" for i in range(len(self.test_bins)))
+
+    def with_(self, **changes) -> "Scale":
+        """A copy with some fields changed (for ad-hoc experiments)."""
+        return replace(self, **changes)
+
+    def changes(self) -> dict[str, object]:
+        """Fields that differ from the paper's protocol."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name != "name" and getattr(self, f.name) != getattr(PAPER, f.name)}
+
+
+PAPER = Scale("paper")
+
+QUICK = Scale(
+    "quick",
+    train_size=1_000,
+    valid_size=200,
+    train_lengths=(20, 40),
+    test_bins=((20, 50), (51, 100), (101, 200)),
+    test_per_length=(10, 2, 1),
+    max_epochs=30,
+    early_stop=5,
+    lr_patience=3,
+    restarts=3,
+    ptb_train_tokens=100_000,
+    ptb_eval_tokens=20_000,
+    ptb_max_epochs=3,
+    ptb_early_stop=1,
+    ptb_restarts=1,
+)
+
+SMOKE = Scale(
+    "smoke",
+    train_size=40,
+    valid_size=20,
+    train_lengths=(8, 16),
+    test_bins=((8, 16), (17, 32), (33, 48)),
+    test_per_length=(2, 1, 1),
+    eval_batch_size=20,
+    max_epochs=2,
+    early_stop=2,
+    lr_patience=1,
+    restarts=2,
+    ptb_streams=4,
+    ptb_bptt=10,
+    ptb_train_tokens=2_000,
+    ptb_eval_tokens=500,
+    ptb_max_epochs=1,
+    ptb_early_stop=1,
+    ptb_restarts=1,
+)
+
+SCALES: dict[str, Scale] = {s.name: s for s in (SMOKE, QUICK, PAPER)}
+
+
+def get_scale(name: str | Scale) -> Scale:
+    if isinstance(name, Scale):
+        return name
+    return lookup("scale", name, SCALES)

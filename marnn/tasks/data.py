@@ -1,0 +1,98 @@
+"""Datasets for one task at one scale.
+
+* train / validation: ``size // batch_size`` batches; each batch draws one length
+  uniformly from the valid lengths of ``scale.train_lengths`` and ``batch_size``
+  strings of that length (PAPER.md: "each batch has one length"). They depend
+  on the run's data seed.
+* test: for every bin, ``test_per_length`` strings of every valid length, drawn
+  from one fixed evaluation seed (:data:`marnn.scales.EVAL_SEED`) so every model
+  and freeze mode sees the same strings.
+
+Encoding: input symbol ``alphabet[i]`` is index ``i``; targets are the string
+followed by EOS, whose index is ``len(alphabet)``.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..scales import EVAL_SEED, Scale, get_scale
+from .base import EOS, Task
+
+
+@dataclass
+class Batch:
+    length: int
+    inputs: torch.Tensor  # (B, n) long, no EOS
+    targets: torch.Tensor  # (B, n + 1) long, EOS last
+
+    @property
+    def size(self) -> int:
+        return int(self.inputs.shape[0])
+
+
+@dataclass
+class TaskData:
+    task: Task
+    scale: Scale
+    seed: int
+    train: list[Batch]
+    valid: list[Batch]
+    test: dict[str, list[Batch]] = field(default_factory=dict)
+
+
+def encode(task: Task, strings: list[list[str]]) -> Batch:
+    """Stack equal-length strings into input / target index tensors."""
+    n = len(strings[0])
+    if any(len(s) != n for s in strings):
+        raise ValueError("all strings of a batch must have the same length")
+    index = {s: i for i, s in enumerate(task.outputs)}
+    tgt = torch.tensor([[index[c] for c in s] + [index[EOS]] for s in strings], dtype=torch.long)
+    tgt = tgt.reshape(len(strings), n + 1)
+    return Batch(n, tgt[:, :n].contiguous(), tgt)
+
+
+def _random_batches(task: Task, lo: int, hi: int, size: int, batch_size: int, rng) -> list[Batch]:
+    lengths = task.valid_lengths(lo, hi)
+    if not lengths:
+        raise ValueError(f"{task.name}: no valid length in [{lo}, {hi}]")
+    batches = []
+    for _ in range(max(1, size // batch_size)):
+        n = int(lengths[rng.integers(len(lengths))])
+        batches.append(encode(task, [task.sample(n, rng) for _ in range(batch_size)]))
+    return batches
+
+
+def _task_stream(task: Task, *parts: int) -> np.random.Generator:
+    # a stable per-task stream: crc32 of the name, never Python's salted hash()
+    return np.random.default_rng([zlib.crc32(task.name.encode()), *parts])
+
+
+def test_batches(task: Task, scale: Scale | str) -> dict[str, list[Batch]]:
+    """The fixed test bins of ``scale`` for ``task`` (same for every run)."""
+    scale = get_scale(scale)
+    rng = _task_stream(task, EVAL_SEED)
+    out: dict[str, list[Batch]] = {}
+    for name, (lo, hi), per in zip(scale.bin_names, scale.test_bins, scale.test_per_length):
+        batches = []
+        for n in task.valid_lengths(lo, hi):
+            strings = [task.sample(n, rng) for _ in range(per)]
+            for i in range(0, per, scale.eval_batch_size):
+                batches.append(encode(task, strings[i : i + scale.eval_batch_size]))
+        out[name] = batches
+    return out
+
+
+def make_task_data(task: Task | str, scale: Scale | str, seed: int) -> TaskData:
+    """Train / validation data for data seed ``seed`` and the fixed test bins."""
+    from . import get
+
+    task = get(task) if isinstance(task, str) else task
+    scale = get_scale(scale)
+    lo, hi = scale.train_lengths
+    train = _random_batches(task, lo, hi, scale.train_size, scale.batch_size, _task_stream(task, seed, 0))
+    valid = _random_batches(task, lo, hi, scale.valid_size, scale.batch_size, _task_stream(task, seed, 1))
+    return TaskData(task, scale, seed, train, valid, test_batches(task, scale))
