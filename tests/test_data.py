@@ -1,0 +1,78 @@
+"""Penn Treebank loader and the vendored paper numbers."""
+from __future__ import annotations
+
+import gzip
+import shutil
+
+import pytest
+import torch
+
+from marnn import paper, ptb
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return ptb.load_corpus()
+
+
+def test_token_counts_match_the_published_ones(corpus):
+    assert len(corpus.train) == 929_589
+    assert len(corpus.valid) == 73_760
+    assert len(corpus.test) == 82_430
+    assert {s: len(getattr(corpus, s)) for s in ptb.SPLITS} == ptb.EXPECTED_TOKENS
+
+
+def test_vocabulary(corpus):
+    assert corpus.vocab_size == 10_001
+    assert corpus.vocab[-2:] == ["<eos>", "<bos>"]
+    assert "<unk>" in corpus.vocab
+    assert len(set(corpus.vocab)) == corpus.vocab_size
+    assert int(corpus.train.max()) < corpus.vocab_size - 1  # <bos> is never fed
+
+
+def test_every_line_ends_with_eos(corpus):
+    eos = corpus.vocab.index("<eos>")
+    assert int(corpus.test[-1]) == eos
+    assert corpus.decode(corpus.valid[:5]) == ptb.read_split("valid")[:5]
+
+
+def test_corrupted_or_missing_file_names_file_and_checksum(tmp_path):
+    for f in ptb.ROOT.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    raw = gzip.decompress((tmp_path / "ptb.valid.txt.gz").read_bytes())
+    (tmp_path / "ptb.valid.txt.gz").write_bytes(gzip.compress(raw.replace(b" the ", b" teh ", 1)))
+    expected = "c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2"
+    with pytest.raises(ptb.ChecksumError, match=f"ptb.valid.txt.*expected {expected}"):
+        ptb.read_split("valid", tmp_path)
+    (tmp_path / "ptb.test.txt.gz").unlink()
+    with pytest.raises(ptb.ChecksumError, match="ptb.test.txt.gz is missing"):
+        ptb.read_split("test", tmp_path)
+    (tmp_path / "ptb.train.txt.gz").write_bytes(b"not gzip")
+    with pytest.raises(ptb.ChecksumError, match="not a readable gzip"):
+        ptb.read_split("train", tmp_path)
+
+
+def test_unknown_split():
+    with pytest.raises(ValueError, match="valid splits: train, valid, test"):
+        ptb.read_split("dev")
+
+
+def test_batchify_and_chunks_cover_the_stream_in_order():
+    tokens = torch.arange(103)
+    data = ptb.batchify(tokens, 4)
+    assert data.shape == (4, 25)
+    assert data[1, 0] == 25  # stream b starts at b * L
+    pieces = list(ptb.chunks(data, 7))
+    assert len(pieces) == ptb.num_chunks(data, 7) == 4
+    xs = torch.cat([x for x, _ in pieces], dim=1)
+    ys = torch.cat([y for _, y in pieces], dim=1)
+    assert torch.equal(xs, data[:, :-1]) and torch.equal(ys, data[:, 1:])
+
+
+def test_paper_results_loader():
+    df = paper.load()
+    assert list(df.columns) == paper.COLUMNS
+    assert set(df["freeze"]) == {"none", "m", "c", "cm"}
+    ptb_rows = paper.lookup(df, dataset="ptb", freeze="m", model="rns-4-5")
+    assert ptb_rows["value"].tolist() == [120.5]
+    assert len(paper.lookup(df, source="Table 4")) == 245
