@@ -1,0 +1,124 @@
+"""The models of the paper, built by name (PAPER.md, "Models").
+
+>>> from marnn import models, tasks
+>>> m = models.build("jm-3.3.3", task=tasks.get("marked-copy"), replicas=4, seeds=[0, 1, 2, 3])
+>>> m(torch.zeros(10, 40, dtype=torch.long)).logits.shape
+torch.Size([4, 10, 41, 4])
+
+Names are parsed from patterns, so other sizes work too (:data:`NAME_FORMS`):
+
+* ``lstm`` (20 units) / ``lstm-<H>``: plain LSTM;
+* ``jm-<m>`` = ``jm-learned-<m>``: one superposition stack pushing learned
+  ``m``-vectors; ``jm-<a>.<b>.<c>``: several stacks of those sizes, each with its
+  own push/pop/no-op distribution; ``jm-hidden`` / ``jm-hidden-<H>``: push the
+  controller's hidden state (``m = H``);
+* ``rns-<Q>-<S>``: renormalizing nondeterministic stack; ``vrns-<Q>-<S>-<m>``:
+  its vector version.
+
+The setting is picked by the keyword: ``task=`` (formal languages: one-hot
+inputs, 20 units, ``include_initial``, MODELS.md init) or ``vocab_size=`` (PTB:
+embeddings of size H, 256 units unless the name says otherwise, superposition
+depth limit 10, RNS window 35, all parameters U(-0.05, 0.05), state carried).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import torch
+
+from ..registry import UnknownNameError
+from .base import DEFAULT_EMBEDDING_GROUP, EMBEDDING_GROUPS, FREEZE_MODES, GROUPS, Output
+from .stack_rnn import ModelConfig, ModelState, StackRNN, detach_state
+
+FORMAL_MODELS = ("lstm", "jm-10", "jm-3.3.3", "jm-hidden", "rns-3-3")
+PTB_MODELS = ("lstm-256", "jm-hidden-247", "jm-learned-22", "rns-4-5", "vrns-3-3-5")
+NAME_FORMS = ("lstm", "lstm-<H>", "jm-<m>", "jm-<a>.<b>.<c>", "jm-learned-<m>", "jm-hidden",
+              "jm-hidden-<H>", "rns-<Q>-<S>", "vrns-<Q>-<S>-<m>")
+
+# Setting defaults (PAPER.md "Models"; MODELS.md "Initialisation")
+_FORMAL = dict(hidden_size=20, depth=None, window=None, embedding=False, include_initial=True,
+               init="formal", prune=True)
+_PTB = dict(hidden_size=256, depth=10, window=35, embedding=True, include_initial=False,
+            init="ptb", prune=False)
+
+_PATTERNS = [
+    (re.compile(r"lstm(?:-(\d+))?"), lambda g: dict(hidden_size=g[0])),
+    (re.compile(r"jm-(?:learned-)?(\d+(?:\.\d+)*)"),
+     lambda g: dict(memory="superposition", stack_sizes=tuple(int(s) for s in g[0].split(".")))),
+    (re.compile(r"jm-hidden(?:-(\d+))?"), lambda g: dict(memory="superposition", push="hidden", hidden_size=g[0])),
+    (re.compile(r"rns-(\d+)-(\d+)"), lambda g: dict(memory="rns", states=int(g[0]), symbols=int(g[1]))),
+    (re.compile(r"vrns-(\d+)-(\d+)-(\d+)"),
+     lambda g: dict(memory="vrns", states=int(g[0]), symbols=int(g[1]), vector_size=int(g[2]))),
+]
+
+
+def names(setting: str = "formal") -> tuple[str, ...]:
+    """The paper's model names for ``"formal"`` or ``"ptb"``, in table order."""
+    table = {"formal": FORMAL_MODELS, "ptb": PTB_MODELS}
+    if setting not in table:
+        raise UnknownNameError("setting", setting, table)
+    return table[setting]
+
+
+def parse_name(name: str) -> dict:
+    """Architecture fields encoded in a model name (setting-independent)."""
+    for pattern, fields in _PATTERNS:
+        mt = pattern.fullmatch(str(name))
+        if mt:
+            spec = fields(mt.groups())
+            if spec.get("hidden_size") is None:
+                spec.pop("hidden_size", None)
+            else:
+                spec["hidden_size"] = int(spec["hidden_size"])
+            sizes = [v for k, v in spec.items() if k in ("hidden_size", "states", "symbols", "vector_size")]
+            sizes += list(spec.get("stack_sizes", ()))
+            if all(s > 0 for s in sizes):
+                return spec
+    raise UnknownNameError("model", name, NAME_FORMS)
+
+
+def make_config(name: str, *, task=None, vocab_size: int | None = None, **overrides) -> ModelConfig:
+    """The :class:`ModelConfig` for ``name`` in the formal (``task``) or PTB (``vocab_size``) setting."""
+    if (task is None) == (vocab_size is None):
+        raise ValueError("pass exactly one of task= (formal languages) or vocab_size= (PTB)")
+    spec = parse_name(name)
+    if task is not None:
+        if isinstance(task, str):
+            from .. import tasks as _tasks
+            task = _tasks.get(task)
+        base = dict(_FORMAL, input_size=len(task.alphabet), output_size=len(task.alphabet) + 1)
+    else:
+        base = dict(_PTB, input_size=int(vocab_size), output_size=int(vocab_size))
+    fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"name", "input_size", "output_size"}
+    bad = sorted(set(overrides) - fields)
+    if bad:
+        raise TypeError(f"unknown model override(s) {bad}; valid: {sorted(fields)}")
+    cfg = ModelConfig(name=name, **{**base, **spec, **overrides})
+    if cfg.memory in ("rns", "vrns") and task is not None and "window" not in overrides:
+        cfg = dataclasses.replace(cfg, window=None)  # formal languages: unwindowed
+    return cfg
+
+
+def build(name: str, *, task=None, vocab_size: int | None = None, replicas: int = 1, seeds=None,
+          embedding_group: str = DEFAULT_EMBEDDING_GROUP, device=None, dtype=None, **overrides) -> StackRNN:
+    """Build ``replicas`` copies of model ``name``; replica ``r`` is initialised from ``seeds[r]``.
+
+    ``task``: a :class:`marnn.tasks.Task` (or its name) for the formal setting;
+    ``vocab_size``: PTB setting. ``overrides``: any :class:`ModelConfig` field
+    (e.g. ``hidden_size``, ``depth``, ``prune``, ``window``, ``fused``).
+    """
+    cfg = make_config(name, task=task, vocab_size=vocab_size, **overrides)
+    model = StackRNN(cfg, replicas=replicas, seeds=seeds, embedding_group=embedding_group)
+    if dtype is not None:
+        model = model.to(dtype)
+    if device is not None:
+        model = model.to(device)
+    return model
+
+
+__all__ = [
+    "build", "names", "parse_name", "make_config", "detach_state", "FORMAL_MODELS", "PTB_MODELS",
+    "NAME_FORMS", "ModelConfig", "ModelState", "StackRNN", "Output", "GROUPS", "FREEZE_MODES",
+    "EMBEDDING_GROUPS", "DEFAULT_EMBEDDING_GROUP",
+]

@@ -1,0 +1,148 @@
+"""Replica-batched building blocks: affine maps, embeddings, the LSTM controller.
+
+Every parameter has a leading replica dimension ``R`` (see :mod:`marnn.models.base`),
+so ``R`` independent models run as one batched computation (``bmm``/``baddbmm``).
+The LSTM is written out by hand (no ``nn.LSTM``) with PyTorch's gate layout and
+two bias vectors, so parameter counts match PyTorch models (lstm-256 on PTB has
+exactly 5,656,849 parameters):
+
+.. math::
+    (i, f, g, o) = W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh}, \\qquad
+    c_t = \\sigma(f) c_{t-1} + \\sigma(i) \\tanh(g), \\qquad
+    h_t = \\sigma(o) \\tanh(c_t).
+
+Initialisation is per replica: replica ``r`` draws every one of its slices from
+its own ``torch.Generator`` seeded with ``seeds[r]``, in parameter registration
+order, so it is bit-for-bit the ``R = 1`` model built from that seed.
+Each parameter carries an ``init`` rule (MODELS.md, "Initialisation"):
+``("uniform", a)`` = U(-a, a), ``("xavier",)`` = Xavier-uniform with gain 1 on the
+``(out, in)`` slice, ``("zeros",)``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+def replica_param(R: int, *shape: int, init: tuple) -> nn.Parameter:
+    """An uninitialised ``(R, *shape)`` parameter tagged with its init rule."""
+    p = nn.Parameter(torch.empty(R, *shape))
+    p.init = init  # read by init_replicas
+    return p
+
+
+@torch.no_grad()
+def init_replicas(module: nn.Module, seeds: Sequence[int], override: tuple | None = None) -> None:
+    """Initialise replica ``r`` of every parameter from ``torch.Generator(seeds[r])``.
+
+    ``override`` (e.g. ``("uniform", 0.05)`` for PTB) replaces every rule.
+    Values are drawn in float32 on the CPU and then copied, so the same seed gives
+    the same numbers on every device and dtype (up to the cast).
+    """
+    params = list(module.named_parameters())
+    for r, seed in enumerate(seeds):
+        gen = torch.Generator().manual_seed(int(seed))
+        for _, p in params:
+            rule = override or p.init
+            shape = p.shape[1:]
+            if rule[0] == "zeros":
+                vals = torch.zeros(shape)
+            elif rule[0] == "uniform":
+                vals = torch.empty(shape).uniform_(-rule[1], rule[1], generator=gen)
+            elif rule[0] == "xavier":  # gain 1 (softmax / sigmoid / identity outputs)
+                fan_out, fan_in = shape[0], shape[1]
+                bound = math.sqrt(6.0 / (fan_in + fan_out))
+                vals = torch.empty(shape).uniform_(-bound, bound, generator=gen)
+            else:  # pragma: no cover - programming error
+                raise ValueError(f"unknown init rule {rule}")
+            p[r].copy_(vals)
+
+
+class ReplicaLinear(nn.Module):
+    """``y = x W^T + b`` with one ``(out, in)`` weight per replica."""
+
+    def __init__(self, R: int, in_features: int, out_features: int, init: tuple, bias: bool = True):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = replica_param(R, out_features, in_features, init=init)
+        self.bias = replica_param(R, out_features, init=("zeros",) if init[0] == "xavier" else init) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``(R, ..., in)`` -> ``(R, ..., out)``."""
+        R = x.shape[0]
+        flat = x.reshape(R, -1, self.in_features)  # (R, *, in)
+        if self.bias is None:
+            y = torch.bmm(flat, self.weight.transpose(1, 2))
+        else:
+            y = torch.baddbmm(self.bias.unsqueeze(1), flat, self.weight.transpose(1, 2))
+        return y.view(*x.shape[:-1], self.out_features)
+
+
+class ReplicaEmbedding(nn.Module):
+    """A lookup table per replica: ``x`` ``(R, B, T)`` -> ``(R, B, T, E)``."""
+
+    def __init__(self, R: int, num: int, dim: int, init: tuple):
+        super().__init__()
+        self.num, self.dim = num, dim
+        self.weight = replica_param(R, num, dim, init=init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        R = self.weight.shape[0]
+        offset = torch.arange(R, device=x.device).view(R, *([1] * (x.dim() - 1))) * self.num
+        return F.embedding(x + offset, self.weight.reshape(R * self.num, self.dim))
+
+
+class ReplicaLSTM(nn.Module):
+    """The controller: one LSTM layer per replica, PyTorch gate order (i, f, g, o).
+
+    ``weight_ih`` acts on ``[x_t ; r_t]`` (input features, then the stack
+    reading); the two halves are used separately so that the input half can be
+    computed for all timesteps in one product (:meth:`input_gates`).
+    """
+
+    def __init__(self, R: int, input_size: int, reading_size: int, hidden_size: int, init: tuple = ("uniform", 0.1)):
+        super().__init__()
+        H = hidden_size
+        self.input_size, self.reading_size, self.hidden_size = input_size, reading_size, H
+        self.weight_ih = replica_param(R, 4 * H, input_size + reading_size, init=init)
+        self.weight_hh = replica_param(R, 4 * H, H, init=init)
+        self.bias_ih = replica_param(R, 4 * H, init=init)
+        self.bias_hh = replica_param(R, 4 * H, init=init)
+
+    @property
+    def weight_ix(self) -> torch.Tensor:  # (R, 4H, I)
+        return self.weight_ih[:, :, : self.input_size]
+
+    @property
+    def weight_ir(self) -> torch.Tensor:  # (R, 4H, reading)
+        return self.weight_ih[:, :, self.input_size:]
+
+    def input_gates(self, x: torch.Tensor, one_hot: bool) -> torch.Tensor:
+        """Input half of the gate pre-activations plus both biases, for all steps.
+
+        ``x``: ``(R, B, T)`` indices (``one_hot``: ``W_ix[:, x]`` equals the product
+        with a one-hot vector exactly) or ``(R, B, T, I)`` features.
+        Returns ``(R, B, T, 4H)``.
+        """
+        R = self.weight_ih.shape[0]
+        bias = (self.bias_ih + self.bias_hh).view(R, 1, -1)  # (R, 1, 4H)
+        if one_hot:
+            table = self.weight_ix.transpose(1, 2)  # (R, I, 4H)
+            offset = torch.arange(R, device=x.device).view(R, 1, 1) * self.input_size
+            g = F.embedding(x + offset, table.reshape(R * self.input_size, -1))  # (R, B, T, 4H)
+            return g + bias.unsqueeze(1)
+        Rb, B, T, I = x.shape
+        g = torch.baddbmm(bias, x.reshape(R, B * T, I), self.weight_ix.transpose(1, 2))
+        return g.view(R, B, T, -1)
+
+    @staticmethod
+    def cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``gates``: ``(..., 4H)`` pre-activations; returns ``(h, c)``."""
+        i, f, g, o = gates.chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return h, c

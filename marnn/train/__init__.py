@@ -1,0 +1,214 @@
+"""Training engine: formal languages (:mod:`.formal`), Penn Treebank (:mod:`.ptb`).
+
+A *run* is one cell of the paper's grid, described by a small JSON-able
+*config* dict (the key of its record in :mod:`marnn.store`)::
+
+    {"kind": "formal", "task": "marked-copy", "model": "jm-10", "freeze": "m",
+     "seed": 0, "data_seed": 0, "scale": "quick", "scale_fields": {...},
+     "protocol": 1}
+
+``seed`` is the restart: it seeds the model's initialisation and, through
+:func:`hyperparameters`, the restart's learning rate (and PTB clipping
+threshold). ``data_seed`` fixes the training data and its order, shared by the
+restarts and modes of one (task, model), which is what lets them train as one
+replica-batched model (:func:`marnn.train.formal.train_formal`). The scale's
+fields are part of the config, so changing a scale never reuses stale records.
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import fields
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from ..registry import UnknownNameError, lookup
+from ..scales import Scale, get_scale
+
+PROTOCOL = 1  # bump when a change to the training code changes numbers
+REPO = Path(__file__).resolve().parent.parent.parent
+
+# Stream tags: which numpy stream a number comes from (never the global RNG).
+_LR_STREAM = 1
+_ORDER_STREAM = 2
+
+FALLBACK_FORMAL_MODELS = ("lstm", "jm-10", "jm-3.3.3", "jm-hidden", "rns-3-3")
+FALLBACK_PTB_MODELS = ("lstm-256", "jm-hidden-247", "jm-learned-22", "rns-4-5", "vrns-3-3-5")
+
+
+def formal_models() -> tuple[str, ...]:
+    try:
+        from ..models import FORMAL_MODELS
+        return tuple(FORMAL_MODELS)
+    except ImportError:
+        return FALLBACK_FORMAL_MODELS
+
+
+def ptb_models() -> tuple[str, ...]:
+    try:
+        from ..models import PTB_MODELS
+        return tuple(PTB_MODELS)
+    except ImportError:
+        return FALLBACK_PTB_MODELS
+
+
+def freeze_modes() -> tuple[str, ...]:
+    from ..models.base import FREEZE_MODES
+    return tuple(FREEZE_MODES)
+
+
+def embedding_groups() -> tuple[str, ...]:
+    from ..models.base import EMBEDDING_GROUPS
+    return tuple(EMBEDDING_GROUPS)
+
+
+def log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+
+def hyperparameters(seed: int, lr_range: tuple[float, float], clip_range: tuple[float, float] | None = None) -> dict:
+    """A restart's random hyperparameters, a pure function of its seed.
+
+    ``lr`` is log-uniform in ``lr_range`` (PAPER.md "Training protocol"); for
+    PTB ``clip`` is log-uniform in ``clip_range``, drawn second from the same
+    stream. Restart ``s`` gets the same draws for every task and model.
+    """
+    rng = np.random.default_rng([int(seed), _LR_STREAM])
+    out = {"lr": log_uniform(rng, *lr_range)}
+    if clip_range is not None:
+        out["clip"] = log_uniform(rng, *clip_range)
+    return out
+
+
+def epoch_order(data_seed: int, epoch: int, n: int) -> list[int]:
+    """The training batch order of one epoch, shared by every replica."""
+    return np.random.default_rng([int(data_seed), _ORDER_STREAM, int(epoch)]).permutation(n).tolist()
+
+
+def _scale_part(scale: Scale, kind: str) -> dict:
+    out = {}
+    for f in fields(scale):
+        if f.name == "name" or (kind == "ptb") != f.name.startswith("ptb_"):
+            continue
+        out[f.name] = getattr(scale, f.name)
+    return out
+
+
+def _tuplify(x):
+    return tuple(_tuplify(v) for v in x) if isinstance(x, list) else x
+
+
+def scale_from_config(config: dict) -> Scale:
+    """Rebuild the exact Scale a config was made with (JSON lists back to tuples)."""
+    base = get_scale(config["scale"])
+    return base.with_(**{k: _tuplify(v) for k, v in config.get("scale_fields", {}).items()})
+
+
+def check_lengths(task, scale: Scale) -> None:
+    """Every length range of the scale must contain a valid length of the task."""
+    ranges = [("training", scale.train_lengths)] + [(b, r) for b, r in zip(scale.bin_names, scale.test_bins)]
+    for what, (lo, hi) in ranges:
+        if lo > hi or not task.valid_lengths(lo, hi):
+            example = task.valid_lengths(1, 3 * task.sections + task.markers)[:3]
+            raise ValueError(f"{task.name}: no valid length in the {what} range [{lo}, {hi}] "
+                             f"(valid lengths are {task.markers} + {task.sections}*k, e.g. {example})")
+
+
+def formal_config(task: str, model: str, freeze: str, seed: int, scale: str | Scale, data_seed: int = 0) -> dict:
+    """Validate names and build the config of one formal-language run."""
+    from .. import tasks
+
+    t = tasks.get(task)
+    lookup("model", model, dict.fromkeys(formal_models()))
+    lookup("freeze mode", freeze, dict.fromkeys(freeze_modes()))
+    sc = get_scale(scale)
+    check_lengths(t, sc)
+    return {"kind": "formal", "task": t.name, "model": model, "freeze": freeze, "seed": int(seed),
+            "data_seed": int(data_seed), "scale": sc.name, "scale_fields": _scale_part(sc, "formal"),
+            "protocol": PROTOCOL}
+
+
+def ptb_config(model: str, freeze: str, seed: int, scale: str | Scale, embedding_group: str | None = None,
+               data_seed: int = 0) -> dict:
+    """Validate names and build the config of one Penn Treebank run."""
+    from ..models.base import DEFAULT_EMBEDDING_GROUP
+
+    lookup("model", model, dict.fromkeys(ptb_models()))
+    lookup("freeze mode", freeze, dict.fromkeys(freeze_modes()))
+    group = embedding_group or DEFAULT_EMBEDDING_GROUP
+    lookup("embedding group", group, dict.fromkeys(embedding_groups()))
+    sc = get_scale(scale)
+    return {"kind": "ptb", "model": model, "freeze": freeze, "seed": int(seed), "embedding_group": group,
+            "data_seed": int(data_seed), "scale": sc.name, "scale_fields": _scale_part(sc, "ptb"),
+            "protocol": PROTOCOL}
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The checkout's HEAD commit (read-only), or None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device) -> dict:
+    """Where and with what a record was computed."""
+    import pandas
+    import torch
+
+    from .. import __version__
+
+    return {
+        "device": str(device),
+        "cpu": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "hostname": platform.node(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "pandas": pandas.__version__,
+        "marnn": __version__,
+        "git_commit": git_commit(),
+        "pid": os.getpid(),
+    }
+
+
+def progress_disabled(progress: bool) -> bool:
+    """tqdm's ``disable``: off unless asked for, and always off under ``TQDM_DISABLE=1``."""
+    return (not progress) or os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false", "no")
+
+
+def set_threads(threads: int | None) -> None:
+    """Pin torch's intra-op threads (1 is much faster for the small formal models,
+    and avoids oversubscription when several workers share the cores)."""
+    if threads:
+        import torch
+        torch.set_num_threads(int(threads))
+
+
+def default_device():
+    import torch
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train(configs: list[dict], **kwargs) -> list[dict]:
+    """Train a group of same-kind runs as one replica-batched model; one record each."""
+    kinds = {c["kind"] for c in configs}
+    if kinds == {"formal"}:
+        from .formal import train_formal
+        return train_formal(configs, **kwargs)
+    if kinds == {"ptb"}:
+        from .ptb import train_ptb
+        return train_ptb(configs, **kwargs)
+    raise ValueError(f"a group must be all formal or all ptb runs, got {sorted(kinds)}")
+
+
+__all__ = ["PROTOCOL", "formal_config", "ptb_config", "hyperparameters", "epoch_order", "scale_from_config",
+           "train", "environment", "UnknownNameError"]

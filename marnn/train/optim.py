@@ -1,0 +1,148 @@
+"""Optimisers for replica-batched models: one step updates ``R`` independent models.
+
+Every parameter has a leading replica dimension ``R`` (:mod:`marnn.models.base`).
+Each replica ``r`` has its own learning rate ``lr[r]``, its own clipping
+threshold ``clip[r]`` and its own step counter, and is updated only where it is
+*trainable*: ``masks[name][r]`` (its freeze mode) and ``active[r]`` (not early
+stopped, not diverged). A masked slice is never written: the update is applied
+with ``torch.where``, so a frozen or stopped replica stays bitwise identical
+whatever its gradient holds (zeros, or NaN from a diverged forward pass).
+
+Per-replica gradient-norm clipping (PyTorch's ``clip_grad_norm_`` rule, but one
+norm per replica over that replica's trainable slices only):
+
+.. math:: g_r \\leftarrow g_r \\cdot \\min\\Big(1, \\frac{c_r}{\\lVert g_r\\rVert + 10^{-6}}\\Big)
+
+Adam (PyTorch's default formulation, no weight decay), per replica with step
+``t_r``:
+
+.. math:: m \\leftarrow \\beta_1 m + (1-\\beta_1) g,\\quad
+          v \\leftarrow \\beta_2 v + (1-\\beta_2) g^2,\\quad
+          \\theta \\leftarrow \\theta - \\frac{\\eta_r}{1-\\beta_1^{t_r}}
+          \\frac{m}{\\sqrt{v}/\\sqrt{1-\\beta_2^{t_r}} + \\epsilon}
+
+SGD: :math:`\\theta \\leftarrow \\theta - \\eta_r g`.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import torch
+
+
+def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``(R,)`` -> ``(R, 1, ..., 1)`` broadcastable against ``like`` ``(R, ...)``."""
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+class ReplicaOptimizer:
+    """Base class: parameters by name, per-replica lr / clip / trainable masks."""
+
+    def __init__(self, named_params: Iterable[tuple[str, torch.nn.Parameter]], lr, clip,
+                 masks: Mapping[str, torch.Tensor] | None = None):
+        self.params: dict[str, torch.nn.Parameter] = dict(named_params)
+        if not self.params:
+            raise ValueError("no parameters to optimise")
+        first = next(iter(self.params.values()))
+        self.R = int(first.shape[0])
+        dev = first.device
+        self.lr = torch.as_tensor(lr, dtype=torch.float64, device=dev).expand(self.R).clone()  # (R,)
+        self.clip = torch.as_tensor(clip, dtype=torch.float64, device=dev).expand(self.R).clone()  # (R,)
+        self.masks = {n: (masks[n].to(dev).bool() if masks is not None and n in masks
+                          else torch.ones(self.R, dtype=torch.bool, device=dev)) for n in self.params}
+        self.active = torch.ones(self.R, dtype=torch.bool, device=dev)  # not stopped, not diverged
+        self.steps = torch.zeros(self.R, dtype=torch.long, device=dev)
+
+    def zero_grad(self) -> None:
+        for p in self.params.values():
+            p.grad = None
+
+    def _trainable(self, name: str) -> torch.Tensor:
+        return self.masks[name] & self.active  # (R,)
+
+    @torch.no_grad()
+    def mask_and_clip(self) -> torch.Tensor:
+        """Zero the grads of frozen / inactive slices, clip per replica; return ``(R,)`` norms.
+
+        The norm is taken before clipping, over trainable slices only (a frozen
+        parameter is not part of that replica's optimisation problem). A
+        non-finite norm marks a diverged step for that replica.
+        """
+        sq = torch.zeros(self.R, dtype=torch.float64, device=self.lr.device)
+        for name, p in self.params.items():
+            if p.grad is None:
+                continue
+            keep = _expand(self._trainable(name), p.grad)
+            p.grad = torch.where(keep, p.grad, torch.zeros((), dtype=p.grad.dtype, device=p.grad.device))
+            sq += p.grad.double().pow(2).reshape(self.R, -1).sum(1)
+        norm = sq.sqrt()  # (R,)
+        coef = (self.clip / (norm + 1e-6)).clamp(max=1.0)
+        coef = torch.where(torch.isfinite(coef), coef, torch.ones_like(coef))
+        for p in self.params.values():
+            if p.grad is not None:
+                p.grad.mul_(_expand(coef.to(p.grad.dtype), p.grad))
+        return norm
+
+    def step(self, skip: torch.Tensor | None = None) -> None:
+        """Apply one update to every trainable replica not in ``skip`` (``(R,)`` bool)."""
+        raise NotImplementedError
+
+    # ---- state for snapshots / diagnostics --------------------------------
+    def set_lr(self, r: int, value: float) -> None:
+        self.lr[r] = value
+
+
+class BatchedAdam(ReplicaOptimizer):
+    """Adam with one learning rate, clip and step counter per replica."""
+
+    def __init__(self, named_params, lr, clip=float("inf"), masks=None,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        super().__init__(named_params, lr, clip, masks)
+        self.betas, self.eps = betas, eps
+        self.m = {n: torch.zeros_like(p) for n, p in self.params.items()}
+        self.v = {n: torch.zeros_like(p) for n, p in self.params.items()}
+        self.name_steps = {n: torch.zeros(self.R, dtype=torch.long, device=p.device) for n, p in self.params.items()}
+
+    @torch.no_grad()
+    def step(self, skip: torch.Tensor | None = None) -> None:
+        b1, b2 = self.betas
+        go = self.active.clone() if skip is None else self.active & ~skip
+        self.steps += go.long()
+        for name, p in self.params.items():
+            if p.grad is None:
+                continue
+            upd = self._trainable(name) & go  # (R,)
+            if not bool(upd.any()):
+                continue
+            t = self.name_steps[name] + upd.long()  # steps this parameter has taken, per replica
+            self.name_steps[name] = t
+            tf = t.clamp(min=1).double()
+            bc1 = 1 - b1 ** tf  # (R,)
+            bc2 = 1 - b2 ** tf
+            g = p.grad
+            m = self.m[name] * b1 + g * (1 - b1)
+            v = self.v[name] * b2 + g * g * (1 - b2)
+            denom = v.sqrt() / _expand(bc2.sqrt().to(p.dtype), p) + self.eps
+            step_size = _expand((self.lr / bc1).to(p.dtype), p)
+            new = p - step_size * m / denom
+            keep = _expand(upd, p)
+            p.copy_(torch.where(keep, new, p))
+            self.m[name] = torch.where(keep, m, self.m[name])
+            self.v[name] = torch.where(keep, v, self.v[name])
+
+
+class BatchedSGD(ReplicaOptimizer):
+    """Plain SGD (no momentum) with one learning rate and clip per replica."""
+
+    @torch.no_grad()
+    def step(self, skip: torch.Tensor | None = None) -> None:
+        go = self.active.clone() if skip is None else self.active & ~skip
+        self.steps += go.long()
+        for name, p in self.params.items():
+            if p.grad is None:
+                continue
+            upd = self._trainable(name) & go
+            if not bool(upd.any()):
+                continue
+            new = p - _expand(self.lr.to(p.dtype), p) * p.grad
+            p.copy_(torch.where(_expand(upd, p), new, p))

@@ -1,0 +1,166 @@
+"""Training on Penn Treebank (PAPER.md, "Training protocol", PTB).
+
+Like :mod:`marnn.train.formal`, a group of runs (restarts x freeze modes of one
+model) trains as one replica-batched model on the same token order:
+
+* the training stream is cut into ``ptb_streams`` parallel streams
+  (:func:`marnn.ptb.batchify`) and read in ``ptb_bptt``-token chunks; the
+  hidden and stack state is carried from chunk to chunk and detached
+  (truncated BPTT);
+* the loss of replica ``r`` on a chunk is the mean per-token cross-entropy
+  over its ``B x T`` tokens;
+* plain SGD, :math:`\\theta \\leftarrow \\theta - \\eta_r g_r`, with the
+  gradient norm clipped to ``c_r`` per replica; ``eta_r`` (log-uniform in
+  ``ptb_lr_range``) and ``c_r`` (log-uniform in ``ptb_clip_range``) come from
+  the restart's seed;
+* after every epoch the validation perplexity is computed per replica; an
+  epoch without improvement divides the lr by ``ptb_lr_divisor``;
+  ``ptb_early_stop`` of them stop the replica; the best-validation weights are
+  restored at the end;
+* test perplexity is computed over the whole test stream (``ptb_eval_tokens``
+  = None; smaller scales cut it), cut into the same number of streams (the
+  ragged tail of fewer than ``ptb_streams`` tokens is dropped and the first
+  token of each stream is context only).
+"""
+from __future__ import annotations
+
+import math
+import time
+from datetime import datetime, timezone
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from . import default_device, environment, progress_disabled, set_threads, hyperparameters, scale_from_config
+from .evaluate import stream_cross_entropy, token_stats
+from .formal import Tracker, _num, _per_replica_counts, check_group
+from .optim import BatchedSGD
+
+
+def _build_default(name, **kwargs):
+    from ..models import build
+    return build(name, **kwargs)
+
+
+def _detach_default(state):
+    from ..models import detach_state
+    return detach_state(state)
+
+
+def _cut(tokens: torch.Tensor, limit: int | None) -> torch.Tensor:
+    return tokens if limit is None else tokens[:limit]
+
+
+def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None, detach: Callable | None = None,
+              device=None, progress: bool = False, desc: str | None = None,
+              threads: int | None = None) -> list[dict]:
+    """Train a group of PTB runs (same model, scale, embedding group) as one batched model."""
+    from ..ptb import batchify, chunks, load_corpus, num_chunks
+
+    first = check_group(configs, ("kind", "model", "scale", "scale_fields", "embedding_group", "data_seed", "protocol"))
+    torch.use_deterministic_algorithms(True)
+    set_threads(threads)
+    device = torch.device(device) if device is not None else default_device()
+    build = build or _build_default
+    detach = detach or _detach_default
+    t0 = time.perf_counter()
+
+    scale = scale_from_config(first)
+    corpus = corpus or load_corpus()
+    B, T = scale.ptb_streams, scale.ptb_bptt
+    train = batchify(_cut(corpus.train, scale.ptb_train_tokens), B).to(device)  # (B, L)
+    valid = batchify(_cut(corpus.valid, scale.ptb_eval_tokens), B).to(device)
+    test = batchify(_cut(corpus.test, scale.ptb_eval_tokens), B).to(device)
+
+    R = len(configs)
+    seeds = [c["seed"] for c in configs]
+    modes = [c["freeze"] for c in configs]
+    hps = [hyperparameters(s, scale.ptb_lr_range, scale.ptb_clip_range) for s in seeds]
+    model = build(first["model"], vocab_size=corpus.vocab_size, replicas=R, seeds=seeds,
+                  embedding_group=first["embedding_group"], device=device)
+    masks = {n: m.to(device) for n, m in model.freeze_masks(modes).items()}
+    opt = BatchedSGD(model.named_parameters(), lr=[h["lr"] for h in hps], clip=[h["clip"] for h in hps], masks=masks)
+    tracker = Tracker(model, opt, scale.ptb_early_stop, 1, 1.0 / scale.ptb_lr_divisor)
+    total_params, trainable = _per_replica_counts(model, masks)
+
+    curves: list[list[dict]] = [[] for _ in range(R)]
+    step = 0
+    n_chunks = num_chunks(train, T)
+    for epoch in range(1, scale.ptb_max_epochs + 1):
+        running = tracker.running()
+        if not running:
+            break
+        lrs = opt.lr.tolist()
+        t_epoch = time.perf_counter()
+        tr_nll = torch.zeros(R, dtype=torch.float64)
+        tr_tok = 0
+        state = None
+        model.train()
+        bar = tqdm(chunks(train, T), total=n_chunks, desc=desc or f"ptb/{first['model']} x{R} epoch {epoch}",
+                   disable=progress_disabled(progress), leave=False)
+        for x, y in bar:
+            out = model(x, state=state)
+            state = detach(out.state)
+            nll, _ = token_stats(out.logits, y)  # (R, B, T)
+            loss = nll.mean((1, 2))  # (R,)
+            finite = torch.isfinite(loss)
+            opt.zero_grad()
+            torch.where(opt.active & finite, loss, torch.zeros((), device=loss.device)).sum().backward()
+            norms = opt.mask_and_clip()
+            bad = opt.active & ~(finite & torch.isfinite(norms).to(finite.device))
+            for r in torch.nonzero(bad).flatten().tolist():
+                value = float(loss[r].detach()) if not bool(finite[r]) else float(norms[r])
+                tracker.diverge(r, epoch, step, "train-loss" if not bool(finite[r]) else "train-grad", value)
+            opt.step()
+            tr_nll += nll.detach().double().sum((1, 2)).cpu()
+            tr_tok += y.numel()
+            step += 1
+        bar.close()
+        model.eval()
+        v_ce = stream_cross_entropy(model, valid, T, detach).tolist()
+        for r in running:
+            curves[r].append({
+                "epoch": epoch,
+                "lr": lrs[r],
+                "train_perplexity": _ppl(float(tr_nll[r]) / tr_tok),
+                "valid_cross_entropy": _num(v_ce[r]),
+                "valid_perplexity": _ppl(v_ce[r]),
+                "seconds": round(time.perf_counter() - t_epoch, 3),
+            })
+        tracker.end_epoch(epoch, v_ce, step)
+    tracker.finish()
+    model.eval()
+    test_ce = stream_cross_entropy(model, test, T, detach).tolist()
+    wall = time.perf_counter() - t0
+    env = environment(device)
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    records = []
+    for r, cfg in enumerate(configs):
+        best = tracker.best[r]
+        records.append({
+            "config": cfg,
+            "seed": cfg["seed"],
+            "lr": hps[r]["lr"],
+            "final_lr": float(opt.lr[r]),
+            "clip": hps[r]["clip"],
+            "status": tracker.status[r],
+            "diverged": tracker.diverged[r],
+            "epochs": tracker.epochs[r],
+            "best_epoch": tracker.best_epoch[r],
+            "steps": int(opt.steps[r]),
+            "valid": {"cross_entropy": _num(best), "perplexity": _ppl(best), "tokens": int(valid[:, 1:].numel())},
+            "test": {"cross_entropy": _num(test_ce[r]), "perplexity": _ppl(test_ce[r]), "tokens": int(test[:, 1:].numel())},
+            "curve": curves[r],
+            "num_parameters": total_params,
+            "trainable_parameters": trainable[r],
+            "group": {"replicas": R, "wall_time_s": round(wall, 3), "members": [f"{c['freeze']}/s{c['seed']}" for c in configs]},
+            "wall_time_s": round(wall / R, 3),
+            "env": env,
+            "created": created,
+        })
+    return records
+
+
+def _ppl(ce: float) -> float | None:
+    return float(math.exp(ce)) if ce is not None and math.isfinite(ce) and ce < 700 else None

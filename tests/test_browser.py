@@ -1,0 +1,214 @@
+"""Open every page of the built book in headless Chromium and check it renders.
+
+    python -m pytest -m browser tests/test_browser.py     (after `make book`)
+
+The book in ``book/_build/html`` is served on 127.0.0.1 by a thread; each page
+fails on an image that did not load, math that MathJax did not typeset (or raw
+TeX / MyST roles left in the text), an internal link whose target does not
+answer 200, a resource fetched from another host (the book must work offline),
+or a severe console error. Screenshots of two pages go to ``build/screenshots/``
+for a human to look at; they are not compared.
+
+Uses the Debian packages ``chromium`` and ``chromium-driver`` and never lets
+Selenium download anything. Without them (or without a built book) the tests
+skip, unless ``MARNN_REQUIRE_BROWSER=1`` (set in CI), where they fail.
+"""
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import shutil
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urldefrag, urljoin, urlparse
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+HTML = ROOT / "book" / "_build" / "html"
+SCREENSHOTS = ROOT / "build" / "screenshots"
+SHOT_PAGES = {"intro.html": "intro", "generated/languages.html": "languages"}
+CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
+CHROMEDRIVER = "/usr/bin/chromedriver"
+TIMEOUT = 30  # seconds for a page, its images and MathJax
+
+
+def _pages() -> list[str]:
+    if not HTML.is_dir():
+        return []
+    skip = {"_static", "_sources", "_images"}
+    return sorted(p.relative_to(HTML).as_posix() for p in HTML.rglob("*.html")
+                  if not skip & set(p.relative_to(HTML).parts))
+
+
+PAGES = _pages()
+
+
+def _unavailable(reason: str):
+    """Skip locally; fail where the browser check is required (CI)."""
+    if os.environ.get("MARNN_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{reason} (MARNN_REQUIRE_BROWSER=1)", pytrace=False)
+    pytest.skip(reason)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+
+@pytest.fixture(scope="module")
+def site():
+    """Base URL of the book, served from a background thread."""
+    if not (HTML / "intro.html").exists():
+        _unavailable(f"no built book in {HTML}; run `make book` first")
+    handler = functools.partial(_QuietHandler, directory=str(HTML))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def driver():
+    binary = next((b for b in CHROMIUM if Path(b).exists()), None)
+    if binary is None or not Path(CHROMEDRIVER).exists():
+        _unavailable("chromium / chromedriver not installed (apt-get install chromium chromium-driver)")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        _unavailable("selenium is not installed")
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager go online
+    profile = tempfile.mkdtemp(prefix="marnn-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--no-first-run", "--disable-quic", "--disable-extensions",
+                "--window-size=1400,1000", f"--user-data-dir={profile}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    drv = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    drv.set_page_load_timeout(TIMEOUT)
+    drv.set_script_timeout(TIMEOUT)
+    yield drv
+    drv.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+# Waits for the page's images and, where MathJax is loaded, for its typesetting;
+# then reports what the checks need.
+INSPECT = r"""
+const done = arguments[arguments.length - 1];
+(async () => {
+  const imgs = Array.from(document.images);
+  imgs.forEach(i => { if (i.loading === "lazy") i.loading = "eager"; });
+  await Promise.all(imgs.map(i => i.complete ? null :
+      new Promise(r => { i.addEventListener("load", r); i.addEventListener("error", r); })));
+  const hasMath = document.querySelector(".math") !== null;
+  let mathjax = "absent";
+  if (window.MathJax !== undefined) {
+    const t0 = Date.now();
+    while (!(window.MathJax.startup && window.MathJax.startup.promise) && Date.now() - t0 < 20000)
+      await new Promise(r => setTimeout(r, 50));
+    if (window.MathJax.startup && window.MathJax.startup.promise) {
+      try { await window.MathJax.startup.promise; mathjax = "typeset"; }
+      catch (e) { mathjax = "error: " + e; }
+    } else { mathjax = "never started"; }
+  }
+  const clone = document.body.cloneNode(true);
+  clone.querySelectorAll("pre, code, script, style, mjx-container, .highlight, textarea")
+       .forEach(e => e.remove());
+  const math = Array.from(document.querySelectorAll(".math"));
+  done({
+    mathjax: mathjax,
+    hasMath: hasMath,
+    untypeset: math.filter(e => !e.querySelector("mjx-container")).map(e => e.textContent.slice(0, 80)),
+    merrors: Array.from(document.querySelectorAll("mjx-merror")).map(e => e.textContent.slice(0, 80)),
+    text: clone.textContent,
+    brokenImages: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.currentSrc || i.src),
+    links: Array.from(document.querySelectorAll("a[href], link[href], script[src], img[src]"))
+                .map(e => e.href || e.src),
+    resources: performance.getEntriesByType("resource").map(e => e.name),
+  });
+})();
+"""
+
+RAW_TEX = ("$$", "\\(", "\\)", "\\[", "\\]", "\\begin{", "\\frac", "\\mathrm")
+RAW_MYST = ("{glue:", "{doc}`", "{ref}`", "{eq}`", "{math}`", ":::")
+
+
+@pytest.mark.parametrize("page", PAGES or [None])
+def test_page_renders(page, site, driver):
+    if page is None:
+        _unavailable(f"no pages in {HTML}; run `make book` first")
+    url = urljoin(site, page)
+    driver.get_log("browser")  # drop messages of earlier pages
+    driver.get(url)
+    info = driver.execute_async_script(INSPECT)
+    problems: list[str] = []
+
+    # images
+    problems += [f"image did not load: {src}" for src in info["brokenImages"]]
+
+    # math: every .math element typeset, no TeX errors, no raw TeX / MyST left in the text
+    if info["hasMath"]:
+        if info["mathjax"] != "typeset":
+            problems.append(f"MathJax state: {info['mathjax']}")
+        problems += [f"math not typeset: {t!r}" for t in info["untypeset"]]
+    problems += [f"MathJax error: {t!r}" for t in info["merrors"]]
+    problems += [f"raw TeX {tok!r} in page text" for tok in RAW_TEX if tok in info["text"]]
+    problems += [f"unrendered MyST {tok!r} in page text" for tok in RAW_MYST if tok in info["text"]]
+
+    # offline: nothing fetched from another host
+    host = urlparse(site).netloc
+    problems += [f"external resource loaded: {r}" for r in info["resources"]
+                 if urlparse(r).scheme in ("http", "https") and urlparse(r).netloc != host]
+
+    # internal links: the target file must exist on the server
+    for link in sorted(set(info["links"])):
+        target, _ = urldefrag(link)
+        if urlparse(target).netloc == host and _status(target) != 200:
+            problems.append(f"broken internal link: {target} (HTTP {_status(target)})")
+
+    # console
+    for entry in driver.get_log("browser"):
+        if entry.get("level") == "SEVERE" and "favicon.ico" not in entry.get("message", ""):
+            problems.append(f"console: {entry['message'][:300]}")
+
+    if page in SHOT_PAGES:
+        _screenshots(driver, SHOT_PAGES[page])
+    assert not problems, f"{page}:\n  " + "\n  ".join(problems)
+
+
+def _screenshots(driver, name: str) -> None:
+    """The top of the page and its first large figure, for a human to look at."""
+    from selenium.webdriver.common.by import By
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    driver.execute_script("window.scrollTo(0, 0)")
+    driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+    figures = [e for e in driver.find_elements(By.CSS_SELECTOR, "main img") if e.size["height"] > 200]
+    if figures:
+        size = driver.get_window_size()
+        driver.set_window_size(size["width"], min(6000, figures[0].size["height"] + 400))
+        driver.execute_script("arguments[0].scrollIntoView()", figures[0])
+        figures[0].screenshot(str(SCREENSHOTS / f"{name}-figure.png"))
+        driver.set_window_size(size["width"], size["height"])

@@ -1,0 +1,104 @@
+"""Grids: planning, grouping, dask LocalCluster, and kill-and-resume of `marnn grid`."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from marnn import grid, store
+from marnn.scales import get_scale
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = get_scale("smoke")
+
+
+def _env(**extra):
+    env = dict(os.environ, TQDM_DISABLE="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.update(extra)
+    return env
+
+
+def test_plan_and_groups():
+    cfgs = grid.formal_grid("smoke", tasks=["count-3", "marked-copy"], models=["lstm", "jm-10"], restarts=3)
+    assert len(cfgs) == 2 * 2 * 4 * 3
+    groups = grid.group_configs(cfgs)
+    assert len(groups) == 4 and all(len(g) == 12 for g in groups)
+    assert all(len({(c["task"], c["model"]) for c in g}) == 1 for g in groups)
+    assert {(c["freeze"], c["seed"]) for c in groups[0]} == {(f, s) for f in ("none", "m", "c", "cm") for s in range(3)}
+    cut = grid.group_configs(cfgs, max_replicas=5)
+    assert sorted(len(g) for g in cut)[:4] == [2, 2, 2, 2] and max(len(g) for g in cut) == 5
+    assert len(grid.formal_grid("smoke")) == 7 * 5 * 4 * SMOKE.restarts
+    assert len(grid.ptb_grid("smoke", models=["lstm-256"])) == 4 * SMOKE.ptb_restarts
+    with pytest.raises(ValueError):
+        grid.formal_grid("smoke", restarts=0)
+
+
+def test_sync_grid_runs_only_what_is_missing(tmp_path):
+    cfgs = grid.formal_grid("smoke", tasks=["count-3"], models=["lstm"], modes=["none", "c"], restarts=2)
+    store.run_or_load(cfgs[0], tmp_path)  # one already there
+    before = store.record_path(cfgs[0], tmp_path).stat().st_mtime_ns
+    s = grid.run_grid(cfgs, tmp_path, scheduler="sync", progress=False)
+    assert (s["planned"], s["existing"], s["written"], s["failed"]) == (4, 1, 3, [])
+    assert store.record_path(cfgs[0], tmp_path).stat().st_mtime_ns == before
+    assert store.missing(cfgs, tmp_path) == []
+    rec = store.load_record(cfgs[1], tmp_path)
+    assert rec["group"]["replicas"] == 3  # the three missing runs trained as one batched model
+    again = grid.run_grid(cfgs, tmp_path, scheduler="sync", progress=False)
+    assert again["written"] == 0 and again["existing"] == 4
+
+
+def test_local_cluster_with_two_worker_processes(tmp_path):
+    from distributed import Client, LocalCluster
+
+    cfgs = grid.formal_grid("smoke", tasks=["count-3", "marked-copy"], models=["lstm"], modes=["none", "cm"], restarts=1)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, scheduler_port=0) as cluster, Client(cluster) as client:
+        s = grid.run_grid(cfgs, tmp_path, client=client, progress=False)
+        pids = {r["env"]["pid"] for _, r in store.iter_records(tmp_path)}
+    assert s["failed"] == [] and s["written"] == 4 and s["groups"] == 2
+    assert os.getpid() not in pids  # computed in the worker processes
+    df = store.load_frame(tmp_path)
+    assert set(df["task"]) == {"count-3", "marked-copy"} and df["best"].any()
+
+
+def _records(root: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(p): (p.stat().st_mtime_ns, p.read_bytes()) for p in root.rglob("*.json") if not p.name.startswith(".")}
+
+
+def test_killed_grid_resumes_without_recomputing(tmp_path):
+    root = tmp_path / "results"
+    args = ["grid", "--scale", "smoke", "--tasks", "count-3", "marked-copy", "unmarked-copy",
+            "--models", "lstm", "jm-10", "--modes", "none", "m", "--restarts", "1", "--results", str(root)]
+    proc = subprocess.Popen([sys.executable, "-m", "marnn.cli", *args, "--workers", "1"], cwd=tmp_path, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not _records(root):
+            assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+            assert time.time() < deadline, "no record appeared"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the CLI, its scheduler and its worker processes
+        proc.wait()
+    time.sleep(0.5)
+    survived = _records(root)
+    planned = grid.formal_grid("smoke", tasks=["count-3", "marked-copy", "unmarked-copy"], models=["lstm", "jm-10"],
+                               modes=["none", "m"], restarts=1)
+    assert 0 < len(survived) < len(planned)
+    for path in survived:
+        assert store.read_record(path) is not None  # complete, never torn
+
+    out = subprocess.run([sys.executable, "-m", "marnn.cli", *args, "--scheduler", "sync"], cwd=tmp_path, env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"{len(survived)} already stored" in out.stdout
+    after = _records(root)
+    assert len(after) == len(planned) and store.missing(planned, root) == []
+    for path, stamp in survived.items():
+        assert after[path] == stamp  # not recomputed, not rewritten
+    assert not list(root.rglob(".*.tmp"))

@@ -1,0 +1,88 @@
+"""Fast checks of the book's plumbing (no kernel is started).
+
+Executing the notebooks is `make test`'s job: `python -m marnn.book execute
+--scale smoke` followed by `pytest --nbval` on the executed copies.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+import pytest
+import yaml
+
+matplotlib.use("Agg")
+
+from marnn import book, paper, plotting, tasks  # noqa: E402
+from marnn.scales import PAPER  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _notebook(name: str) -> dict:
+    return json.loads((ROOT / "notebooks" / f"{name}.ipynb").read_text())
+
+
+def _toc_files(node) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["file"]] if "file" in node else []
+        return found + [f for v in node.values() for f in _toc_files(v)]
+    if isinstance(node, list):
+        return [f for v in node for f in _toc_files(v)]
+    return []
+
+
+def test_every_notebook_is_listed_and_in_the_toc():
+    on_disk = sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
+    assert sorted(book.NOTEBOOKS) == on_disk
+    toc = _toc_files(yaml.safe_load((ROOT / "book" / "_toc.yml").read_text()))
+    assert [f"generated/{n}" for n in book.NOTEBOOKS] == [f for f in toc if f.startswith("generated/")]
+
+
+@pytest.mark.parametrize("name", book.NOTEBOOKS)
+def test_notebook_source_is_clean_and_parametrised(name):
+    nb = _notebook(name)
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), \
+        "commit notebooks without outputs"
+    params = code[0]
+    assert "parameters" in params.get("metadata", {}).get("tags", []), "first code cell must be tagged parameters"
+    src = "".join(params["source"])
+    assert "scale = " in src and "threads = " in src
+    assert any("setup(threads)" in "".join(c["source"]) for c in code[1:3])
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+
+
+def test_execute_rejects_unknown_names(tmp_path):
+    with pytest.raises(SystemExit, match="unknown notebook"):
+        book.execute("smoke", tmp_path, only=["no-such-notebook"])
+    with pytest.raises(ValueError, match="valid scales"):
+        book.execute("no-such-scale", tmp_path)
+
+
+def test_palette_covers_every_model_and_mode_of_the_paper():
+    df = paper.load()
+    assert set(df["model"]) <= set(plotting.MODEL_COLORS)
+    assert set(df["freeze"]) <= set(plotting.MODES)
+    assert len(set(plotting.MODEL_COLORS.values())) == len(plotting.MODEL_COLORS)
+    assert len({s["marker"] for s in plotting.MODE_STYLE.values()}) == len(plotting.MODES)
+    with pytest.raises(ValueError, match="valid models"):
+        plotting.color("gpt")
+
+
+def test_reference_frame_and_lines():
+    import matplotlib.pyplot as plt
+
+    refs = plotting.reference_frame(tasks.names(), PAPER.test_bins, PAPER.bin_names)
+    assert len(refs) == len(tasks.names()) * len(PAPER.test_bins) * len(plotting.REFERENCES)
+    ceiling = refs[refs["reference"] == "ceiling"].set_index(["task", "split"])["accuracy"]
+    for ref in ("chance", "most-frequent", "repeat-previous"):
+        base = refs[refs["reference"] == ref].set_index(["task", "split"])["accuracy"]
+        assert (base <= ceiling + 1e-12).all(), ref
+    fig, ax = plt.subplots()
+    plotting.reference_lines(ax, "count-3", PAPER.test_bins)
+    frame = paper.lookup(paper.load(), task="count-3", metric="accuracy").assign(length=1.0)
+    plotting.accuracy_vs_length(ax, frame[frame["split"] == "bin0"], y="value", dodge=0.04)
+    assert len(ax.lines) == frame[frame["split"] == "bin0"].groupby(["model", "freeze"]).ngroups
+    plt.close(fig)

@@ -1,0 +1,307 @@
+"""Training engine: batched optimisers, freeze masks, determinism, batching, divergence, evaluation."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from marnn.models.base import FREEZE_MODES, Output
+from marnn.scales import get_scale
+from marnn.train import epoch_order, formal_config, hyperparameters, ptb_config
+from marnn.train.evaluate import bin_references, length_lower_bound
+from marnn.train.formal import Tracker, train_formal
+from marnn.train.optim import BatchedAdam, BatchedSGD
+
+torch.set_num_threads(1)
+
+
+# ---- a tiny model that follows marnn.models.base's contract --------------------
+class Toy(nn.Module):
+    """h_t = tanh(E[x_t] + (W h_{t-1}) * sigmoid(g)); groups: E, W controller, g memory, out classifier.
+
+    ``poison = {replica: k}`` makes that replica's logits NaN from its k-th
+    training forward call on (to test divergence handling).
+    """
+
+    GROUP = {"emb": "controller", "rec": "controller", "gate": "memory", "out": "classifier", "out_b": "classifier"}
+
+    def __init__(self, v_in, v_out, replicas, seeds, include_initial=True, hidden=6, poison=None):
+        super().__init__()
+        R, H = replicas, hidden
+        self.include_initial, self.v_in, self.poison, self.calls = include_initial, v_in, poison or {}, 0
+        self.emb = nn.Parameter(torch.empty(R, v_in, H))
+        self.rec = nn.Parameter(torch.empty(R, H, H))
+        self.gate = nn.Parameter(torch.empty(R, H))
+        self.out = nn.Parameter(torch.empty(R, v_out, H))
+        self.out_b = nn.Parameter(torch.empty(R, v_out))
+        with torch.no_grad():
+            for r, s in enumerate(seeds):
+                gen = torch.Generator().manual_seed(int(s))
+                for _, p in self.named_parameters():
+                    p[r].copy_(torch.empty(p.shape[1:]).uniform_(-0.5, 0.5, generator=gen))
+
+    def group_of(self, name):
+        return self.GROUP[name]
+
+    def freeze_masks(self, modes):
+        return {n: torch.tensor([self.GROUP[n] not in FREEZE_MODES[m] for m in modes]) for n, _ in self.named_parameters()}
+
+    def forward(self, x, state=None):
+        R, H = self.emb.shape[0], self.emb.shape[2]
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(R, *x.shape)
+        _, B, T = x.shape
+        offset = torch.arange(R).view(R, 1, 1) * self.v_in
+        e = F.embedding(x + offset, self.emb.reshape(R * self.v_in, H))  # (R, B, T, H)
+        h = torch.zeros(R, B, H) if state is None else state
+        hs = [h] if self.include_initial else []
+        g = torch.sigmoid(self.gate).unsqueeze(1)  # (R, 1, H)
+        for t in range(T):
+            h = torch.tanh(e[:, :, t] + torch.bmm(h, self.rec) * g)
+            hs.append(h)
+        hid = torch.stack(hs, 2)  # (R, B, T', H)
+        logits = torch.einsum("rbth,rvh->rbtv", hid, self.out) + self.out_b[:, None, None]
+        if self.training and self.poison:
+            bad = torch.tensor([self.calls >= self.poison.get(r, math.inf) for r in range(R)]).view(R, 1, 1, 1)
+            logits = torch.where(bad, torch.full_like(logits, math.nan), logits)
+        if self.training:
+            self.calls += 1
+        return Output(logits, h)
+
+
+def toy_builder(made: list | None = None, **extra):
+    """A ``build`` for the trainers that records the models it makes."""
+
+    def build(name, *, task=None, vocab_size=None, replicas=1, seeds=None, device=None, embedding_group=None):
+        from marnn import tasks
+
+        if task is not None:
+            t = tasks.get(task)
+            m = Toy(len(t.alphabet), len(t.alphabet) + 1, replicas, seeds, **extra)
+        else:
+            m = Toy(vocab_size, vocab_size, replicas, seeds, include_initial=False, **extra)
+        if made is not None:
+            made.append((m, {n: p.detach().clone() for n, p in m.named_parameters()}))
+        return m
+
+    return build
+
+
+SMOKE = get_scale("smoke")
+
+
+def _cfgs(modes=("none", "m", "c", "cm"), seeds=(0, 1), task="marked-copy", model="lstm", scale=SMOKE):
+    return [formal_config(task, model, f, s, scale) for f in modes for s in seeds]
+
+
+def _strip(rec):
+    return {k: v for k, v in rec.items() if k not in ("env", "created", "wall_time_s", "group")} | {
+        "curve": [{k: v for k, v in row.items() if k != "seconds"} for row in rec["curve"]]}
+
+
+# ---- optimisers -------------------------------------------------------------
+def _grads(params, seed):
+    gen = torch.Generator().manual_seed(seed)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen) * 3
+
+
+def test_batched_adam_matches_torch_adam_per_replica():
+    R, lrs, clip = 3, [1e-3, 5e-3, 2e-2], 1.5
+    init = [torch.randn(R, 4, 5, generator=torch.Generator().manual_seed(1)), torch.randn(R, 7, generator=torch.Generator().manual_seed(2))]
+    batched = [nn.Parameter(t.clone()) for t in init]
+    opt = BatchedAdam([(f"p{i}", p) for i, p in enumerate(batched)], lr=lrs, clip=clip)
+    singles = [[nn.Parameter(t[r].clone()) for t in init] for r in range(R)]
+    topts = [torch.optim.Adam(ps, lr=lr) for ps, lr in zip(singles, lrs)]
+    for step in range(5):
+        _grads(batched, step)
+        for r in range(R):
+            for p, b in zip(singles[r], batched):
+                p.grad = b.grad[r].clone()
+            torch.nn.utils.clip_grad_norm_(singles[r], clip)
+            topts[r].step()
+        opt.mask_and_clip()
+        opt.step()
+    for r in range(R):
+        for p, b in zip(singles[r], batched):
+            torch.testing.assert_close(b[r], p, rtol=1e-5, atol=1e-6)
+
+
+def test_masked_slices_are_bitwise_unchanged_even_with_nan_grads():
+    R = 4
+    p = nn.Parameter(torch.randn(R, 3, 3))
+    q = nn.Parameter(torch.randn(R, 2))
+    before = p.detach().clone(), q.detach().clone()
+    masks = {"p": torch.tensor([True, False, True, False]), "q": torch.tensor([True, True, False, False])}
+    for opt in (BatchedAdam([("p", p), ("q", q)], lr=1e-2, clip=5.0, masks=masks),
+                BatchedSGD([("p", p), ("q", q)], lr=1.0, clip=0.5, masks=masks)):
+        opt.active[3] = False  # stopped replica
+        for step in range(3):
+            _grads([p, q], step)
+            p.grad[1] = math.nan  # frozen slice with a NaN gradient
+            opt.mask_and_clip()
+            opt.step()
+    assert torch.equal(p[1], before[0][1]) and torch.equal(p[3], before[0][3])
+    assert torch.equal(q[2], before[1][2]) and torch.equal(q[3], before[1][3])
+    assert not torch.equal(p[0], before[0][0]) and not torch.equal(q[1], before[1][1])
+
+
+def test_per_replica_clipping_uses_each_replicas_own_norm():
+    p = nn.Parameter(torch.zeros(2, 3))
+    opt = BatchedSGD([("p", p)], lr=1.0, clip=[1.0, 100.0])
+    p.grad = torch.tensor([[3.0, 4.0, 0.0], [3.0, 4.0, 0.0]])
+    norms = opt.mask_and_clip()
+    assert norms.tolist() == [5.0, 5.0]
+    torch.testing.assert_close(p.grad[0].norm(), torch.tensor(1.0), rtol=1e-5, atol=0)
+    torch.testing.assert_close(p.grad[1], torch.tensor([3.0, 4.0, 0.0]))
+
+
+# ---- hyperparameters and schedule --------------------------------------------
+def test_hyperparameters_are_a_function_of_the_seed_and_in_range():
+    lrs = [hyperparameters(s, (5e-4, 1e-2))["lr"] for s in range(50)]
+    assert all(5e-4 <= x <= 1e-2 for x in lrs) and len(set(lrs)) == 50
+    assert hyperparameters(7, (5e-4, 1e-2)) == hyperparameters(7, (5e-4, 1e-2))
+    hp = hyperparameters(3, (1.0, 100.0), (0.0112, 1.12))
+    assert 1 <= hp["lr"] <= 100 and 0.0112 <= hp["clip"] <= 1.12
+    assert epoch_order(0, 1, 10) == epoch_order(0, 1, 10) != epoch_order(0, 2, 10)
+    assert sorted(epoch_order(0, 1, 10)) == list(range(10))
+
+
+def test_tracker_decays_lr_and_stops_early():
+    m = Toy(2, 3, 2, [0, 1])
+    opt = BatchedAdam(m.named_parameters(), lr=[1.0, 1.0])
+    tr = Tracker(m, opt, early_stop=4, patience=2, factor=0.5)
+    values = [[1.0, 1.0], [0.5, 2.0], [0.6, 2.0], [0.7, 2.0], [0.8, 2.0], [0.9, 2.0]]
+    for epoch, v in enumerate(values, 1):
+        tr.end_epoch(epoch, v, step=epoch * 10)
+    assert tr.best == [0.5, 1.0] and tr.best_epoch == [2, 1]
+    assert tr.status == ["early-stop", "early-stop"]
+    assert opt.lr.tolist() == [0.25, 0.25]  # two plateaus of 2 epochs each
+    assert not bool(opt.active.any())
+
+
+# ---- formal training -------------------------------------------------------------
+def test_formal_training_is_deterministic():
+    a = train_formal(_cfgs(seeds=(0,)), build=toy_builder())
+    b = train_formal(_cfgs(seeds=(0,)), build=toy_builder())
+    assert [_strip(r) for r in a] == [_strip(r) for r in b]
+
+
+def test_frozen_parameters_stay_at_init_with_the_real_models():
+    made = []
+    from marnn.models import build
+
+    def recording_build(name, **kw):
+        m = build(name, **kw)
+        made.append((m, {n: p.detach().clone() for n, p in m.named_parameters()}))
+        return m
+
+    modes = ("none", "m", "c", "cm")
+    recs = train_formal(_cfgs(modes=modes, seeds=(0,), model="jm-10"), build=recording_build)
+    (model, init), = made
+    masks = model.freeze_masks(list(modes))
+    for name, p in model.named_parameters():
+        for r, trainable in enumerate(masks[name].tolist()):
+            if trainable:
+                assert not torch.equal(p[r], init[name][r]), (name, modes[r])
+            else:
+                assert torch.equal(p[r], init[name][r]), (name, modes[r])
+    assert [r["trainable_parameters"] for r in recs][0] == recs[0]["num_parameters"]
+    assert recs[3]["trainable_parameters"] < recs[1]["trainable_parameters"] < recs[0]["trainable_parameters"]
+
+
+def test_batched_group_equals_runs_one_by_one():
+    cfgs = _cfgs(modes=("none", "c"), seeds=(0, 1))
+    together = train_formal(cfgs, build=toy_builder())
+    for cfg, rec in zip(cfgs, together):
+        (alone,) = train_formal([cfg], build=toy_builder())
+        for x, y in zip(rec["curve"], alone["curve"]):
+            assert x["valid_cross_entropy"] == pytest.approx(y["valid_cross_entropy"], rel=1e-5)
+        assert rec["bins"]["bin2"]["accuracy"] == pytest.approx(alone["bins"]["bin2"]["accuracy"], abs=1e-9)
+        assert rec["lr"] == alone["lr"] and rec["group"]["replicas"] == 4
+
+
+def test_diverged_replica_is_isolated_and_recorded():
+    cfgs = _cfgs(modes=("none",), seeds=(0, 1))
+    made = []
+    recs = train_formal(cfgs, build=toy_builder(made, poison={1: 2}))
+    assert recs[1]["status"] == "diverged"
+    assert recs[1]["diverged"]["step"] == 2 and recs[1]["diverged"]["epoch"] == 1
+    assert recs[1]["diverged"]["where"] == "train-loss"
+    model, _ = made[0]
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # masked, never written with NaN
+    (alone,) = train_formal(cfgs[:1], build=toy_builder())
+    assert recs[0]["status"] != "diverged"
+    assert recs[0]["valid"]["cross_entropy"] == pytest.approx(alone["valid"]["cross_entropy"], rel=1e-5)
+
+
+def test_record_metrics_are_consistent():
+    (rec,) = train_formal(_cfgs(modes=("none",), seeds=(0,), task="count-3"), build=toy_builder())
+    task_bins = dict(zip(SMOKE.bin_names, SMOKE.test_bins))
+    for name, b in rec["bins"].items():
+        rows = [r for r in rec["lengths"] if r["bin"] == name]
+        sym = sum(r["symbols"] for r in rows)
+        assert sym == b["symbols"]
+        assert b["accuracy"] == pytest.approx(sum(r["accuracy"] * r["symbols"] for r in rows) / sym)
+        assert b["cross_entropy"] == pytest.approx(sum(r["cross_entropy"] * r["symbols"] for r in rows) / sym)
+        assert b["ce_diff"] == pytest.approx(b["cross_entropy"] - b["lower_bound"])
+        assert b["perplexity"] == pytest.approx(math.exp(b["cross_entropy"]))
+        assert (b["lo"], b["hi"]) == task_bins[name]
+        assert 0 < b["chance_accuracy"] < b["ceiling_accuracy"] <= 1
+    assert rec["valid"]["ce_diff"] == pytest.approx(rec["valid"]["cross_entropy"] - rec["valid"]["lower_bound"])
+    assert len(rec["curve"]) == rec["epochs"] == SMOKE.max_epochs
+
+
+def test_length_bounds_average_to_the_bin_bound():
+    from marnn import tasks
+
+    for name in ("marked-copy", "unmarked-reverse-and-copy", "count-3"):
+        t = tasks.get(name)
+        lo, hi = 8, 30
+        lengths = t.valid_lengths(lo, hi)
+        weighted = sum(length_lower_bound(t, lo, hi, n) * (n + 1) for n in lengths) / sum(n + 1 for n in lengths)
+        assert weighted == pytest.approx(bin_references(name, lo, hi)["lower_bound"])
+
+
+def test_config_validation_names_the_choices():
+    from marnn.registry import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="marked-copy"):
+        formal_config("nope", "lstm", "none", 0, "smoke")
+    with pytest.raises(UnknownNameError, match="jm-10"):
+        formal_config("marked-copy", "lstm-256", "none", 0, "smoke")
+    with pytest.raises(UnknownNameError, match="cm"):
+        formal_config("marked-copy", "lstm", "x", 0, "smoke")
+    with pytest.raises(ValueError, match="no valid length"):
+        formal_config("count-3", "lstm", "none", 0, SMOKE.with_(train_lengths=(4, 5)))
+    with pytest.raises(UnknownNameError, match="controller"):
+        ptb_config("lstm-256", "m", 0, "smoke", embedding_group="bogus")
+
+
+# ---- PTB -----------------------------------------------------------------------
+class _Corpus:
+    def __init__(self, vocab=7, n=600, seed=0):
+        g = np.random.default_rng(seed)
+        self.vocab_size = vocab
+        self.train, self.valid, self.test = (torch.from_numpy(g.integers(0, vocab, size=k)) for k in (n, n // 3, n // 3))
+
+
+def test_ptb_training_records_perplexities_and_freezes():
+    from marnn.train.ptb import train_ptb
+
+    scale = SMOKE.with_(ptb_max_epochs=3)
+    cfgs = [ptb_config("lstm-256", m, 0, scale) for m in ("none", "cm")]
+    made = []
+    recs = train_ptb(cfgs, corpus=_Corpus(), build=toy_builder(made), detach=lambda s: s.detach())
+    model, init = made[0]
+    for rec in recs:
+        assert rec["valid"]["perplexity"] > 1 and rec["test"]["perplexity"] > 1
+        assert 0.0112 <= rec["clip"] <= 1.12 and 1 <= rec["lr"] <= 100
+        assert len(rec["curve"]) == rec["epochs"]
+    assert torch.equal(model.rec[1], init["rec"][1]) and not torch.equal(model.out[1], init["out"][1])
+    again = train_ptb(cfgs, corpus=_Corpus(), build=toy_builder(), detach=lambda s: s.detach())
+    assert [_strip(r) for r in again] == [_strip(r) for r in recs]
