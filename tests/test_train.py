@@ -202,7 +202,7 @@ def test_frozen_parameters_stay_at_init_with_the_real_models():
 
     modes = ("none", "m", "c", "cm")
     recs = train_formal(_cfgs(modes=modes, seeds=(0,), model="jm-10"), build=recording_build)
-    (model, init), = made
+    model, init = made[-1][0], made[0][1]  # the final model; the first one's init
     masks = model.freeze_masks(list(modes))
     for name, p in model.named_parameters():
         for r, trainable in enumerate(masks[name].tolist()):
@@ -225,6 +225,22 @@ def test_batched_group_equals_runs_one_by_one():
         assert rec["lr"] == alone["lr"] and rec["group"]["replicas"] == 4
 
 
+def test_dropping_stopped_replicas_changes_nothing():
+    scale = SMOKE.with_(max_epochs=6, early_stop=1, lr_patience=1, train_size=60)
+    cfgs = _cfgs(modes=("none", "cm"), seeds=(0, 1, 2), scale=scale)
+    made = []
+    compact = train_formal(cfgs, build=toy_builder(made))
+    full = train_formal(cfgs, build=toy_builder(), compact=False)
+    assert len(made) > 2  # some replicas stopped early and the live model was rebuilt
+    assert len({r["epochs"] for r in full}) > 1
+    for a, b in zip(compact, full):
+        assert (a["epochs"], a["best_epoch"], a["status"], a["steps"]) == (b["epochs"], b["best_epoch"], b["status"], b["steps"])
+        assert a["final_lr"] == b["final_lr"]
+        assert a["valid"]["cross_entropy"] == pytest.approx(b["valid"]["cross_entropy"], rel=1e-5)
+        assert a["bins"]["bin1"]["cross_entropy"] == pytest.approx(b["bins"]["bin1"]["cross_entropy"], rel=1e-5)
+        assert [row["epoch"] for row in a["curve"]] == [row["epoch"] for row in b["curve"]]
+
+
 def test_diverged_replica_is_isolated_and_recorded():
     cfgs = _cfgs(modes=("none",), seeds=(0, 1))
     made = []
@@ -232,7 +248,7 @@ def test_diverged_replica_is_isolated_and_recorded():
     assert recs[1]["status"] == "diverged"
     assert recs[1]["diverged"]["step"] == 2 and recs[1]["diverged"]["epoch"] == 1
     assert recs[1]["diverged"]["where"] == "train-loss"
-    model, _ = made[0]
+    model, _ = made[-1]
     assert all(torch.isfinite(p).all() for p in model.parameters())  # masked, never written with NaN
     (alone,) = train_formal(cfgs[:1], build=toy_builder())
     assert recs[0]["status"] != "diverged"
@@ -297,7 +313,7 @@ def test_ptb_training_records_perplexities_and_freezes():
     cfgs = [ptb_config("lstm-256", m, 0, scale) for m in ("none", "cm")]
     made = []
     recs = train_ptb(cfgs, corpus=_Corpus(), build=toy_builder(made), detach=lambda s: s.detach())
-    model, init = made[0]
+    model, init = made[-1][0], made[0][1]
     for rec in recs:
         assert rec["valid"]["perplexity"] > 1 and rec["test"]["perplexity"] > 1
         assert 0.0112 <= rec["clip"] <= 1.12 and 1 <= rec["lr"] <= 100

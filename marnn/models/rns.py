@@ -1,37 +1,416 @@
-"""Renormalizing nondeterministic stack (RNS) and vector RNS (VRNS).
+r"""Renormalizing nondeterministic stack (RNS) and vector RNS (VRNS).
 
-(Docstring completed below; phase-1 implementation.)
+What it is
+----------
+The RNS (DuSell & Chiang 2022/2023) is a differentiable simulation of a
+nondeterministic pushdown automaton with ``Q`` states and ``S`` stack symbols
+(state 0 = start state, symbol 0 = bottom symbol) that sums over *all* runs.
+At each step ``t = 1..n`` the controller emits, for every (state q, top symbol x),
+unnormalised positive weights (``exp`` of logits) for
+
+* push (r, y)    -- go to state r and push y on top of x          [Q*S]
+* replace (r, y) -- go to state r and replace the top x by y       [Q*S]
+* pop r          -- go to state r and pop x (needs a symbol below) [Q]
+
+so ``num_actions = Q*S*(2*Q*S + Q)`` (layout per (q, x): push | replace | pop).
+The stack is *read* as the distribution over (current state, top symbol),
+``Q*S`` values; the VRNS additionally attaches a vector in (0, 1)^m to every
+stack element (pushed vector ``v_t`` at a push, learned ``bottom`` vector for
+the bottom element) and reads the expected top vector for every (state, top
+symbol): ``Q*S*m`` values.
+
+Recurrences (MODELS.md)
+-----------------------
+With ``gamma[i->t][q,x->r,y]`` (top symbol y in state r at time t was pushed at
+time i+1 on top of x in state q at time i; everything below untouched)::
+
+    gamma[-1->0][q0,⊥->q0,⊥] = 1
+    gamma[i->t][q,x->r,y] = [i = t-1] Push_t[q,x->r,y]
+                          + Σ_{s,z} gamma[i->t-1][q,x->s,z] Repl_t[s,z->r,y]
+                          + Σ_{k=i+1}^{t-2} Σ_u gamma[i->k][q,x->u,y] P_t[k][u,y->r]
+    P_t[k][u,y->r]        = Σ_{s,z} gamma[k->t-1][u,y->s,z] Pop_t[s,z->r]
+    alpha[t][r,y]         = Σ_{i=-1}^{t-1} Σ_{q,x} alpha[i][q,x] gamma[i->t][q,x->r,y]
+    alpha[-1] = alpha[0]  = one-hot(q0, ⊥)
+    reading_t             = alpha[t] / Σ alpha[t]
+
+VRNS: ``zeta`` follows gamma's recurrence with ``v_t`` multiplied into the push
+term, ``zeta[-1->0] = bottom``; ``eta[t] = Σ alpha[i] zeta[i->t]``; reading =
+``eta[t] / Σ alpha[t]``.  Because a replace keeps the vector and a pop restores
+the element pushed at i+1, ``zeta[i->t] = gamma[i->t] ⊗ v_{i+1}`` exactly
+(``v_0 = bottom``), so the VRNS reading costs only ``O(n Q S m)`` on top of the
+RNS: ``eta[t][b] = Σ_i (Σ_a alpha[i][a] gamma[i->t][a,b]) v_{i+1}``.
+
+Windowed (limited) variant, window ``D``: ``gamma[i->t] = 0`` for ``i < t - D``
+(only the last ``D`` push times ``j = i+1 ∈ [t-D+1, t]`` are tracked).  The state
+carried between chunks is: alpha[t], the column gamma[·->t] (D push times), the
+triangle of older columns the pop term still needs (D-1 rows and columns), and
+for the VRNS the pushed vectors of those push times.  Note the convention: at
+time t the window holds push times ``t-D+1..t``; the bottom element (push time
+0) leaves it at ``t = D``, so windowed == unwindowed for ``D >= n + 1`` (and for
+``D = n`` everywhere except the bottom-only runs at the very last step).
+
+Numerics: the renormalised ("hat") representation
+--------------------------------------------------
+Every term of alpha[t] contains exactly one weight of every step 1..t, and every
+term of gamma[i->t] exactly one weight of every step i+1..t.  Hence scaling all
+of step t's weights by one positive constant scales alpha[t'] (t' >= t) by that
+constant and leaves every reading unchanged.  More generally the quantities are
+invariant under a *diagonal gauge* per time step.  We store, in real arithmetic,
+
+    Ĝ[j, t][a, b] = alpha[j-1][a] gamma[j-1 -> t][a, b] / alpha[t][b],   j = i+1
+
+(alpha normalised to sum 1 at every step; ``Ĝ`` = the posterior share of
+configuration b at time t owed to runs whose top was pushed at time j from
+configuration a).  All entries lie in [0, 1] and Σ_{j,a} Ĝ[j,t][a,b] = 1, so
+nothing can overflow however extreme the logits, and the alphas of different
+push times never need a common scale: it cancels analytically.  One step
+(``W = alpha[t-1][s,z] * exp(logits - max)`` per (s,z) row)::
+
+    C[j][a,b] = [j = t] Wpush[a,b]
+              + Σ_c Ĝ[j,t-1][a,c] Wrepl[c,b]
+              + Σ_{c'} Σ_u Ĝ[j, c'][a,(u,y)] P̂[c'+1][(u,y), r]     (b = (r,y))
+    P̂[j'][(u,y), r] = Σ_c Ĝ[j', t-1][(u,y), c] Wpop[c, r]
+    a'[b] = Σ_{j,a} C[j][a,b]      alpha[t] = a' / Σ a'      Ĝ[·,t] = C / a'
+
+(``C`` is first divided by its detached total so its scale is O(1); exact by
+the argument above).  The only place precision can be lost is in
+configurations whose relative weight drops below the floating-point range
+(~1e-38 in float32, ~e^-87) -- a run that is that unlikely at some time is
+dropped, exactly as underflow would in any real-space code; a log-space float64
+reference agrees on length-400 strings with logits in [-30, 30] (see tests).
+
+Autograd: a hand-written backward on a tape
+-------------------------------------------
+Recording the pop term with autograd would save a copy of the O(t^2) triangle
+at every step (O(n^3) memory).  Instead every ``step`` is one
+``torch.autograd.Function`` whose state lives in a shared ``_Tape``; a dummy
+"token" tensor chains the steps so autograd runs their backward in reverse
+time order.  The backward of the pop term is deferred: ``dpop_t`` and ``P̂_t``
+are stored, and the adjoint of column c (rows j) is computed once, when step c
+is reached, as one GEMM over all later steps:
+``dĜ[j,c][a,(u,y)] = Σ_{t,r} dpop_t[j,a,(r,y)] P̂_t[c+1][(u,y),r]``.
+Memory is O(n^2 Q^2 S^2) per string (O(D n Q^2 S^2) windowed).  One backward
+pass per forward (calling backward again after ``retain_graph=True`` is
+supported when the new pass covers the same or fewer steps).  Stepping the same
+state twice is refused (the tape is shared); use ``detach_state`` to fork.
+
+Cost per step ``t`` (window ``L = min(t, D)``): pop term ``O(L^2 Q^3 S^2)``
+(one batched GEMM over the triangle, memory-bound, arithmetic intensity Q),
+replace/P̂ ``O(L Q^3 S^3)``; backward about twice the forward.
+
+Shapes (N = batch with replicas flattened, K = Q*S)::
+
+    action_logits (N, K*(2K+Q)) -> view (N, Q, S, 2K+Q) -> (N, K, 2K+Q)
+    col           (N, L, K, K)       Ĝ[j, t] for push times j = lo..t
+    buf           (N, S, cap, K, cap, Q)   buf[:, y, j, a, c, u] = Ĝ[j, c][a, (u, y)]
+    reading       (N, K)  or (N, K*m) laid out (q, x, m)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-import torch.nn.functional as F
 
 Tensor = torch.Tensor
 
-
-@dataclass
-class RNSState:
-    t: int                    # time of the last reading (0 = initial configuration)
-    lo: int                   # first push time j kept in `col` (window), col covers j in [lo, t]
-    alpha: Tensor             # (N, K) normalised alpha[t]
-    col: Tensor               # (N, L, K, K) hat-gamma[j -> t][a, b], j = lo .. t
-    tri: Tensor               # (N, S, L', K, L', Q) triangle, rows j / cols c in [lo_{t+1}, t-1]
-    vec: Tensor | None        # (N, L, m) vectors pushed at times lo .. t (v_0 = bottom)
+__all__ = ["RNSCore", "RNSState", "rns_readings"]
 
 
 def _lo(t: int, window: int | None) -> int:
+    """First push time kept at time t."""
     return 0 if window is None else max(0, t - window + 1)
 
 
+class RNSState:
+    """Opaque handle: a tape (shared, advanced in place) and the time it refers to."""
+
+    __slots__ = ("tape", "t", "token", "reading0")
+
+    def __init__(self, tape, t, token, reading0=None):
+        self.tape, self.t, self.token, self.reading0 = tape, t, token, reading0
+
+
+class _Tape:
+    """Forward state of one (batched) stack plus what the backward needs."""
+
+    def __init__(self, core: "RNSCore", N: int, device, dtype, alpha, col, vec, t, base):
+        self.core, self.N, self.device, self.dtype = core, N, device, dtype
+        self.t = t
+        self.lo = _lo(t, core.window)
+        self.t0_lo = self.lo        # first push time whose vector this tape holds
+        self.alpha = alpha          # (N, K)
+        self.col = col              # (N, L, K, K) push times [lo, t]
+        self.vec = vec              # (N, L, m) | None
+        self.base = base            # absolute time of buffer index 0
+        self.cap = 0
+        self.buf = None             # (N, S, cap, K, cap, Q)
+        self.rec = {}               # T -> saved tensors of step T
+        self.reset_backward()
+
+    def reset_backward(self):
+        self.dalpha, self.dcol = {}, {}
+        self.DP = self.PH = self.dV = None
+        self.bwd_T = None
+
+    # --------------------------------------------------------------- buffer
+    def _ensure(self, hi: int, keep_lo: int):
+        """Make absolute indices [keep_lo, hi) addressable in the triangle buffer."""
+        core = self.core
+        if self.buf is not None and hi - self.base <= self.cap:
+            return
+        if self.rec and self.buf is not None:      # recorded steps refer to absolute indices
+            newbase = self.base
+            cap = max(hi - newbase, 2 * self.cap, 8)
+        else:                                      # free to drop rows/cols older than keep_lo
+            newbase = keep_lo
+            need = hi - newbase
+            cap = max(2 * need, 8) if core.window is None else max(need, 2 * core.window + 2)
+        new = torch.zeros(self.N, core.S, cap, core.K, cap, core.Q, device=self.device, dtype=self.dtype)
+        if self.buf is not None:
+            o0 = max(newbase, self.base)
+            o1 = min(self.base + self.cap, hi)
+            if o1 > o0:
+                a0, a1 = o0 - self.base, o1 - self.base
+                b0, b1 = o0 - newbase, o1 - newbase
+                new[:, :, b0:b1, :, b0:b1] = self.buf[:, :, a0:a1, :, a0:a1]
+        self.buf, self.base, self.cap = new, newbase, cap
+
+    def region(self, lo: int, hi: int):
+        """Triangle rows/cols [lo, hi) as an (N*S, L*K, L*Q) strided view."""
+        core = self.core
+        v = self.buf.view(self.N * core.S, self.cap * core.K, self.cap * core.Q)
+        r0, r1 = lo - self.base, hi - self.base
+        return v[:, r0 * core.K:r1 * core.K, r0 * core.Q:r1 * core.Q]
+
+    # --------------------------------------------------------------- forward
+    def forward_step(self, E: Tensor, v: Tensor | None, record: bool):
+        """Advance by one step. E: (N, K, 2K+Q) weights (any positive per-row scale)."""
+        core = self.core
+        K, Q, S, N = core.K, core.Q, core.S, self.N
+        tiny = torch.finfo(self.dtype).tiny
+        t, lo = self.t, self.lo
+        T = t + 1
+        loT = _lo(T, core.window)
+        d = loT - lo
+        Lw = t - loT + 1                                         # push times [loT, t]
+        Lr = Lw - 1                                              # rows with a pop term [loT, t-1]
+        col = self.col
+        alpha = self.alpha
+        W = alpha[:, :, None] * E                                # (N, K, 2K+Q)
+        Wre = W[..., K:2 * K]
+        Wpo = W[..., 2 * K:]
+        colw = col[:, d:].reshape(N, Lw * K, K)                  # (N, (j,a), c)
+        C = torch.cat([torch.bmm(colw, Wre).view(N, Lw, K, K),  # replace
+                       W[:, None, :, :K]], dim=1)                # push at time T -> (N, Lw+1, K, K)
+        Ph = None
+        if Lr > 0:
+            # P̂[c+1][(u,y), r], c in [loT, t-1]  -> (N*S, (c,u), r)
+            Phat = torch.bmm(col[:, d + 1:].reshape(N, Lr * K, K), Wpo)          # (N, (c,u,y), r)
+            Ph = Phat.view(N, Lr, Q, S, Q).permute(0, 3, 1, 2, 4).reshape(N * S, Lr * Q, Q)
+            tri = self.region(loT, t)                                              # (N*S, (j,a), (c,u))
+            pop = torch.bmm(tri, Ph).view(N, S, Lr, K, Q)                          # (N, y, j, a, r)
+            C[:, :Lr] += pop.permute(0, 2, 3, 4, 1).reshape(N, Lr, K, K)
+        Z0 = C.sum(dim=(1, 2, 3)).clamp_min(tiny)                # detached scale (no grad here)
+        C /= Z0[:, None, None, None]
+        a = C.sum(dim=(1, 2))                                    # (N, K)
+        s = a.sum(-1)                                            # (N,)
+        alphaT = a / s[:, None]
+        ahat = a.clamp_min(tiny)
+        newcol = C / ahat[:, None, None, :]                      # (N, Lw+1, K, K)
+        vec = w = None
+        if self.vec is not None:
+            vec = torch.cat([self.vec[:, d:], v.to(self.dtype)[:, None]], dim=1)  # (N, Lw+1, m)
+            w = C.sum(2)                                         # (N, Lw+1, K)
+            reading = torch.einsum("njb,njm->nbm", w, vec) / s[:, None, None]
+            reading = reading.reshape(N, -1)
+        else:
+            reading = alphaT.clone()
+        if record:
+            self.rec[T] = dict(E=E, alpha=alpha, col=col, d=d, Wre=Wre, Wpo=Wpo, Ph=Ph,
+                               buf=self.buf, base=self.base, cap=self.cap,
+                               Z0=Z0, a=a, s=s, alphaT=alphaT, ahat=ahat, newcol=newcol,
+                               vec=vec, w=w, reading=reading if vec is not None else None)
+        # column t is needed by the pop term from step T+1 on (rows [lo_{T+1}, t])
+        lo2 = _lo(T + 1, core.window)
+        if t >= lo2:
+            self._ensure(t + 1, lo2)
+            r0 = max(lo2, lo)
+            blk = col[:, r0 - lo:].reshape(N, t + 1 - r0, K, Q, S).permute(0, 4, 1, 2, 3)
+            self.buf[:, :, r0 - self.base:t + 1 - self.base, :, t - self.base, :] = blk
+        self.t, self.lo, self.alpha, self.col, self.vec = T, loT, alphaT, newcol, vec
+        return reading
+
+    # --------------------------------------------------------------- backward
+    def backward_step(self, T: int, dR: Tensor):
+        """Reverse of forward_step at time T. Returns (dE, dv)."""
+        core = self.core
+        K, Q, S, N = core.K, core.Q, core.S, self.N
+        if self.bwd_T is not None and T >= self.bwd_T:
+            self.reset_backward()                                 # a new backward pass
+        self.bwd_T = T
+        r = self.rec[T]
+        tiny = torch.finfo(self.dtype).tiny
+        t = T - 1
+        loT = _lo(T, core.window)
+        d = r["d"]
+        lo = loT - d
+        Lw = t - loT + 1
+        Lr = Lw - 1
+        Tend = max(self.rec)
+        if self.DP is None:
+            self._alloc_backward(Tend)
+        s, a, ahat, alphaT, newcol, Z0 = r["s"], r["a"], r["ahat"], r["alphaT"], r["newcol"], r["Z0"]
+        dC = torch.zeros(N, Lw + 1, K, K, device=self.device, dtype=self.dtype)
+        dalphaT = self.dalpha.pop(T, None)
+        ds = torch.zeros(N, device=self.device, dtype=self.dtype)
+        dv = None
+        if r["vec"] is not None:
+            m = core.m
+            vec, w = r["vec"], r["w"]
+            drho = dR.reshape(N, K, m)
+            dC += (torch.einsum("nbm,njm->njb", drho, vec) / s[:, None, None])[:, :, None, :]
+            j0 = loT - self.vbase
+            self.dV[:, j0:j0 + Lw + 1] += torch.einsum("nbm,njb->njm", drho, w) / s[:, None, None]
+            ds -= (drho.reshape(N, -1) * r["reading"]).sum(-1) / s
+            dv = self.dV[:, T - self.vbase].clone()
+            self.dV[:, T - self.vbase] = 0
+        else:
+            dalphaT = dR if dalphaT is None else dalphaT + dR
+        # adjoint of the column Ĝ[., T]: direct use at step T+1 plus pop-term uses at steps >= T+2
+        dM = self.dcol.pop(T, None)
+        lo3 = max(_lo(T + 2, core.window), self.base)
+        if Tend >= T + 2 and T >= lo3:
+            L3 = T + 1 - lo3
+            A = self.DP.view(N * S, self.Jn * K, self.Tn * Q)[
+                :, (lo3 - self.base) * K:(T + 1 - self.base) * K,
+                (T + 2 - self.base) * Q:(Tend + 1 - self.base) * Q]
+            B = self.PH.view(N * S, self.Jn, self.Tn * Q, Q)[
+                :, T - self.base, (T + 2 - self.base) * Q:(Tend + 1 - self.base) * Q]
+            tri_adj = torch.bmm(A, B).view(N, S, L3, K, Q).permute(0, 2, 3, 4, 1).reshape(N, L3, K, K)
+            if dM is None:
+                dM = torch.zeros_like(newcol)
+            dM[:, lo3 - loT:] += tri_adj
+        if dalphaT is not None:
+            ds -= (dalphaT * alphaT).sum(-1) / s
+            da = dalphaT / s[:, None] + ds[:, None]
+        else:
+            da = ds[:, None].expand(N, K).clone()
+        if dM is not None:
+            dC += dM / ahat[:, None, None, :]
+            dahat = -(dM * newcol).sum(dim=(1, 2)) / ahat
+            da += torch.where(a > tiny, dahat, torch.zeros_like(dahat))
+        dC += da[:, None, None, :]
+        dC /= Z0[:, None, None, None]
+        # split into push / replace / pop contributions
+        col, Wre, Wpo, E, alpha = r["col"], r["Wre"], r["Wpo"], r["E"], r["alpha"]
+        dCrep = dC[:, :Lw].reshape(N, Lw * K, K)
+        colw = col[:, d:].reshape(N, Lw * K, K)
+        dWre = torch.bmm(colw.transpose(1, 2), dCrep)
+        dcolw = torch.bmm(dCrep, Wre.transpose(1, 2))             # (N, (j,a), c)
+        if Lr > 0:
+            Ph = r["Ph"]
+            dpop = dC[:, :Lr].reshape(N, Lr, K, Q, S).permute(0, 4, 1, 2, 3)     # (N, y, j, a, r)
+            buf, base0, cap0 = r["buf"], r["base"], r["cap"]
+            tri = buf.view(N * S, cap0 * K, cap0 * Q)[
+                :, (loT - base0) * K:(t - base0) * K, (loT - base0) * Q:(t - base0) * Q]
+            dPh = torch.bmm(tri.transpose(1, 2), dpop.reshape(N * S, Lr * K, Q))  # (N*S, (c,u), r)
+            dPhat = dPh.view(N, S, Lr, Q, Q).permute(0, 2, 3, 1, 4).reshape(N, Lr * K, Q)
+            colp = col[:, d + 1:].reshape(N, Lr * K, K)
+            dWpo = torch.bmm(colp.transpose(1, 2), dPhat)
+            dcolw[:, K:] += torch.bmm(dPhat, Wpo.transpose(1, 2))
+            # deferred pop-term adjoint of the triangle: store dpop_T and P̂_T
+            jb = loT - self.base
+            self.DP[:, :, jb:jb + Lr, :, T - self.base, :] = dpop
+            self.PH[:, :, jb:jb + Lr, T - self.base] = Ph.view(N, S, Lr, Q, Q).transpose(3, 4)
+        else:
+            dWpo = dC.new_zeros(N, K, Q)
+        dW = torch.cat([dC[:, Lw], dWre, dWpo], dim=-1)            # (N, K, 2K+Q)
+        dcol = dcolw.view(N, Lw, K, K)
+        if d:
+            dcol = torch.cat([dcol.new_zeros(N, d, K, K), dcol], dim=1)
+        dalpha = (dW * E).sum(-1)
+        if t in self.dalpha:
+            self.dalpha[t] = self.dalpha[t] + dalpha
+        else:
+            self.dalpha[t] = dalpha
+        self.dcol[t] = dcol
+        dE = dW * alpha[:, :, None]
+        return dE, dv
+
+    def _alloc_backward(self, Tend: int):
+        core = self.core
+        N, S, K, Q = self.N, core.S, core.K, core.Q
+        n = Tend + 1 - self.base
+        self.Jn = self.Tn = n
+        self.DP = torch.zeros(N, S, n, K, n, Q, device=self.device, dtype=self.dtype)
+        self.PH = torch.zeros(N, S, n, n, Q, Q, device=self.device, dtype=self.dtype)
+        if core.m:
+            self.vbase = self.t0_lo                  # vectors of push times >= t0_lo live here
+            self.dV = torch.zeros(N, Tend + 1 - self.vbase, core.m, device=self.device, dtype=self.dtype)
+
+
+class _StepFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, v, token, tape, kind):
+        E = _weights(x, kind)
+        ctx.tape, ctx.T, ctx.kind = tape, tape.t + 1, kind
+        reading = tape.forward_step(E, v, record=True)
+        ctx.has_v = v is not None
+        ctx.save_for_backward(x) if kind == "weights" else None
+        return reading, reading.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, dR, dtoken):
+        tape = ctx.tape
+        dE, dv = tape.backward_step(ctx.T, dR.contiguous())
+        E = tape.rec[ctx.T]["E"]
+        if ctx.kind == "logits":
+            dx = dE * E
+        else:
+            (x,) = ctx.saved_tensors
+            dx = dE / _wscale(x)
+        return dx, (dv if ctx.has_v else None), None, None, None
+
+
+class _InitFn(torch.autograd.Function):
+    """VRNS only: makes the bottom vector part of the graph (reading 0 and v_0)."""
+
+    @staticmethod
+    def forward(ctx, bottom, tape):
+        ctx.tape = tape
+        N, K, m = tape.N, tape.core.K, tape.core.m
+        r0 = torch.zeros(N, K, m, device=bottom.device, dtype=tape.dtype)
+        r0[:, 0] = bottom
+        return r0.reshape(N, K * m), bottom.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, dR0, dtoken):
+        tape = ctx.tape
+        core = tape.core
+        g = dR0.reshape(tape.N, core.K, core.m)[:, 0].clone()
+        if tape.dV is not None:
+            g += tape.dV[:, 0 - tape.vbase]
+        return g, None
+
+
+def _wscale(x):
+    return x.amax(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+
+
+def _weights(x, kind):
+    if kind == "logits":
+        return torch.exp(x - x.amax(dim=(1, 2), keepdim=True))
+    return x / _wscale(x)
+
+
 class RNSCore:
+    """RNS (``m=None``) or VRNS (``m`` = vector size); optional window ``D``."""
+
     def __init__(self, Q: int, S: int, m: int | None = None, window: int | None = None):
         if Q < 1 or S < 1:
             raise ValueError("Q and S must be positive")
         if window is not None and window < 1:
             raise ValueError("window must be >= 1")
+        if m is not None and m < 1:
+            raise ValueError("m must be positive")
         self.Q, self.S, self.m, self.window = Q, S, m, window
         self.K = Q * S
         self.num_actions = self.K * (2 * self.K + Q)
@@ -40,111 +419,109 @@ class RNSCore:
 
     # ------------------------------------------------------------------ state
     def initial_state(self, N, device=None, dtype=torch.float32, bottom=None) -> RNSState:
-        K, S, Q = self.K, self.S, self.Q
+        K = self.K
+        if bottom is not None and device is None:
+            device = bottom.device
         alpha = torch.zeros(N, K, device=device, dtype=dtype)
         alpha[:, 0] = 1
         col = torch.zeros(N, 1, K, K, device=device, dtype=dtype)
         col[:, 0, 0, 0] = 1
-        tri = torch.zeros(N, S, 0, K, 0, Q, device=device, dtype=dtype)
         vec = None
         if self.m:
             if bottom is None:
-                raise ValueError("VRNS needs a bottom vector")
-            vec = bottom.to(dtype).reshape(N, 1, self.m)
-        return RNSState(0, 0, alpha, col, tri, vec)
+                raise ValueError("VRNS needs a bottom vector (N, m)")
+            bottom = bottom.expand(N, self.m)
+            vec = bottom.detach().to(dtype).reshape(N, 1, self.m)
+        tape = _Tape(self, N, device, dtype, alpha, col, vec, 0, 0)
+        token, reading0 = None, None
+        if self.m:
+            if torch.is_grad_enabled() and bottom.requires_grad:
+                reading0, token = _InitFn.apply(bottom, tape)
+            else:
+                reading0 = torch.zeros(N, K, self.m, device=device, dtype=dtype)
+                reading0[:, 0] = bottom.detach()
+                reading0 = reading0.reshape(N, -1)
+        return RNSState(tape, 0, token, reading0)
 
     def initial_reading(self, state: RNSState) -> Tensor:
-        return self._reading(state.alpha, state.col, state.vec)
+        if state.reading0 is not None:
+            return state.reading0
+        if state.t != 0:
+            raise ValueError("initial_reading needs the initial state")
+        N, K = state.tape.N, self.K
+        r = torch.zeros(N, K, device=state.tape.device, dtype=state.tape.dtype)
+        r[:, 0] = 1
+        return r
 
     def detach_state(self, state: RNSState) -> RNSState:
-        d = (lambda x: None if x is None else x.detach())
-        return RNSState(state.t, state.lo, d(state.alpha), d(state.col), d(state.tri), d(state.vec))
-
-    def _reading(self, alpha, col, vec):
-        N = alpha.shape[0]
-        if vec is None:
-            return alpha
-        # eta[b] / sum(alpha) = alpha[b] * sum_j (sum_a col[j, a, b]) v_j
-        w = col.sum(2)                                           # (N, L, K)
-        eta = torch.einsum("njb,njm->nbm", w, vec) * alpha[..., None]
-        return eta.reshape(N, -1)
+        tape = state.tape
+        if tape.t != state.t:
+            raise ValueError("detach_state: this state has already been advanced")
+        t = tape.t
+        lo1 = _lo(t + 1, self.window)
+        new = _Tape(self, tape.N, tape.device, tape.dtype, tape.alpha.detach(), tape.col.detach(),
+                    None if tape.vec is None else tape.vec.detach(), t, lo1)
+        if tape.buf is not None and t - 1 >= lo1:
+            new._ensure(t, lo1)
+            new.buf[:, :, :t - lo1, :, :t - lo1] = tape.buf[
+                :, :, lo1 - tape.base:t - tape.base, :, lo1 - tape.base:t - tape.base]
+        return RNSState(new, t, None, None)
 
     # ------------------------------------------------------------------ step
     def step(self, state: RNSState, action_logits: Tensor, pushed: Tensor | None = None):
         N = action_logits.shape[0]
-        lg = action_logits.reshape(N, self.K, 2 * self.K + self.Q)
-        E = torch.exp(lg - lg.detach().amax(dim=(1, 2), keepdim=True))
-        return self._step_weights(state, E, pushed)
+        x = action_logits.reshape(N, self.K, 2 * self.K + self.Q)
+        return self._advance(state, x, pushed, "logits")
 
-    def _step_weights(self, state: RNSState, E: Tensor, pushed: Tensor | None):
-        """E: (N, K, 2K+Q) step weights, any positive per-example scale."""
-        K, Q, S = self.K, self.Q, self.S
-        N = E.shape[0]
-        t, lo = state.t, state.lo
-        T = t + 1
-        loT = _lo(T, self.window)
-        d = loT - lo
-        col = state.col[:, d:]                                   # (N, Lw, K, K) j in [loT, t]
-        Lw = col.shape[1]
-        W = state.alpha[..., None] * E                           # (N, K, 2K+Q)
-        Wpush, Wrepl, Wpop = W[..., :K], W[..., K:2 * K], W[..., 2 * K:]
-        C = torch.matmul(col, Wrepl[:, None])                   # (N, Lw, K, K)
-        Lr = Lw - 1
-        if Lr > 0:
-            Phat = torch.matmul(col[:, 1:], Wpop[:, None])      # (N, Lr, K(u,y), Q(r))
-            Ph = Phat.reshape(N, Lr, Q, S, Q).permute(0, 3, 1, 2, 4).reshape(N * S, Lr * Q, Q)
-            tri = state.tri.reshape(N * S, Lr * K, Lr * Q)
-            pop = torch.bmm(tri, Ph).reshape(N, S, Lr, K, Q)     # (N, y, j, a, r)
-            pop = pop.permute(0, 2, 3, 4, 1).reshape(N, Lr, K, K)
-            C = C + F.pad(pop, (0, 0, 0, 0, 0, 1))
-        C = torch.cat([C, Wpush[:, None]], dim=1)               # (N, Lw+1, K, K) j in [loT, T]
-        Z0 = C.detach().sum(dim=(1, 2, 3)).clamp_min(torch.finfo(C.dtype).tiny)
-        C = C / Z0[:, None, None, None]
-        a = C.sum(dim=(1, 2))                                    # (N, K)
-        alpha = a / a.sum(-1, keepdim=True)
-        newcol = C / a.clamp_min(torch.finfo(C.dtype).tiny)[:, None, :].unsqueeze(1)
-        # triangle for step T+1: rows/cols [lo_{T+1}, t]
-        lo2 = _lo(T + 1, self.window)
-        d2 = lo2 - loT
-        L2 = t - lo2 + 1
-        if L2 > 0:
-            tri = state.tri[:, :, d2:, :, d2:, :]                # rows/cols [lo2, t-1]
-            tri = F.pad(tri, (0, 0, 0, 0, 0, 0, 0, 1))           # rows [lo2, t]
-            newc = state.col[:, lo2 - lo:].reshape(N, L2, K, Q, S).permute(0, 4, 1, 2, 3)[:, :, :, :, None, :]
-            tri = torch.cat([tri, newc], dim=4)                  # (N, S, L2, K, L2, Q)
+    def _advance(self, state: RNSState, x: Tensor, pushed, kind):
+        tape = state.tape
+        if tape.t != state.t:
+            raise ValueError("this RNS state has already been advanced (states are single-use; "
+                             "use detach_state to fork)")
+        if self.m and pushed is None:
+            raise ValueError("VRNS step needs a pushed vector (N, m)")
+        if x.dtype != tape.dtype:
+            x = x.to(tape.dtype)
+        tok = state.token
+        need = torch.is_grad_enabled() and (
+            x.requires_grad or (pushed is not None and pushed.requires_grad)
+            or (tok is not None and tok.requires_grad))
+        if need:
+            v = pushed if pushed is None else pushed.to(tape.dtype)
+            if tok is None:
+                tok = x.new_zeros(())
+            reading, token = _StepFn.apply(x, v, tok, tape, kind)
         else:
-            tri = state.tri.new_zeros(N, S, 0, K, 0, Q)
-        vec = None
-        if state.vec is not None:
-            vec = torch.cat([state.vec[:, d:], pushed.to(E.dtype)[:, None]], dim=1)
-        new = RNSState(T, loT, alpha, newcol, tri, vec)
-        return self._reading(alpha, newcol, vec), new
+            with torch.no_grad():
+                reading = tape.forward_step(_weights(x.detach(), kind),
+                                            None if pushed is None else pushed.detach(), record=False)
+            token = tok
+        return reading, RNSState(tape, tape.t, token, None)
 
 
-def _split_logits(push, repl, pop):
+def _split_actions(push, repl, pop):
     B, n, Q, S = pop.shape[:4]
     K = Q * S
     return torch.cat([push.reshape(B, n, K, K), repl.reshape(B, n, K, K), pop.reshape(B, n, K, Q)], dim=-1)
 
 
 def rns_readings(push, repl, pop, *, log=False, pushed=None, bottom=None, window=None):
-    """Readings of a (V)RNS driven by given action weights.
+    """Readings of a (V)RNS driven by given action weights (functional core).
 
-    push, repl: (B, n, Q, S, Q, S); pop: (B, n, Q, S, Q); positive weights, or
-    their logs when ``log=True``. VRNS: pushed (B, n, m), bottom (B, m).
-    Returns (B, n+1, Q*S) (VRNS: (B, n+1, Q*S*m)); index 0 is the initial reading.
+    push, repl: (B, n, Q, S, Q, S) and pop: (B, n, Q, S, Q): positive weights, or
+    their logs when ``log=True`` (weights ``[..., q, x, r, y]`` are for the move
+    from (state q, top x) to state r with new top y).  VRNS: ``pushed`` (B, n, m)
+    and ``bottom`` (B, m).  ``window``: D of the windowed variant.
+    Returns (B, n+1, Q*S) -- VRNS (B, n+1, Q*S*m) -- index 0 is the initial reading.
     """
     B, n, Q, S = pop.shape[:4]
     m = None if pushed is None else pushed.shape[-1]
     core = RNSCore(Q, S, m, window)
-    A = _split_logits(push, repl, pop)                        # (B, n, K, 2K+Q)
-    if log:
-        E = torch.exp(A - A.detach().amax(dim=(2, 3), keepdim=True))
-    else:
-        E = A / A.detach().amax(dim=(2, 3), keepdim=True).clamp_min(torch.finfo(A.dtype).tiny)
+    A = _split_actions(push, repl, pop)                        # (B, n, K, 2K+Q)
     state = core.initial_state(B, A.device, A.dtype, bottom)
     out = [core.initial_reading(state)]
+    kind = "logits" if log else "weights"
     for t in range(n):
-        r, state = core._step_weights(state, E[:, t], None if pushed is None else pushed[:, t])
+        r, state = core._advance(state, A[:, t], None if pushed is None else pushed[:, t], kind)
         out.append(r)
     return torch.stack(out, 1)

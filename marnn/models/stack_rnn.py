@@ -185,7 +185,8 @@ class StackRNN(nn.Module):
             gx = ctl.input_gates(self.embedding(x), one_hot=False)  # (R, B, T, 4H)
         else:
             gx = ctl.input_gates(x, one_hot=True)
-        fused = self.config.fused and not return_stack and self.config.memory in (None, "superposition")
+        fused = self.config.fused and not return_stack and (
+            self.core is None or (self.config.memory == "superposition" and len(set(self.core.sizes)) == 1))
         if fused:
             (hs, new_state), stack = self._fused(gx, state), None
         else:
@@ -204,18 +205,18 @@ class StackRNN(nn.Module):
             hs, cT, _ = fused_stack_lstm(gx, ctl.weight_hh, h0, c0, fresh=fresh)
             memory = None
         else:
-            M = self.core.reading_size
-            S0 = None if fresh else state.memory.stack.view(R, B, -1, M)
+            sizes = self.core.sizes
+            k, M = len(sizes), self.core.reading_size
+            S0 = None if fresh else state.memory.stack.view(R, B, -1, k, M // k)
             heights = stack_heights(T, start=0 if fresh else S0.shape[2], fresh=fresh, prune=cfg.prune,
                                     depth=cfg.depth)
             push = getattr(self.memory, "push", None)
             hs, cT, ST = fused_stack_lstm(
                 gx, ctl.weight_hh, h0, c0, W_ir=ctl.weight_ir, W_a=self.memory.action.weight,
                 b_a=self.memory.action.bias, W_v=push.weight if push else None, b_v=push.bias if push else None,
-                S0=S0, sizes=self.core.sizes, heights=heights, fresh=fresh, push_hidden=cfg.push == "hidden")
-            done = (0 if state is None else state.memory.updates) + T - (1 if fresh else 0)
-            length = T if (fresh and cfg.prune) else None
-            memory = SuperpositionState(ST.reshape(R * B, ST.shape[2], M), done, length)
+                S0=S0, k=k, heights=heights, fresh=fresh, push_hidden=cfg.push == "hidden")
+            done = (0 if fresh else state.memory.updates) + T - (1 if fresh else 0)
+            memory = SuperpositionState(ST.reshape(R * B, ST.shape[2], M), done, T if (fresh and cfg.prune) else None)
         hs = hs.permute(1, 2, 0, 3)  # (R, B, T, H)
         return hs, ModelState(hs[:, :, -1], cT, memory)
 

@@ -3,8 +3,8 @@
 A stack is a tensor ``S`` of shape ``(..., L, M)``: cell ``S[..., 0, :]`` is the
 top, empty cells are 0. ``k`` stacks of sizes ``m_1 .. m_k`` (``M = sum m_j``)
 live side by side in the feature dimension, each with its own action
-distribution ``a = softmax(W_a h + b_a)`` over (push, pop, no-op)
-(:data:`ACTIONS`). One update, for every feature of stack ``j``:
+distribution ``a = softmax(W_a h + b_a)`` over (push, no-op, pop)
+(:data:`ACTIONS`, the order of the logits: action ``j`` reads cell ``i - 1 + j``). One update, for every feature of stack ``j``:
 
 .. math::
     S'[0] = a_{push} v + a_{noop} S[0] + a_{pop} S[1], \\qquad
@@ -35,7 +35,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-ACTIONS = ("push", "pop", "no-op")  # order of the logits of each stack
+ACTIONS = ("push", "no-op", "pop")  # order of the logits of each stack (= shift of the cell read)
 
 
 def stack_heights(steps: int, *, start: int = 0, fresh: bool = True, prune: bool = True,
@@ -82,7 +82,7 @@ def superposition_step(stack: torch.Tensor, actions: torch.Tensor, pushed: torch
     pad = stack.new_zeros(*lead, height + 1 - keep, M)
     buf = torch.cat([pushed.unsqueeze(-2), stack[..., :keep, :], pad], dim=-2)  # (..., height+2, M)
     a = feature_actions(actions, sizes).unsqueeze(-3)  # (..., 1, M, 3)
-    push, pop, noop = a[..., 0], a[..., 1], a[..., 2]
+    push, noop, pop = a[..., 0], a[..., 1], a[..., 2]
     return push * buf[..., :height, :] + noop * buf[..., 1:height + 1, :] + pop * buf[..., 2:height + 2, :]
 
 
@@ -116,7 +116,7 @@ class SuperpositionCore:
         return state.stack.new_zeros(state.stack.shape[0], self.reading_size)  # (N, M)
 
     def actions(self, action_logits: torch.Tensor) -> torch.Tensor:
-        """``(N, 3k)`` logits -> ``(N, k, 3)`` probabilities (push, pop, no-op)."""
+        """``(N, 3k)`` logits -> ``(N, k, 3)`` probabilities (push, no-op, pop)."""
         return torch.softmax(action_logits.view(action_logits.shape[0], -1, 3), dim=-1)
 
     def step(self, state: SuperpositionState, action_logits: torch.Tensor, pushed: torch.Tensor):
@@ -133,220 +133,213 @@ class SuperpositionCore:
 
 
 # ---------------------------------------------------------------------------
-# Fused controller + stack recurrence with a hand-written backward pass
+# Fused controller + stack recurrence with a hand-written backward pass.
+# Stacks are stored as (R, B, L, k, m): k equal-size stacks of m-vectors.
+# Z[t] holds [v_t, S_{t-1}[0], S_{t-1}[1], ..., 0, 0]: step t reads its rows
+# i, i+1, i+2 with weights (push, no-op, pop) and writes S_t into Z[t+1][1:].
 # ---------------------------------------------------------------------------
 
-def _forward_loop(gx, W_h, b_h, W_ir, h0, c0, S0, emat, heights, fresh, push_hidden, save):
-    """Run ``T`` steps. ``gx``: (R, B, T, 4H) input gates incl. biases; ``W_h``:
-    (R, 4H + 3k + Mv, H) = [W_hh; W_a; W_v]; ``b_h``: (R, 1, same) = [0; b_a; b_v];
-    ``W_ir``: (R, 4H, M) or None (plain LSTM). Returns outputs and saved buffers."""
+def _forward_loop(gx, W_h, b_h, W_ir, h0, c0, S0, k, heights, fresh, push_hidden, save):
+    """``gx``: (R, B, T, 4H) input gates incl. biases; ``W_h``: (R, 4H + 3k [+ M], H)
+    = [W_hh; W_a; W_v]; ``b_h``: (R, 1, same) = [0; b_a; b_v]; ``W_ir``: (R, 4H, M)
+    or None (plain LSTM); ``S0``: (R, B, L0, k, m). ``save`` keeps what backward needs."""
     R, B, T, G = gx.shape
     H = G // 4
     stack = W_ir is not None
-    dev, dt = gx.device, gx.dtype
-    Hs = gx.new_empty(T + 1, R, B, H)  # h_{-1} .. h_{T-1}
+    Hs = gx.new_empty(T + 1, R, B, H)  # h_{-1}, h_0 .. h_{T-1} (0-indexed steps)
     Cs = gx.new_empty(T + 1, R, B, H)
     Hs[0], Cs[0] = h0, c0
-    sv = {}
+    Hl, Cl, gxl = Hs.unbind(0), Cs.unbind(0), gx.unbind(2)
+    Hw = W_h.transpose(1, 2)  # (R, H, P)
     if save:
-        ACT = gx.new_empty(T, R, B, G)
-        TC = gx.new_empty(T, R, B, H)
+        ACT = gx.new_empty(T, R, B, 4, H)  # sigma(i), sigma(f), tanh(g), sigma(o)
+        TC = gx.new_empty(T, R, B, H)  # tanh(c_t)
+        ACTl, TCl = ACT.unbind(0), TC.unbind(0)
+    prev, As = 0, []
     if stack:
         M = W_ir.shape[2]
-        k = emat.shape[1]
-        L0 = S0.shape[2]
-        rows = max(heights + [L0]) + 2
-        Z = torch.zeros(T + 1 if save else 2, R, B, rows, M, device=dev, dtype=dt)
+        m = M // k
+        L0 = prev = S0.shape[2]
+        rows = max(max(heights, default=0), L0) + 2
+        Z = gx.new_zeros(T + 1 if save else 2, R, B, rows, k, m)
         Z[0, :, :, 1:1 + L0] = S0
-        if save:
-            A = gx.new_zeros(T, R, B, k, 3)
-    Hw = W_h.transpose(1, 2)  # (R, H, P)
-    Rw = W_ir.transpose(1, 2) if stack else None  # (R, M, 4H)
-    prev = L0 if stack else 0
+        Zl = Z.unbind(0)
+        readl = Z[:, :, :, 1].reshape(-1, R, B, M).unbind(0)  # views: r_t = S_t[0]
+        pushl = Z[:, :, :, 0].unbind(0)  # (R, B, k, m) slots for v_t
+        Rw = W_ir.transpose(1, 2)  # (R, M, 4H)
     for t in range(T):
-        h, c = Hs[t], Cs[t]
-        update = stack and not (fresh and t == 0)
-        if fresh and t == 0:
-            gates = gx[:, :, 0]  # h_{-1} = 0
+        first = fresh and t == 0
+        if first:
+            gates = gxl[0]  # h_{-1} = 0
         else:
-            P = torch.baddbmm(b_h, h, Hw)  # (R, B, P)
-            gates = gx[:, :, t] + P[..., :G]
-        if update:
-            Zt, Zn = (Z[t], Z[t + 1]) if save else (Z[t % 2], Z[(t + 1) % 2])
-            L = heights[t]
+            P = torch.baddbmm(b_h, Hl[t], Hw)  # (R, B, P)
+            gates = gxl[t] + P[..., :G]
+        if stack and not first:
+            zi, zo = (t, t + 1) if save else (t & 1, (t + 1) & 1)
+            Zt, Zn = Zl[zi], Zl[zo]
+            L = prev = heights[t]
             a = torch.softmax(P[..., G:G + 3 * k].view(R, B, k, 3), dim=-1)  # (R, B, k, 3)
-            if save:
-                A[t] = a
+            As.append(a)
             if push_hidden:
-                Zt[:, :, 0] = h
+                pushl[zi].copy_(Hl[t].view(R, B, k, m))
             else:
-                torch.sigmoid(P[..., G + 3 * k:], out=Zt[:, :, 0])
-            co = torch.matmul(emat, a)  # (R, B, M, 3) per-feature coefficients
-            co = co.unsqueeze(2)  # (R, B, 1, M, 3)
-            out = Zn[:, :, 1:1 + L]
+                torch.sigmoid(P[..., G + 3 * k:].view(R, B, k, m), out=pushl[zi])
+            co = a.view(R, B, 1, k, 1, 3)
+            out = Zn[:, :, 1:1 + L]  # S_t[i] = push B[i] + noop B[i+1] + pop B[i+2]
             torch.mul(co[..., 0], Zt[:, :, :L], out=out)
-            out.addcmul_(co[..., 2], Zt[:, :, 1:L + 1])
-            out.addcmul_(co[..., 1], Zt[:, :, 2:L + 2])
-            if not save:  # the ping-pong buffer must be zero below the new top cells
+            out.addcmul_(co[..., 1], Zt[:, :, 1:L + 1])
+            out.addcmul_(co[..., 2], Zt[:, :, 2:L + 2])
+            if not save:  # reused buffer: rows below the new stack must read as empty
                 Zn[:, :, 1 + L:3 + L].zero_()
-            gates = torch.baddbmm(gates, Zn[:, :, 1], Rw)  # + W_ir r_t
-            prev = L
-        act = ACT[t] if save else torch.empty_like(gates)
-        torch.sigmoid(gates, out=act)
-        torch.tanh(gates[..., 2 * H:3 * H], out=act[..., 2 * H:3 * H])
-        cn = Cs[t + 1]
-        torch.mul(act[..., H:2 * H], c, out=cn)
-        cn.addcmul_(act[..., :H], act[..., 2 * H:3 * H])
-        tc = TC[t] if save else torch.tanh(cn)
-        if save:
-            torch.tanh(cn, out=tc)
-        torch.mul(act[..., 3 * H:], tc, out=Hs[t + 1])
+            gates = torch.baddbmm(gates, readl[zo], Rw)  # + W_ir r_t
+        act = ACTl[t] if save else gx.new_empty(R, B, 4, H)
+        g4 = gates.view(R, B, 4, H)
+        torch.sigmoid(g4, out=act)
+        i, f, g, o = act.unbind(2)
+        torch.tanh(g4[:, :, 2], out=g)
+        cn = Cl[t + 1]
+        torch.mul(f, Cl[t], out=cn)
+        cn.addcmul_(i, g)
+        tc = TCl[t] if save else torch.empty_like(cn)
+        torch.tanh(cn, out=tc)
+        torch.mul(o, tc, out=Hl[t + 1])
     S_last = None
     if stack:
-        last = Z[T] if save else Z[T % 2]
-        S_last = last[:, :, 1:1 + prev].clone()
+        S_last = Zl[T if save else T & 1][:, :, 1:1 + prev].clone()
+    sv = None
     if save:
         sv = dict(Hs=Hs, Cs=Cs, ACT=ACT, TC=TC)
         if stack:
-            sv.update(Z=Z, A=A)
+            sv.update(Z=Z, A=torch.stack(As) if As else gx.new_zeros(0, R, B, k, 3))
     return Hs[1:], Cs[T].clone(), S_last, sv
 
 
 class _FusedStackLSTM(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, opts, gx, W_h, b_h, W_ir, h0, c0, S0, emat):
-        heights, fresh, push_hidden = opts
-        hs, cT, ST, sv = _forward_loop(gx, W_h, b_h, W_ir, h0, c0, S0, emat, heights, fresh, push_hidden, save=True)
+    def forward(ctx, opts, gx, W_h, b_h, W_ir, h0, c0, S0):
+        k, heights, fresh, push_hidden = opts
+        hs, cT, ST, sv = _forward_loop(gx, W_h, b_h, W_ir, h0, c0, S0, k, heights, fresh, push_hidden, save=True)
         ctx.opts, ctx.sv = opts, sv
-        ctx.save_for_backward(W_h, W_ir, emat)
+        ctx.save_for_backward(W_h, W_ir)
         ctx.L0 = S0.shape[2] if S0 is not None else 0
         return hs, cT, ST
 
     @staticmethod
     def backward(ctx, dhs, dcT, dST):
-        heights, fresh, push_hidden = ctx.opts
-        W_h, W_ir, emat = ctx.saved_tensors
-        sv = ctx.sv
+        k, heights, fresh, push_hidden = ctx.opts
+        W_h, W_ir = ctx.saved_tensors
+        sv, ctx.sv = ctx.sv, None
         Hs, Cs, ACT, TC = sv["Hs"], sv["Cs"], sv["ACT"], sv["TC"]
-        T, R, B, G = ACT.shape
-        H = G // 4
-        Pn = W_h.shape[1]
+        T, R, B, _, H = ACT.shape
+        G, Pn = 4 * H, W_h.shape[1]
         stack = W_ir is not None
         if dhs is None:
             dhs = Hs.new_zeros(T, R, B, H)
-        # Vectorised local derivatives (one pass over all steps):
-        # d gates = [dc*g*i', dc*c_prev*f', dc*i*g', dh*tanh(c)*o'] and dc += dh*o*(1-tanh(c)^2)
-        i, f, g, o = ACT.split(H, dim=-1)
-        mult = torch.cat([g * i * (1 - i), Cs[:-1] * f * (1 - f), i * (1 - g * g), TC * o * (1 - o)], dim=-1)
-        K = o * (1 - TC * TC)
-        dP = Hs.new_zeros(T, R, B, Pn)
-        dG = dP[..., :G]
+        # local derivatives for all steps at once:
+        # d(i,f,g,o) = (dc g i', dc c_prev f', dc i g', dh tanh(c) o'),  dc += dh o (1 - tanh(c)^2)
+        i, f, g, o = ACT.unbind(3)
+        mult = torch.stack([g * i * (1 - i), Cs[:-1] * f * (1 - f), i * (1 - g * g), TC * o * (1 - o)], dim=3)
+        Kl = (o * (1 - TC * TC)).unbind(0)
+        m3l, mol, fl, dhsl = mult[:, :, :, :3].unbind(0), mult[:, :, :, 3].unbind(0), f.unbind(0), dhs.unbind(0)
+        dP = Hs.new_zeros(T, R, B, Pn)  # gradients of the pre-activations [gates; logits; push]
+        dPl, dGl = dP.unbind(0), dP[..., :G].unbind(0)
+        dG4 = dP[..., :G].view(T, R, B, 4, H)
+        dG3l, dGol = dG4[:, :, :, :3].unbind(0), dG4[:, :, :, 3].unbind(0)
         dh = torch.zeros_like(Hs[0])
         dc = dcT.clone() if dcT is not None else torch.zeros_like(Hs[0])
         if stack:
             Z, A = sv["Z"], sv["A"]
             M = W_ir.shape[2]
-            k = emat.shape[1]
-            Vd = None if push_hidden else Z[:T, :, :, 0] * (1 - Z[:T, :, :, 0])  # sigmoid' of pushed v
-            rows = Z.shape[3] + 2
-            DZ = Hs.new_zeros(T + 1, R, B, rows, M)  # DZ[t+1][..., 2 + i, :] = dL/dS_t[i]
-            L_last = heights[-1]
+            m = M // k
+            Zl = Z.unbind(0)
+            DZ = Hs.new_zeros(T + 1, R, B, Z.shape[3] + 2, k, m)  # DZ[t+1][:, :, 2 + i] = dL/dS_t[i]
+            DZl = DZ.unbind(0)
+            Dtopl, Dtopfl = DZ[:, :, :, 2].unbind(0), DZ[:, :, :, 2].reshape(T + 1, R, B, M).unbind(0)
             if dST is not None:
-                DZ[T][:, :, 2:2 + L_last] += dST
-            coef = torch.matmul(emat, A).unsqueeze(3)  # (T, R, B, 1, M, 3)
-            dcoef_all = Hs.new_zeros(T, R, B, M, 3)
-            idx = torch.tensor([0, 2, 1], device=Hs.device)  # shift order (push, no-op, pop) -> logits order
-        W_gr = W_ir  # (R, 4H, M)
+                DZ[T][:, :, 2:2 + heights[-1]] += dST
+            off = 0 if fresh else 1  # A[j] belongs to step j + 1 - off
+            dlogl = dP[..., G:G + 3 * k].view(T, R, B, k, 3).unbind(0)
+            if not push_hidden:
+                Vdl = (Z[:T, :, :, 0] * (1 - Z[:T, :, :, 0])).unbind(0)  # sigmoid' of v_t
+                dPvl = dP[..., G + 3 * k:].view(T, R, B, k, m).unbind(0)
         for t in range(T - 1, -1, -1):
-            dht = dhs[t] + dh
-            dc.addcmul_(dht, K[t])
-            dGt = dG[t]
-            dGt.view(R, B, 4, H)[:, :, :3] = dc.unsqueeze(2)
-            dGt[..., 3 * H:] = dht
-            dGt.mul_(mult[t])
-            dc = dc * f[t]
-            update = stack and not (fresh and t == 0)
-            if update:
+            first = fresh and t == 0
+            dht = dhsl[t] + dh
+            dc.addcmul_(dht, Kl[t])
+            torch.mul(m3l[t], dc.unsqueeze(2), out=dG3l[t])
+            torch.mul(mol[t], dht, out=dGol[t])
+            dc = dc * fl[t]
+            if stack and not first:
                 L = heights[t]
                 Lp = heights[t - 1] if t > 0 else ctx.L0
-                dr = torch.bmm(dGt, W_gr)  # (R, B, M)
-                D = DZ[t + 1]
-                D[:, :, 2] += dr
-                dS = D[:, :, 2:2 + L]  # (R, B, L, M)
-                U = Z[t][:, :, :L + 2].unfold(2, 3, 1)  # (R, B, L, M, 3): B[i], B[i+1], B[i+2]
-                torch.sum(dS.unsqueeze(-1) * U, dim=2, out=dcoef_all[t])  # (R, B, M, 3)
-                da = torch.matmul(emat.t(), dcoef_all[t]).index_select(-1, idx)  # (R, B, k, 3)
-                a = A[t]
-                dlog = dP[t][..., G:G + 3 * k].view(R, B, k, 3)
-                torch.mul(a, da - (a * da).sum(-1, keepdim=True), out=dlog)
-                co = coef[t]
-                dv = co[:, :, 0, :, 0] * D[:, :, 2]  # (R, B, M): d pushed = a_push dS_t[0]
+                a = A[t - 1 + off]  # (R, B, k, 3)
+                Dtopfl[t + 1].add_(torch.bmm(dGl[t], W_ir))  # dL/dr_t
+                D = DZl[t + 1]
+                U = Zl[t][:, :, :L + 2].unfold(2, 3, 1)  # (R, B, L, k, m, 3): rows i, i+1, i+2
+                da = (D[:, :, 2:2 + L].unsqueeze(-1) * U).sum((2, 4))  # (R, B, k, 3)
+                torch.mul(a, da - (a * da).sum(-1, keepdim=True), out=dlogl[t])  # softmax backward
+                dv = a[..., :1] * Dtopl[t + 1]  # (R, B, k, m): v enters S_t[0] with weight a_push
                 n = min(Lp, L + 1)
                 if n > 0:  # dS_{t-1}[j] = push dS_t[j+1] + noop dS_t[j] + pop dS_t[j-1]
-                    out = DZ[t][:, :, 2:2 + n]
+                    co = a.view(R, B, 1, k, 1, 3)
+                    out = DZl[t][:, :, 2:2 + n]
                     torch.mul(co[..., 0], D[:, :, 3:3 + n], out=out)
-                    out.addcmul_(co[..., 2], D[:, :, 2:2 + n])
-                    out.addcmul_(co[..., 1], D[:, :, 1:1 + n])
+                    out.addcmul_(co[..., 1], D[:, :, 2:2 + n])
+                    out.addcmul_(co[..., 2], D[:, :, 1:1 + n])
                 if not push_hidden:
-                    torch.mul(dv, Vd[t], out=dP[t][..., G + 3 * k:])
-            if fresh and t == 0:
+                    torch.mul(dv, Vdl[t], out=dPvl[t])
+            if first:
                 break
-            dh = torch.bmm(dP[t], W_h)  # (R, B, H)
-            if update and push_hidden:
-                dh = dh + dv
-        # parameter gradients in one product over all steps
-        start = 1 if fresh else 0
-        dPr = dP[start:].permute(1, 0, 2, 3).reshape(R, -1, Pn)  # (R, T'B, P)
-        Hp = Hs[start:T].permute(1, 0, 2, 3).reshape(R, -1, H)  # (R, T'B, H)
-        dW_h = torch.bmm(dPr.transpose(1, 2), Hp)
+            dh = torch.bmm(dPl[t], W_h)  # (R, B, H)
+            if stack and push_hidden:
+                dh = dh + dv.view(R, B, H)
+        # parameter gradients: one product over all steps
+        s = 1 if fresh else 0
+        dPr = dP[s:].transpose(0, 1).reshape(R, -1, Pn)  # (R, T'B, P)
+        dW_h = torch.bmm(dPr.transpose(1, 2), Hs[s:T].transpose(0, 1).reshape(R, -1, H))
         db_h = dPr.sum(1, keepdim=True)
         dW_ir = dS0 = None
         if stack:
-            reads = Z[1:, :, :, 1].permute(1, 0, 2, 3).reshape(R, -1, M)  # (R, TB, M) readings r_t
-            dGr = dG.permute(1, 0, 2, 3).reshape(R, -1, G)
-            dW_ir = torch.bmm(dGr.transpose(1, 2), reads)
+            reads = Z[1:, :, :, 1].transpose(0, 1).reshape(R, -1, M)  # (R, TB, M) readings r_t
+            dW_ir = torch.bmm(dP[..., :G].transpose(0, 1).reshape(R, -1, G).transpose(1, 2), reads)
             dS0 = DZ[0][:, :, 2:2 + ctx.L0]
-        dgx = dG.permute(1, 2, 0, 3)
-        dh0 = None if fresh else dh
-        dc0 = None if fresh else dc
-        ctx.sv = None
-        return None, dgx, dW_h, db_h, dW_ir, dh0, dc0, dS0, None
+        dgx = dP[..., :G].permute(1, 2, 0, 3)
+        return (None, dgx, dW_h, db_h, dW_ir, None if fresh else dh, None if fresh else dc, dS0)
 
 
-def fused_stack_lstm(gx, W_hh, h0, c0, *, W_ir=None, W_a=None, b_a=None, W_v=None, b_v=None,
-                     S0=None, sizes=(), heights=(), fresh=True, push_hidden=False):
-    """The whole LSTM (+ superposition stack) recurrence for ``T`` steps.
+def fused_stack_lstm(gx, W_hh, h0=None, c0=None, *, W_ir=None, W_a=None, b_a=None, W_v=None, b_v=None,
+                     S0=None, k=1, heights=(), fresh=True, push_hidden=False):
+    """The whole LSTM (+ ``k`` equal-size superposition stacks) recurrence over ``T`` steps.
 
     ``gx``: (R, B, T, 4H) input half of the gates plus both biases; ``W_hh``:
-    (R, 4H, H); ``h0, c0``: (R, B, H) (ignored when ``fresh``: then zero);
-    stack arguments as in :class:`SuperpositionCore` with ``W_ir`` (R, 4H, M)
-    the reading half of ``W_ih`` and ``S0`` (R, B, L0, M) the carried stack;
-    ``heights`` from :func:`stack_heights`. Returns ``h_1..h_T`` as (T, R, B, H),
-    ``c_T`` and the final stack (R, B, L, M) (None without a stack).
-    Differentiable in every tensor argument via a hand-written backward pass
-    (checked against autograd in tests/test_superposition.py).
+    (R, 4H, H); ``h0, c0``: (R, B, H) (zero when ``fresh``); ``W_ir``: (R, 4H, M)
+    the reading half of ``W_ih``; ``W_a, b_a`` the action layer (3k outputs in
+    :data:`ACTIONS` order); ``W_v, b_v`` the push layer (None when pushing h);
+    ``S0``: (R, B, L0, k, M / k) carried stack; ``heights`` from
+    :func:`stack_heights`. Returns ``h`` for every step (T, R, B, H), ``c_T`` and
+    the final stack (R, B, L, k, M / k) (None without a stack). Differentiable in
+    every tensor argument through a hand-written backward pass (checked against
+    the autograd loop in tests/test_superposition.py).
     """
     R, B, T, G = gx.shape
-    parts_w, parts_b = [W_hh], [gx.new_zeros(R, G)]
-    emat = None
-    if W_ir is not None:
-        parts_w.append(W_a)
-        parts_b.append(b_a)
+    H = G // 4
+    if fresh:
+        h0 = c0 = gx.new_zeros(R, B, H)
+    if W_ir is None:
+        W_h, b_h, k = W_hh, gx.new_zeros(R, 1, G), 0
+    else:
+        M = W_ir.shape[2]
+        if M % k:
+            raise ValueError(f"{k} stacks cannot share {M} features equally")
+        parts_w, parts_b = [W_hh, W_a], [gx.new_zeros(R, G), b_a]
         if not push_hidden:
             parts_w.append(W_v)
             parts_b.append(b_v)
-        M = W_ir.shape[2]
-        owner = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(list(sizes)))
-        emat = torch.nn.functional.one_hot(owner, len(sizes)).to(device=gx.device, dtype=gx.dtype)  # (M, k)
+        W_h, b_h = torch.cat(parts_w, dim=1), torch.cat(parts_b, dim=1).unsqueeze(1)
         if S0 is None:
-            S0 = gx.new_zeros(R, B, 0, M)
-    W_h = torch.cat(parts_w, dim=1) if len(parts_w) > 1 else W_hh
-    b_h = torch.cat(parts_b, dim=1).unsqueeze(1)  # (R, 1, P)
-    if fresh:
-        h0 = gx.new_zeros(R, B, G // 4)
-        c0 = gx.new_zeros(R, B, G // 4)
-    opts = (list(heights), fresh, push_hidden)
+            S0 = gx.new_zeros(R, B, 0, k, M // k)
+    opts = (k, list(heights), fresh, push_hidden)
     if torch.is_grad_enabled():
-        return _FusedStackLSTM.apply(opts, gx, W_h, b_h, W_ir, h0, c0, S0, emat)
-    hs, cT, ST, _ = _forward_loop(gx, W_h, b_h, W_ir, h0, c0, S0, emat, list(heights), fresh, push_hidden, save=False)
+        return _FusedStackLSTM.apply(opts, gx, W_h, b_h, W_ir, h0, c0, S0)
+    hs, cT, ST, _ = _forward_loop(gx, W_h, b_h, W_ir, h0, c0, S0, k, list(heights), fresh, push_hidden, save=False)
     return hs, cT, ST

@@ -44,17 +44,27 @@ def _build_default(name, **kwargs):
 
 
 class Tracker:
-    """Per-replica early stopping, lr schedule, best snapshot and divergence.
+    """The replicas of a group: per-replica schedule, early stopping, best snapshot, divergence.
 
     ``patience`` epochs without improvement multiply the lr by ``factor`` (and
     restart the plateau count); ``early_stop`` epochs without improvement stop
     the replica. Improvement = strictly lower validation value.
+
+    Replicas are named by their index ``r`` in the group. The *live* model and
+    optimiser hold only the replicas still training, in the order ``idx``
+    (position ``pos`` holds replica ``idx[pos]``): with ``make_model`` given,
+    each time some replicas stop the live model is rebuilt without them
+    (:meth:`compact`), so stopped replicas cost nothing. Their best weights
+    live in ``snapshot`` (all ``R`` replicas), which :meth:`finish` loads into
+    a full model.
     """
 
-    def __init__(self, model: torch.nn.Module, opt: ReplicaOptimizer, early_stop: int, patience: int, factor: float):
-        self.model, self.opt = model, opt
+    def __init__(self, model: torch.nn.Module, opt: ReplicaOptimizer, early_stop: int, patience: int, factor: float,
+                 make_model: Callable[[list[int]], torch.nn.Module] | None = None):
+        self.model, self.opt, self.make_model = model, opt, make_model
         self.early_stop, self.patience, self.factor = early_stop, patience, factor
-        R = opt.R
+        R = self.R = opt.R
+        self.idx = list(range(R))
         self.best = [math.inf] * R
         self.best_epoch: list[int | None] = [None] * R
         self.bad = [0] * R
@@ -62,6 +72,8 @@ class Tracker:
         self.status = ["training"] * R  # -> "early-stop" | "max-epochs" | "diverged"
         self.diverged: list[dict | None] = [None] * R
         self.epochs = [0] * R
+        self.lr = opt.lr.tolist()
+        self.steps = [0] * R
         with torch.no_grad():
             self.snapshot = {n: p.detach().clone() for n, p in model.named_parameters()}
 
@@ -73,13 +85,16 @@ class Tracker:
             return
         self.status[r] = "diverged"
         self.diverged[r] = {"epoch": epoch, "step": step, "where": where, "value": repr(value)}
-        self.opt.active[r] = False
+        self.opt.active[self.idx.index(r)] = False
 
     @torch.no_grad()
     def end_epoch(self, epoch: int, values: list[float], step: int) -> None:
-        """Update every running replica with its validation value of this epoch."""
-        for r in self.running():
-            v = values[r]
+        """Update the running replicas with this epoch's validation values (live order)."""
+        params = dict(self.model.named_parameters())
+        for pos, r in enumerate(self.idx):
+            if self.status[r] != "training":
+                continue
+            v = values[pos]
             self.epochs[r] = epoch
             if not math.isfinite(v):
                 self.diverge(r, epoch, step, "valid", v)
@@ -87,26 +102,48 @@ class Tracker:
             if v < self.best[r]:
                 self.best[r], self.best_epoch[r] = v, epoch
                 self.bad[r] = self.plateau[r] = 0
-                for n, p in self.model.named_parameters():
-                    self.snapshot[n][r].copy_(p[r])
+                for n, p in params.items():
+                    self.snapshot[n][r].copy_(p[pos])
                 continue
             self.bad[r] += 1
             self.plateau[r] += 1
             if self.plateau[r] >= self.patience:
-                self.opt.lr[r] *= self.factor
+                self.opt.lr[pos] *= self.factor
+                self.lr[r] = float(self.opt.lr[pos])
                 self.plateau[r] = 0
             if self.bad[r] >= self.early_stop:
                 self.status[r] = "early-stop"
-                self.opt.active[r] = False
+                self.opt.active[pos] = False
+        if self.make_model is not None and 0 < len(self.running()) < len(self.idx):
+            self.compact()
+
+    def _save_steps(self) -> None:
+        for pos, r in enumerate(self.idx):
+            self.steps[r] = int(self.opt.steps[pos])
 
     @torch.no_grad()
-    def finish(self) -> None:
-        """Stop the rest (max epochs) and put every replica's best weights back."""
+    def compact(self) -> None:
+        """Rebuild the live model and optimiser with the running replicas only."""
+        self._save_steps()
+        keep = [pos for pos, r in enumerate(self.idx) if self.status[r] == "training"]
+        reps = [self.idx[pos] for pos in keep]
+        model = self.make_model(reps)
+        old = dict(self.model.named_parameters())
+        for n, p in model.named_parameters():
+            p.copy_(old[n][keep])
+        self.opt = self.opt.subset(model.named_parameters(), keep)
+        self.model, self.idx = model, reps
+
+    @torch.no_grad()
+    def finish(self) -> torch.nn.Module:
+        """Stop the rest (max epochs); return a model of all replicas with their best weights."""
         for r in self.running():
             self.status[r] = "max-epochs"
-            self.opt.active[r] = False
-        for n, p in self.model.named_parameters():
+        self._save_steps()
+        model = self.model if self.idx == list(range(self.R)) else self.make_model(list(range(self.R)))
+        for n, p in model.named_parameters():
             p.copy_(self.snapshot[n])
+        return model
 
 
 def _per_replica_counts(model, masks: dict[str, torch.Tensor]) -> tuple[int, list[int]]:
@@ -132,14 +169,16 @@ def check_group(configs: list[dict], shared: tuple[str, ...]) -> dict:
 
 
 def train_formal(configs: list[dict], *, build: Callable | None = None, device=None, progress: bool = False,
-                 desc: str | None = None, threads: int | None = None) -> list[dict]:
+                 desc: str | None = None, threads: int | None = None, compact: bool = True) -> list[dict]:
     """Train a group of formal-language runs as one replica-batched model.
 
     ``configs`` come from :func:`marnn.train.formal_config` and must share
     task, model, scale and data seed (freeze mode and seed may differ).
     ``build(name, task=..., replicas=R, seeds=[...], device=...)`` defaults to
     :func:`marnn.models.build`. Returns one record per config, in order
-    (see :mod:`marnn.store` for the schema).
+    (see :mod:`marnn.store` for the schema). ``compact``: drop stopped
+    replicas from the live batch (see :class:`Tracker`); ``threads``: torch
+    intra-op threads.
     """
     from ..tasks import get as get_task
     from ..tasks.data import make_task_data
@@ -159,10 +198,14 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
     modes = [c["freeze"] for c in configs]
     hps = [hyperparameters(s, scale.lr_range) for s in seeds]
 
-    model = build(first["model"], task=task.name, replicas=R, seeds=seeds, device=device)
+    def make_model(reps: list[int]):
+        return build(first["model"], task=task.name, replicas=len(reps), seeds=[seeds[r] for r in reps], device=device)
+
+    model = make_model(list(range(R)))
     masks = {n: m.to(device) for n, m in model.freeze_masks(modes).items()}
     opt = BatchedAdam(model.named_parameters(), lr=[h["lr"] for h in hps], clip=scale.clip, masks=masks)
-    tracker = Tracker(model, opt, scale.early_stop, scale.lr_patience, scale.lr_decay)
+    tracker = Tracker(model, opt, scale.early_stop, scale.lr_patience, scale.lr_decay,
+                      make_model=make_model if compact else None)
     train_bound = task.lower_bound(*scale.train_lengths)
     total_params, trainable = _per_replica_counts(model, masks)
 
@@ -177,7 +220,9 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
         running = tracker.running()
         if not running:
             break
-        lrs = opt.lr.tolist()
+        model, opt, idx = tracker.model, tracker.opt, tracker.idx
+        live = torch.tensor(idx, dtype=torch.long)
+        lrs = dict(zip(idx, opt.lr.tolist()))
         t_epoch = time.perf_counter()
         tr_nll = torch.zeros(R, dtype=torch.float64)
         tr_sym = 0
@@ -186,34 +231,35 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
             x, y = to_dev(data.train[i])
             B = x.shape[0]
             out = model(x)
-            nll, _ = token_stats(out.logits, y)  # (R, B, n+1)
-            loss = nll.sum((1, 2)) / B  # (R,) summed over symbols, averaged over the batch
+            nll, _ = token_stats(out.logits, y)  # (R_live, B, n+1)
+            loss = nll.sum((1, 2)) / B  # (R_live,) summed over symbols, averaged over the batch
             finite = torch.isfinite(loss)
-            live = opt.active & finite
             opt.zero_grad()
-            torch.where(live, loss, torch.zeros((), device=loss.device)).sum().backward()
+            torch.where(opt.active & finite, loss, torch.zeros((), device=loss.device)).sum().backward()
             norms = opt.mask_and_clip()
             bad = opt.active & ~(finite & torch.isfinite(norms).to(finite.device))
-            for r in torch.nonzero(bad).flatten().tolist():
-                value = float(loss[r].detach()) if not bool(finite[r]) else float(norms[r])
-                tracker.diverge(r, epoch, step, "train-loss" if not bool(finite[r]) else "train-grad", value)
+            for pos in torch.nonzero(bad).flatten().tolist():
+                value = float(loss[pos].detach()) if not bool(finite[pos]) else float(norms[pos])
+                tracker.diverge(idx[pos], epoch, step, "train-loss" if not bool(finite[pos]) else "train-grad", value)
             opt.step()
-            tr_nll += torch.where(finite, nll.detach().double().sum((1, 2)), torch.full_like(loss, math.nan, dtype=torch.float64)).cpu()
+            tr_nll[live] += nll.detach().double().sum((1, 2)).cpu()
             tr_sym += y.numel()
             step += 1
         model.eval()
         v = split_metrics(model, [type(b)(b.length, *to_dev(b)) for b in data.valid])
         v_ce = (v["nll"] / v["symbols"]).tolist()
         v_acc = (v["correct"] / v["symbols"]).tolist()
-        for r in running:
-            ce = v_ce[r]
+        for pos, r in enumerate(idx):
+            if r not in running:  # stopped before this epoch (only without compaction)
+                continue
+            ce = v_ce[pos]
             curves[r].append({
                 "epoch": epoch,
                 "lr": lrs[r],
                 "train_cross_entropy": _num(float(tr_nll[r]) / tr_sym),
                 "valid_cross_entropy": _num(ce),
                 "valid_ce_diff": _num(ce - train_bound),
-                "valid_accuracy": v_acc[r],
+                "valid_accuracy": v_acc[pos],
                 "seconds": round(time.perf_counter() - t_epoch, 3),
             })
         tracker.end_epoch(epoch, v_ce, step)
@@ -222,7 +268,7 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
             bar.set_postfix(running=len(tracker.running()),
                             best_diff=f"{min(finite_best) - train_bound:.3f}" if finite_best else "nan")
     bar.close()
-    tracker.finish()
+    model = tracker.finish()
     model.eval()
 
     ranges = dict(zip(scale.bin_names, scale.test_bins))
@@ -238,13 +284,13 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
             "config": cfg,
             "seed": cfg["seed"],
             "lr": hps[r]["lr"],
-            "final_lr": float(opt.lr[r]),
+            "final_lr": tracker.lr[r],
             "clip": scale.clip,
             "status": tracker.status[r],
             "diverged": tracker.diverged[r],
             "epochs": tracker.epochs[r],
             "best_epoch": tracker.best_epoch[r],
-            "steps": int(opt.steps[r]),
+            "steps": tracker.steps[r],
             "valid": {
                 "cross_entropy": _num(best),
                 "lower_bound": train_bound,

@@ -87,13 +87,29 @@ class ReplicaOptimizer:
         """Apply one update to every trainable replica not in ``skip`` (``(R,)`` bool)."""
         raise NotImplementedError
 
-    # ---- state for snapshots / diagnostics --------------------------------
-    def set_lr(self, r: int, value: float) -> None:
-        self.lr[r] = value
+    # ---- keeping a subset of the replicas -----------------------------------
+    _PER_PARAM_STATE: tuple[str, ...] = ()
+
+    def subset(self, named_params: Iterable[tuple[str, torch.nn.Parameter]], keep: list[int]) -> "ReplicaOptimizer":
+        """This optimiser's state for replicas ``keep`` only, over ``named_params``
+        (the parameters of a model holding exactly those replicas, in that order)."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        idx = torch.tensor(keep, dtype=torch.long, device=self.lr.device)
+        new.params = dict(named_params)
+        new.R = len(keep)
+        for attr in ("lr", "clip", "active", "steps"):
+            setattr(new, attr, getattr(self, attr)[idx].clone())
+        new.masks = {n: m[idx].clone() for n, m in self.masks.items()}
+        for attr in self._PER_PARAM_STATE:
+            setattr(new, attr, {n: t[idx.to(t.device)].clone() for n, t in getattr(self, attr).items()})
+        return new
 
 
 class BatchedAdam(ReplicaOptimizer):
     """Adam with one learning rate, clip and step counter per replica."""
+
+    _PER_PARAM_STATE = ("m", "v", "name_steps")
 
     def __init__(self, named_params, lr, clip=float("inf"), masks=None,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):

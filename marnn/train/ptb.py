@@ -54,7 +54,7 @@ def _cut(tokens: torch.Tensor, limit: int | None) -> torch.Tensor:
 
 def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None, detach: Callable | None = None,
               device=None, progress: bool = False, desc: str | None = None,
-              threads: int | None = None) -> list[dict]:
+              threads: int | None = None, compact: bool = True) -> list[dict]:
     """Train a group of PTB runs (same model, scale, embedding group) as one batched model."""
     from ..ptb import batchify, chunks, load_corpus, num_chunks
 
@@ -77,11 +77,15 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
     seeds = [c["seed"] for c in configs]
     modes = [c["freeze"] for c in configs]
     hps = [hyperparameters(s, scale.ptb_lr_range, scale.ptb_clip_range) for s in seeds]
-    model = build(first["model"], vocab_size=corpus.vocab_size, replicas=R, seeds=seeds,
-                  embedding_group=first["embedding_group"], device=device)
+    def make_model(reps: list[int]):
+        return build(first["model"], vocab_size=corpus.vocab_size, replicas=len(reps), seeds=[seeds[r] for r in reps],
+                     embedding_group=first["embedding_group"], device=device)
+
+    model = make_model(list(range(R)))
     masks = {n: m.to(device) for n, m in model.freeze_masks(modes).items()}
     opt = BatchedSGD(model.named_parameters(), lr=[h["lr"] for h in hps], clip=[h["clip"] for h in hps], masks=masks)
-    tracker = Tracker(model, opt, scale.ptb_early_stop, 1, 1.0 / scale.ptb_lr_divisor)
+    tracker = Tracker(model, opt, scale.ptb_early_stop, 1, 1.0 / scale.ptb_lr_divisor,
+                      make_model=make_model if compact else None)
     total_params, trainable = _per_replica_counts(model, masks)
 
     curves: list[list[dict]] = [[] for _ in range(R)]
@@ -91,45 +95,49 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
         running = tracker.running()
         if not running:
             break
-        lrs = opt.lr.tolist()
+        model, opt, idx = tracker.model, tracker.opt, tracker.idx
+        live = torch.tensor(idx, dtype=torch.long)
+        lrs = dict(zip(idx, opt.lr.tolist()))
         t_epoch = time.perf_counter()
         tr_nll = torch.zeros(R, dtype=torch.float64)
         tr_tok = 0
         state = None
         model.train()
-        bar = tqdm(chunks(train, T), total=n_chunks, desc=desc or f"ptb/{first['model']} x{R} epoch {epoch}",
+        bar = tqdm(chunks(train, T), total=n_chunks, desc=desc or f"ptb/{first['model']} x{len(idx)} epoch {epoch}",
                    disable=progress_disabled(progress), leave=False)
         for x, y in bar:
             out = model(x, state=state)
             state = detach(out.state)
-            nll, _ = token_stats(out.logits, y)  # (R, B, T)
-            loss = nll.mean((1, 2))  # (R,)
+            nll, _ = token_stats(out.logits, y)  # (R_live, B, T)
+            loss = nll.mean((1, 2))  # (R_live,)
             finite = torch.isfinite(loss)
             opt.zero_grad()
             torch.where(opt.active & finite, loss, torch.zeros((), device=loss.device)).sum().backward()
             norms = opt.mask_and_clip()
             bad = opt.active & ~(finite & torch.isfinite(norms).to(finite.device))
-            for r in torch.nonzero(bad).flatten().tolist():
-                value = float(loss[r].detach()) if not bool(finite[r]) else float(norms[r])
-                tracker.diverge(r, epoch, step, "train-loss" if not bool(finite[r]) else "train-grad", value)
+            for pos in torch.nonzero(bad).flatten().tolist():
+                value = float(loss[pos].detach()) if not bool(finite[pos]) else float(norms[pos])
+                tracker.diverge(idx[pos], epoch, step, "train-loss" if not bool(finite[pos]) else "train-grad", value)
             opt.step()
-            tr_nll += nll.detach().double().sum((1, 2)).cpu()
+            tr_nll[live] += nll.detach().double().sum((1, 2)).cpu()
             tr_tok += y.numel()
             step += 1
         bar.close()
         model.eval()
         v_ce = stream_cross_entropy(model, valid, T, detach).tolist()
-        for r in running:
+        for pos, r in enumerate(idx):
+            if r not in running:
+                continue
             curves[r].append({
                 "epoch": epoch,
                 "lr": lrs[r],
                 "train_perplexity": _ppl(float(tr_nll[r]) / tr_tok),
-                "valid_cross_entropy": _num(v_ce[r]),
-                "valid_perplexity": _ppl(v_ce[r]),
+                "valid_cross_entropy": _num(v_ce[pos]),
+                "valid_perplexity": _ppl(v_ce[pos]),
                 "seconds": round(time.perf_counter() - t_epoch, 3),
             })
         tracker.end_epoch(epoch, v_ce, step)
-    tracker.finish()
+    model = tracker.finish()
     model.eval()
     test_ce = stream_cross_entropy(model, test, T, detach).tolist()
     wall = time.perf_counter() - t0
@@ -142,13 +150,13 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
             "config": cfg,
             "seed": cfg["seed"],
             "lr": hps[r]["lr"],
-            "final_lr": float(opt.lr[r]),
+            "final_lr": tracker.lr[r],
             "clip": hps[r]["clip"],
             "status": tracker.status[r],
             "diverged": tracker.diverged[r],
             "epochs": tracker.epochs[r],
             "best_epoch": tracker.best_epoch[r],
-            "steps": int(opt.steps[r]),
+            "steps": tracker.steps[r],
             "valid": {"cross_entropy": _num(best), "perplexity": _ppl(best), "tokens": int(valid[:, 1:].numel())},
             "test": {"cross_entropy": _num(test_ce[r]), "perplexity": _ppl(test_ce[r]), "tokens": int(test[:, 1:].numel())},
             "curve": curves[r],
