@@ -25,7 +25,15 @@ NOTEBOOK_DIR = ROOT / "notebooks"
 KERNEL_NAME = "marnn"
 
 # Executed in this order; the book's _toc.yml points at book/generated/<name>.
-NOTEBOOKS: list[str] = ["languages"]
+NOTEBOOKS: list[str] = [
+    "languages",
+    # formal languages: overview and retention, one table per freeze mode, accuracy against length
+    "table1", "table2", "table4", "table5", "table6", "table7", "fig2", "fig3",
+    # Penn Treebank
+    "table3", "fig1",
+    # where the numbers come from
+    "provenance",
+]
 
 
 def setup(threads: int = 1) -> None:

@@ -178,3 +178,130 @@ def legend_handles(models: Sequence[str] = FORMAL_MODELS, modes: Sequence[str] =
         if ref == "ceiling" and upper_bound:
             handles["ceiling (upper bound)"] = Line2D([], [], **{**REFERENCE_STYLE[ref], **UPPER_BOUND_STYLE})
     return handles
+
+
+# ---- result pages (marnn.report) ----------------------------------------------------
+def restart_strip(ax, spread_points: pd.DataFrame, refs: pd.DataFrame | None = None,
+                  models: Sequence[str] = FORMAL_MODELS, y: str = "value", jitter: float = 0.12):
+    """Every restart of every model as a dot (x = model), its best restart as a large ring.
+
+    ``spread_points``: one row per run with columns ``model``, ``best`` and ``y``;
+    ``refs``: optional rows with ``reference`` and ``accuracy`` drawn as horizontal
+    lines across the panel (ceiling and baselines of one task and bin). Returns ``ax``.
+    """
+    import numpy as np
+
+    models = [m for m in models if m in set(spread_points["model"])]
+    for i, model in enumerate(models):
+        part = spread_points[spread_points["model"] == model].sort_values("seed" if "seed" in spread_points else y)
+        offsets = np.linspace(-jitter, jitter, len(part)) if len(part) > 1 else np.zeros(1)
+        ax.scatter(i + offsets, part[y], s=14, color=color(model), alpha=0.6, zorder=3, linewidths=0)
+        best = part[part["best"]]
+        ax.scatter([i] * len(best), best[y], s=70, facecolors="none", edgecolors=color(model), linewidths=1.6,
+                   zorder=4)
+    if refs is not None:
+        for row in refs.itertuples():
+            ax.axhline(row.accuracy, zorder=1, **REFERENCE_STYLE[row.reference])
+    ax.set_xticks(range(len(models)), labels=models, rotation=45, ha="right", fontsize="small")
+    ax.set_xlim(-0.6, len(models) - 0.4)
+    return ax
+
+
+def length_band(ax, curves: pd.DataFrame, model: str, mode: str, alpha: float = 0.12):
+    """Best restart of (model, mode) against length as a line, the min-max over its restarts as a band.
+
+    ``curves``: :func:`marnn.report.length_curves` rows. Returns ``ax``.
+    """
+    part = curves[(curves["model"] == model) & (curves["freeze"] == mode) & ~curves["diverged"].astype(bool)]
+    if part.empty:
+        return ax
+    band = part.groupby("length")["value"].agg(["min", "max"]).sort_index()
+    ax.fill_between(band.index, band["min"], band["max"], color=color(model), alpha=alpha, linewidth=0, zorder=2)
+    best = part[part["best"]].sort_values("length")
+    kw = {"color": color(model), "markersize": 3.5, "linewidth": 1.3, **mode_style(mode)}
+    ax.plot(best["length"], best["value"], label=f"{model} / {mode}", zorder=3, **kw)
+    return ax
+
+
+def paired_bars(ax, table: pd.DataFrame, colors: Sequence[str] | None = None, width: float = 0.8,
+                hatches: Sequence[str] | None = None):
+    """Grouped bars: one group per row of ``table``, one bar per column. Returns the bar containers."""
+    import numpy as np
+
+    n = len(table.columns)
+    x = np.arange(len(table))
+    w = width / max(n, 1)
+    bars = []
+    for j, col in enumerate(table.columns):
+        kw = {}
+        if colors is not None:
+            kw["color"] = colors[j]
+        if hatches is not None:
+            kw["hatch"] = hatches[j]
+        bars.append(ax.bar(x - width / 2 + (j + 0.5) * w, table[col].to_numpy(dtype=float), w, label=str(col),
+                           edgecolor="white", **kw))
+    ax.set_xticks(x, labels=[str(i) for i in table.index])
+    return bars
+
+
+def _panel_grid(n: int, ncols: int, width: float = 4.2, height: float = 2.6):
+    import matplotlib.pyplot as plt
+
+    nrows = max(1, math.ceil((n + 1) / ncols))  # one spare panel for the legend
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+    return fig, list(axes.flat)
+
+
+def restart_grid(points: pd.DataFrame, refs: pd.DataFrame, split: str, tasks: Sequence[str],
+                 models: Sequence[str] = FORMAL_MODELS, ncols: int = 4, ylabel: str = "accuracy"):
+    """One :func:`restart_strip` panel per task (accuracy of every restart on ``split``), legend last.
+
+    ``points``: one row per run (task, model, seed, best, value); ``refs``:
+    :func:`marnn.report.references_long`. Returns the figure.
+    """
+    from matplotlib.lines import Line2D
+
+    fig, axes = _panel_grid(len(tasks), ncols, width=3.2, height=2.7)
+    for ax, task in zip(axes, tasks):
+        r = refs[(refs["task"] == task) & (refs["split"] == split)]
+        restart_strip(ax, points[points["task"] == task], r, models=models)
+        ax.set_title(task, fontsize="small")
+        ax.set_ylabel(ylabel if ax in axes[::ncols] else "")
+    for ax in axes[len(tasks):]:
+        ax.axis("off")
+    handles = {"one restart": Line2D([], [], marker="o", linestyle="", color="0.4", markersize=4),
+               "best restart": Line2D([], [], marker="o", linestyle="", markerfacecolor="none", color="0.2",
+                                      markersize=8)}
+    handles.update({k: v for k, v in legend_handles(models=(), modes=(), upper_bound=False).items()})
+    axes[-1].legend(handles.values(), handles.keys(), loc="center", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def length_grid(curves: pd.DataFrame, top: dict[str, list[str]], modes: Sequence[str],
+                bins: Sequence[tuple[int, int]], ncols: int = 2):
+    """Accuracy against string length, one panel per task, for the models ``top[task]`` in ``modes``.
+
+    Lines: best restart (colour = model, marker and dash = mode); bands: min-max
+    over restarts; steps: ceiling and baselines of each test bin. Returns the figure.
+    """
+    fig, axes = _panel_grid(len(top), ncols)
+    used: list[str] = []
+    for ax, (task, models) in zip(axes, top.items()):
+        reference_lines(ax, task, bins)
+        for model in models:
+            for mode in modes:
+                length_band(ax, curves[curves["task"] == task], model, mode)
+            used += [m for m in [model] if m not in used]
+        ax.set_title(f"{task}: " + ", ".join(models), fontsize="small")
+        ax.set_xlim(bins[0][0] - 1, bins[-1][1] + 1)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("string length")
+        ax.set_ylabel("accuracy")
+    for ax in axes[len(top):]:
+        ax.axis("off")
+    order = [m for m in MODEL_COLORS if m in used]
+    handles = legend_handles(models=order, modes=modes)
+    axes[-1].legend(handles.values(), handles.keys(), loc="center", fontsize="small", ncol=2)
+    fig.tight_layout()
+    return fig

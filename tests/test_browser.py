@@ -31,7 +31,8 @@ import pytest
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
-HTML = ROOT / "book" / "_build" / "html"
+# the built book to check: $MARNN_BOOK_HTML (make test points it at the smoke build), else book/_build/html
+HTML = Path(os.environ.get("MARNN_BOOK_HTML") or ROOT / "book" / "_build" / "html").resolve()
 SCREENSHOTS = ROOT / "build" / "screenshots"
 SHOT_PAGES = {"intro.html": "intro", "generated/languages.html": "languages"}
 CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser")

@@ -226,7 +226,7 @@ def test_batched_group_equals_runs_one_by_one():
 
 
 def test_dropping_stopped_replicas_changes_nothing():
-    scale = SMOKE.with_(max_epochs=6, early_stop=1, lr_patience=1, train_size=60)
+    scale = SMOKE.with_(max_epochs=6, early_stop=1, lr_patience=1, train_size=60, lr_range=(0.2, 1.0))
     cfgs = _cfgs(modes=("none", "cm"), seeds=(0, 1, 2), scale=scale)
     made = []
     compact = train_formal(cfgs, build=toy_builder(made))

@@ -141,7 +141,7 @@ class _Tape:
         self.vec = vec              # (N, L, m) | None
         self.base = base            # absolute time of buffer index 0
         self.cap = 0
-        self.buf = None             # (N, S, cap, K, cap, Q)
+        self.buf = None             # (N, S, cap, Q, cap, K): buf[:, y, c, u, j, a] = Ĝ[j, c][a, (u, y)]
         self.rec = {}               # T -> saved tensors of step T
         self.reset_backward()
 
@@ -163,7 +163,7 @@ class _Tape:
             newbase = keep_lo
             need = hi - newbase
             cap = max(2 * need, 8) if core.window is None else max(need, 2 * core.window + 2)
-        new = torch.zeros(self.N, core.S, cap, core.K, cap, core.Q, device=self.device, dtype=self.dtype)
+        new = torch.zeros(self.N, core.S, cap, core.Q, cap, core.K, device=self.device, dtype=self.dtype)
         if self.buf is not None:
             o0 = max(newbase, self.base)
             o1 = min(self.base + self.cap, hi)
@@ -173,12 +173,13 @@ class _Tape:
                 new[:, :, b0:b1, :, b0:b1] = self.buf[:, :, a0:a1, :, a0:a1]
         self.buf, self.base, self.cap = new, newbase, cap
 
-    def region(self, lo: int, hi: int):
-        """Triangle rows/cols [lo, hi) as an (N*S, L*K, L*Q) strided view."""
-        core = self.core
-        v = self.buf.view(self.N * core.S, self.cap * core.K, self.cap * core.Q)
-        r0, r1 = lo - self.base, hi - self.base
-        return v[:, r0 * core.K:r1 * core.K, r0 * core.Q:r1 * core.Q]
+    @staticmethod
+    def region(buf, base, lo: int, hi: int):
+        """Triangle columns c and push times j in [lo, hi): (N*S, (c,u), (j,a)) strided view."""
+        N, S, cap, Q, _, K = buf.shape
+        v = buf.view(N * S, cap * Q, cap * K)
+        r0, r1 = lo - base, hi - base
+        return v[:, r0 * Q:r1 * Q, r0 * K:r1 * K]
 
     # --------------------------------------------------------------- forward
     def forward_step(self, E: Tensor, v: Tensor | None, record: bool):
@@ -200,14 +201,14 @@ class _Tape:
         colw = col[:, d:].reshape(N, Lw * K, K)                  # (N, (j,a), c)
         C = torch.cat([torch.bmm(colw, Wre).view(N, Lw, K, K),  # replace
                        W[:, None, :, :K]], dim=1)                # push at time T -> (N, Lw+1, K, K)
-        Ph = None
+        PhT = None
         if Lr > 0:
-            # P̂[c+1][(u,y), r], c in [loT, t-1]  -> (N*S, (c,u), r)
-            Phat = torch.bmm(col[:, d + 1:].reshape(N, Lr * K, K), Wpo)          # (N, (c,u,y), r)
-            Ph = Phat.view(N, Lr, Q, S, Q).permute(0, 3, 1, 2, 4).reshape(N * S, Lr * Q, Q)
-            tri = self.region(loT, t)                                              # (N*S, (j,a), (c,u))
-            pop = torch.bmm(tri, Ph).view(N, S, Lr, K, Q)                          # (N, y, j, a, r)
-            C[:, :Lr] += pop.permute(0, 2, 3, 4, 1).reshape(N, Lr, K, K)
+            # P̂[c+1][(u,y), r] for c in [loT, t-1], transposed: (N*S, r, (c,u))
+            PhT = torch.bmm(Wpo.transpose(1, 2), col[:, d + 1:].reshape(N, Lr * K, K).transpose(1, 2))
+            PhT = PhT.view(N, Q, Lr, Q, S).permute(0, 4, 1, 2, 3).reshape(N * S, Q, Lr * Q)
+            tri = self.region(self.buf, self.base, loT, t)                        # (N*S, (c,u), (j,a))
+            popT = torch.bmm(PhT, tri).view(N, S, Q, Lr, K)                        # (N, y, r, j, a)
+            C[:, :Lr] += popT.permute(0, 3, 4, 2, 1).reshape(N, Lr, K, K)
         Z0 = C.sum(dim=(1, 2, 3)).clamp_min(tiny)                # detached scale (no grad here)
         C /= Z0[:, None, None, None]
         a = C.sum(dim=(1, 2))                                    # (N, K)
@@ -224,7 +225,7 @@ class _Tape:
         else:
             reading = alphaT.clone()
         if record:
-            self.rec[T] = dict(E=E, alpha=alpha, col=col, d=d, Wre=Wre, Wpo=Wpo, Ph=Ph,
+            self.rec[T] = dict(E=E, alpha=alpha, col=col, d=d, Wre=Wre, Wpo=Wpo, PhT=PhT,
                                buf=self.buf, base=self.base, cap=self.cap,
                                Z0=Z0, a=a, s=s, alphaT=alphaT, ahat=ahat, newcol=newcol,
                                vec=vec, w=w, reading=reading if vec is not None else None)
@@ -233,8 +234,8 @@ class _Tape:
         if t >= lo2:
             self._ensure(t + 1, lo2)
             r0 = max(lo2, lo)
-            blk = col[:, r0 - lo:].reshape(N, t + 1 - r0, K, Q, S).permute(0, 4, 1, 2, 3)
-            self.buf[:, :, r0 - self.base:t + 1 - self.base, :, t - self.base, :] = blk
+            blk = col[:, r0 - lo:].reshape(N, t + 1 - r0, K, Q, S).permute(0, 4, 3, 1, 2)  # (N, y, u, j, a)
+            self.buf[:, :, t - self.base, :, r0 - self.base:t + 1 - self.base, :] = blk
         self.t, self.lo, self.alpha, self.col, self.vec = T, loT, alphaT, newcol, vec
         return reading
 
@@ -279,12 +280,12 @@ class _Tape:
         lo3 = max(_lo(T + 2, core.window), self.base)
         if Tend >= T + 2 and T >= lo3:
             L3 = T + 1 - lo3
-            A = self.DP.view(N * S, self.Jn * K, self.Tn * Q)[
-                :, (lo3 - self.base) * K:(T + 1 - self.base) * K,
-                (T + 2 - self.base) * Q:(Tend + 1 - self.base) * Q]
-            B = self.PH.view(N * S, self.Jn, self.Tn * Q, Q)[
-                :, T - self.base, (T + 2 - self.base) * Q:(Tend + 1 - self.base) * Q]
-            tri_adj = torch.bmm(A, B).view(N, S, L3, K, Q).permute(0, 2, 3, 4, 1).reshape(N, L3, K, K)
+            b = self.base
+            PHc = self.PH.view(N * S, self.Jn, Q, self.Tn * Q)[
+                :, T - b, :, (T + 2 - b) * Q:(Tend + 1 - b) * Q]                    # (N*S, u, (t',r))
+            DPm = self.DP.view(N * S, self.Tn * Q, self.Jn * K)[
+                :, (T + 2 - b) * Q:(Tend + 1 - b) * Q, (lo3 - b) * K:(T + 1 - b) * K]  # ((t',r), (j,a))
+            tri_adj = torch.bmm(PHc, DPm).view(N, S, Q, L3, K).permute(0, 3, 4, 2, 1).reshape(N, L3, K, K)
             if dM is None:
                 dM = torch.zeros_like(newcol)
             dM[:, lo3 - loT:] += tri_adj
@@ -306,20 +307,18 @@ class _Tape:
         dWre = torch.bmm(colw.transpose(1, 2), dCrep)
         dcolw = torch.bmm(dCrep, Wre.transpose(1, 2))             # (N, (j,a), c)
         if Lr > 0:
-            Ph = r["Ph"]
-            dpop = dC[:, :Lr].reshape(N, Lr, K, Q, S).permute(0, 4, 1, 2, 3)     # (N, y, j, a, r)
-            buf, base0, cap0 = r["buf"], r["base"], r["cap"]
-            tri = buf.view(N * S, cap0 * K, cap0 * Q)[
-                :, (loT - base0) * K:(t - base0) * K, (loT - base0) * Q:(t - base0) * Q]
-            dPh = torch.bmm(tri.transpose(1, 2), dpop.reshape(N * S, Lr * K, Q))  # (N*S, (c,u), r)
-            dPhat = dPh.view(N, S, Lr, Q, Q).permute(0, 2, 3, 1, 4).reshape(N, Lr * K, Q)
+            PhT = r["PhT"]
+            dpopT = dC[:, :Lr].reshape(N, Lr, K, Q, S).permute(0, 4, 3, 1, 2).reshape(N * S, Q, Lr * K)
+            tri = self.region(r["buf"], r["base"], loT, t)                         # (N*S, (c,u), (j,a))
+            dPhT = torch.bmm(dpopT, tri.transpose(1, 2))                           # (N*S, r, (c,u))
+            dPhat = dPhT.view(N, S, Q, Lr, Q).permute(0, 3, 4, 1, 2).reshape(N, Lr * K, Q)
             colp = col[:, d + 1:].reshape(N, Lr * K, K)
             dWpo = torch.bmm(colp.transpose(1, 2), dPhat)
             dcolw[:, K:] += torch.bmm(dPhat, Wpo.transpose(1, 2))
             # deferred pop-term adjoint of the triangle: store dpop_T and P̂_T
             jb = loT - self.base
-            self.DP[:, :, jb:jb + Lr, :, T - self.base, :] = dpop
-            self.PH[:, :, jb:jb + Lr, T - self.base] = Ph.view(N, S, Lr, Q, Q).transpose(3, 4)
+            self.DP[:, :, T - self.base, :, jb:jb + Lr, :] = dpopT.view(N, S, Q, Lr, K)
+            self.PH[:, :, jb:jb + Lr, :, T - self.base, :] = PhT.view(N, S, Q, Lr, Q).permute(0, 1, 3, 4, 2)
         else:
             dWpo = dC.new_zeros(N, K, Q)
         dW = torch.cat([dC[:, Lw], dWre, dWpo], dim=-1)            # (N, K, 2K+Q)
@@ -340,8 +339,9 @@ class _Tape:
         N, S, K, Q = self.N, core.S, core.K, core.Q
         n = Tend + 1 - self.base
         self.Jn = self.Tn = n
-        self.DP = torch.zeros(N, S, n, K, n, Q, device=self.device, dtype=self.dtype)
-        self.PH = torch.zeros(N, S, n, n, Q, Q, device=self.device, dtype=self.dtype)
+        # DP[:, y, t', r, j, a] = dpop_t'[j][a, (r, y)];  PH[:, y, c, u, t', r] = P̂_t'[c+1][(u, y), r]
+        self.DP = torch.zeros(N, S, n, Q, n, K, device=self.device, dtype=self.dtype)
+        self.PH = torch.zeros(N, S, n, Q, n, Q, device=self.device, dtype=self.dtype)
         if core.m:
             self.vbase = self.t0_lo                  # vectors of push times >= t0_lo live here
             self.dV = torch.zeros(N, Tend + 1 - self.vbase, core.m, device=self.device, dtype=self.dtype)
@@ -464,7 +464,7 @@ class RNSCore:
         if tape.buf is not None and t - 1 >= lo1:
             new._ensure(t, lo1)
             new.buf[:, :, :t - lo1, :, :t - lo1] = tape.buf[
-                :, :, lo1 - tape.base:t - tape.base, :, lo1 - tape.base:t - tape.base]
+                :, :, lo1 - tape.base:t - tape.base, :, lo1 - tape.base:t - tape.base]  # same layout
         return RNSState(new, t, None, None)
 
     # ------------------------------------------------------------------ step

@@ -58,17 +58,28 @@ class ModelConfig:
 
 
 class ModelState(NamedTuple):
-    """Carried state: LSTM ``h``, ``c`` (R, B, H) and the stack core's state."""
+    """Carried state: LSTM ``h``, ``c`` (R, B, H), the stack core's state and the core.
+
+    A state from a pruned whole-string pass (formal setting, ``prune=True``) has
+    dropped the cells that cannot return to the top before the string ends; it
+    is exact for that string only (build with ``prune=False`` to continue).
+    """
 
     h: torch.Tensor
     c: torch.Tensor
     memory: Any = None
+    core: Any = None
 
 
 def detach_state(state):
     """Cut the autograd graph of a carried state (any nesting of tensors)."""
     if state is None:
         return None
+    if isinstance(state, ModelState):
+        memory = state.memory
+        if memory is not None and state.core is not None:
+            memory = state.core.detach_state(memory)
+        return ModelState(state.h.detach(), state.c.detach(), memory, state.core)
     if isinstance(state, torch.Tensor):
         return state.detach()
     if isinstance(state, tuple) and hasattr(state, "_fields"):  # NamedTuple
@@ -207,8 +218,8 @@ class StackRNN(nn.Module):
         else:
             sizes = self.core.sizes
             k, M = len(sizes), self.core.reading_size
-            S0 = None if fresh else state.memory.stack.view(R, B, -1, k, M // k)
-            heights = stack_heights(T, start=0 if fresh else S0.shape[2], fresh=fresh, prune=cfg.prune,
+            S0 = None if fresh else state.memory.stack.view(R, B, -1, k, M // k).transpose(2, 3)  # (R, B, k, L, m)
+            heights = stack_heights(T, start=0 if fresh else S0.shape[3], fresh=fresh, prune=cfg.prune,
                                     depth=cfg.depth)
             push = getattr(self.memory, "push", None)
             hs, cT, ST = fused_stack_lstm(
@@ -216,9 +227,9 @@ class StackRNN(nn.Module):
                 b_a=self.memory.action.bias, W_v=push.weight if push else None, b_v=push.bias if push else None,
                 S0=S0, k=k, heights=heights, fresh=fresh, push_hidden=cfg.push == "hidden")
             done = (0 if fresh else state.memory.updates) + T - (1 if fresh else 0)
-            memory = SuperpositionState(ST.reshape(R * B, ST.shape[2], M), done, T if (fresh and cfg.prune) else None)
+            memory = SuperpositionState(ST.transpose(2, 3).reshape(R * B, ST.shape[3], M), done, T if (fresh and cfg.prune) else None)
         hs = hs.permute(1, 2, 0, 3)  # (R, B, T, H)
-        return hs, ModelState(hs[:, :, -1], cT, memory)
+        return hs, ModelState(hs[:, :, -1], cT, memory, self.core)
 
     def _generic(self, gx, state, return_stack):
         R, B, T, G = gx.shape
@@ -238,7 +249,7 @@ class StackRNN(nn.Module):
                     extra["bottom"] = bottom.unsqueeze(1).expand(R, B, -1).reshape(N, -1)
                 mem = core.initial_state(N, device=gx.device, dtype=gx.dtype, **extra)
         else:
-            h, c, mem = state
+            h, c, mem, _ = state
             if isinstance(mem, SuperpositionState):
                 mem = mem._replace(length=None)  # a continued stack grows; pruning needs the whole string
         Whh = ctl.weight_hh.transpose(1, 2)  # (R, H, 4H)
@@ -278,4 +289,4 @@ class StackRNN(nn.Module):
                 stack = {"actions": torch.stack(acts, 2), "readings": torch.stack(reads, 2)}
             else:
                 stack = {"actions": None, "readings": torch.stack(reads, 2)}
-        return torch.stack(hs, 2), ModelState(h, c, mem), stack
+        return torch.stack(hs, 2), ModelState(h, c, mem, core), stack

@@ -16,7 +16,9 @@ with ``R`` replicas:
 * after every epoch each replica is validated separately: a new best
   validation cross-entropy snapshots its weights; ``lr_patience`` epochs
   without improvement multiply its lr by ``lr_decay``; ``early_stop`` epochs
-  without improvement stop it (it stays in the batch, masked: no update);
+  without improvement stop it: it is masked (no update) and, at the end of
+  the epoch, dropped from the live batch (the model is rebuilt with the
+  replicas still training, so stopped ones cost nothing);
 * a replica whose loss or gradient norm is NaN/inf is *diverged*: masked from
   then on, its epoch and step recorded, excluded from "best of".
 

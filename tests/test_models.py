@@ -1,0 +1,166 @@
+"""Model registry, shapes, parameter counts, initialisation, replicas, chunking."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from marnn import models, tasks
+from marnn.registry import UnknownNameError
+
+TASK = tasks.get("marked-copy")  # alphabet 0 1 #: 3 inputs, 4 outputs
+
+
+@pytest.mark.parametrize("name", models.FORMAL_MODELS + ("lstm-7", "jm-4", "jm-2.2", "jm-learned-3",
+                                                        "jm-hidden-6", "vrns-2-2-3"))
+def test_formal_names_build_and_shape(name):
+    m = models.build(name, task=TASK, replicas=2, seeds=[0, 1])
+    x = torch.randint(0, 3, (5, 9))
+    out = m(x)
+    assert m.include_initial and m.replicas == 2
+    assert out.logits.shape == (2, 5, 10, 4)
+    assert torch.isfinite(out.logits).all()
+    assert set(m.param_groups()) == {"controller", "classifier"} | ({"memory"} if name.split("-")[0] != "lstm" else set())
+
+
+@pytest.mark.parametrize("name", models.PTB_MODELS)
+def test_ptb_names_build_and_shape(name):
+    m = models.build(name, vocab_size=30, hidden_size=8)
+    x = torch.randint(0, 30, (3, 6))
+    out = m(x)
+    assert not m.include_initial
+    assert out.logits.shape == (1, 3, 6, 30)
+    out2 = m(x, state=models.detach_state(out.state))
+    assert out2.logits.shape == (1, 3, 6, 30)
+
+
+def test_names_and_defaults():
+    assert models.names("formal") == ("lstm", "jm-10", "jm-3.3.3", "jm-hidden", "rns-3-3")
+    assert models.names("ptb") == ("lstm-256", "jm-hidden-247", "jm-learned-22", "rns-4-5", "vrns-3-3-5")
+    with pytest.raises(UnknownNameError):
+        models.names("other")
+    c = models.make_config("jm-3.3.3", task=TASK)
+    assert (c.hidden_size, c.stack_sizes, c.depth, c.include_initial) == (20, (3, 3, 3), None, True)
+    c = models.make_config("jm-hidden-247", vocab_size=10001)
+    assert (c.hidden_size, c.push, c.depth, c.include_initial, c.embedding) == (247, "hidden", 10, False, True)
+    c = models.make_config("jm-learned-22", vocab_size=10001)
+    assert (c.hidden_size, c.stack_sizes, c.depth) == (256, (22,), 10)
+    assert models.make_config("rns-4-5", vocab_size=10001).window == 35
+    assert models.make_config("rns-3-3", task=TASK).window is None
+    assert models.make_config("vrns-3-3-5", vocab_size=10).vector_size == 5
+
+
+@pytest.mark.parametrize("bad", ["gru", "lstm-", "jm", "jm-0", "jm-3..3", "rns-3", "vrns-3-3", "jm-hidden-x", "", None])
+def test_malformed_names_list_accepted_forms(bad):
+    with pytest.raises(ValueError) as err:
+        models.build(bad, task=TASK)
+    assert isinstance(err.value, UnknownNameError)
+    for form in ("lstm-<H>", "jm-<a>.<b>.<c>", "rns-<Q>-<S>", "vrns-<Q>-<S>-<m>"):
+        assert form in str(err.value)
+
+
+def test_setting_and_override_errors():
+    with pytest.raises(ValueError):
+        models.build("lstm")
+    with pytest.raises(ValueError):
+        models.build("lstm", task=TASK, vocab_size=10)
+    with pytest.raises(TypeError, match="valid"):
+        models.build("lstm", task=TASK, hiden_size=3)
+    with pytest.raises(ValueError):
+        models.build("lstm", task=TASK, embedding_group="nowhere")
+
+
+def test_ptb_parameter_counts():
+    counts = {name: models.build(name, vocab_size=10001).num_parameters() for name in models.PTB_MODELS}
+    print("PTB parameter counts:", counts)
+    assert counts["lstm-256"] == 5_656_849  # PAPER.md
+    for name, n in counts.items():
+        assert 5_600_000 <= n <= 5_950_000, (name, n)
+
+
+def test_initialisation_rules():
+    m = models.build("jm-10", task=TASK, replicas=2)
+    c = m.controller
+    for p in (c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh):
+        assert p.abs().max() <= 0.1 and p.abs().max() > 0.05
+    for layer in (m.classifier, m.memory.action, m.memory.push):
+        fan_out, fan_in = layer.weight.shape[1:]
+        bound = math.sqrt(6 / (fan_in + fan_out))
+        assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.5 * bound
+        assert (layer.bias == 0).all()
+    r = models.build("rns-2-2", task=TASK)
+    assert 0 < r.memory.action.weight.abs().max() <= 0.1 and (r.memory.action.bias != 0).any()
+    p = models.build("jm-learned-4", vocab_size=50, hidden_size=8)
+    for name, q in p.named_parameters():
+        assert 0 < q.abs().max() <= 0.05, name
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("lstm", {}), ("jm-10", {}), ("jm-3.3.3", {}), ("jm-hidden", {}), ("rns-2-2", {}), ("vrns-2-2-2", {}),
+    ("jm-learned-4", {"vocab_size": 20, "hidden_size": 6}), ("jm-hidden-5", {"vocab_size": 20}),
+])
+def test_replica_equals_single_model(name, kw):
+    setting = kw if "vocab_size" in kw else dict(kw, task=TASK)
+    seeds = [5, 7, 9]
+    big = models.build(name, replicas=3, seeds=seeds, **setting)
+    one = models.build(name, replicas=1, seeds=[7], **setting)
+    for (n, p), (_, q) in zip(big.named_parameters(), one.named_parameters()):
+        assert torch.equal(p[1], q[0]), n  # bit-for-bit initialisation
+    V = 20 if "vocab_size" in kw else 3
+    x = torch.randint(0, V, (4, 11), generator=torch.Generator().manual_seed(0))
+    ob, oo = big(x), one(x)
+    torch.testing.assert_close(ob.logits[1:2], oo.logits, rtol=1e-5, atol=1e-6)
+    ob.logits[1].square().sum().backward()
+    oo.logits[0].square().sum().backward()
+    for (n, p), (_, q) in zip(big.named_parameters(), one.named_parameters()):
+        torch.testing.assert_close(p.grad[1:2], q.grad, rtol=1e-4, atol=1e-6, msg=n)
+        assert (p.grad[0] == 0).all() and (p.grad[2] == 0).all(), n  # replicas are independent
+
+
+@pytest.mark.parametrize("name", ["lstm-6", "jm-learned-3", "jm-3.3", "jm-hidden-5", "rns-2-2", "vrns-2-2-3"])
+def test_chunked_equals_whole(name):
+    """PTB setting: carrying the state across chunks equals one pass over the whole stream."""
+    m = models.build(name, vocab_size=13, hidden_size=5, replicas=2, dtype=torch.float64)
+    x = torch.randint(0, 13, (3, 12), generator=torch.Generator().manual_seed(1))
+    whole = m(x)
+    (whole.logits ** 2).sum().backward()
+    g_whole = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    o1 = m(x[:, :5])
+    o2 = m(x[:, 5:], state=o1.state)  # not detached: full backpropagation through both chunks
+    torch.testing.assert_close(torch.cat([o1.logits, o2.logits], 2), whole.logits, rtol=1e-9, atol=1e-11)
+    ((o1.logits ** 2).sum() + (o2.logits ** 2).sum()).backward()
+    for n, p in m.named_parameters():
+        torch.testing.assert_close(p.grad, g_whole[n], rtol=1e-7, atol=1e-9, msg=n)
+    # truncated BPTT: same values (RNS states are single-use, so run chunk 1 again)
+    o2d = m(x[:, 5:], state=models.detach_state(m(x[:, :5]).state))
+    torch.testing.assert_close(o2d.logits, o2.logits, rtol=1e-9, atol=1e-11)
+
+
+def test_formal_chunked_equals_pruned_whole():
+    x = torch.randint(0, 3, (4, 14), generator=torch.Generator().manual_seed(2))
+    whole = models.build("jm-10", task=TASK, dtype=torch.float64)(x)  # pruned to min(u, n - u) cells
+    m = models.build("jm-10", task=TASK, dtype=torch.float64, prune=False)
+    o1 = m(x[:, :6])
+    o2 = m(x[:, 6:], state=o1.state)
+    torch.testing.assert_close(torch.cat([o1.logits, o2.logits[:, :, 1:]], 2), whole.logits, rtol=1e-10, atol=1e-12)
+
+
+def test_groups_cover_every_parameter():
+    m = models.build("vrns-2-2-2", vocab_size=10, hidden_size=4, embedding_group="memory")
+    groups = m.param_groups()
+    assert sum(len(v) for v in groups.values()) == len(list(m.parameters()))
+    assert m.group_of("embedding.weight") == "memory"
+    assert {n for n, _ in groups["memory"]} == {"embedding.weight", "memory.action.weight", "memory.action.bias",
+                                                 "memory.push.weight", "memory.push.bias", "memory.bottom"}
+    assert models.build("lstm-4", vocab_size=10, embedding_group="trained").group_of("embedding.weight") == "embedding"
+    assert m.num_parameters(per_replica=False) == m.num_parameters()
+
+
+def test_input_shared_or_per_replica():
+    m = models.build("jm-10", task=TASK, replicas=2)
+    x = torch.randint(0, 3, (3, 8))
+    torch.testing.assert_close(m(x).logits, m(torch.stack([x, x])).logits)
+    with pytest.raises(ValueError):
+        m(torch.stack([x, x, x]))

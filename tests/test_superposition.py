@@ -1,0 +1,174 @@
+"""The superposition stack: functional core vs a literal list-based reference,
+and the fused kernel (hand-written backward) vs the autograd per-step loop."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from marnn import models, tasks
+from marnn.models import superposition as sp
+from marnn.models.superposition import ACTIONS, SuperpositionCore, stack_heights
+
+TASK = tasks.get("marked-copy")
+
+
+# ---- slow reference: Python lists of vectors, the update rule written out ----
+def reference_readings(h_seq, W_a, b_a, W_v, b_v, sizes, depth=None, push_hidden=False):
+    """Readings r_1..r_{T-1} for one string; h_seq: (T-1, H) the states that act."""
+    stacks = [[] for _ in sizes]  # stacks[j] = [top, ..., bottom], each a vector
+    readings = []
+    for h in h_seq:
+        logits = W_a @ h + b_a
+        v_all = h if push_hidden else torch.sigmoid(W_v @ h + b_v)
+        start, out = 0, []
+        for j, m in enumerate(sizes):
+            a = torch.softmax(logits[3 * j:3 * j + 3], 0)
+            push, noop, pop = (a[ACTIONS.index(x)] for x in ("push", "no-op", "pop"))
+            v = v_all[start:start + m]
+            old = stacks[j]
+            zero = torch.zeros(m, dtype=h.dtype)
+            cell = lambda i: old[i] if 0 <= i < len(old) else zero  # noqa: E731
+            new = [push * v + noop * cell(0) + pop * cell(1)]
+            for i in range(1, len(old) + 1):
+                new.append(push * cell(i - 1) + noop * cell(i) + pop * cell(i + 1))
+            if depth is not None:
+                new = new[:depth]
+            stacks[j] = new
+            out.append(new[0])
+            start += m
+        readings.append(torch.cat(out))
+    return torch.stack(readings)
+
+
+def _params(H, sizes, push_hidden, gen):
+    M = sum(sizes)
+    mk = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64).requires_grad_()  # noqa: E731
+    return mk(3 * len(sizes), H), mk(3 * len(sizes)), (None if push_hidden else mk(M, H)), (None if push_hidden else mk(M))
+
+
+@pytest.mark.parametrize("sizes,push_hidden,depth,prune", [
+    ((4,), False, None, False), ((4,), False, None, True), ((3, 3, 3), False, None, True),
+    ((2, 5), False, 3, False), ((6,), True, None, True), ((6,), True, 4, False),
+])
+def test_core_matches_list_reference(sizes, push_hidden, depth, prune):
+    gen = torch.Generator().manual_seed(0)
+    N, T = 3, 11
+    H = sum(sizes) if push_hidden else 6
+    W_a, b_a, W_v, b_v = _params(H, sizes, push_hidden, gen)
+    h = torch.randn(N, T - 1, H, generator=gen, dtype=torch.float64, requires_grad=True)
+    core = SuperpositionCore(sizes, "hidden" if push_hidden else "learned", depth)
+    state = core.initial_state(N, dtype=torch.float64, length=T if prune else None)
+    reads = []
+    for t in range(T - 1):
+        logits = h[:, t] @ W_a.T + b_a
+        pushed = h[:, t] if push_hidden else torch.sigmoid(h[:, t] @ W_v.T + b_v)
+        r, state = core.step(state, logits, pushed)
+        reads.append(r)
+    fast = torch.stack(reads, 1)
+    slow = torch.stack([reference_readings(h[n], W_a, b_a, W_v, b_v, sizes, depth, push_hidden) for n in range(N)])
+    torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)
+    w = torch.randn(fast.shape, generator=gen, dtype=torch.float64)
+    leaves = [p for p in (W_a, b_a, W_v, b_v, h) if p is not None]
+    g_fast = torch.autograd.grad((fast * w).sum(), leaves)
+    g_slow = torch.autograd.grad((slow * w).sum(), leaves)
+    for a, b in zip(g_fast, g_slow):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_stack_heights():
+    n = 9
+    assert stack_heights(n) == [0] + [min(t, n - t) for t in range(1, n)]
+    assert stack_heights(6, prune=False) == [0, 1, 2, 3, 4, 5]
+    assert stack_heights(6, fresh=False, start=2, depth=4) == [3, 4, 4, 4, 4, 4]
+    assert max(stack_heights(80)) == 40
+
+
+def _run(model, x, w, state=None):
+    out = model(x, state=state)
+    model.zero_grad()
+    (out.logits * w).sum().backward()
+    return out, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("name,kw", [
+    ("lstm", {}), ("jm-10", {}), ("jm-3.3.3", {}), ("jm-hidden", {}),
+    ("jm-4", {"prune": False}), ("jm-4", {"depth": 3}), ("jm-hidden", {"depth": 2, "prune": False}),
+])
+def test_fused_matches_autograd_loop(monkeypatch, backend, name, kw):
+    monkeypatch.setattr(sp, "FUSED_BACKEND", "auto" if backend == "numpy" else "torch")
+    kw = dict(kw, hidden_size=7) if name != "jm-hidden" else dict(kw, hidden_size=6)
+    fast = models.build(name, task=TASK, replicas=2, seeds=[1, 2], dtype=torch.float64, **kw)
+    slow = models.build(name, task=TASK, replicas=2, seeds=[1, 2], dtype=torch.float64, fused=False, **kw)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 3, (2, 4, 13), generator=gen)
+    w = torch.randn(2, 4, 14, 4, generator=gen, dtype=torch.float64)
+    of, gf = _run(fast, x, w)
+    os_, gs = _run(slow, x, w)
+    torch.testing.assert_close(of.logits, os_.logits, rtol=1e-10, atol=1e-12)
+    for n in gf:
+        torch.testing.assert_close(gf[n], gs[n], rtol=1e-9, atol=1e-11, msg=n)
+    # continuing from the carried state (detached), then backprop through both chunks
+    x2 = torch.randint(0, 3, (2, 4, 6), generator=gen)
+    w2 = torch.randn(2, 4, 7, 4, generator=gen, dtype=torch.float64)
+    of2, gf2 = _run(fast, x2, w2, models.detach_state(of.state))
+    os2, gs2 = _run(slow, x2, w2, models.detach_state(os_.state))
+    torch.testing.assert_close(of2.logits, os2.logits, rtol=1e-10, atol=1e-12)
+    for n in gf2:
+        torch.testing.assert_close(gf2[n], gs2[n], rtol=1e-9, atol=1e-11, msg=n)
+    with torch.no_grad():  # the lean no-grad path (reused buffers)
+        torch.testing.assert_close(fast(x).logits, os_.logits, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_fused_gradient_flows_into_carried_state(monkeypatch, backend):
+    """Without detaching, chunk 2's loss reaches chunk 1's parameters through h, c and the stack."""
+    monkeypatch.setattr(sp, "FUSED_BACKEND", "auto" if backend == "numpy" else "torch")
+    kw = dict(vocab_size=11, hidden_size=5, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 11, (3, 9), generator=gen)
+    for name in ("jm-learned-4", "jm-hidden"):
+        grads = []
+        for fused in (True, False):
+            m = models.build(name, fused=fused, **kw)
+            o1 = m(x[:, :4])
+            o2 = m(x[:, 4:], state=o1.state)
+            (o1.logits.sum() + (o2.logits ** 2).sum()).backward()
+            grads.append({n: p.grad for n, p in m.named_parameters()})
+        for n in grads[0]:
+            torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-9, atol=1e-11, msg=n)
+
+
+def test_return_stack_and_pruning_exact():
+    m = models.build("jm-3.3.3", task=TASK, dtype=torch.float64)
+    x = torch.randint(0, 3, (4, 12), generator=torch.Generator().manual_seed(0))
+    out = m(x, return_stack=True)
+    assert out.stack["actions"].shape == (1, 4, 12, 3, 3)
+    assert out.stack["readings"].shape == (1, 4, 12, 9)
+    assert torch.isnan(out.stack["actions"][:, :, 0]).all()  # no action at the first step
+    torch.testing.assert_close(out.stack["actions"][:, :, 1:].sum(-1), torch.ones(1, 4, 11, 3, dtype=torch.float64))
+    assert (out.stack["readings"][:, :, 0] == 0).all()
+    unpruned = models.build("jm-3.3.3", task=TASK, dtype=torch.float64, prune=False)
+    torch.testing.assert_close(out.logits, unpruned(x).logits, rtol=1e-12, atol=1e-14)
+
+
+def test_deterministic_algorithms():
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        for name in ("jm-10", "lstm"):
+            m = models.build(name, task=TASK)
+            x = torch.randint(0, 3, (5, 20))
+            m(x).logits.sum().backward()
+            m(x, return_stack=True).logits.sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(prev)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu():
+    for name in ("lstm", "jm-10", "jm-hidden", "rns-3-3"):
+        cpu = models.build(name, task=TASK, replicas=2, dtype=torch.float64)
+        gpu = models.build(name, task=TASK, replicas=2, dtype=torch.float64, device="cuda")
+        x = torch.randint(0, 3, (4, 15))
+        torch.testing.assert_close(gpu(x.cuda()).logits.cpu(), cpu(x).logits, rtol=1e-7, atol=1e-9)
