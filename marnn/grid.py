@@ -47,7 +47,7 @@ from typing import Callable, Iterable
 
 from . import store
 from .scales import Scale, get_scale
-from .train import formal_config, formal_models, freeze_modes, ptb_config, ptb_models
+from .train import formal_config, formal_models, freeze_modes, progress_disabled, ptb_config, ptb_models
 
 # rough relative cost of one replica-epoch, used only to start expensive groups first
 COST = {"rns-3-3": 60.0, "jm-10": 8.0, "jm-3.3.3": 10.0, "jm-hidden": 8.0, "lstm": 1.0,
@@ -166,7 +166,7 @@ def run_grid(configs: list[dict], root: str | None = None, *, scheduler: str | N
     groups = sorted(group_configs(todo, max_replicas), key=_cost, reverse=True)
     summary = {"planned": len(configs), "existing": len(configs) - len(todo), "groups": len(groups),
                "written": 0, "failed": [], "root": root}
-    bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not progress)
+    bar = tqdm(total=len(todo), desc="runs", unit="run", disable=progress_disabled(progress))
 
     def done(group, keys):
         summary["written"] += len(keys)

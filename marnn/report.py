@@ -21,6 +21,8 @@ Names follow the paper: models as in its tables, freeze modes ``none`` / ``m``
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 from functools import lru_cache
 from typing import Iterable, Sequence
@@ -96,7 +98,12 @@ def results_frame(configs: list[dict], root: str | None = None, *, compute: bool
     if compute and store.missing(configs, root):
         from . import grid
 
-        summary = grid.run_grid(configs, root, scheduler="sync", progress=False)
+        # training output (progress-bar warnings, prints) would make a page's first execution differ
+        # from a re-execution that only loads; failures are reported below instead
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            summary = grid.run_grid(configs, root, scheduler="sync", progress=False)
         if summary["failed"]:
             lines = [f"{f['task']}/{f['model']} ({f['runs']} runs): {f['error']}" for f in summary["failed"]]
             message = "training failed for\n  " + "\n  ".join(lines)
@@ -404,7 +411,7 @@ def compare_wide(comparison: pd.DataFrame, index: Sequence[str], columns: Sequen
                                   values=["paper", "ours", "difference"], aggfunc="first", dropna=False)
     wide = wide.reorder_levels(list(range(1, wide.columns.nlevels)) + [0], axis=1)
     seen = sorted(dict.fromkeys(tuple(c[:-1]) for c in wide.columns),
-                  key=lambda t: tuple(split_rank(v) if n == "split" else _rank(n, v) for n, v in zip(columns, t)))
+                  key=lambda t: tuple(_rank(n, v) for n, v in zip(columns, t)))
     cols = [(*t, v) for t in seen for v in ("paper", "ours", "difference")]
     wide = wide.reindex(columns=pd.MultiIndex.from_tuples(cols, names=list(columns) + [""]))
     wide = wide.dropna(how="all")
@@ -699,3 +706,17 @@ def baseline_table(ours: pd.DataFrame, theirs: pd.DataFrame) -> pd.DataFrame:
                                                                                        ("paper", theirs))}
     out = pd.concat(parts, axis=1)
     return out.reindex([t for t in task_names() if t in out.index])
+
+
+def ptb_scale_caveat(scale: str) -> str:
+    """What the scale changes in the Penn Treebank protocol, as a sentence."""
+    from .scales import PAPER
+
+    sc = get_scale(scale)
+    if sc.name == "paper":
+        return "This page was built at the paper's scale (the whole corpus, 100 epochs at most, 10 restarts)."
+    tokens = f"{sc.ptb_train_tokens:,}" if sc.ptb_train_tokens else "all"
+    note = " Its numbers mean nothing: it exists to test the pages." if sc.name == "smoke" else ""
+    return (f"This page was built at the `{sc.name}` scale: {tokens} training tokens, at most "
+            f"{sc.ptb_max_epochs} epochs, {sc.ptb_restarts} restart(s) instead of {PAPER.ptb_restarts}, so "
+            f"perplexities are far above the paper's and only their order can be compared.{note}")

@@ -34,7 +34,7 @@ Record schema (formal; PTB has ``valid``/``test`` perplexities and no bins)::
     curve         [{"epoch", "lr", "train_cross_entropy", "valid_cross_entropy",
                     "valid_ce_diff", "valid_accuracy", "seconds"}, ...]
     num_parameters, trainable_parameters
-    group         {"replicas", "wall_time_s", "members"}: the batch it trained in
+    group         {"replicas", "wall_time_s", "cpu_time_s", "members"}: the batch it trained in
     wall_time_s   the group's wall time divided by its replicas
     env           {"device", "cpu", "torch_threads", "python", "torch", "numpy",
                    "pandas", "marnn", "git_commit", ...}

@@ -110,7 +110,17 @@ def _grads(params, seed):
         p.grad = torch.randn(p.shape, generator=gen) * 3
 
 
-def test_batched_adam_matches_torch_adam_per_replica():
+@pytest.fixture(params=["batched", "per-slice"])
+def path(request, monkeypatch):
+    """Run an optimiser test on both update paths (small tensors / large tensors)."""
+    import marnn.train.optim as optim
+
+    if request.param == "per-slice":
+        monkeypatch.setattr(optim, "SMALL", 0)
+    return request.param
+
+
+def test_batched_adam_matches_torch_adam_per_replica(path):
     R, lrs, clip = 3, [1e-3, 5e-3, 2e-2], 1.5
     init = [torch.randn(R, 4, 5, generator=torch.Generator().manual_seed(1)), torch.randn(R, 7, generator=torch.Generator().manual_seed(2))]
     batched = [nn.Parameter(t.clone()) for t in init]
@@ -131,7 +141,7 @@ def test_batched_adam_matches_torch_adam_per_replica():
             torch.testing.assert_close(b[r], p, rtol=1e-5, atol=1e-6)
 
 
-def test_masked_slices_are_bitwise_unchanged_even_with_nan_grads():
+def test_masked_slices_are_bitwise_unchanged_even_with_nan_grads(path):
     R = 4
     p = nn.Parameter(torch.randn(R, 3, 3))
     q = nn.Parameter(torch.randn(R, 2))

@@ -95,8 +95,14 @@ supported when the new pass covers the same or fewer steps).  Stepping the same
 state twice is refused (the tape is shared); use ``detach_state`` to fork.
 
 Cost per step ``t`` (window ``L = min(t, D)``): pop term ``O(L^2 Q^3 S^2)``
-(one batched GEMM over the triangle, memory-bound, arithmetic intensity Q),
-replace/P̂ ``O(L Q^3 S^3)``; backward about twice the forward.
+(a batched GEMM over the triangle: memory-bound, arithmetic intensity Q; the
+triangle is stored transposed, ``((c,u), (j,a))``, because MKL's skinny-GEMM
+path is ~3x slower the other way round, and for L >= 32 it is split into 4 row
+blocks that skip most of the zero half j > c), replace/P̂ ``O(L Q^3 S^3)``;
+backward about twice the forward.  Everything else is O(L Q^2 S^2) per step, so
+small problems are bound by Python/dispatch overhead (~25 ops per step).
+On a shared 2-core CPU, ``torch.set_num_threads(1)`` is usually faster (OpenMP
+spin-waiting when cores are oversubscribed); that choice is left to the caller.
 
 Shapes (N = batch with replicas flattened, K = Q*S)::
 
@@ -207,7 +213,7 @@ class _Tape:
             PhT = torch.bmm(Wpo.transpose(1, 2), col[:, d + 1:].reshape(N, Lr * K, K).transpose(1, 2))
             PhT = PhT.view(N, Q, Lr, Q, S).permute(0, 4, 1, 2, 3).reshape(N * S, Q, Lr * Q)
             tri = self.region(self.buf, self.base, loT, t)                        # (N*S, (c,u), (j,a))
-            popT = torch.bmm(PhT, tri).view(N, S, Q, Lr, K)                        # (N, y, r, j, a)
+            popT = _tri_left(PhT, tri, Lr, Q, K).view(N, S, Q, Lr, K)            # (N, y, r, j, a)
             C[:, :Lr] += popT.permute(0, 3, 4, 2, 1).reshape(N, Lr, K, K)
         Z0 = C.sum(dim=(1, 2, 3)).clamp_min(tiny)                # detached scale (no grad here)
         C /= Z0[:, None, None, None]
@@ -310,7 +316,7 @@ class _Tape:
             PhT = r["PhT"]
             dpopT = dC[:, :Lr].reshape(N, Lr, K, Q, S).permute(0, 4, 3, 1, 2).reshape(N * S, Q, Lr * K)
             tri = self.region(r["buf"], r["base"], loT, t)                         # (N*S, (c,u), (j,a))
-            dPhT = torch.bmm(dpopT, tri.transpose(1, 2))                           # (N*S, r, (c,u))
+            dPhT = _tri_right(dpopT, tri, Lr, Q, K)                                # (N*S, r, (c,u))
             dPhat = dPhT.view(N, S, Q, Lr, Q).permute(0, 3, 4, 1, 2).reshape(N, Lr * K, Q)
             colp = col[:, d + 1:].reshape(N, Lr * K, K)
             dWpo = torch.bmm(colp.transpose(1, 2), dPhat)
@@ -389,6 +395,35 @@ class _InitFn(torch.autograd.Function):
         if tape.dV is not None:
             g += tape.dV[:, 0 - tape.vbase]
         return g, None
+
+
+_BLOCKS = 4          # row blocks used to skip the zero half (j > c) of the triangle
+_BLOCK_MIN = 32      # below this many push times one GEMM is cheaper
+
+
+def _bounds(L):
+    nb = _BLOCKS if L >= _BLOCK_MIN else 1
+    return [round(L * b / nb) for b in range(nb + 1)]
+
+
+def _tri_left(X, tri, L, Q, K):
+    """X (B, R, L*Q) @ tri (B, L*Q, L*K) where tri[(c,u),(j,a)] = 0 for j > c."""
+    bd = _bounds(L)
+    if len(bd) == 2:
+        return torch.bmm(X, tri)
+    out = X.new_zeros(X.shape[0], X.shape[1], L * K)
+    for b0, b1 in zip(bd[:-1], bd[1:]):          # rows c in [b0, b1) only reach j < b1
+        out[:, :, :b1 * K] += torch.bmm(X[:, :, b0 * Q:b1 * Q], tri[:, b0 * Q:b1 * Q, :b1 * K])
+    return out
+
+
+def _tri_right(Y, tri, L, Q, K):
+    """Y (B, R, L*K) @ tri^T (B, L*K, L*Q), same zero pattern as _tri_left."""
+    bd = _bounds(L)
+    if len(bd) == 2:
+        return torch.bmm(Y, tri.transpose(1, 2))
+    return torch.cat([torch.bmm(Y[:, :, :b1 * K], tri[:, b0 * Q:b1 * Q, :b1 * K].transpose(1, 2))
+                      for b0, b1 in zip(bd[:-1], bd[1:])], dim=2)
 
 
 def _wscale(x):
@@ -525,3 +560,82 @@ def rns_readings(push, repl, pop, *, log=False, pushed=None, bottom=None, window
         r, state = core._advance(state, A[:, t], None if pushed is None else pushed[:, t], kind)
         out.append(r)
     return torch.stack(out, 1)
+
+
+# ----------------------------------------------------------------------------- benchmark
+def _benchmark(threads: int = 1, reps: int = 3):  # pragma: no cover - manual tool
+    """``python marnn/models/rns.py [threads]``: timings quoted in the report (CPU)."""
+    import time
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+
+    def best(f, r=reps):
+        ts = []
+        for _ in range(r):
+            t0 = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t0)
+        return min(ts)
+
+    def stack_fb(Q, S, m, B, n, window=None, grad=True):
+        core = RNSCore(Q, S, m, window)
+        lg = torch.randn(B, n, core.num_actions, requires_grad=grad)
+        v = torch.rand(B, n, m, requires_grad=grad) if m else None
+        bt = torch.rand(B, m, requires_grad=grad) if m else None
+
+        def f():
+            with torch.set_grad_enabled(grad):
+                st = core.initial_state(B, None, torch.float32, bt)
+                rs = [core.initial_reading(st)]
+                lgs = lg.unbind(1)
+                vs = None if v is None else v.unbind(1)
+                for t in range(n):
+                    r, st = core.step(st, lgs[t], None if v is None else vs[t])
+                    rs.append(r)
+                out = torch.stack(rs, 1)
+                if grad:
+                    out.square().sum().backward()
+        return f
+
+    def train_step(Q, S, B, n, H=20, V=3):
+        core = RNSCore(Q, S)
+        cell = torch.nn.LSTMCell(V + core.reading_size, H)
+        act = torch.nn.Linear(H, core.num_actions)
+        outl = torch.nn.Linear(H, V + 1)
+        params = [*cell.parameters(), *act.parameters(), *outl.parameters()]
+        opt = torch.optim.Adam(params, lr=1e-3)
+        x = torch.nn.functional.one_hot(torch.randint(0, V, (B, n)), V).float()
+        y = torch.randint(0, V + 1, (B, n + 1))
+
+        def f():
+            opt.zero_grad()
+            h = c = torch.zeros(B, H)
+            st = core.initial_state(B, None, torch.float32)
+            r = core.initial_reading(st)
+            logits = [outl(h)]
+            for t in range(n):
+                if t > 0:
+                    r, st = core.step(st, act(h))
+                h, c = cell(torch.cat([x[:, t], r], -1), (h, c))
+                logits.append(outl(h))
+            loss = torch.nn.functional.cross_entropy(torch.stack(logits, 1).reshape(-1, V + 1), y.reshape(-1))
+            loss.backward()
+            opt.step()
+        return f
+
+    print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, best of {reps}")
+    for n in (40, 60, 80):
+        print(f"rns-3-3  stack fwd+bwd      B=10 n={n}: {best(stack_fb(3, 3, None, 10, n)):.3f} s")
+    for n in (40, 60, 80):
+        print(f"rns-3-3  LSTM+stack Adam step B=10 H=20 n={n}: {best(train_step(3, 3, 10, n)):.3f} s")
+    print(f"rns-3-3  eval (no grad)  B=1 n=400: {best(stack_fb(3, 3, None, 1, 400, grad=False)):.3f} s")
+    print(f"rns-4-5  D=35 stack fwd+bwd 32x35: {best(stack_fb(4, 5, None, 32, 35, 35)):.3f} s")
+    print(f"vrns-3-3-5 D=35 stack fwd+bwd 32x35: {best(stack_fb(3, 3, 5, 32, 35, 35)):.3f} s")
+    print(f"vrns-2-3-3 stack fwd+bwd B=10 n=60: {best(stack_fb(2, 3, 3, 10, 60)):.3f} s")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    _benchmark(int(sys.argv[1]) if len(sys.argv) > 1 else 1)

@@ -259,19 +259,6 @@ def _backend(t: torch.Tensor):
     return _Torch(t.detach())
 
 
-def _windows(xp, Z, m):
-    """View of ``Z`` (n, R, B, k, rows, m) as (n, R, B, k, 3, (rows - 2) m): row ``j``
-    of the window is cells ``j, j+1, ...`` flattened, so ``[..., :L m]`` at step t
-    holds the three shifted stacks B[i], B[i+1], B[i+2] (i < L) as a matrix."""
-    n, R, B, k, rows, _ = Z.shape
-    shape = (n, R, B, k, 3, (rows - 2) * m)
-    if isinstance(xp, _Numpy):
-        st = Z.strides
-        return xp.np.lib.stride_tricks.as_strided(Z, shape, st[:4] + (st[5] * m, st[5]), writeable=False)
-    st = Z.stride()
-    return Z.as_strided(shape, st[:4] + (m, 1))
-
-
 def _forward_loop(xp, gx, W_h, b_h, W_ir, h0, c0, S0, k, heights, fresh, push_hidden, save):
     """``gx``: (R, B, T, 4H) input gates incl. biases; ``W_h``: (R, 4H + 3k [+ M], H)
     = [W_hh; W_a; W_v]; ``b_h``: (R, 1, same) = [0; b_a; b_v]; ``W_ir``: (R, 4H, M)
@@ -375,7 +362,11 @@ def _backward_loop(xp, sv, dhs, dcT, dST, W_h, W_ir, k, heights, fresh, push_hid
     # local derivatives for all steps at once:
     # d(i,f,g,o) = (dc g i', dc c_prev f', dc i g', dh tanh(c) o'),  dc += dh o (1 - tanh(c)^2)
     i, f, g, o = ACT[:, :, :, 0], ACT[:, :, :, 1], ACT[:, :, :, 2], ACT[:, :, :, 3]
-    mult = xp.stack([g * i * (1 - i), Cs[:-1] * f * (1 - f), i * (1 - g * g), TC * o * (1 - o)], axis=3)
+    is_tanh = xp.const([0.0, 0.0, 1.0, 0.0]).reshape(4, 1)
+    mult = (1 - is_tanh) - ACT  # act' = act (1 - act) for sigma, 1 - act^2 for tanh
+    mult *= ACT
+    mult += is_tanh
+    mult *= xp.stack([g, Cs[:-1], i, TC], axis=3)
     Kl = xp.unbind(o * (1 - TC * TC))
     m3l, mol, fl, dhsl = xp.unbind(mult[:, :, :, :3]), xp.unbind(mult[:, :, :, 3]), xp.unbind(f), xp.unbind(dhs)
     dP = xp.zeros(T, R, B, Pn)  # gradients of the pre-activations [gates; logits; push]
@@ -392,7 +383,9 @@ def _backward_loop(xp, sv, dhs, dcT, dST, W_h, W_ir, k, heights, fresh, push_hid
         M = W_ir.shape[2]
         m = M // k
         rows = Z.shape[4]
-        Wl = xp.unbind(_windows(xp, Z, m))
+        Zfl = xp.unbind(Z.reshape(Z.shape[0], R, B, k, rows * m))  # cells flattened
+        da4 = xp.empty(R, B, k, 3, 1)
+        da = da4[..., 0]  # (R, B, k, 3)
         DZ = xp.zeros(T + 1, R, B, k, rows + 2, m)  # DZ[t+1][:, :, :, 2 + i] = dL/dS_t[i]
         DZl = xp.unbind(DZ)
         Dtopl = xp.unbind(DZ[:, :, :, :, 2])  # (R, B, k, m)
@@ -421,7 +414,9 @@ def _backward_loop(xp, sv, dhs, dcT, dST, W_h, W_ir, k, heights, fresh, push_hid
             xp.add(Dtopl[t + 1], dr4, out=Dtopl[t + 1])  # dL/dr_t
             D = DZl[t + 1]
             dS = D[:, :, :, 2:2 + L].reshape(R, B, k, L * m, 1)
-            da = xp.matmul(Wl[t][..., :L * m], dS)[..., 0]  # (R, B, k, 3): <dS_t, B[i + j]>
+            Zf = Zfl[t]
+            for j in range(3):  # da_j = <dS_t, B[i + j]>: three dot products per stack
+                xp.matmul(Zf[..., None, j * m:(j + L) * m], dS, out=da4[..., j:j + 1, :])
             ada = a * da
             xp.multiply(a, da - xp.sum(ada, axis=-1, keepdims=True), out=dlogl[t])  # softmax backward
             dv = a[..., :1] * Dtopl[t + 1]  # (R, B, k, m): v enters S_t[0] with weight a_push

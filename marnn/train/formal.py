@@ -190,7 +190,7 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
     set_threads(threads)
     device = torch.device(device) if device is not None else default_device()
     build = build or _build_default
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
 
     task = get_task(first["task"])
     scale = scale_from_config(first)
@@ -276,7 +276,7 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
     ranges = dict(zip(scale.bin_names, scale.test_bins))
     test = {name: [type(b)(b.length, *to_dev(b)) for b in batches] for name, batches in data.test.items()}
     metrics = evaluate_bins(model, task, test, ranges)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     env = environment(device)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     records = []
@@ -305,7 +305,7 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
             "curve": curves[r],
             "num_parameters": total_params,
             "trainable_parameters": trainable[r],
-            "group": {"replicas": R, "wall_time_s": round(wall, 3), "members": [f"{c['freeze']}/s{c['seed']}" for c in configs]},
+            "group": {"replicas": R, "wall_time_s": round(wall, 3), "cpu_time_s": round(cpu, 3), "members": [f"{c['freeze']}/s{c['seed']}" for c in configs]},
             "wall_time_s": round(wall / R, 3),
             "env": env,
             "created": created,

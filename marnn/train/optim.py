@@ -25,9 +25,15 @@ SGD: :math:`\\theta \\leftarrow \\theta - \\eta_r g`.
 """
 from __future__ import annotations
 
+import math
 from typing import Iterable, Mapping
 
 import torch
+
+# Parameters with more elements than this are updated in place, one replica
+# slice at a time (no full-size temporaries); smaller ones in one batched
+# ``torch.where`` (fewer kernel launches). Both leave masked slices untouched.
+SMALL = 1 << 16
 
 
 def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -70,17 +76,24 @@ class ReplicaOptimizer:
         """
         sq = torch.zeros(self.R, dtype=torch.float64, device=self.lr.device)
         for name, p in self.params.items():
-            if p.grad is None:
+            g = p.grad
+            if g is None:
                 continue
-            keep = _expand(self._trainable(name), p.grad)
-            p.grad = torch.where(keep, p.grad, torch.zeros((), dtype=p.grad.dtype, device=p.grad.device))
-            sq += p.grad.double().pow(2).reshape(self.R, -1).sum(1)
+            keep = self._trainable(name)
+            if not bool(keep.all()):
+                if g.numel() <= SMALL:
+                    g.copy_(torch.where(_expand(keep, g), g, torch.zeros((), dtype=g.dtype, device=g.device)))
+                else:  # large tensors: touch only the masked slices
+                    for r in torch.nonzero(~keep).flatten().tolist():
+                        g[r].zero_()
+            sq += torch.linalg.vector_norm(g.reshape(self.R, -1), dim=1).double().pow(2)
         norm = sq.sqrt()  # (R,)
         coef = (self.clip / (norm + 1e-6)).clamp(max=1.0)
         coef = torch.where(torch.isfinite(coef), coef, torch.ones_like(coef))
-        for p in self.params.values():
-            if p.grad is not None:
-                p.grad.mul_(_expand(coef.to(p.grad.dtype), p.grad))
+        if bool((coef < 1).any()):
+            for p in self.params.values():
+                if p.grad is not None:
+                    p.grad.mul_(_expand(coef.to(p.grad.dtype), p.grad))
         return norm
 
     def step(self, skip: torch.Tensor | None = None) -> None:
@@ -132,19 +145,27 @@ class BatchedAdam(ReplicaOptimizer):
                 continue
             t = self.name_steps[name] + upd.long()  # steps this parameter has taken, per replica
             self.name_steps[name] = t
+            g, m, v = p.grad, self.m[name], self.v[name]
+            if p.numel() > SMALL:  # large tensors: in place, one replica slice at a time
+                for r in torch.nonzero(upd).flatten().tolist():
+                    tr = int(t[r])
+                    bc1, bc2 = 1 - b1 ** tr, 1 - b2 ** tr
+                    m[r].mul_(b1).add_(g[r], alpha=1 - b1)
+                    v[r].mul_(b2).addcmul_(g[r], g[r], value=1 - b2)
+                    denom = (v[r].sqrt() / math.sqrt(bc2)).add_(self.eps)
+                    p[r].addcdiv_(m[r], denom, value=-float(self.lr[r]) / bc1)
+                continue
             tf = t.clamp(min=1).double()
             bc1 = 1 - b1 ** tf  # (R,)
             bc2 = 1 - b2 ** tf
-            g = p.grad
-            m = self.m[name] * b1 + g * (1 - b1)
-            v = self.v[name] * b2 + g * g * (1 - b2)
-            denom = v.sqrt() / _expand(bc2.sqrt().to(p.dtype), p) + self.eps
+            m_new = m * b1 + g * (1 - b1)
+            v_new = v * b2 + g * g * (1 - b2)
+            denom = v_new.sqrt() / _expand(bc2.sqrt().to(p.dtype), p) + self.eps
             step_size = _expand((self.lr / bc1).to(p.dtype), p)
-            new = p - step_size * m / denom
             keep = _expand(upd, p)
-            p.copy_(torch.where(keep, new, p))
-            self.m[name] = torch.where(keep, m, self.m[name])
-            self.v[name] = torch.where(keep, v, self.v[name])
+            p.copy_(torch.where(keep, p - step_size * m_new / denom, p))
+            self.m[name] = torch.where(keep, m_new, m)
+            self.v[name] = torch.where(keep, v_new, v)
 
 
 class BatchedSGD(ReplicaOptimizer):
@@ -159,6 +180,10 @@ class BatchedSGD(ReplicaOptimizer):
                 continue
             upd = self._trainable(name) & go
             if not bool(upd.any()):
+                continue
+            if p.numel() > SMALL:  # in place, one replica slice at a time
+                for r in torch.nonzero(upd).flatten().tolist():
+                    p[r].add_(p.grad[r], alpha=-float(self.lr[r]))
                 continue
             new = p - _expand(self.lr.to(p.dtype), p) * p.grad
             p.copy_(torch.where(_expand(upd, p), new, p))

@@ -64,7 +64,7 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
     device = torch.device(device) if device is not None else default_device()
     build = build or _build_default
     detach = detach or _detach_default
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
 
     scale = scale_from_config(first)
     corpus = corpus or load_corpus()
@@ -140,7 +140,7 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
     model = tracker.finish()
     model.eval()
     test_ce = stream_cross_entropy(model, test, T, detach).tolist()
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     env = environment(device)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     records = []
@@ -162,7 +162,7 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
             "curve": curves[r],
             "num_parameters": total_params,
             "trainable_parameters": trainable[r],
-            "group": {"replicas": R, "wall_time_s": round(wall, 3), "members": [f"{c['freeze']}/s{c['seed']}" for c in configs]},
+            "group": {"replicas": R, "wall_time_s": round(wall, 3), "cpu_time_s": round(cpu, 3), "members": [f"{c['freeze']}/s{c['seed']}" for c in configs]},
             "wall_time_s": round(wall / R, 3),
             "env": env,
             "created": created,
