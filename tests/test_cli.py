@@ -79,7 +79,8 @@ def test_results_env_var(tmp_path, capsys, monkeypatch):
 
 def test_ptb_end_to_end(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TQDM_DISABLE", "1")
-    assert main(["ptb", "--model", "lstm-256", "--freeze", "m", "--scale", "smoke", "--results", str(tmp_path)]) == 0
+    assert main(["ptb", "--model", "lstm-256", "--freeze", "m", "--scale", "smoke", "--threads", "1",
+                 "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "test perplexity" in out
     (path,) = tmp_path.rglob("*.json")

@@ -64,7 +64,8 @@ def test_partial_and_temp_files_count_as_missing(tmp_path, records):
     tmp.write_text("{")
     with pytest.warns(UserWarning, match="unreadable"):
         assert store.missing([cfg], tmp_path) == [cfg]
-    assert list(store.iter_records(tmp_path)) == []
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert list(store.iter_records(tmp_path)) == []
     assert store.clean_temp(tmp_path) == 1 and not tmp.exists()
 
 

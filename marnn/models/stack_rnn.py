@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from .base import DEFAULT_EMBEDDING_GROUP, EMBEDDING_GROUPS, FREEZE_MODES, GROUPS, Output
+from .base import DEFAULT_EMBEDDING_GROUP, EMBEDDING_GROUPS, GROUPS, Output
 from .lstm import ReplicaEmbedding, ReplicaLSTM, ReplicaLinear, init_replicas, replica_param
 from .superposition import SuperpositionCore, SuperpositionState, fused_stack_lstm, stack_heights
 

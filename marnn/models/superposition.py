@@ -26,8 +26,8 @@ pruned stack is exact, not an approximation.
 :class:`marnn.models.stack_rnn.StackRNN` (``initial_state``, ``step``,
 ``initial_reading``, ``detach_state``). :func:`fused_stack_lstm` runs the whole
 controller + stack recurrence as one autograd function with a hand-written
-backward pass (``superposition_lstm_kernel.py``-style fusion kept in this file):
-about 35 small tensor operations per timestep instead of ~120 autograd nodes.
+backward pass: about 40 small array operations per timestep instead of ~120
+autograd nodes (NumPy on the CPU, torch elsewhere; see the section below).
 """
 from __future__ import annotations
 
