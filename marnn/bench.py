@@ -173,6 +173,11 @@ def main(argv=None) -> int:
     formal = list(models.FORMAL_MODELS) + ["vrns-2-3-3"]
     ptb = list(models.PTB_MODELS)
     if args.models:
+        for name in args.models:
+            try:
+                models.parse_name(name)
+            except ValueError as err:
+                p.error(str(err))
         formal = [m for m in args.models if m not in models.PTB_MODELS]
         ptb = [m for m in args.models if m in models.PTB_MODELS]
     rows = run(plan(formal, ptb, args.quick), threads=args.threads)

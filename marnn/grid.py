@@ -144,7 +144,7 @@ def local_cluster(workers: int | None = None, threads_per_worker: int = 1):
 
     n = workers or os.cpu_count() or 1
     return LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                        host="127.0.0.1", dashboard_address=None, scheduler_port=0)
+                        host="127.0.0.1", dashboard_address=":0", scheduler_port=0)
 
 
 def run_grid(configs: list[dict], root: str | None = None, *, scheduler: str | None = None, workers: int | None = None,

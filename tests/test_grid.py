@@ -57,7 +57,7 @@ def test_local_cluster_with_two_worker_processes(tmp_path):
 
     cfgs = grid.formal_grid("smoke", tasks=["count-3", "marked-copy"], models=["lstm"], modes=["none", "cm"], restarts=1)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, scheduler_port=0) as cluster, Client(cluster) as client:
+                      dashboard_address=":0", scheduler_port=0) as cluster, Client(cluster) as client:
         s = grid.run_grid(cfgs, tmp_path, client=client, progress=False)
         pids = {r["env"]["pid"] for _, r in store.iter_records(tmp_path)}
     assert s["failed"] == [] and s["written"] == 4 and s["groups"] == 2
@@ -102,3 +102,29 @@ def test_killed_grid_resumes_without_recomputing(tmp_path):
     for path, stamp in survived.items():
         assert after[path] == stamp  # not recomputed, not rewritten
     assert not list(root.rglob(".*.tmp"))
+
+
+def test_out_of_memory_falls_back_to_smaller_batches(tmp_path):
+    from test_train import toy_builder
+
+    toy = toy_builder()
+    sizes = []
+
+    def picky_build(name, *, replicas=1, **kw):
+        sizes.append(replicas)
+        if replicas > 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return toy(name, replicas=replicas, **kw)
+
+    cfgs = grid.formal_grid("smoke", tasks=["count-3"], models=["lstm"], modes=["none", "m"], restarts=2)
+    keys = grid.run_group(cfgs, str(tmp_path), train_kwargs={"build": picky_build})
+    assert len(keys) == 4 and store.missing(cfgs, tmp_path) == []
+    assert sizes[0] == 4 and sizes.count(1) >= 4
+    assert all(r["group"]["replicas"] == 1 for _, r in store.iter_records(tmp_path))
+
+    def broken(name, **kw):
+        raise ValueError("a real bug")
+
+    with pytest.raises(ValueError, match="real bug"):  # other errors are not swallowed
+        grid.run_group(grid.formal_grid("smoke", tasks=["marked-copy"], models=["lstm"], restarts=1), str(tmp_path),
+                       train_kwargs={"build": broken})
