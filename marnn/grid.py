@@ -49,8 +49,9 @@ from . import store
 from .scales import Scale, get_scale
 from .train import formal_config, formal_models, freeze_modes, progress_disabled, ptb_config, ptb_models
 
-# rough relative cost of one replica-epoch, used only to start expensive groups first
-COST = {"rns-3-3": 60.0, "jm-10": 8.0, "jm-3.3.3": 10.0, "jm-hidden": 8.0, "lstm": 1.0,
+# relative cost per replica (measured at quick scale on a 2-core CPU), used only
+# to start the expensive groups first so that they do not finish last
+COST = {"rns-3-3": 15.0, "jm-10": 1.8, "jm-3.3.3": 1.8, "jm-hidden": 1.8, "lstm": 1.0,
         "rns-4-5": 100.0, "vrns-3-3-5": 150.0, "jm-hidden-247": 2.0, "jm-learned-22": 2.0, "lstm-256": 1.0}
 
 
@@ -197,7 +198,7 @@ def run_grid(configs: list[dict], root: str | None = None, *, scheduler: str | N
 
             futures = {}
             for g in groups:
-                fut = client.submit(run_group, g, root, torch_threads=1, pure=False,
+                fut = client.submit(run_group, g, root, torch_threads=1, pure=False, priority=int(_cost(g)),
                                     key=f"group-{g[0].get('task', 'ptb')}-{g[0]['model']}-{store.config_key(g[0])}")
                 futures[fut] = g
             for fut in as_completed(futures):

@@ -11,13 +11,14 @@
   the whole formal grid (7 tasks x 5 models x 4 modes x 3 restarts = 420 runs,
   trained as 35 replica-batched groups) fits in about an hour on 2 CPU cores.
 
-  Measured (2-core CPU, torch 2.13, one thread per group, ``marnn grid`` with
-  2 worker processes; CPU seconds per (task, model) group of 12 replicas,
-  at 25 epochs, on marked-copy and unmarked-reverse-and-copy):
-  rns-3-3 ~305, jm-3.3.3 ~44, jm-10 ~36, jm-hidden ~30, lstm ~24; ~440 s per
-  task, ~3,100 CPU-s for the grid, i.e. ~26 min on 2 idle cores; 30 epochs
-  scales that to ~31-35 min. The RNS stack costs O(n^3) per string, which is
-  what forces lengths this short (at 20-40 one RNS group took hours).
+  Measured with ``marnn grid --scale quick`` (LocalCluster, 2 single-threaded
+  worker processes, torch 2.13 CPU, 2 cores shared with other jobs): 50 min
+  wall for all 420 runs; 5,180 CPU-s inside the 35 groups, i.e. ~43 min on 2
+  idle cores. CPU seconds per (task, model) group of 12 replicas, mean over the
+  7 tasks: rns-3-3 527, jm-3.3.3 63, jm-hidden 59, jm-10 57, lstm 34. Most runs
+  (347/420) still stop at 30 epochs, so quick models are undertrained. The RNS
+  stack costs O(n^3) per string, which is what forces lengths this short: at
+  20-40 one RNS group (12 replicas) needs about 7 min per epoch.
 
 Test bins are closed ranges; bins after the first start one past the previous
 bin's end (the paper writes 40-100, 100-200, 200-400).
