@@ -95,9 +95,9 @@ QUICK = Scale(
     early_stop=5,
     lr_patience=3,
     restarts=3,
-    ptb_train_tokens=100_000,
-    ptb_eval_tokens=20_000,
-    ptb_max_epochs=3,
+    ptb_train_tokens=30_000,  # ~30 CPU-min for the PTB grid + ablation
+    ptb_eval_tokens=10_000,
+    ptb_max_epochs=2,
     ptb_early_stop=1,
     ptb_restarts=1,
 )
