@@ -45,6 +45,24 @@ def _build_default(name, **kwargs):
     return build(name, **kwargs)
 
 
+
+def guarded_step(opt, tracker: "Tracker", idx: list[int], loss: torch.Tensor, epoch: int, step: int) -> None:
+    """One optimiser step for the live replicas, isolating any that diverge.
+
+    ``loss``: ``(R_live,)``. Replicas whose loss or clipped gradient norm is not
+    finite are marked diverged (with epoch, step and where) and masked, so the
+    others step as if they were alone.
+    """
+    finite = torch.isfinite(loss)
+    opt.zero_grad()
+    torch.where(opt.active & finite, loss, torch.zeros((), device=loss.device)).sum().backward()
+    norms = opt.mask_and_clip()
+    bad = opt.active & ~(finite & torch.isfinite(norms).to(finite.device))
+    for pos in torch.nonzero(bad).flatten().tolist():
+        value = float(loss[pos].detach()) if not bool(finite[pos]) else float(norms[pos])
+        tracker.diverge(idx[pos], epoch, step, "train-loss" if not bool(finite[pos]) else "train-grad", value)
+    opt.step()
+
 class Tracker:
     """The replicas of a group: per-replica schedule, early stopping, best snapshot, divergence.
 
@@ -235,15 +253,7 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
             out = model(x)
             nll, _ = token_stats(out.logits, y)  # (R_live, B, n+1)
             loss = nll.sum((1, 2)) / B  # (R_live,) summed over symbols, averaged over the batch
-            finite = torch.isfinite(loss)
-            opt.zero_grad()
-            torch.where(opt.active & finite, loss, torch.zeros((), device=loss.device)).sum().backward()
-            norms = opt.mask_and_clip()
-            bad = opt.active & ~(finite & torch.isfinite(norms).to(finite.device))
-            for pos in torch.nonzero(bad).flatten().tolist():
-                value = float(loss[pos].detach()) if not bool(finite[pos]) else float(norms[pos])
-                tracker.diverge(idx[pos], epoch, step, "train-loss" if not bool(finite[pos]) else "train-grad", value)
-            opt.step()
+            guarded_step(opt, tracker, idx, loss, epoch, step)
             tr_nll[live] += nll.detach().double().sum((1, 2)).cpu()
             tr_sym += y.numel()
             step += 1

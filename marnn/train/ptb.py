@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from . import default_device, environment, progress_disabled, set_threads, hyperparameters, scale_from_config
 from .evaluate import stream_cross_entropy, token_stats
-from .formal import Tracker, _num, _per_replica_counts, check_group
+from .formal import Tracker, _num, _per_replica_counts, check_group, guarded_step
 from .optim import BatchedSGD
 
 
@@ -110,15 +110,7 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
             state = detach(out.state)
             nll, _ = token_stats(out.logits, y)  # (R_live, B, T)
             loss = nll.mean((1, 2))  # (R_live,)
-            finite = torch.isfinite(loss)
-            opt.zero_grad()
-            torch.where(opt.active & finite, loss, torch.zeros((), device=loss.device)).sum().backward()
-            norms = opt.mask_and_clip()
-            bad = opt.active & ~(finite & torch.isfinite(norms).to(finite.device))
-            for pos in torch.nonzero(bad).flatten().tolist():
-                value = float(loss[pos].detach()) if not bool(finite[pos]) else float(norms[pos])
-                tracker.diverge(idx[pos], epoch, step, "train-loss" if not bool(finite[pos]) else "train-grad", value)
-            opt.step()
+            guarded_step(opt, tracker, idx, loss, epoch, step)
             tr_nll[live] += nll.detach().double().sum((1, 2)).cpu()
             tr_tok += y.numel()
             step += 1
