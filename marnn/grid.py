@@ -148,7 +148,7 @@ def local_cluster(workers: int | None = None, threads_per_worker: int = 1):
     # worker training a windowed RNS/VRNS PTB group of 4 replicas (~10 GB of
     # autograd tape on 32 x 35 chunks); the OS is the better judge here.
     return LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                        host="127.0.0.1", dashboard_address=":0", scheduler_port=0, memory_limit=0)
+                        host="127.0.0.1", dashboard_address="127.0.0.1:0", scheduler_port=0, memory_limit=0)
 
 
 def run_grid(configs: list[dict], root: str | None = None, *, scheduler: str | None = None, workers: int | None = None,
