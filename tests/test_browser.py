@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # the built book to check: $MARNN_BOOK_HTML (make test points it at the smoke build), else book/_build/html
 HTML = Path(os.environ.get("MARNN_BOOK_HTML") or ROOT / "book" / "_build" / "html").resolve()
 SCREENSHOTS = ROOT / "build" / "screenshots"
-SHOT_PAGES = {"intro.html": "intro", "generated/languages.html": "languages"}
+SHOT_PAGES = {"intro.html": "intro", "generated/languages.html": "languages", "generated/fig2.html": "fig2",
+              "generated/table3.html": "table3"}
 CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 CHROMEDRIVER = "/usr/bin/chromedriver"
 TIMEOUT = 30  # seconds for a page, its images and MathJax
