@@ -567,3 +567,29 @@ def test_blocked_triangle_path_matches_loop_reference(monkeypatch, Q, S, m, n, w
     w = torch.randn_like(ref)
     for gf, gr in zip(grads(fast, w, xs), grads(ref, w, xs)):
         torch.testing.assert_close(gf, gr, rtol=1e-3, atol=1e-9)
+
+
+@pytest.mark.parametrize("m", [None, 2])
+def test_old_chunks_are_freed_after_detach(m):
+    """Regression: VRNS kept its readings on the tape, a tensor <-> grad_fn cycle
+    that kept every past chunk alive (memory grew ~130 MiB per PTB chunk)."""
+    import gc
+    import weakref
+
+    core = RNSCore(2, 2, m=m, window=3)
+    N = 3
+    bottom = torch.full((N, m), 0.5) if m else None
+    state = core.initial_state(N, torch.device("cpu"), torch.float32, bottom=bottom)
+    first_tape = weakref.ref(state.tape)
+    for _chunk in range(2):
+        logits = torch.randn(4, N, core.num_actions, requires_grad=True)
+        pushed = torch.rand(4, N, m, requires_grad=True) if m else None
+        readings = []
+        for t in range(4):
+            r, state = core.step(state, logits[t], None if pushed is None else pushed[t])
+            readings.append(r)
+        torch.stack(readings).sum().backward()
+        state = core.detach_state(state)
+        del readings, r, logits, pushed
+    gc.collect()
+    assert first_tape() is None

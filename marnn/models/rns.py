@@ -234,7 +234,10 @@ class _Tape:
             self.rec[T] = dict(E=E, alpha=alpha, col=col, d=d, Wre=Wre, Wpo=Wpo, PhT=PhT,
                                buf=self.buf, base=self.base, cap=self.cap,
                                Z0=Z0, a=a, s=s, alphaT=alphaT, ahat=ahat, newcol=newcol,
-                               vec=vec, w=w, reading=reading if vec is not None else None)
+                               vec=vec, w=w,
+                               # detached: an output kept on the tape would make a
+                               # tensor <-> grad_fn cycle that no garbage collector frees
+                               reading=reading.detach() if vec is not None else None)
         # column t is needed by the pop term from step T+1 on (rows [lo_{T+1}, t])
         lo2 = _lo(T + 1, core.window)
         if t >= lo2:
