@@ -1,12 +1,14 @@
-"""Diagnostic for a known bug: windowed VRNS keeps memory chunk after chunk.
+"""Memory of the windowed RNS / VRNS stack over a long carried stream.
 
 Runs the RNS / VRNS stack core alone on 32 streams x 35-step chunks, carrying
 the state with ``detach_state`` (as PTB training does), and prints the process's
-resident memory after each chunk. RNS stays flat; VRNS grows by about 130 MiB
-per chunk (found at the end of session 1, not yet fixed).
+peak resident memory after each chunk: both must stay flat. Until session 1's
+fix, VRNS grew by about 140 MiB per chunk (its tape kept its own outputs, an
+uncollectable tensor <-> grad_fn cycle); tests/test_rns.py has the regression
+test.
 
-    .venv/bin/python benchmarks/vrns_memory.py vrns   # grows
-    .venv/bin/python benchmarks/vrns_memory.py rns    # flat
+    .venv/bin/python benchmarks/vrns_memory.py vrns
+    .venv/bin/python benchmarks/vrns_memory.py rns
 """
 import resource
 import sys
