@@ -287,22 +287,11 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
     test = {name: [type(b)(b.length, *to_dev(b)) for b in batches] for name, batches in data.test.items()}
     metrics = evaluate_bins(model, task, test, ranges)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    env = environment(device)
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    common = RecordParts(tracker, configs, total_params, trainable, wall, cpu, environment(device))
     records = []
     for r, cfg in enumerate(configs):
         best = tracker.best[r]
-        records.append({
-            "config": cfg,
-            "seed": cfg["seed"],
-            "lr": hps[r]["lr"],
-            "final_lr": tracker.lr[r],
-            "clip": scale.clip,
-            "status": tracker.status[r],
-            "diverged": tracker.diverged[r],
-            "epochs": tracker.epochs[r],
-            "best_epoch": tracker.best_epoch[r],
-            "steps": tracker.steps[r],
+        records.append(common.record(r, lr=hps[r]["lr"], clip=scale.clip, curve=curves[r], results={
             "valid": {
                 "cross_entropy": _num(best),
                 "lower_bound": train_bound,
@@ -312,15 +301,43 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
             },
             "bins": metrics[r]["bins"],
             "lengths": metrics[r]["lengths"],
-            "curve": curves[r],
-            "num_parameters": total_params,
-            "trainable_parameters": trainable[r],
-            "group": {"replicas": R, "wall_time_s": round(wall, 3), "cpu_time_s": round(cpu, 3), "members": [f"{c['freeze']}/s{c['seed']}" for c in configs]},
-            "wall_time_s": round(wall / R, 3),
-            "env": env,
-            "created": created,
-        })
+        }))
     return records
+
+
+class RecordParts:
+    """What every record of one trained group shares (see marnn.store for the schema)."""
+
+    def __init__(self, tracker, configs, total_params, trainable, wall, cpu, env):
+        self.tracker, self.configs, self.env = tracker, configs, env
+        self.total_params, self.trainable = total_params, trainable
+        self.wall, self.cpu = wall, cpu
+        self.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    def record(self, r: int, *, lr: float, clip: float, curve: list, results: dict) -> dict:
+        """Replica ``r``'s record: identity and schedule, then ``results``, then run facts."""
+        t, R = self.tracker, len(self.configs)
+        return {
+            "config": self.configs[r],
+            "seed": self.configs[r]["seed"],
+            "lr": lr,
+            "final_lr": t.lr[r],
+            "clip": clip,
+            "status": t.status[r],
+            "diverged": t.diverged[r],
+            "epochs": t.epochs[r],
+            "best_epoch": t.best_epoch[r],
+            "steps": t.steps[r],
+            **results,
+            "curve": curve,
+            "num_parameters": self.total_params,
+            "trainable_parameters": self.trainable[r],
+            "group": {"replicas": R, "wall_time_s": round(self.wall, 3), "cpu_time_s": round(self.cpu, 3),
+                      "members": [f"{c['freeze']}/s{c['seed']}" for c in self.configs]},
+            "wall_time_s": round(self.wall / R, 3),
+            "env": self.env,
+            "created": self.created,
+        }
 
 
 def _num(x: float) -> float | None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import datetime, timezone
 from typing import Callable
 
 import torch
@@ -34,7 +33,7 @@ from tqdm.auto import tqdm
 
 from . import default_device, environment, progress_disabled, set_threads, hyperparameters, scale_from_config
 from .evaluate import stream_cross_entropy, token_stats
-from .formal import Tracker, _num, _per_replica_counts, check_group, guarded_step
+from .formal import RecordParts, Tracker, _num, _per_replica_counts, check_group, guarded_step
 from .optim import BatchedSGD
 
 
@@ -133,32 +132,14 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
     model.eval()
     test_ce = stream_cross_entropy(model, test, T, detach).tolist()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    env = environment(device)
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    common = RecordParts(tracker, configs, total_params, trainable, wall, cpu, environment(device))
     records = []
     for r, cfg in enumerate(configs):
         best = tracker.best[r]
-        records.append({
-            "config": cfg,
-            "seed": cfg["seed"],
-            "lr": hps[r]["lr"],
-            "final_lr": tracker.lr[r],
-            "clip": hps[r]["clip"],
-            "status": tracker.status[r],
-            "diverged": tracker.diverged[r],
-            "epochs": tracker.epochs[r],
-            "best_epoch": tracker.best_epoch[r],
-            "steps": tracker.steps[r],
+        records.append(common.record(r, lr=hps[r]["lr"], clip=hps[r]["clip"], curve=curves[r], results={
             "valid": {"cross_entropy": _num(best), "perplexity": _ppl(best), "tokens": int(valid[:, 1:].numel())},
             "test": {"cross_entropy": _num(test_ce[r]), "perplexity": _ppl(test_ce[r]), "tokens": int(test[:, 1:].numel())},
-            "curve": curves[r],
-            "num_parameters": total_params,
-            "trainable_parameters": trainable[r],
-            "group": {"replicas": R, "wall_time_s": round(wall, 3), "cpu_time_s": round(cpu, 3), "members": [f"{c['freeze']}/s{c['seed']}" for c in configs]},
-            "wall_time_s": round(wall / R, 3),
-            "env": env,
-            "created": created,
-        })
+        }))
     return records
 
 
