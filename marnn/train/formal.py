@@ -189,7 +189,8 @@ def check_group(configs: list[dict], shared: tuple[str, ...]) -> dict:
 
 
 def train_formal(configs: list[dict], *, build: Callable | None = None, device=None, progress: bool = False,
-                 desc: str | None = None, threads: int | None = None, compact: bool = True) -> list[dict]:
+                 desc: str | None = None, threads: int | None = None, compact: bool = True,
+                 return_model: bool = False):
     """Train a group of formal-language runs as one replica-batched model.
 
     ``configs`` come from :func:`marnn.train.formal_config` and must share
@@ -198,7 +199,8 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
     :func:`marnn.models.build`. Returns one record per config, in order
     (see :mod:`marnn.store` for the schema). ``compact``: drop stopped
     replicas from the live batch (see :class:`Tracker`); ``threads``: torch
-    intra-op threads.
+    intra-op threads. ``return_model``: return ``(records, model)``, the
+    model holding every replica's best weights in config order (eval mode).
     """
     from ..tasks import get as get_task
     from ..tasks.data import make_task_data
@@ -302,7 +304,7 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
             "bins": metrics[r]["bins"],
             "lengths": metrics[r]["lengths"],
         }))
-    return records
+    return (records, model) if return_model else records
 
 
 class RecordParts:

@@ -1,0 +1,102 @@
+"""Trained models for the analyses that need weights, not just records.
+
+:func:`trained_group` trains one replica group of the formal grid -- one
+(task, model) with the given freeze modes and restarts, exactly the configs
+of :func:`marnn.grid.formal_grid` -- and keeps its weights in a checkpoint::
+
+    <root>/checkpoints/<scale>/<task>/<model>-<key>.pt
+
+``key`` hashes the group's configs (:func:`marnn.store.config_key` of the
+list), so a changed scale or protocol never reuses an old file. The file holds
+the configs, the records training produced and the state dict of the
+R-replica model (replica ``r`` = ``configs[r]``); writes are atomic, so an
+interrupted run leaves no half-written checkpoint. Loading rebuilds the model
+with :func:`marnn.models.build` and checks that the configs match.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, NamedTuple
+
+import torch
+
+from .. import store
+
+
+class Group(NamedTuple):
+    model: torch.nn.Module  # R replicas, eval mode, replica r trained with configs[r]
+    configs: list[dict]
+    records: list[dict]
+    path: Path
+
+
+def group_configs(task: str, model: str, scale: str, modes: Iterable[str] | None = None,
+                  restarts: int | None = None, data_seed: int = 0) -> list[dict]:
+    """The formal-grid configs of one (task, model): modes x restarts."""
+    from ..grid import formal_grid
+    return formal_grid(scale, tasks=[task], models=[model], modes=modes, restarts=restarts, data_seed=data_seed)
+
+
+def checkpoint_path(configs: list[dict], root: str | os.PathLike | None = None) -> Path:
+    first = configs[0]
+    key = store.config_key({"group": configs})
+    return (store.results_dir(root) / "checkpoints" / first["scale"] / first["task"]
+            / f"{first['model']}-{key}.pt")
+
+
+def _build(configs: list[dict]) -> torch.nn.Module:
+    from .. import models
+    first = configs[0]
+    return models.build(first["model"], task=first["task"], replicas=len(configs),
+                        seeds=[c["seed"] for c in configs])
+
+
+def _save(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def load_group(configs: list[dict], root: str | os.PathLike | None = None) -> Group | None:
+    """The stored checkpoint of ``configs``, or None."""
+    path = checkpoint_path(configs, root)
+    if not path.exists():
+        return None
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    if blob.get("configs") != configs:
+        raise ValueError(f"{path} holds other configs than asked for (hash collision or edited file)")
+    model = _build(configs)
+    model.load_state_dict(blob["state_dict"])
+    model.eval()
+    return Group(model, configs, blob["records"], path)
+
+
+def trained_group(task: str, model: str, scale: str, modes: Iterable[str] | None = None,
+                  restarts: int | None = None, *, root: str | os.PathLike | None = None,
+                  progress: bool = False, threads: int | None = None) -> Group:
+    """Load the checkpoint of one (task, model) group, or train it and save one.
+
+    Training uses :func:`marnn.train.formal.train_formal` with the grid's
+    configs, so the records equal the grid's when the group is the same.
+    """
+    configs = group_configs(task, model, scale, modes, restarts)
+    found = load_group(configs, root)
+    if found is not None:
+        return found
+    from ..train.formal import train_formal
+    records, trained = train_formal(configs, device="cpu", progress=progress, threads=threads, return_model=True)
+    path = checkpoint_path(configs, root)
+    _save({"configs": configs, "records": records,
+           "state_dict": {k: v.detach().cpu() for k, v in trained.state_dict().items()}}, path)
+    return load_group(configs, root)
