@@ -25,7 +25,6 @@ from typing import Sequence
 
 import torch
 from torch import nn
-import torch.nn.functional as F
 
 
 def replica_param(R: int, *shape: int, init: tuple) -> nn.Parameter:
@@ -62,6 +61,33 @@ def init_replicas(module: nn.Module, seeds: Sequence[int], override: tuple | Non
             p[r].copy_(vals)
 
 
+class _Lookup(torch.autograd.Function):
+    """``table[index]`` whose backward adds rows with ``index_add_`` (deterministic on
+    the CPU, and several times faster than ``embedding``'s dense backward for the
+    few-row tables of one-hot inputs)."""
+
+    @staticmethod
+    def forward(ctx, table, index):
+        ctx.save_for_backward(index)
+        ctx.rows = table.shape[0]
+        return table.index_select(0, index.reshape(-1)).view(*index.shape, table.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (index,) = ctx.saved_tensors
+        g = grad.new_zeros(ctx.rows, grad.shape[-1])
+        g.index_add_(0, index.reshape(-1), grad.reshape(-1, grad.shape[-1]))
+        return g, None
+
+
+def replica_lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows of a per-replica table: ``table`` ``(R, N, D)``, ``index`` ``(R, ...)`` in
+    ``[0, N)`` -> ``(R, ..., D)``."""
+    R, N, D = table.shape
+    offset = torch.arange(R, device=index.device).view(R, *([1] * (index.dim() - 1))) * N
+    return _Lookup.apply(table.reshape(R * N, D), index + offset)
+
+
 class ReplicaLinear(nn.Module):
     """``y = x W^T + b`` with one ``(out, in)`` weight per replica."""
 
@@ -72,18 +98,23 @@ class ReplicaLinear(nn.Module):
         self.bias = replica_param(R, out_features, init=("zeros",) if init[0] == "xavier" else init) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: ``(R, ..., in)`` -> ``(R, ..., out)``."""
+        """``x``: ``(R, ..., in)`` -> ``(R, ..., out)``.
+
+        Computed as ``(W x^T)^T``: with ``W`` as the left operand ``bmm`` is 1.2-4x
+        faster on the CPU than ``x W^T`` (a transposed right operand), forward and
+        backward. The result is a transposed view (it is not contiguous).
+        """
         R = x.shape[0]
-        flat = x.reshape(R, -1, self.in_features)  # (R, *, in)
+        flat = x.reshape(R, -1, self.in_features)  # (R, N, in)
         if self.bias is None:
-            y = torch.bmm(flat, self.weight.transpose(1, 2))
+            yt = torch.bmm(self.weight, flat.transpose(1, 2))
         else:
-            y = torch.baddbmm(self.bias.unsqueeze(1), flat, self.weight.transpose(1, 2))
-        return y.view(*x.shape[:-1], self.out_features)
+            yt = torch.baddbmm(self.bias.unsqueeze(2), self.weight, flat.transpose(1, 2))  # (R, out, N)
+        return yt.transpose(1, 2).view(*x.shape[:-1], self.out_features)
 
 
 class ReplicaEmbedding(nn.Module):
-    """A lookup table per replica: ``x`` ``(R, B, T)`` -> ``(R, B, T, E)``."""
+    """A lookup table per replica: ``x`` ``(R, ...)`` -> ``(R, ..., E)``."""
 
     def __init__(self, R: int, num: int, dim: int, init: tuple):
         super().__init__()
@@ -91,9 +122,7 @@ class ReplicaEmbedding(nn.Module):
         self.weight = replica_param(R, num, dim, init=init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        R = self.weight.shape[0]
-        offset = torch.arange(R, device=x.device).view(R, *([1] * (x.dim() - 1))) * self.num
-        return F.embedding(x + offset, self.weight.reshape(R * self.num, self.dim))
+        return replica_lookup(self.weight, x)
 
 
 class ReplicaLSTM(nn.Module):
@@ -121,23 +150,22 @@ class ReplicaLSTM(nn.Module):
     def weight_ir(self) -> torch.Tensor:  # (R, 4H, reading)
         return self.weight_ih[:, :, self.input_size:]
 
-    def input_gates(self, x: torch.Tensor, one_hot: bool) -> torch.Tensor:
-        """Input half of the gate pre-activations plus both biases, for all steps.
+    def gate_bias(self) -> torch.Tensor:
+        """``b_ih + b_hh``: ``(R, 4H)``."""
+        return self.bias_ih + self.bias_hh
 
-        ``x``: ``(R, B, T)`` indices (``one_hot``: ``W_ix[:, x]`` equals the product
-        with a one-hot vector exactly) or ``(R, B, T, I)`` features.
-        Returns ``(R, B, T, 4H)``.
+    def input_gates(self, x: torch.Tensor, one_hot: bool) -> torch.Tensor:
+        """Input half of the gate pre-activations (no bias), for all steps, time-major.
+
+        ``x``: ``(R, T, B)`` indices (``one_hot``: the rows ``W_ix[:, x]`` equal the
+        product with a one-hot vector exactly) or ``(R, T, B, I)`` features.
+        Returns ``(R, T, B, 4H)``.
         """
-        R = self.weight_ih.shape[0]
-        bias = (self.bias_ih + self.bias_hh).view(R, 1, -1)  # (R, 1, 4H)
         if one_hot:
-            table = self.weight_ix.transpose(1, 2)  # (R, I, 4H)
-            offset = torch.arange(R, device=x.device).view(R, 1, 1) * self.input_size
-            g = F.embedding(x + offset, table.reshape(R * self.input_size, -1))  # (R, B, T, 4H)
-            return g + bias.unsqueeze(1)
-        Rb, B, T, I = x.shape
-        g = torch.baddbmm(bias, x.reshape(R, B * T, I), self.weight_ix.transpose(1, 2))
-        return g.view(R, B, T, -1)
+            return replica_lookup(self.weight_ix.transpose(1, 2), x)  # (R, T, B, 4H)
+        R, T, B, I = x.shape
+        g = torch.bmm(x.reshape(R, T * B, I), self.weight_ix.transpose(1, 2))
+        return g.view(R, T, B, -1)
 
     @staticmethod
     def cell(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

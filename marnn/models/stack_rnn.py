@@ -192,28 +192,29 @@ class StackRNN(nn.Module):
         x = self._replicate(x)
         R, B, T = x.shape
         ctl = self.controller
+        xt = x.transpose(1, 2)  # (R, T, B): the recurrence runs time-major
         if self.embedding is not None:
-            gx = ctl.input_gates(self.embedding(x), one_hot=False)  # (R, B, T, 4H)
+            gx = ctl.input_gates(self.embedding(xt), one_hot=False)  # (R, T, B, 4H)
         else:
-            gx = ctl.input_gates(x, one_hot=True)
+            gx = ctl.input_gates(xt, one_hot=True)
         fused = self.config.fused and not return_stack and (
             self.core is None or (self.config.memory == "superposition" and len(set(self.core.sizes)) == 1))
         if fused:
             (hs, new_state), stack = self._fused(gx, state), None
         else:
             hs, new_state, stack = self._generic(gx, state, return_stack)
-        if self.include_initial:
-            h_init = torch.zeros_like(hs[:, :, 0]) if state is None else state.h
-            hs = torch.cat([h_init.unsqueeze(2), hs], dim=2)  # (R, B, T+1, H)
-        return Output(self.classifier(hs), new_state, stack)
+        # hs: (R, T + 1, B, H), hs[:, 0] = h_0 (zeros for a fresh string, else the carried h)
+        if not self.include_initial:
+            hs = hs[:, 1:]
+        return Output(self.classifier(hs).transpose(1, 2), new_state, stack)  # logits (R, B, T(+1), V)
 
     def _fused(self, gx, state):
-        R, B, T, G = gx.shape
+        R, T, B, G = gx.shape
         ctl, cfg = self.controller, self.config
         fresh = state is None
         h0, c0 = (None, None) if fresh else (state.h, state.c)
         if self.core is None:
-            hs, cT, _ = fused_stack_lstm(gx, ctl.weight_hh, h0, c0, fresh=fresh)
+            hs, cT, _ = fused_stack_lstm(gx, ctl.weight_hh, h0, c0, bias=ctl.gate_bias(), fresh=fresh)
             memory = None
         else:
             sizes = self.core.sizes
@@ -223,16 +224,15 @@ class StackRNN(nn.Module):
                                     depth=cfg.depth)
             push = getattr(self.memory, "push", None)
             hs, cT, ST = fused_stack_lstm(
-                gx, ctl.weight_hh, h0, c0, W_ir=ctl.weight_ir, W_a=self.memory.action.weight,
+                gx, ctl.weight_hh, h0, c0, bias=ctl.gate_bias(), W_ir=ctl.weight_ir, W_a=self.memory.action.weight,
                 b_a=self.memory.action.bias, W_v=push.weight if push else None, b_v=push.bias if push else None,
                 S0=S0, k=k, heights=heights, fresh=fresh, push_hidden=cfg.push == "hidden")
             done = (0 if fresh else state.memory.updates) + T - (1 if fresh else 0)
             memory = SuperpositionState(ST.transpose(2, 3).reshape(R * B, ST.shape[3], M), done, T if (fresh and cfg.prune) else None)
-        hs = hs.permute(1, 2, 0, 3)  # (R, B, T, H)
-        return hs, ModelState(hs[:, :, -1], cT, memory, self.core)
+        return hs, ModelState(hs[:, -1], cT, memory, self.core)
 
     def _generic(self, gx, state, return_stack):
-        R, B, T, G = gx.shape
+        R, T, B, G = gx.shape
         H, N = G // 4, R * B
         ctl, core, cfg = self.controller, self.core, self.config
         fresh = state is None
@@ -255,9 +255,12 @@ class StackRNN(nn.Module):
         Whh = ctl.weight_hh.transpose(1, 2)  # (R, H, 4H)
         Wir = ctl.weight_ir.transpose(1, 2) if core is not None else None  # (R, reading, 4H)
         push_layer = getattr(self.memory, "push", None) if core is not None else None
-        hs, acts, reads = [], [], []
+        bias = ctl.gate_bias().unsqueeze(1)  # (R, 1, 4H)
+        hs, acts, reads = [h], [], []
         for t in range(T):
-            gates = torch.baddbmm(gx[:, :, t], h, Whh) if not (fresh and t == 0) else gx[:, :, t]
+            gates = gx[:, t] + bias
+            if not (fresh and t == 0):
+                gates = torch.baddbmm(gates, h, Whh)
             if core is not None:
                 if fresh and t == 0:
                     reading = core.initial_reading(mem)
@@ -289,4 +292,4 @@ class StackRNN(nn.Module):
                 stack = {"actions": torch.stack(acts, 2), "readings": torch.stack(reads, 2)}
             else:
                 stack = {"actions": None, "readings": torch.stack(reads, 2)}
-        return torch.stack(hs, 2), ModelState(h, c, mem, core), stack
+        return torch.stack(hs, 1), ModelState(h, c, mem, core), stack  # hs: (R, T + 1, B, H)

@@ -139,11 +139,25 @@ class SuperpositionCore:
 # instead of ~120 autograd nodes. On the CPU it runs on NumPy views of the
 # tensors (zero-copy; NumPy's per-call overhead is a third of PyTorch's, which
 # dominates at B = 10, H = 20); on other devices the same code runs on torch.
+#
+# Layout: replica first, then time (R, T, B, .) for everything that crosses the
+# torch boundary (input gates, hidden states, gradients of the gates), so that
+# the parameter gradients are single products over (R, T B, .) views and no
+# transposing copies are needed; per-step scratch is (T, R, B, .).
 # Stacks are stored as (R, B, k, L, m): k equal-size stacks of m-vectors.
 # Z[t] holds [v_t, S_{t-1}[0], S_{t-1}[1], ..., 0, 0]: step t reads its rows
 # i, i+1, i+2 with weights (push, no-op, pop) and writes S_t into Z[t+1][1:].
-# LSTM nonlinearities use sigma(x) = (1 + tanh(x / 2)) / 2, so all four gates
-# take one tanh: act = tanh(s * gates) * s + (1 - s) with s = 1/2 except g.
+#
+# Gates: sigma(x) = 1 / (1 + exp(-x)) and tanh(x) = 2 sigma(2x) - 1, so all four
+# gates take one exp of z = -s x (s = 1, 1, 2, 1 for i, f, g, o): the gate rows of
+# the recurrent weights are scaled by -s once per call, and the input half enters
+# as z -= s * gx. One exp, an add and a reciprocal replace a (twice as slow)
+# tanh and three broadcast multiplies.
+#
+# Replica threads: with ``threads`` > 1 and enough work, the replicas are split
+# into contiguous blocks that run the same loop in parallel threads (NumPy and
+# torch release the GIL inside every array operation). Replicas never interact,
+# so the numbers do not depend on the split (tests check bitwise equality).
 # ---------------------------------------------------------------------------
 
 class _Numpy:
@@ -153,7 +167,7 @@ class _Numpy:
         import numpy as np
         from numpy.lib.stride_tricks import sliding_window_view
         self.np, self.dtype, self._win = np, dtype, sliding_window_view
-        for name in ("matmul", "add", "subtract", "multiply", "tanh", "exp", "stack"):
+        for name in ("matmul", "add", "subtract", "multiply", "tanh", "exp", "stack", "concatenate"):
             setattr(self, name, getattr(np, name))
         self.sum, self.amax = np.add.reduce, np.maximum.reduce  # no Python wrapper
 
@@ -166,9 +180,19 @@ class _Numpy:
     def const(self, values):
         return self.np.asarray(values, dtype=self.dtype)
 
+    def recip(self, x):  # in place
+        self.np.divide(1.0, x, out=x)
+
+    def quiet(self):  # exp(z) overflows to inf for saturated gates: 1 / (1 + inf) = 0 is the right value
+        return self.np.errstate(over="ignore")
+
     @staticmethod
     def unbind(x):
         return list(x)
+
+    @staticmethod
+    def unbind1(x):
+        return [x[:, t] for t in range(x.shape[1])]
 
     def windows(self, x, axis):  # (..., n, ...) -> (..., n - 2, ..., 3): rows i, i+1, i+2
         return self._win(x, 3, axis=axis)
@@ -196,7 +220,7 @@ class _Numpy:
     @staticmethod
     def bigmm(a, b):
         """Large products go to torch: OpenBLAS would start spinning threads for them."""
-        return torch.matmul(torch.from_numpy(a), torch.from_numpy(b))
+        return torch.matmul(torch.from_numpy(a), torch.from_numpy(b)).numpy()
 
 
 class _Torch:
@@ -217,8 +241,25 @@ class _Torch:
         return torch.tensor(values, dtype=self.like.dtype, device=self.like.device)
 
     @staticmethod
+    def recip(x):
+        torch.reciprocal(x, out=x)
+
+    @staticmethod
+    def quiet():
+        import contextlib
+        return contextlib.nullcontext()
+
+    @staticmethod
+    def concatenate(xs, axis=0):
+        return torch.cat(xs, dim=axis)
+
+    @staticmethod
     def unbind(x):
         return x.unbind(0)
+
+    @staticmethod
+    def unbind1(x):
+        return x.unbind(1)
 
     @staticmethod
     def windows(x, axis):
@@ -251,6 +292,10 @@ class _Torch:
 
 # "auto": NumPy on the CPU, torch elsewhere; tests set "torch" to check that path on the CPU.
 FUSED_BACKEND = "auto"
+# Split the replicas over this many threads when there is enough work (None: torch.get_num_threads()).
+FUSED_THREADS: int | None = None
+MIN_ROWS_PER_THREAD = 100  # R * B / threads below this: thread hand-offs cost more than they save
+PREP_ELEMENTS = 1 << 16  # backward computes the gates' local derivatives for blocks of this many numbers
 
 
 def _backend(t: torch.Tensor):
@@ -259,26 +304,63 @@ def _backend(t: torch.Tensor):
     return _Torch(t.detach())
 
 
-def _forward_loop(xp, gx, W_h, b_h, W_ir, h0, c0, S0, k, heights, fresh, push_hidden, save):
-    """``gx``: (R, B, T, 4H) input gates incl. biases; ``W_h``: (R, 4H + 3k [+ M], H)
-    = [W_hh; W_a; W_v]; ``b_h``: (R, 1, same) = [0; b_a; b_v]; ``W_ir``: (R, 4H, M)
-    or None (plain LSTM); ``S0``: (R, B, k, L0, m). ``save`` keeps what backward needs."""
-    R, B, T, G = gx.shape
+def _blocks(R: int, B: int, xp) -> list[tuple[int, int]]:
+    """Contiguous replica blocks, one per thread."""
+    n = FUSED_THREADS if FUSED_THREADS is not None else torch.get_num_threads()
+    if not isinstance(xp, _Numpy):  # torch on a GPU parallelises by itself
+        n = 1
+    n = max(1, min(n, R, (R * B) // MIN_ROWS_PER_THREAD))
+    edges = [round(i * R / n) for i in range(n + 1)]
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:])]
+
+
+_POOL = None
+
+
+def _parallel(fn, calls):
+    """``[fn(*args) for args in calls]``, in threads when there is more than one call."""
+    global _POOL
+    if len(calls) == 1:
+        return [fn(*calls[0])]
+    if _POOL is None or _POOL._max_workers < len(calls):
+        from concurrent.futures import ThreadPoolExecutor
+        _POOL = ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="marnn-fused")
+    return [f.result() for f in [_POOL.submit(fn, *args) for args in calls]]
+
+
+def _gate_scale(xp, W, G):
+    """Rows of ``W`` (R, G, ...) times -s per gate (s = 1, 1, 2, 1)."""
+    R, H = W.shape[0], G // 4
+    neg = xp.const([-1.0, -1.0, -2.0, -1.0]).reshape(1, 4, 1, 1)
+    return (W.reshape(R, 4, H, -1) * neg).reshape(W.shape)
+
+
+def _forward_loop(xp, gx, W_h, b_h, W_ir, h0, c0, S0, k, heights, fresh, push_hidden, save, Hs):
+    """``gx``: (R, T, B, 4H) input half of the gates (no bias); ``W_h``: (R, 4H + 3k [+ M], H)
+    = [W_hh; W_a; W_v]; ``b_h``: (R, 1, same) = [b_ih + b_hh; b_a; b_v]; ``W_ir``: (R, 4H, M)
+    or None (plain LSTM); ``S0``: (R, B, k, L0, m); ``Hs``: (R, T + 1, B, H) output, receives
+    h_0 .. h_T. ``save`` keeps what backward needs."""
+    R, T, B, G = gx.shape
     H = G // 4
     stack = W_ir is not None
-    Hs, Cs = xp.empty(T + 1, R, B, H), xp.empty(T + 1, R, B, H)  # h_{-1}, h_0 .. h_{T-1}
-    Hs[0], Cs[0] = h0, c0
-    Hl, Cl = xp.unbind(Hs), xp.unbind(Cs)
-    gxl = [gx[:, :, t] for t in range(T)]
-    Hw = xp.T(W_h)  # (R, H, P)
-    scale = xp.const([0.5, 0.5, 1.0, 0.5]).reshape(4, 1)  # sigma via tanh, g via tanh
-    shift = xp.const([0.5, 0.5, 0.0, 0.5]).reshape(4, 1)
+    Hs[:, 0] = h0
+    Hl = xp.unbind1(Hs)
+    Cs = xp.empty(T + 1, R, B, H)  # c_{-1}, c_0 .. c_{T-1}
+    Cs[0] = c0
+    Cl = xp.unbind(Cs)
+    gxl = xp.unbind1(gx)
+    Wz = xp.copy(W_h)
+    Wz[:, :G] = _gate_scale(xp, W_h[:, :G], G)
+    bz = xp.copy(b_h)
+    bz[:, :, :G] = _gate_scale(xp, b_h[:, 0, :G].reshape(R, G, 1), G).reshape(R, 1, G)
+    Hw = xp.T(Wz)  # (R, H, P)
     ACT = xp.empty(T if save else 1, R, B, 4, H)  # sigma(i), sigma(f), tanh(g), sigma(o)
     TC = xp.empty(T if save else 1, R, B, H)  # tanh(c_t)
     ACTl, TCl = xp.unbind(ACT), xp.unbind(TC)
     P = xp.empty(R, B, W_h.shape[1])
-    gates = xp.empty(R, B, 4, H)
-    g3 = gates.reshape(R, B, G)
+    z = xp.empty(R, B, 4, H)  # -s * (gate pre-activations)
+    z3 = z.reshape(R, B, G)
+    ig = xp.empty(R, B, H)
     prev, As, READ = 0, [], None
     if stack:
         M = W_ir.shape[2]
@@ -289,97 +371,117 @@ def _forward_loop(xp, gx, W_h, b_h, W_ir, h0, c0, S0, k, heights, fresh, push_hi
         Z[0, :, :, :, 1:1 + L0] = S0
         Zl = xp.unbind(Z)
         pushl = xp.unbind(Z[:, :, :, :, 0])  # (R, B, k, m) slots for v_t
-        READ = xp.zeros(T if save else 1, R, B, M)  # readings r_t
-        READl = xp.unbind(READ)
-        Rw = xp.T(W_ir)  # (R, M, 4H)
+        READ = xp.zeros(R, T if save else 1, B, M)  # readings r_t
+        READl = xp.unbind1(READ)
+        Rw = xp.T(_gate_scale(xp, W_ir, G))  # (R, M, 4H), gate columns scaled
         tmp = xp.empty(R, B, k, rows, m)
         rtmp = xp.empty(R, B, G)
-    for t in range(T):
-        first = fresh and t == 0
-        if first:
-            g3[...] = gxl[0]  # h_{-1} = 0
-        else:
-            xp.matmul(Hl[t], Hw, out=P)  # (R, B, P)
-            P += b_h
-            xp.add(gxl[t], P[..., :G], out=g3)
-        if stack and not first:
-            zi, zo = (t, t + 1) if save else (t & 1, (t + 1) & 1)
-            Zt, Zn = Zl[zi], Zl[zo]
-            L = prev = heights[t]
-            lg = P[..., G:G + 3 * k].reshape(R, B, k, 3)
-            a = xp.exp(lg - xp.amax(lg, axis=-1, keepdims=True))
-            a /= xp.sum(a, axis=-1, keepdims=True)  # softmax (R, B, k, 3)
-            As.append(a)
-            v = pushl[zi]
-            if push_hidden:
-                v[...] = Hl[t].reshape(R, B, k, m)
-            else:  # sigmoid(W_v h + b_v)
-                xp.multiply(P[..., G + 3 * k:].reshape(R, B, k, m), 0.5, out=v)
-                xp.tanh(v, out=v)
-                v *= 0.5
-                v += 0.5
-            co = a.reshape(R, B, k, 1, 1, 3)
-            out, tm = Zn[:, :, :, 1:1 + L], tmp[:, :, :, :L]  # S_t[i] = push B[i] + noop B[i+1] + pop B[i+2]
-            xp.multiply(co[..., 0], Zt[:, :, :, :L], out=out)
-            xp.multiply(co[..., 1], Zt[:, :, :, 1:L + 1], out=tm)
-            out += tm
-            xp.multiply(co[..., 2], Zt[:, :, :, 2:L + 2], out=tm)
-            out += tm
-            if not save:  # reused buffer: rows below the new stack must read as empty
-                Zn[:, :, :, 1 + L:3 + L] = 0
-            r = READl[t if save else 0]
-            r.reshape(R, B, k, m)[...] = Zn[:, :, :, 1]  # r_t = S_t[0]
-            xp.matmul(r, Rw, out=rtmp)  # + W_ir r_t
-            g3 += rtmp
-        act = ACTl[t] if save else ACTl[0]
-        xp.multiply(gates, scale, out=act)
-        xp.tanh(act, out=act)
-        act *= scale
-        act += shift
-        i, f, g, o = act[:, :, 0], act[:, :, 1], act[:, :, 2], act[:, :, 3]
-        cn = Cl[t + 1]
-        xp.multiply(f, Cl[t], out=cn)
-        cn += i * g
-        tc = TCl[t] if save else TCl[0]
-        xp.tanh(cn, out=tc)
-        xp.multiply(o, tc, out=Hl[t + 1])
+    with xp.quiet():
+        for t in range(T):
+            first = fresh and t == 0
+            if first:  # h_{-1} = 0
+                xp.subtract(bz[..., :G], gxl[0], out=z3)
+            else:
+                xp.matmul(Hl[t], Hw, out=P)  # (R, B, P)
+                P += bz
+                xp.subtract(P[..., :G], gxl[t], out=z3)
+            z[:, :, 2] -= gxl[t][..., 2 * H:3 * H]  # the g gate takes -2 gx
+            if stack and not first:
+                zi, zo = (t, t + 1) if save else (t & 1, (t + 1) & 1)
+                Zt, Zn = Zl[zi], Zl[zo]
+                L = prev = heights[t]
+                lg = P[..., G:G + 3 * k].reshape(R, B, k, 3)
+                a = xp.exp(lg - xp.amax(lg, axis=-1, keepdims=True))
+                a /= xp.sum(a, axis=-1, keepdims=True)  # softmax (R, B, k, 3)
+                As.append(a)
+                v = pushl[zi]
+                if push_hidden:
+                    v[...] = Hl[t].reshape(R, B, k, m)
+                else:  # sigmoid(W_v h + b_v)
+                    xp.multiply(P[..., G + 3 * k:].reshape(R, B, k, m), 0.5, out=v)
+                    xp.tanh(v, out=v)
+                    v *= 0.5
+                    v += 0.5
+                co = a.reshape(R, B, k, 1, 1, 3)
+                out, tm = Zn[:, :, :, 1:1 + L], tmp[:, :, :, :L]  # S_t[i] = push B[i] + noop B[i+1] + pop B[i+2]
+                xp.multiply(co[..., 0], Zt[:, :, :, :L], out=out)
+                xp.multiply(co[..., 1], Zt[:, :, :, 1:L + 1], out=tm)
+                out += tm
+                xp.multiply(co[..., 2], Zt[:, :, :, 2:L + 2], out=tm)
+                out += tm
+                if not save:  # reused buffer: rows below the new stack must read as empty
+                    Zn[:, :, :, 1 + L:3 + L] = 0
+                r = READl[t if save else 0]
+                r.reshape(R, B, k, m)[...] = Zn[:, :, :, 1]  # r_t = S_t[0]
+                xp.matmul(r, Rw, out=rtmp)  # - s W_ir r_t
+                z3 += rtmp
+            act = ACTl[t] if save else ACTl[0]
+            xp.exp(z, out=act)
+            act += 1
+            xp.recip(act)  # sigma(s x)
+            g = act[:, :, 2]
+            g *= 2
+            g -= 1  # tanh(x_g)
+            i, f, o = act[:, :, 0], act[:, :, 1], act[:, :, 3]
+            cn = Cl[t + 1]
+            xp.multiply(f, Cl[t], out=cn)
+            xp.multiply(i, g, out=ig)
+            cn += ig
+            tc = TCl[t] if save else TCl[0]
+            xp.tanh(cn, out=tc)
+            xp.multiply(o, tc, out=Hl[t + 1])
     S_last = xp.copy(Zl[T if save else T & 1][:, :, :, 1:1 + prev]) if stack else None
     sv = None
     if save:
-        sv = dict(Hs=Hs, Cs=Cs, ACT=ACT, TC=TC)
+        sv = dict(Cs=Cs, ACT=ACT, TC=TC)
         if stack:
             sv.update(Z=Z, READ=READ, A=xp.stack(As) if As else xp.zeros(0, R, B, k, 3))
-    return Hs[1:], xp.copy(Cs[T]), S_last, sv
+    return xp.copy(Cs[T]), S_last, sv
 
 
-def _backward_loop(xp, sv, dhs, dcT, dST, W_h, W_ir, k, heights, fresh, push_hidden, L0):
-    Hs, Cs, ACT, TC = sv["Hs"], sv["Cs"], sv["ACT"], sv["TC"]
+def _backward_loop(xp, sv, Hs, dHs, dcT, dST, W_h, W_ir, k, heights, fresh, push_hidden, L0, dP):
+    """Gradients of every input of :func:`_forward_loop`; ``dP`` (R, T, B, P) zeros on entry,
+    receives the gradients of the pre-activations [gates; action logits; push]."""
+    Cs, ACT, TC = sv["Cs"], sv["ACT"], sv["TC"]
     T, R, B, _, H = ACT.shape
     G, Pn = 4 * H, W_h.shape[1]
     stack = W_ir is not None
-    if dhs is None:
-        dhs = xp.zeros(T, R, B, H)
-    # local derivatives for all steps at once:
-    # d(i,f,g,o) = (dc g i', dc c_prev f', dc i g', dh tanh(c) o'),  dc += dh o (1 - tanh(c)^2)
-    i, f, g, o = ACT[:, :, :, 0], ACT[:, :, :, 1], ACT[:, :, :, 2], ACT[:, :, :, 3]
-    is_tanh = xp.const([0.0, 0.0, 1.0, 0.0]).reshape(4, 1)
-    mult = (1 - is_tanh) - ACT  # act' = act (1 - act) for sigma, 1 - act^2 for tanh
-    mult *= ACT
-    mult += is_tanh
-    mult *= xp.stack([g, Cs[:-1], i, TC], axis=3)
-    Kl = xp.unbind(o * (1 - TC * TC))
-    m3l, mol, fl, dhsl = xp.unbind(mult[:, :, :, :3]), xp.unbind(mult[:, :, :, 3]), xp.unbind(f), xp.unbind(dhs)
-    dP = xp.zeros(T, R, B, Pn)  # gradients of the pre-activations [gates; logits; push]
-    dPl = xp.unbind(dP)
-    dG4 = dP[..., :G].reshape(T, R, B, 4, H)
-    dGl, dG3l, dGol = xp.unbind(dP[..., :G]), xp.unbind(dG4[:, :, :, :3]), xp.unbind(dG4[:, :, :, 3])
+    dhsl = None if dHs is None else xp.unbind1(dHs[:, 1:])
+    # local derivatives, computed for blocks of steps that stay in cache (all steps at
+    # once for small R B):
+    # d(i, f, g, o) = (dc g i', dc c_prev f', dc i g', dh tanh(c) o'), dc += dh o (1 - tanh(c)^2)
+    span = max(1, min(T, PREP_ELEMENTS // max(1, R * B * G)))
+    Dbuf, Kbuf = xp.empty(span, R, B, 4, H), xp.empty(span, R, B, H)
+
+    def prep(t0, t1):
+        a, D, K, tc = ACT[t0:t1], Dbuf[:t1 - t0], Kbuf[:t1 - t0], TC[t0:t1]
+        i, f, g, o = a[:, :, :, 0], a[:, :, :, 1], a[:, :, :, 2], a[:, :, :, 3]
+        xp.subtract(1, a, out=D)
+        D *= a  # sigma' = sigma (1 - sigma) for i, f, o
+        Dg = D[:, :, :, 2]
+        xp.multiply(g, g, out=Dg)
+        xp.subtract(1, Dg, out=Dg)  # tanh' = 1 - tanh^2
+        D[:, :, :, 0] *= g
+        D[:, :, :, 1] *= Cs[t0:t1]
+        Dg *= i
+        D[:, :, :, 3] *= tc
+        xp.multiply(tc, tc, out=K)
+        xp.subtract(1, K, out=K)
+        K *= o
+        return t0
+
+    fl = xp.unbind(ACT[:, :, :, 1])
+    dPl = xp.unbind1(dP)
+    dG4l = [d[..., :G].reshape(R, B, 4, H) for d in dPl]
     dh = xp.zeros(R, B, H)
     dhn = xp.empty(R, B, H)
+    dht = xp.empty(R, B, H)
+    tH = xp.empty(R, B, H)
     dc = xp.zeros(R, B, H)
     if dcT is not None:
         dc += dcT
     if stack:
-        Z, A = sv["Z"], sv["A"]
+        Z, A, READ = sv["Z"], sv["A"], sv["READ"]
         M = W_ir.shape[2]
         m = M // k
         rows = Z.shape[4]
@@ -392,28 +494,39 @@ def _backward_loop(xp, sv, dhs, dcT, dST, W_h, W_ir, k, heights, fresh, push_hid
         if dST is not None:
             DZ[T][:, :, :, 2:2 + heights[-1]] += dST
         off = 0 if fresh else 1  # A[j] belongs to step j + 1 - off
-        dlogl = xp.unbind(dP[..., G:G + 3 * k].reshape(T, R, B, k, 3))
+        dlogl = [d[..., G:G + 3 * k].reshape(R, B, k, 3) for d in dPl]
         if not push_hidden:
             Vdl = xp.unbind(Z[:T, :, :, :, 0] * (1 - Z[:T, :, :, :, 0]))  # sigmoid' of v_t
-            dPvl = xp.unbind(dP[..., G + 3 * k:].reshape(T, R, B, k, m))
+            dPvl = [d[..., G + 3 * k:].reshape(R, B, k, m) for d in dPl]
         drt = xp.empty(R, B, M)
         dr4 = drt.reshape(R, B, k, m)
         tmp = xp.empty(R, B, k, rows + 2, m)
+    t0 = T
     for t in range(T - 1, -1, -1):
         first = fresh and t == 0
-        dht = dhsl[t] + dh
-        dc += dht * Kl[t]
-        xp.multiply(m3l[t], dc[:, :, None], out=dG3l[t])
-        xp.multiply(mol[t], dht, out=dGol[t])
-        dc = dc * fl[t]
+        if t < t0:
+            t0 = prep(max(0, t + 1 - span), t + 1)
+        D, K = Dbuf[t - t0], Kbuf[t - t0]
+        if dhsl is None:
+            dht[...] = dh
+        else:
+            xp.add(dhsl[t], dh, out=dht)
+        xp.multiply(dht, K, out=tH)
+        dc += tH
+        dG = dG4l[t]
+        xp.multiply(D[:, :, 0], dc, out=dG[:, :, 0])
+        xp.multiply(D[:, :, 1], dc, out=dG[:, :, 1])
+        xp.multiply(D[:, :, 2], dc, out=dG[:, :, 2])
+        xp.multiply(D[:, :, 3], dht, out=dG[:, :, 3])
+        dc *= fl[t]
         if stack and not first:
             L = heights[t]
             Lp = heights[t - 1] if t > 0 else L0
             a = A[t - 1 + off]  # (R, B, k, 3)
-            xp.matmul(dGl[t], W_ir, out=drt)
+            xp.matmul(dPl[t][..., :G], W_ir, out=drt)
             xp.add(Dtopl[t + 1], dr4, out=Dtopl[t + 1])  # dL/dr_t
-            D = DZl[t + 1]
-            dS = D[:, :, :, 2:2 + L].reshape(R, B, k, L * m, 1)
+            Dn = DZl[t + 1]
+            dS = Dn[:, :, :, 2:2 + L].reshape(R, B, k, L * m, 1)
             Zf = Zfl[t]
             for j in range(3):  # da_j = <dS_t, B[i + j]>: three dot products per stack
                 xp.matmul(Zf[..., None, j * m:(j + L) * m], dS, out=da4[..., j:j + 1, :])
@@ -424,10 +537,10 @@ def _backward_loop(xp, sv, dhs, dcT, dST, W_h, W_ir, k, heights, fresh, push_hid
             if n > 0:  # dS_{t-1}[j] = push dS_t[j+1] + noop dS_t[j] + pop dS_t[j-1]
                 co = a.reshape(R, B, k, 1, 1, 3)
                 out, tm = DZl[t][:, :, :, 2:2 + n], tmp[:, :, :, :n]
-                xp.multiply(co[..., 0], D[:, :, :, 3:3 + n], out=out)
-                xp.multiply(co[..., 1], D[:, :, :, 2:2 + n], out=tm)
+                xp.multiply(co[..., 0], Dn[:, :, :, 3:3 + n], out=out)
+                xp.multiply(co[..., 1], Dn[:, :, :, 2:2 + n], out=tm)
                 out += tm
-                xp.multiply(co[..., 2], D[:, :, :, 1:1 + n], out=tm)
+                xp.multiply(co[..., 2], Dn[:, :, :, 1:1 + n], out=tm)
                 out += tm
             if not push_hidden:
                 xp.multiply(dv, Vdl[t], out=dPvl[t])
@@ -437,18 +550,22 @@ def _backward_loop(xp, sv, dhs, dcT, dST, W_h, W_ir, k, heights, fresh, push_hid
         dh, dhn = dhn, dh
         if stack and push_hidden:
             dh += dv.reshape(R, B, H)
-    # parameter gradients: one product over all steps
-    s = 1 if fresh else 0
-    dPr = xp.T01(dP[s:]).reshape(R, -1, Pn)  # (R, T'B, P)
-    dW_h = xp.bigmm(xp.T(dPr), xp.T01(Hs[s:T]).reshape(R, -1, H))
+    # parameter gradients: one product over all steps (h_{-1} = 0 and r_0 = 0 when fresh)
+    dPr = dP.reshape(R, T * B, Pn)
+    dW_h = xp.T(xp.bigmm(xp.T(Hs[:, :T].reshape(R, T * B, H)), dPr))  # (h^T dP)^T: the faster operand order
     db_h = xp.sum(dPr, axis=1, keepdims=True)
     dW_ir = dS0 = None
     if stack:
-        reads = xp.T01(sv["READ"]).reshape(R, -1, M)  # (R, TB, M) readings r_t
-        dW_ir = xp.bigmm(xp.T(xp.T01(dP[..., :G]).reshape(R, -1, G)), reads)
+        dW_ir = xp.T(xp.bigmm(xp.T(READ.reshape(R, T * B, M)), dPr[..., :G]))
         dS0 = DZ[0][:, :, :, 2:2 + L0]
-    dgx = dP[..., :G].transpose(1, 2, 0, 3) if isinstance(xp, _Numpy) else dP[..., :G].permute(1, 2, 0, 3)
-    return dgx, dW_h, db_h, dW_ir, None if fresh else dh, None if fresh else dc, dS0
+    dh0 = None
+    if not fresh:
+        dh0 = dh if dHs is None else dh + dHs[:, 0]
+    return dW_h, db_h, dW_ir, dh0, None if fresh else dc, dS0
+
+
+def _cat(xp, parts):
+    return None if parts[0] is None else (parts[0] if len(parts) == 1 else xp.concatenate(parts, 0))
 
 
 class _FusedStackLSTM(torch.autograd.Function):
@@ -457,48 +574,71 @@ class _FusedStackLSTM(torch.autograd.Function):
         k, heights, fresh, push_hidden = opts
         xp = _backend(gx)
         args = [xp.arr(a) for a in (gx, W_h, b_h, W_ir, h0, c0, S0)]
-        hs, cT, ST, sv = _forward_loop(xp, *args, k, heights, fresh, push_hidden, save=True)
-        ctx.opts, ctx.sv, ctx.xp = opts, sv, xp
-        ctx.weights = (args[1], args[3])
+        R, T, B, G = gx.shape
+        Hs = xp.empty(R, T + 1, B, G // 4)
+        blocks = _blocks(R, B, xp)
+
+        def run(a, b):
+            part = [None if x is None else x[a:b] for x in args]
+            return _forward_loop(xp, *part, k, heights, fresh, push_hidden, save=True, Hs=Hs[a:b])
+
+        outs = _parallel(run, blocks)
+        ctx.opts, ctx.xp, ctx.blocks = opts, xp, blocks
+        ctx.svs = [o[2] for o in outs]
+        ctx.Hs, ctx.weights = Hs, (args[1], args[3])
         ctx.L0 = S0.shape[3] if S0 is not None else 0
-        return xp.tensor(hs), xp.tensor(cT), xp.tensor(ST)
+        ctx.Pn = W_h.shape[1]
+        return xp.tensor(Hs), xp.tensor(_cat(xp, [o[0] for o in outs])), xp.tensor(_cat(xp, [o[1] for o in outs]))
 
     @staticmethod
-    def backward(ctx, dhs, dcT, dST):
+    def backward(ctx, dHs, dcT, dST):
         k, heights, fresh, push_hidden = ctx.opts
-        xp, sv = ctx.xp, ctx.sv
-        ctx.sv = None
+        xp, svs, Hs = ctx.xp, ctx.svs, ctx.Hs
+        ctx.svs = ctx.Hs = None
         W_h, W_ir = ctx.weights
-        grads = _backward_loop(xp, sv, xp.arr(dhs), xp.arr(dcT), xp.arr(dST), W_h, W_ir, k, heights, fresh,
-                               push_hidden, ctx.L0)
-        return (None, *(xp.tensor(g) for g in grads))
+        R, T1, B, H = Hs.shape
+        dP = xp.zeros(R, T1 - 1, B, ctx.Pn)
+        dHs, dcT, dST = xp.arr(dHs), xp.arr(dcT), xp.arr(dST)
+
+        def run(j, a, b):
+            cut = [None if x is None else x[a:b] for x in (Hs, dHs, dcT, dST, W_h, W_ir)]
+            h, dh, dc, ds, wh, wr = cut
+            return _backward_loop(xp, svs[j], h, dh, dc, ds, wh, wr, k, heights, fresh, push_hidden, ctx.L0,
+                                  dP[a:b])
+
+        outs = _parallel(run, [(j, a, b) for j, (a, b) in enumerate(ctx.blocks)])
+        grads = [_cat(xp, [o[i] for o in outs]) for i in range(6)]
+        dW_h, db_h, dW_ir, dh0, dc0, dS0 = grads
+        return (None, xp.tensor(dP[..., :4 * H]), *(xp.tensor(g) for g in (dW_h, db_h, dW_ir, dh0, dc0, dS0)))
 
 
-def fused_stack_lstm(gx, W_hh, h0=None, c0=None, *, W_ir=None, W_a=None, b_a=None, W_v=None, b_v=None,
+def fused_stack_lstm(gx, W_hh, h0=None, c0=None, *, bias=None, W_ir=None, W_a=None, b_a=None, W_v=None, b_v=None,
                      S0=None, k=1, heights=(), fresh=True, push_hidden=False):
     """The whole LSTM (+ ``k`` equal-size superposition stacks) recurrence over ``T`` steps.
 
-    ``gx``: (R, B, T, 4H) input half of the gates plus both biases; ``W_hh``:
-    (R, 4H, H); ``h0, c0``: (R, B, H) (zero when ``fresh``); ``W_ir``: (R, 4H, M)
-    the reading half of ``W_ih``; ``W_a, b_a`` the action layer (3k outputs in
-    :data:`ACTIONS` order); ``W_v, b_v`` the push layer (None when pushing h);
-    ``S0``: (R, B, k, L0, M / k) carried stack; ``heights`` from
-    :func:`stack_heights`. Returns ``h`` for every step (T, R, B, H), ``c_T`` and
-    the final stack (R, B, k, L, M / k) (None without a stack). Differentiable in
-    every tensor argument through a hand-written backward pass (checked against
-    the autograd loop in tests/test_superposition.py).
+    ``gx``: (R, T, B, 4H) input half of the gates (time-major, no bias); ``W_hh``:
+    (R, 4H, H); ``bias``: (R, 4H) = b_ih + b_hh (None: zero); ``h0, c0``: (R, B, H)
+    (zero when ``fresh``); ``W_ir``: (R, 4H, M) the reading half of ``W_ih``;
+    ``W_a, b_a`` the action layer (3k outputs in :data:`ACTIONS` order); ``W_v, b_v``
+    the push layer (None when pushing h); ``S0``: (R, B, k, L0, M / k) carried stack;
+    ``heights`` from :func:`stack_heights`. Returns the hidden states
+    ``(R, T + 1, B, H)`` (index 0 is ``h0``, zeros when ``fresh``), ``c_T`` and the
+    final stack (R, B, k, L, M / k) (None without a stack). Differentiable in every
+    tensor argument through a hand-written backward pass (checked against the
+    autograd loop in tests/test_superposition.py).
     """
-    R, B, T, G = gx.shape
+    R, T, B, G = gx.shape
     H = G // 4
     if fresh:
         h0 = c0 = gx.new_zeros(R, B, H)
+    gate_bias = gx.new_zeros(R, G) if bias is None else bias
     if W_ir is None:
-        W_h, b_h, k = W_hh, gx.new_zeros(R, 1, G), 0
+        W_h, b_h, k = W_hh, gate_bias.unsqueeze(1), 0
     else:
         M = W_ir.shape[2]
         if M % k:
             raise ValueError(f"{k} stacks cannot share {M} features equally")
-        parts_w, parts_b = [W_hh, W_a], [gx.new_zeros(R, G), b_a]
+        parts_w, parts_b = [W_hh, W_a], [gate_bias, b_a]
         if not push_hidden:
             parts_w.append(W_v)
             parts_b.append(b_v)
@@ -510,5 +650,11 @@ def fused_stack_lstm(gx, W_hh, h0=None, c0=None, *, W_ir=None, W_a=None, b_a=Non
         return _FusedStackLSTM.apply(opts, gx, W_h, b_h, W_ir, h0, c0, S0)
     xp = _backend(gx)
     args = [xp.arr(a) for a in (gx, W_h, b_h, W_ir, h0, c0, S0)]
-    hs, cT, ST, _ = _forward_loop(xp, *args, k, list(heights), fresh, push_hidden, save=False)
-    return xp.tensor(hs), xp.tensor(cT), xp.tensor(ST)
+    Hs = xp.empty(R, T + 1, B, H)
+
+    def run(a, b):
+        part = [None if x is None else x[a:b] for x in args]
+        return _forward_loop(xp, *part, k, list(heights), fresh, push_hidden, save=False, Hs=Hs[a:b])
+
+    outs = _parallel(run, _blocks(R, B, xp))
+    return xp.tensor(Hs), xp.tensor(_cat(xp, [o[0] for o in outs])), xp.tensor(_cat(xp, [o[1] for o in outs]))
