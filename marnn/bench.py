@@ -9,7 +9,9 @@ Rows (each measured in a fresh child process, so peak memory is per row):
   marked-copy alphabet) -- the protocol of MODELS.md "Reference speed";
 * ``ptb``: one step on a 32 x 35 chunk, vocabulary 10,001 (PTB models);
 * ``eval``: evaluation time per string at n = 400, no gradient;
-* ``replicas``: R = 40 replicas (10 restarts x 4 freeze modes) vs R = 1 at n = 60.
+* ``replicas``: R = 40 replicas (10 restarts x 4 freeze modes) vs R = 1 at n = 60,
+  at 1 thread and, on a machine with 2 or more cores, at 2 threads (the fused
+  kernel then runs two blocks of replicas in parallel threads).
 
 Times are medians of wall-clock repeats after warm-up; ``cpu_ms`` is the
 process CPU time (the two differ when other work shares the cores). Memory is
@@ -90,7 +92,7 @@ def _measure(spec: dict) -> dict:
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     per = B if kind == "eval" else 1
     ref = REFERENCE_MS.get((APPROX.get(name, name), n)) if kind in ("train", "ptb") else None
-    return dict(kind=kind, model=name, n=n, R=R, batch=B, ms=1000 * _median(walls) / per,
+    return dict(kind=kind, model=name, n=n, R=R, threads=spec["threads"], batch=B, ms=1000 * _median(walls) / per,
                 cpu_ms=1000 * _median(cpus) / per, ref_ms=ref, approx_ref=name in APPROX and ref is not None,
                 peak_mib=max(rss1 - rss0, 0) / 1024, repeats=reps)
 
@@ -110,21 +112,25 @@ def plan(formal, ptb, quick: bool) -> list[dict]:
         if slow and quick:
             continue
         specs.append(dict(kind="eval", model=name, n=400, R=1, batch=2 if slow else 10, repeats=1 if slow else 5))
+    thread_counts = (1, 2) if (os.cpu_count() or 1) >= 2 else (1,)
     for name in formal:
         if name.startswith(("lstm", "jm")):
-            for R in (1, 40):
-                specs.append(dict(kind="replicas", model=name, n=60, R=R, repeats=3 if quick else 7))
+            for threads in thread_counts:
+                for R in (1, 40):
+                    specs.append(dict(kind="replicas", model=name, n=60, R=R, threads=threads,
+                                      repeats=3 if quick else 7))
     return specs
 
 
 def run(specs: list[dict], threads: int = 1) -> list[dict]:
     """Measure every spec, each in a fresh single-use child process."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)
     rows = []
     ctx = mp.get_context("spawn")
     for spec in specs:
-        spec = dict(spec, threads=threads)
+        spec = dict(spec)
+        spec.setdefault("threads", threads)
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(spec["threads"])  # read by the child at start
         with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
             try:
                 rows.append(pool.submit(_measure, spec).result())
@@ -140,21 +146,24 @@ def _fmt_ms(v):
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| kind | model | n | R | ms (wall) | ms (cpu) | published | peak MiB |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| kind | model | n | R | threads | ms (wall) | ms (cpu) | published | peak MiB |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ref = _fmt_ms(r.get("ref_ms"))
         if r.get("approx_ref"):
             ref = "~" + ref + " (m=10)"
         mem = "-" if r.get("peak_mib") is None else f"{r['peak_mib']:.0f}"
         unit = " /string" if r["kind"] == "eval" else ""
-        lines.append(f"| {r['kind']} | {r['model']} | {r['n']} | {r['R']} | {_fmt_ms(r.get('ms'))}{unit} | "
+        lines.append(f"| {r['kind']} | {r['model']} | {r['n']} | {r['R']} | {r.get('threads', '-')} | "
+                     f"{_fmt_ms(r.get('ms'))}{unit} | "
                      f"{_fmt_ms(r.get('cpu_ms'))} | {ref} | {mem} |" + (f" {r['note']}" if r.get("note") else ""))
-    reps = {(r["model"], r["R"]): r for r in rows if r["kind"] == "replicas" and r.get("ms")}
+    reps = {(r["model"], r.get("threads", 1), r["R"]): r for r in rows if r["kind"] == "replicas" and r.get("ms")}
     ratios = []
-    for (name, R), r in sorted(reps.items()):
-        if R != 1 and (name, 1) in reps:
-            one = reps[(name, 1)]
-            ratios.append(f"{name}: R={R} costs {r['ms'] / one['ms']:.1f}x R=1 wall, "
+    for (name, threads, R), r in sorted(reps.items()):
+        if R != 1 and (name, threads, 1) in reps:
+            one = reps[(name, threads, 1)]
+            ratios.append(f"{name}, {threads} thread{'s' if threads > 1 else ''}: R={R} costs "
+                          f"{r['ms'] / one['ms']:.1f}x R=1 wall ({r['ms']:.1f} vs {one['ms']:.1f} ms), "
                           f"{r['cpu_ms'] / one['cpu_ms']:.1f}x cpu per step")
     if ratios:
         lines += ["", "Replicas (target <= 5x):"] + [f"- {s}" for s in ratios]
