@@ -197,3 +197,16 @@ def test_replica_threads_give_identical_numbers(monkeypatch, name):
     assert torch.equal(l1, l3) and torch.equal(n1, n3)
     for n in g1:
         torch.testing.assert_close(g1[n], g3[n], rtol=1e-6, atol=1e-7, msg=n)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fused_path_runs_in_16_bit_formats(dtype):
+    """NumPy has no bfloat16: 16-bit formats take the torch backend of the fused kernel."""
+    x = torch.randint(0, 3, (2, 9), generator=torch.Generator().manual_seed(0))
+    for name in ("lstm", "jm-10"):
+        ref = models.build(name, task=TASK, dtype=torch.float64)
+        low = models.build(name, task=TASK).to(dtype)
+        out = low(x)
+        out.logits.float().sum().backward()
+        assert out.logits.dtype == dtype and torch.isfinite(out.logits).all()
+        torch.testing.assert_close(out.logits.double(), ref(x).logits, rtol=0.05, atol=0.05)

@@ -299,7 +299,9 @@ PREP_ELEMENTS = 1 << 16  # backward computes the gates' local derivatives for bl
 
 
 def _backend(t: torch.Tensor):
-    if t.device.type == "cpu" and FUSED_BACKEND != "torch":
+    # NumPy for float32 / float64 on the CPU; torch for every other device and for the
+    # 16-bit formats (NumPy has no bfloat16, and its float16 rounds differently from torch's)
+    if t.device.type == "cpu" and FUSED_BACKEND != "torch" and t.dtype in (torch.float32, torch.float64):
         return _Numpy(t.detach().numpy().dtype)
     return _Torch(t.detach())
 
