@@ -109,19 +109,15 @@ def dumps(record: dict) -> str:
     return block(record, 0)
 
 
-def save_record(record: dict, root: str | os.PathLike | None = None) -> Path:
-    """Write ``record`` atomically to its place; returns the path."""
-    record = dict(record)
-    record["key"] = config_key(record["config"])
-    path = record_path(record["config"], root)
+def atomic_write(path: Path, write) -> Path:
+    """``write(tmp)`` fills a temporary file in ``path``'s folder, which then replaces
+    ``path`` in one step (``os.replace``): readers see the old file or the new one,
+    never a partial one, and a failure leaves no temporary file behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = dumps(record)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -130,6 +126,21 @@ def save_record(record: dict, root: str | os.PathLike | None = None) -> Path:
             pass
         raise
     return path
+
+
+def _write_synced(tmp: str, text: str) -> None:
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_record(record: dict, root: str | os.PathLike | None = None) -> Path:
+    """Write ``record`` atomically to its place; returns the path."""
+    record = dict(record)
+    record["key"] = config_key(record["config"])
+    text = dumps(record) + "\n"
+    return atomic_write(record_path(record["config"], root), lambda tmp: _write_synced(tmp, text))
 
 
 def is_complete(record: object, config: dict | None = None) -> bool:

@@ -16,7 +16,6 @@ with :func:`marnn.models.build` and checks that the configs match.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
@@ -54,18 +53,7 @@ def _build(configs: list[dict]) -> torch.nn.Module:
 
 
 def _save(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    store.atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_group(configs: list[dict], root: str | os.PathLike | None = None) -> Group | None:
