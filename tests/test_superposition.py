@@ -91,13 +91,16 @@ def _run(model, x, w, state=None):
     return out, {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
+@pytest.mark.parametrize("few", [True, False], ids=["few-ops", "plain-ops"])
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 @pytest.mark.parametrize("name,kw", [
     ("lstm", {}), ("jm-10", {}), ("jm-3.3.3", {}), ("jm-hidden", {}),
     ("jm-4", {"prune": False}), ("jm-4", {"depth": 3}), ("jm-hidden", {"depth": 2, "prune": False}),
 ])
-def test_fused_matches_autograd_loop(monkeypatch, backend, name, kw):
+def test_fused_matches_autograd_loop(monkeypatch, backend, name, kw, few):
     monkeypatch.setattr(sp, "FUSED_BACKEND", "auto" if backend == "numpy" else "torch")
+    monkeypatch.setattr(sp, "SMALL_ELEMENTS", 10 ** 9 if few else 0)  # both variants of the backward step
+    monkeypatch.setattr(sp, "PREP_ELEMENTS", 10 ** 9 if few else 64)  # all steps at once / blocks of one step
     kw = dict(kw, hidden_size=7) if name != "jm-hidden" else dict(kw, hidden_size=6)
     fast = models.build(name, task=TASK, replicas=2, seeds=[1, 2], dtype=torch.float64, **kw)
     slow = models.build(name, task=TASK, replicas=2, seeds=[1, 2], dtype=torch.float64, fused=False, **kw)

@@ -296,6 +296,7 @@ FUSED_BACKEND = "auto"
 FUSED_THREADS: int | None = None
 MIN_ROWS_PER_THREAD = 100  # R * B / threads below this: thread hand-offs cost more than they save
 PREP_ELEMENTS = 1 << 16  # backward computes the gates' local derivatives for blocks of this many numbers
+SMALL_ELEMENTS = 1024  # R * B * H up to this: fewer, broadcasting array operations per step
 
 
 def _backend(t: torch.Tensor):
@@ -503,6 +504,7 @@ def _backward_loop(xp, sv, Hs, dHs, dcT, dST, W_h, W_ir, k, heights, fresh, push
         drt = xp.empty(R, B, M)
         dr4 = drt.reshape(R, B, k, m)
         tmp = xp.empty(R, B, k, rows + 2, m)
+    few = R * B * H <= SMALL_ELEMENTS
     t0 = T
     for t in range(T - 1, -1, -1):
         first = fresh and t == 0
@@ -516,9 +518,12 @@ def _backward_loop(xp, sv, Hs, dHs, dcT, dST, W_h, W_ir, k, heights, fresh, push
         xp.multiply(dht, K, out=tH)
         dc += tH
         dG = dG4l[t]
-        xp.multiply(D[:, :, 0], dc, out=dG[:, :, 0])
-        xp.multiply(D[:, :, 1], dc, out=dG[:, :, 1])
-        xp.multiply(D[:, :, 2], dc, out=dG[:, :, 2])
+        if few:  # one broadcast product (per-call overhead dominates)
+            xp.multiply(D[:, :, :3], dc[:, :, None], out=dG[:, :, :3])
+        else:  # three plain products (a broadcast over the gate axis iterates in runs of H)
+            xp.multiply(D[:, :, 0], dc, out=dG[:, :, 0])
+            xp.multiply(D[:, :, 1], dc, out=dG[:, :, 1])
+            xp.multiply(D[:, :, 2], dc, out=dG[:, :, 2])
         xp.multiply(D[:, :, 3], dht, out=dG[:, :, 3])
         dc *= fl[t]
         if stack and not first:

@@ -1,0 +1,233 @@
+"""Appendix C's stability criteria (marnn.analysis.stability) on runs with known answers."""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from marnn import report, tasks
+from marnn.analysis import stability as st
+from marnn.analysis.checkpoints import Group
+
+CHANCE = math.log(4)  # alphabet of three symbols + EOS
+TRAIN = (10, 20)
+
+
+def fake_record(excess, lengths=range(10, 101), train=TRAIN, freeze="none", model="jm-10", seed=0,
+                task="marked-copy", key=None, bound=0.4):
+    """A formal-language record whose per-symbol excess at length n is ``excess(n)``."""
+    rows = [{"bin": "bin0" if n <= 50 else "bin1", "length": n, "strings": 1, "symbols": n + 1,
+             "accuracy": 0.5, "cross_entropy": bound + excess(n), "perplexity": None, "lower_bound": bound,
+             "ce_diff": excess(n)} for n in lengths]
+    ref = {"chance_cross_entropy": CHANCE, "chance_accuracy": 0.25, "most-frequent_cross_entropy": 1.0,
+           "most-frequent_accuracy": 0.4, "repeat-previous_accuracy": 0.45, "ceiling_accuracy": 0.75,
+           "accuracy": 0.5}
+    return {"config": {"kind": "formal", "task": task, "model": model, "freeze": freeze, "seed": seed,
+                       "scale": "test", "scale_fields": {"train_lengths": list(train)}},
+            "key": key or f"{model}-{freeze}-{seed}", "status": "max-epochs", "valid": {"cross_entropy": 0.5},
+            "bins": {"bin0": {"lo": 10, "hi": 50, **ref}, "bin1": {"lo": 51, "hi": 100, **ref}},
+            "lengths": rows}
+
+
+# ---- the growth fit ----------------------------------------------------------------------
+@pytest.mark.parametrize("a, b, c, cls", [(0.01, 1.5, 0.0, "super-linear"), (2.0, 0.5, 3.0, "sub-linear"),
+                                          (5.0, 1.0, 1.0, "linear"), (0.001, 2.5, 7.0, "super-linear")])
+def test_fit_recovers_a_known_power_law(a, b, c, cls):
+    n = np.arange(10, 101, dtype=float)
+    fit = st.fit_growth(n, a * n**b + c)
+    assert fit["b"] == pytest.approx(b, abs=0.011)
+    assert fit["a"] == pytest.approx(a, rel=0.05)
+    assert fit["cls"] == cls
+
+
+def test_fit_of_a_constant_or_falling_loss_is_flat():
+    n = np.arange(10, 101, dtype=float)
+    assert st.fit_growth(n, np.full_like(n, 3.0))["cls"] == "flat"
+    falling = st.fit_growth(n, 100 - n)
+    assert falling["cls"] == "flat" and math.isnan(falling["b"]) and falling["a"] == 0
+
+
+def test_fit_is_robust_to_noise_and_ignores_nan():
+    rng = np.random.default_rng(0)
+    n = np.arange(10, 101, dtype=float)
+    y = 0.05 * n**1.8 + rng.normal(0, 1.0, n.shape)
+    y[3] = np.nan
+    fit = st.fit_growth(n, y)
+    assert abs(fit["b"] - 1.8) < 0.1 and fit["cls"] == "super-linear"
+
+
+def test_fit_rejects_bad_input():
+    with pytest.raises(ValueError, match="at least 3 distinct"):
+        st.fit_growth([10, 20], [1.0, 2.0])
+    with pytest.raises(ValueError, match="same length"):
+        st.fit_growth([10, 20, 30], [1.0, 2.0])
+    with pytest.raises(ValueError, match="positive"):
+        st.fit_growth([0, 20, 30], [1.0, 2.0, 3.0])
+
+
+# ---- criteria and verdicts of one run --------------------------------------------------------
+def test_super_linear_per_string_loss_is_unstable():
+    # excess per string 0.01 n^1.5, i.e. per symbol 0.01 n^1.5 / (n + 1)
+    c = st.criteria(fake_record(lambda n: 0.01 * n**1.5 / (n + 1)))
+    assert c["b"] == pytest.approx(1.5, abs=0.011)
+    assert c["growth"] == "super-linear"
+    assert c["verdict"] == "unstable" and "super-linear" in c["reason"]
+
+
+def test_constant_small_loss_is_stable():
+    c = st.criteria(fake_record(lambda n: 0.01))
+    assert c["growth"] == "flat"
+    assert c["long_short"] == pytest.approx(0.0, abs=1e-12)
+    assert c["std_rho"] == pytest.approx(0.0, abs=1e-12)
+    assert c["verdict"] == "stable" and c["reason"] == "all five criteria pass"
+
+
+def test_flat_loss_near_chance_is_undecided():
+    # what a frozen controller often does: flat, but no better than guessing
+    c = st.criteria(fake_record(lambda n: 0.8 * (CHANCE - 0.4)))
+    assert c["long_rho"] == pytest.approx(0.8)
+    assert c["growth"] == "linear"  # constant per symbol = linear per string
+    assert c["verdict"] == "undecided" and "(e) near untrained" in c["reason"]
+
+
+def test_near_zero_then_chance_is_unstable_with_theorem_3_7_shape():
+    c = st.criteria(fake_record(lambda n: 0.0 if n <= 25 else 2.0))
+    assert c["just_past_rho"] == 0.0
+    assert c["tail_rho"] > 1
+    assert c["long_short"] >= st.DEGRADES
+    assert c["verdict"] == "unstable" and "long - short" in c["reason"]
+    assert c["growth_onset"] == "super-linear"
+
+
+def test_ranges_follow_the_training_lengths():
+    r = st.ranges((10, 20), 100)
+    assert r == {"short": (10, 20), "just_past": (21, 25), "long": (40, 80), "tail": (80, 100), "onset": (10, 40)}
+
+
+def test_untrained_ratio_uses_the_untrained_rows():
+    rec = fake_record(lambda n: 0.3)
+    untrained = [{"length": n, "ce_diff": 0.6} for n in range(10, 101)]
+    c = st.criteria(rec, untrained)
+    assert c["long_rho_untrained"] == pytest.approx(0.5)
+    assert c["learned"]  # 0.5 is the threshold, inclusive
+
+
+def test_diverged_lengths_are_dropped_and_too_few_give_no_verdict():
+    rec = fake_record(lambda n: 0.01)
+    for row in rec["lengths"][3:]:
+        row["ce_diff"] = None
+    assert len(st.profile(rec)) == 3
+    c = st.criteria(rec)
+    assert c["verdict"] == "undecided" and "finite" in c["reason"]
+
+
+@pytest.mark.parametrize("breaks, message", [
+    (lambda r: r.pop("lengths"), "no per-length metrics"),
+    (lambda r: r["config"].pop("scale_fields"), "train_lengths"),
+    (lambda r: r["bins"]["bin1"].pop("chance_cross_entropy"), "chance_cross_entropy"),
+    (lambda r: r["lengths"][0].pop("ce_diff"), "lacks"),
+])
+def test_bad_records_raise_clear_errors(breaks, message):
+    rec = fake_record(lambda n: 0.1)
+    breaks(rec)
+    with pytest.raises(ValueError, match=message):
+        st.criteria(rec)
+
+
+def test_a_test_range_short_of_twice_the_training_length_is_an_error():
+    with pytest.raises(ValueError, match="long range"):
+        st.criteria(fake_record(lambda n: 0.1, lengths=range(10, 36)))
+    with pytest.raises(ValueError, match="expected a record"):
+        st.profile([1, 2])
+
+
+# ---- many runs -------------------------------------------------------------------------------
+def _synthetic_grid():
+    recs = []
+    for seed in range(3):
+        recs.append(fake_record(lambda n: 0.0 if n <= 22 else 0.05 * (n - 22), freeze="none", seed=seed))
+        recs.append(fake_record(lambda n: 0.55, freeze="c", seed=seed))
+    return recs
+
+
+def test_run_table_summary_and_theorem_checks():
+    table = st.run_table(_synthetic_grid())
+    assert list(table["freeze"]) == ["none"] * 3 + ["c"] * 3  # the paper's order
+    s = st.summary(table)
+    assert s.loc[("jm-10", "none"), "unstable"] == 3 and s.loc[("jm-10", "c"), "undecided"] == 3
+    checks = st.theorem_checks(table)
+    assert checks.loc["c_beats_none", "runs"] == 3 and checks.loc["c_beats_none", "share"] == 1.0
+    assert checks.loc["c_beats_none", "holds"]
+    assert not checks.loc["full_stable", "holds"]
+    assert checks.loc["deg_tail_ce", "share"] == 1.0  # 0.05 (n - 22) per symbol passes chance's excess by n = 100
+    assert checks.loc["deg_near_zero_past", "share"] == 1.0
+    assert checks.loc["c_at_most_linear", "share"] == 1.0
+    with pytest.raises(ValueError, match="no records"):
+        st.run_table([])
+
+
+def test_rules_name_every_threshold():
+    text = st.rules().to_string()
+    for v in (st.BOUND_RHO, st.STD_RHO, st.DEGRADES, st.LEARNED):
+        assert f"{v:g}" in text
+
+
+# ---- perturbations ------------------------------------------------------------------------------
+def test_perturbation_strings_change_one_symbol_and_split_targets():
+    task = tasks.get("marked-reverse-and-copy")
+    items = st.perturbation_strings(task.name, (10, 20), 3)
+    assert len(items) == 3 * len(task.valid_lengths(10, 20))
+    for it in items:
+        assert task.contains(it["clean"]) and not task.contains(it["corrupt"])
+        diff = [p for p, (a, b) in enumerate(zip(it["clean"], it["corrupt"])) if a != b]
+        assert diff == [it["pos"]]
+        assert len(it["affected"]) == 2  # two later copies of w_j
+        assert not set(it["affected"]) & set(it["unaffected"])
+        assert it["length"] in it["unaffected"]  # EOS
+        assert all(it["clean"][p] == it["clean"][it["pos"]] for p in it["affected"])
+    assert items == st.perturbation_strings(task.name, (10, 20), 3)  # a fixed stream
+    with pytest.raises(ValueError, match="no free symbols"):
+        st.perturbation_strings("count-3", (9, 12), 1)
+
+
+class CopyOracle(torch.nn.Module):
+    """Implements marked-copy exactly from what it is shown: predicts '0' for w, then '#', then copies."""
+
+    def forward(self, x):
+        B, n = x.shape
+        k = (n - 1) // 2
+        pred = torch.zeros(B, n + 1, dtype=torch.long)
+        pred[:, k] = 2  # '#'
+        pred[:, k + 1:n] = x[:, :k]
+        pred[:, n] = 3  # EOS
+        logits = 20 * torch.nn.functional.one_hot(pred, 4).float()
+        logits[:, :k, 1] = 20  # w itself: '0' and '1' equally likely, so the loss ignores which w it is
+        return SimpleNamespace(logits=logits[None])  # (1, B, n+1, V)
+
+
+def test_an_exact_copier_is_perfectly_robust_and_follows_the_corruption():
+    configs = report.formal_configs("smoke", ["marked-copy"], ["lstm"], ["none"], restarts=1)
+    table = st.perturbation_table(Group(CopyOracle(), configs, [], None), per_length=3)
+    row = table.iloc[0]
+    assert row["drop"] == 0 and row["agreement"] == 1 and row["follows"] == 1
+    assert row["clean_acc"] == 1 and row["affected_clean_acc"] == 1
+    assert row["unseen_gap"] == pytest.approx(0, abs=1e-9) or math.isnan(row["unseen_gap"])
+
+
+# ---- end to end on the committed smoke records ---------------------------------------------------
+def test_smoke_records_end_to_end():
+    recs = st.load_records("smoke", tasks=["marked-copy", "count-3"], models=["lstm", "jm-10"])
+    if not recs:
+        pytest.skip("no smoke records in the store")
+    table = st.run_table(recs)
+    assert len(table) == len(recs)
+    assert set(table["verdict"]) <= set(st.VERDICTS)
+    assert set(table["growth"]) <= set(st.GROWTH_CLASSES)
+    assert table[["max_rho", "std_rho", "long_short", "b"]].notna().any().all()
+    summary = st.summary(table, by=["task"])
+    assert summary["runs"].sum() == len(recs)
+    assert isinstance(st.theorem_checks(table), pd.DataFrame)
