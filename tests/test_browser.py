@@ -6,7 +6,7 @@ The book in ``book/_build/html`` is served on 127.0.0.1 by a thread; each page
 fails on an image that did not load, math that MathJax did not typeset (or raw
 TeX / MyST roles left in the text), an internal link whose target does not
 answer 200, a resource fetched from another host (the book must work offline),
-or a severe console error. Screenshots of two pages go to ``build/screenshots/``
+or a severe console error. Screenshots of some pages go to ``build/screenshots/``
 for a human to look at; they are not compared.
 
 Uses the Debian packages ``chromium`` and ``chromium-driver`` and never lets
@@ -35,7 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 HTML = Path(os.environ.get("MARNN_BOOK_HTML") or ROOT / "book" / "_build" / "html").resolve()
 SCREENSHOTS = ROOT / "build" / "screenshots"
 SHOT_PAGES = {"intro.html": "intro", "generated/languages.html": "languages", "generated/fig2.html": "fig2",
-              "generated/table3.html": "table3"}
+              "generated/table3.html": "table3", "generated/stability.html": "stability",
+              "generated/precision.html": "precision", "generated/memory.html": "memory",
+              "generated/audit.html": "audit"}
 CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 CHROMEDRIVER = "/usr/bin/chromedriver"
 TIMEOUT = 30  # seconds for a page, its images and MathJax
