@@ -720,3 +720,28 @@ def ptb_scale_caveat(scale: str) -> str:
     return (f"This page was built at the `{sc.name}` scale: {tokens} training tokens, at most "
             f"{sc.ptb_max_epochs} epochs, {sc.ptb_restarts} restart(s) instead of {PAPER.ptb_restarts}, so "
             f"perplexities are far above the paper's and only their order can be compared.{note}")
+
+
+def nearest_baseline(long: pd.DataFrame, refs: pd.DataFrame, tol: float = TOL) -> pd.DataFrame:
+    """Per accuracy of ``long``: the nearest trivial predictor of its task and bin, and where it stands.
+
+    ``long``: columns task, model, freeze, split, value (accuracies);
+    ``refs``: columns task, split, reference, accuracy (``plotting.reference_frame``
+    or ``report.references_long``); the ceiling is not a baseline. ``position``
+    is ``at a baseline`` when the gap to the nearest one is below ``tol``, else
+    ``above`` or ``below`` the best baseline of the bin.
+    """
+    keys = ["task", "model", "freeze", "split"]
+    cols = keys + ["value", "reference", "baseline", "gap", "best baseline", "position"]
+    base = refs[refs["reference"] != "ceiling"][["task", "split", "reference", "accuracy"]]
+    base = base.rename(columns={"accuracy": "baseline"})
+    pairs = long[keys + ["value"]].merge(base, on=["task", "split"])
+    if pairs.empty:
+        return pd.DataFrame(columns=cols)
+    pairs["gap"] = (pairs["value"] - pairs["baseline"]).abs()
+    out = pairs.loc[pairs.groupby(keys, sort=False)["gap"].idxmin()].copy()
+    best = base.groupby(["task", "split"])["baseline"].max().rename("best baseline")
+    out = out.merge(best.reset_index(), on=["task", "split"])
+    out["position"] = np.where(out["gap"] < tol, "at a baseline",
+                               np.where(out["value"] > out["best baseline"], "above", "below"))
+    return order(out[cols])

@@ -202,31 +202,6 @@ def _ours_last(inp: Inputs) -> str:
 
 
 # ---- trivial baselines (the reading of the languages chapter) --------------------------------------
-def nearest_baseline(long: pd.DataFrame, refs: pd.DataFrame, tol: float = TOL) -> pd.DataFrame:
-    """Per accuracy of ``long``: the nearest trivial predictor of its task and bin, and where it stands.
-
-    ``long``: columns task, model, freeze, split, value (accuracies);
-    ``refs``: columns task, split, reference, accuracy (``plotting.reference_frame``
-    or ``report.references_long``); the ceiling is not a baseline. ``position``
-    is ``at a baseline`` when the gap to the nearest one is below ``tol``, else
-    ``above`` or ``below`` the best baseline of the bin.
-    """
-    keys = ["task", "model", "freeze", "split"]
-    cols = keys + ["value", "reference", "baseline", "gap", "best baseline", "position"]
-    base = refs[refs["reference"] != "ceiling"][["task", "split", "reference", "accuracy"]]
-    base = base.rename(columns={"accuracy": "baseline"})
-    pairs = long[keys + ["value"]].merge(base, on=["task", "split"])
-    if pairs.empty:
-        return pd.DataFrame(columns=cols)
-    pairs["gap"] = (pairs["value"] - pairs["baseline"]).abs()
-    out = pairs.loc[pairs.groupby(keys, sort=False)["gap"].idxmin()].copy()
-    best = base.groupby(["task", "split"])["baseline"].max().rename("best baseline")
-    out = out.merge(best.reset_index(), on=["task", "split"])
-    out["position"] = np.where(out["gap"] < tol, "at a baseline",
-                               np.where(out["value"] > out["best baseline"], "above", "below"))
-    return report.order(out[cols])
-
-
 # ---- Penn Treebank (Table 3) ------------------------------------------------------------------------
 def ptb_gain(table: pd.DataFrame) -> dict:
     """Best memory-augmented model with everything trained vs best one with the memory frozen.
@@ -517,7 +492,7 @@ def _positions(near: pd.DataFrame) -> str:
 
 
 def _by_bin(near: pd.DataFrame) -> pd.DataFrame:
-    """:func:`nearest_baseline` rows as (mode, model) x (bin: accuracy, nearest baseline), plus the bins
+    """:func:`marnn.report.nearest_baseline` rows as (mode, model) x (bin: accuracy, nearest baseline), plus the bins
     where the accuracy is at a baseline."""
     wide = near.pivot(index=["freeze", "model"], columns="split", values=["value", "baseline"])
     bins = sorted(set(near["split"]), key=report.split_rank)
@@ -535,7 +510,7 @@ def check_count3(inp: Inputs, modes: Sequence[str] = FROZEN_MODES) -> Finding:
     acc = _paper_acc(inp)
     part = acc[(acc["task"] == "count-3") & acc["freeze"].isin(modes)]
     triple, times = _typical_triple(part)
-    near = nearest_baseline(part, inp.paper_refs)
+    near = report.nearest_baseline(part, inp.paper_refs)
     rep = inp.paper_refs[(inp.paper_refs["task"] == "count-3") & (inp.paper_refs["reference"] == "repeat-previous")]
     rep = rep.set_index("split")["accuracy"].reindex(["bin0", "bin1", "bin2"])
     triple_at = all(abs(a - b) < TOL for a, b in zip(triple, rep))
@@ -547,7 +522,7 @@ def check_count3(inp: Inputs, modes: Sequence[str] = FROZEN_MODES) -> Finding:
     ours_acc = _ours_acc(inp)
     opart = ours_acc[(ours_acc["task"] == "count-3") & ours_acc["freeze"].isin(modes)]
     if len(opart):
-        onear = nearest_baseline(opart, report.references_long(inp.formal))
+        onear = report.nearest_baseline(opart, report.references_long(inp.formal))
         orow = onear.groupby(["model", "freeze"])["position"].apply(lambda s: (s == "at a baseline").all())
         ok = int(orow.sum())
         ours = (f"{ok} of {len(orow)} frozen rows at a trivial baseline in every bin; "
@@ -576,7 +551,7 @@ def check_binary(inp: Inputs, modes: Sequence[str] = FROZEN_MODES, low: float = 
     modes = [report.check_frozen_mode(m) for m in modes]
     acc = _paper_acc(inp)
     part = acc[acc["task"].isin(BINARY_TASKS) & acc["freeze"].isin(modes)]
-    near = nearest_baseline(part, inp.paper_refs)
+    near = report.nearest_baseline(part, inp.paper_refs)
     band = near[(near["value"] >= low - 1e-9) & (near["value"] <= high + 1e-9)]
     kb = int((band["position"] == "at a baseline").sum())
     k_all = int((near["position"] == "at a baseline").sum())
@@ -592,7 +567,7 @@ def check_binary(inp: Inputs, modes: Sequence[str] = FROZEN_MODES, low: float = 
     ours_acc = _ours_acc(inp)
     opart = ours_acc[ours_acc["task"].isin(BINARY_TASKS) & ours_acc["freeze"].isin(modes)]
     if len(opart):
-        onear = nearest_baseline(opart, report.references_long(inp.formal))
+        onear = report.nearest_baseline(opart, report.references_long(inp.formal))
         ok = int((onear["position"] == "at a baseline").sum())
         ours = f"frozen-mode accuracies: {_positions(onear)}"
         ours_verdict = baseline_verdict(ok, len(onear))
