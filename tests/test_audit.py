@@ -141,7 +141,7 @@ def test_nearest_baseline_positions():
                          "reference": ["ceiling", "chance", "repeat-previous"], "accuracy": [0.9, 0.25, 0.5]})
     long = pd.DataFrame({"task": ["t"] * 3, "model": ["a", "b", "c"], "freeze": ["m"] * 3, "split": ["bin0"] * 3,
                          "value": [0.51, 0.8, 0.3]})
-    near = audit.nearest_baseline(long, refs).set_index("model")
+    near = report.nearest_baseline(long, refs).set_index("model")
     assert near["position"].to_dict() == {"a": "at a baseline", "b": "above", "c": "below"}
     assert near.loc["a", "reference"] == "repeat-previous" and near.loc["c", "reference"] == "chance"
 
