@@ -42,7 +42,6 @@ import os
 import time
 import traceback
 from collections import defaultdict
-from pathlib import Path
 from typing import Callable, Iterable
 
 from . import store

@@ -261,7 +261,6 @@ class _Tape:
         t = T - 1
         loT = _lo(T, core.window)
         d = r["d"]
-        lo = loT - d
         Lw = t - loT + 1
         Lr = Lw - 1
         Tend = max(self.rec)

@@ -458,7 +458,7 @@ def _backward_loop(xp, sv, Hs, dHs, dcT, dST, W_h, W_ir, k, heights, fresh, push
 
     def prep(t0, t1):
         a, D, K, tc = ACT[t0:t1], Dbuf[:t1 - t0], Kbuf[:t1 - t0], TC[t0:t1]
-        i, f, g, o = a[:, :, :, 0], a[:, :, :, 1], a[:, :, :, 2], a[:, :, :, 3]
+        i, g, o = a[:, :, :, 0], a[:, :, :, 2], a[:, :, :, 3]
         xp.subtract(1, a, out=D)
         D *= a  # sigma' = sigma (1 - sigma) for i, f, o
         Dg = D[:, :, :, 2]
