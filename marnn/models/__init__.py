@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import re
 
-
 from ..registry import UnknownNameError
 from .base import DEFAULT_EMBEDDING_GROUP, EMBEDDING_GROUPS, FREEZE_MODES, GROUPS, Output
 from .stack_rnn import ModelConfig, ModelState, StackRNN, detach_state
