@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import warnings
@@ -272,6 +273,20 @@ def load_frame(root: str | os.PathLike | None = None, *, lengths: bool = True):
     df["length"] = df["length"].astype("float64")
     df["best"] = df["key"].isin(best_keys(df))
     return df[cols]
+
+
+def best_records(records: Iterable[dict], cell: tuple[str, ...] = ("task", "model", "freeze")) -> dict[tuple, dict]:
+    """Per cell (a tuple of config fields), the record of the best restart: lowest
+    validation cross-entropy, diverged runs excluded (the rule of :func:`best_keys`)."""
+    best: dict[tuple, dict] = {}
+    for rec in records:
+        ce = (rec.get("valid") or {}).get("cross_entropy")
+        if rec.get("diverged") or ce is None or not math.isfinite(ce):
+            continue
+        at = tuple(rec["config"].get(k) for k in cell)
+        if at not in best or ce < best[at]["valid"]["cross_entropy"]:
+            best[at] = rec
+    return best
 
 
 def best_keys(df) -> set[str]:

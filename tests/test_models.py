@@ -164,3 +164,14 @@ def test_input_shared_or_per_replica():
     torch.testing.assert_close(m(x).logits, m(torch.stack([x, x])).logits)
     with pytest.raises(ValueError):
         m(torch.stack([x, x, x]))
+
+
+def test_with_config_keeps_the_weights():
+    m = models.build("jm-10", task="marked-copy", replicas=2, seeds=[1, 2], dtype=torch.float64)
+    assert m.uses_fused_kernel and not models.build("rns-3-3", task="marked-copy").uses_fused_kernel
+    loop = m.with_config(fused=False)
+    assert not loop.uses_fused_kernel and not loop.training
+    assert next(loop.parameters()).dtype == torch.float64
+    x = torch.randint(0, 3, (2, 4, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(loop(x).logits, m(x).logits, rtol=1e-10, atol=1e-12)

@@ -56,7 +56,6 @@ answers. :func:`analyse_group` runs all three on a trained replica group
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Callable, Iterable, Sequence
 
@@ -82,16 +81,6 @@ def _check_what(what: str) -> str:
     return what
 
 
-def _unpruned(model):
-    """``model`` itself, or a copy with ``prune=False`` (a pruned pass cannot be continued step by step)."""
-    if not getattr(model.config, "prune", False):
-        return model
-    clone = type(model)(dataclasses.replace(model.config, prune=False), replicas=model.replicas,
-                        seeds=model.seeds, embedding_group=model.embedding_group)
-    clone.load_state_dict(model.state_dict())
-    return clone.eval()
-
-
 @torch.no_grad()
 def forward_states(model, x) -> dict[str, np.ndarray]:
     """Run ``model`` over ``x`` (B, T) one symbol at a time and keep every state.
@@ -109,7 +98,8 @@ def forward_states(model, x) -> dict[str, np.ndarray]:
         raise ValueError(f"x must be (B, T) with T >= 1, got {tuple(x.shape)}")
     if not getattr(model, "include_initial", False):
         raise ValueError("memory indicators need a formal-language model (include_initial=True)")
-    model = _unpruned(model)
+    if getattr(model.config, "prune", False):  # a pruned pass cannot be continued step by step
+        model = model.with_config(prune=False)
     stack = model.core is not None
     T = x.shape[1]
     padded = torch.cat([x, torch.zeros_like(x[:, :1])], dim=1)  # (B, T+1): the pad only shows the last reading
@@ -569,22 +559,23 @@ def replica_labels(configs: list[dict], records: list[dict]) -> pd.DataFrame:
     """One row per replica: task, model, freeze, seed, valid_ce, best, accuracy_first, accuracy_last.
 
     ``best``: the lowest validation cross-entropy of its freeze mode, diverged
-    runs excluded (as :func:`marnn.store.best_keys`); ``accuracy_first`` /
+    runs excluded (:func:`marnn.store.best_records`); ``accuracy_first`` /
     ``accuracy_last``: test accuracy on the first / last test bin.
     """
+    from ..store import best_records
+
+    withc = [dict(rec, config=c, replica=r) for r, (c, rec) in enumerate(zip(configs, records))]
+    best = {rec["replica"] for rec in best_records(withc, ("freeze",)).values()}
     rows = []
     for r, (c, rec) in enumerate(zip(configs, records)):
         ce = rec.get("valid", {}).get("cross_entropy")
         ok = rec.get("diverged") is None and ce is not None and np.isfinite(ce)
         bins = list(rec.get("bins", {}).values())
         rows.append({"replica": r, "task": c["task"], "model": c["model"], "freeze": c["freeze"],
-                     "seed": c["seed"], "valid_ce": ce if ok else np.nan, "best": False,
+                     "seed": c["seed"], "valid_ce": ce if ok else np.nan, "best": r in best,
                      "accuracy_first": bins[0]["accuracy"] if bins else np.nan,
                      "accuracy_last": bins[-1]["accuracy"] if bins else np.nan})
-    lab = pd.DataFrame(rows)
-    best = lab.dropna(subset=["valid_ce"]).groupby("freeze")["valid_ce"].idxmin()
-    lab["best"] = lab.index.isin(best.to_numpy())
-    return lab
+    return pd.DataFrame(rows)
 
 
 def analyse_group(group, lengths: Sequence[int], *, strings: int = 32, probe_strings: int = 64,

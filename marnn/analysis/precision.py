@@ -348,13 +348,6 @@ def member_strings(task, length: int, batch: int, seed: int = 0) -> torch.Tensor
     return encode(task, [task.fill(k, row.tolist()) for row in bits]).inputs
 
 
-def has_fused_kernel(model) -> bool:
-    """Whether ``model``'s forward takes the fused kernel (plain LSTM or equal-size
-    superposition stacks; the rule of :meth:`marnn.models.StackRNN.forward`)."""
-    cfg, core = model.config, model.core
-    return cfg.fused and (core is None or (cfg.memory == "superposition" and len(set(core.sizes)) == 1))
-
-
 @torch.no_grad()
 def _run(model, x: torch.Tensor, stack: bool):
     out = model(x, return_stack=stack and model.core is not None)
@@ -425,7 +418,7 @@ def path_support(models: Sequence[str], task: str, dtypes: Sequence[str] = tuple
                  length: int = 20, batch: int = 2, seed: int = 0) -> pd.DataFrame:
     """Which dtype each forward path runs in, and how far its logits are from the generic float64 ones.
 
-    For every model with a fused kernel (:func:`has_fused_kernel`) and every
+    For every model with a fused kernel (``StackRNN.uses_fused_kernel``) and every
     dtype: ``path`` "fused" (the hand-written kernel) or "generic" (torch per-step
     loop); ``runs``; ``error`` (exception type and message when it does not
     run); ``logit_diff`` against the generic path in float64.
@@ -437,7 +430,7 @@ def path_support(models: Sequence[str], task: str, dtypes: Sequence[str] = tuple
     for name in models:
         x = member_strings(task, length, batch, seed)
         fused = model_registry.build(name, task=task, replicas=1, seeds=[seed])
-        if not has_fused_kernel(fused):
+        if not fused.uses_fused_kernel:
             continue
         generic = model_registry.build(name, task=task, replicas=1, seeds=[seed], fused=False)
         ref, _ = _run(copy.deepcopy(generic).to(torch.float64), x, False)
@@ -459,30 +452,11 @@ def path_support(models: Sequence[str], task: str, dtypes: Sequence[str] = tuple
 # (c) trained models at reduced precision
 # ---------------------------------------------------------------------------
 
-def _generic_copy(group):
-    """The group's R-replica model rebuilt with ``fused=False`` (same weights), so every dtype
-    takes the same generic path."""
-    from .. import models as model_registry
-
-    first = group.configs[0]
-    model = model_registry.build(first["model"], task=first["task"], replicas=len(group.configs),
-                                 seeds=[c["seed"] for c in group.configs], fused=False)
-    model.load_state_dict(group.model.state_dict())
-    return model.eval()
-
-
 def best_seeds(records: list[dict]) -> dict[str, int]:
-    """Per freeze mode, the seed of the best restart: lowest validation cross-entropy,
-    diverged runs excluded (the rule of :func:`marnn.store.best_keys`)."""
-    best: dict[str, tuple[float, int]] = {}
-    for r in records:
-        ce = (r.get("valid") or {}).get("cross_entropy")
-        if r.get("diverged") or ce is None or not np.isfinite(ce):
-            continue
-        mode = r["config"]["freeze"]
-        if mode not in best or ce < best[mode][0]:
-            best[mode] = (ce, r["config"]["seed"])
-    return {mode: seed for mode, (_, seed) in best.items()}
+    """Per freeze mode, the seed of the best restart (:func:`marnn.store.best_records`)."""
+    from ..store import best_records
+
+    return {mode: rec["config"]["seed"] for (mode,), rec in best_records(records, ("freeze",)).items()}
 
 
 def trained_precision(task: str, models: Sequence[str], scale: str, dtypes: Sequence[str] = tuple(DTYPES), *,
@@ -509,7 +483,7 @@ def trained_precision(task: str, models: Sequence[str], scale: str, dtypes: Sequ
     rows = []
     for name in models:
         group = trained_group(task, name, scale, root=root, threads=threads)
-        base = _generic_copy(group)
+        base = group.model.with_config(fused=False)  # every dtype takes the same generic path
         best = best_seeds(group.records)
         recorded = {(r["config"]["freeze"], r["config"]["seed"], row["bin"], row["length"]): row["accuracy"]
                     for r in group.records for row in r.get("lengths", [])}
@@ -717,7 +691,7 @@ def facts_table(facts: dict) -> pd.DataFrame:
 __all__ = [
     "DTYPES", "REFERENCE", "LOW", "DTYPE_COLORS", "STACKS", "PrecisionSettings", "SETTINGS", "settings",
     "get_dtype", "unit_roundoff", "dtype_table", "stack_recall", "recoverable_depth", "depth_table", "rounding_growth",
-    "decay_bound", "action_mass", "member_strings", "has_fused_kernel", "drift", "drift_summary",
+    "decay_bound", "action_mass", "member_strings", "drift", "drift_summary",
     "path_support", "trained_precision", "trained_summary", "best_seeds", "recall_facts", "drift_facts",
     "trained_facts", "facts_table",
 ]

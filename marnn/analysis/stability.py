@@ -410,17 +410,11 @@ def length_frame(records: Iterable[dict]) -> pd.DataFrame:
 
 
 def best_keys(records: Iterable[dict]) -> dict[tuple, str]:
-    """``{(task, model, freeze): key}`` of the restart with the lowest validation cross-entropy."""
-    best: dict[tuple, tuple[float, str]] = {}
-    for rec in records:
-        c = rec["config"]
-        v = (rec.get("valid") or {}).get("cross_entropy")
-        if v is None or rec.get("diverged") or not math.isfinite(v):
-            continue
-        cell = (c["task"], c["model"], c["freeze"])
-        if cell not in best or v < best[cell][0]:
-            best[cell] = (v, _key(rec))
-    return {k: v[1] for k, v in best.items()}
+    """``{(task, model, freeze): key}`` of the restart with the lowest validation cross-entropy
+    (:func:`marnn.store.best_records`)."""
+    from ..store import best_records
+
+    return {cell: _key(rec) for cell, rec in best_records(records).items()}
 
 
 # ---- the untrained model (Thm 3.4) -----------------------------------------------------------

@@ -176,6 +176,25 @@ class StackRNN(nn.Module):
         total = sum(p.numel() for p in self.parameters())
         return total // self.replicas if per_replica else total
 
+    @property
+    def uses_fused_kernel(self) -> bool:
+        """Whether :meth:`forward` takes the fused kernel (plain LSTM or equal-size
+        superposition stacks, ``config.fused``) rather than the generic per-step loop."""
+        core = self.core
+        return self.config.fused and (
+            core is None or (self.config.memory == "superposition" and len(set(core.sizes)) == 1))
+
+    def with_config(self, **changes) -> "StackRNN":
+        """A copy with the same weights and ``changes`` applied to its config (e.g.
+        ``fused=False``, ``prune=False``), in eval mode."""
+        import dataclasses
+
+        clone = type(self)(dataclasses.replace(self.config, **changes), replicas=self.replicas, seeds=self.seeds,
+                           embedding_group=self.embedding_group)
+        p = next(self.parameters())
+        clone.to(device=p.device, dtype=p.dtype).load_state_dict(self.state_dict())
+        return clone.eval()
+
     # ---- forward --------------------------------------------------------------
     def initial_state(self, batch: int) -> None:
         """The state at the start of a string: ``None`` (zeros, empty stack)."""
@@ -197,9 +216,7 @@ class StackRNN(nn.Module):
             gx = ctl.input_gates(self.embedding(xt), one_hot=False)  # (R, T, B, 4H)
         else:
             gx = ctl.input_gates(xt, one_hot=True)
-        fused = self.config.fused and not return_stack and (
-            self.core is None or (self.config.memory == "superposition" and len(set(self.core.sizes)) == 1))
-        if fused:
+        if self.uses_fused_kernel and not return_stack:
             (hs, new_state), stack = self._fused(gx, state), None
         else:
             hs, new_state, stack = self._generic(gx, state, return_stack)

@@ -165,8 +165,7 @@ class _Numpy:
 
     def __init__(self, dtype):
         import numpy as np
-        from numpy.lib.stride_tricks import sliding_window_view
-        self.np, self.dtype, self._win = np, dtype, sliding_window_view
+        self.np, self.dtype = np, dtype
         for name in ("matmul", "add", "subtract", "multiply", "tanh", "exp", "stack", "concatenate"):
             setattr(self, name, getattr(np, name))
         self.sum, self.amax = np.add.reduce, np.maximum.reduce  # no Python wrapper
@@ -194,9 +193,6 @@ class _Numpy:
     def unbind1(x):
         return [x[:, t] for t in range(x.shape[1])]
 
-    def windows(self, x, axis):  # (..., n, ...) -> (..., n - 2, ..., 3): rows i, i+1, i+2
-        return self._win(x, 3, axis=axis)
-
     @staticmethod
     def arr(t):
         return None if t is None else t.detach().numpy()
@@ -208,10 +204,6 @@ class _Numpy:
     @staticmethod
     def T(x):  # swap the last two axes
         return x.swapaxes(-1, -2)
-
-    @staticmethod
-    def T01(x):
-        return x.swapaxes(0, 1)
 
     @staticmethod
     def copy(x):
@@ -262,10 +254,6 @@ class _Torch:
         return x.unbind(1)
 
     @staticmethod
-    def windows(x, axis):
-        return x.unfold(axis, 3, 1)
-
-    @staticmethod
     def arr(t):
         return None if t is None else t.detach()
 
@@ -280,10 +268,6 @@ class _Torch:
     @staticmethod
     def T(x):
         return x.transpose(-1, -2)
-
-    @staticmethod
-    def T01(x):
-        return x.transpose(0, 1)
 
     @staticmethod
     def copy(x):
@@ -575,27 +559,37 @@ def _cat(xp, parts):
     return None if parts[0] is None else (parts[0] if len(parts) == 1 else xp.concatenate(parts, 0))
 
 
+def _forward_blocks(xp, tensors, opts, save):
+    """:func:`_forward_loop` over the replica blocks of :func:`_blocks` (threads when more than one).
+
+    ``tensors`` = (gx, W_h, b_h, W_ir, h0, c0, S0). Returns the arrays, the blocks,
+    ``Hs``, ``c_T``, ``S_T`` and each block's saved state (None unless ``save``).
+    """
+    k, heights, fresh, push_hidden = opts
+    args = [xp.arr(a) for a in tensors]
+    R, T, B, G = args[0].shape
+    Hs = xp.empty(R, T + 1, B, G // 4)
+    blocks = _blocks(R, B, xp)
+
+    def run(a, b):
+        part = [None if x is None else x[a:b] for x in args]
+        return _forward_loop(xp, *part, k, heights, fresh, push_hidden, save=save, Hs=Hs[a:b])
+
+    outs = _parallel(run, blocks)
+    cT, ST = (_cat(xp, [o[i] for o in outs]) for i in (0, 1))
+    return args, blocks, Hs, cT, ST, [o[2] for o in outs]
+
+
 class _FusedStackLSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, opts, gx, W_h, b_h, W_ir, h0, c0, S0):
-        k, heights, fresh, push_hidden = opts
         xp = _backend(gx)
-        args = [xp.arr(a) for a in (gx, W_h, b_h, W_ir, h0, c0, S0)]
-        R, T, B, G = gx.shape
-        Hs = xp.empty(R, T + 1, B, G // 4)
-        blocks = _blocks(R, B, xp)
-
-        def run(a, b):
-            part = [None if x is None else x[a:b] for x in args]
-            return _forward_loop(xp, *part, k, heights, fresh, push_hidden, save=True, Hs=Hs[a:b])
-
-        outs = _parallel(run, blocks)
-        ctx.opts, ctx.xp, ctx.blocks = opts, xp, blocks
-        ctx.svs = [o[2] for o in outs]
+        args, ctx.blocks, Hs, cT, ST, ctx.svs = _forward_blocks(xp, (gx, W_h, b_h, W_ir, h0, c0, S0), opts, True)
+        ctx.opts, ctx.xp = opts, xp
         ctx.Hs, ctx.weights = Hs, (args[1], args[3])
         ctx.L0 = S0.shape[3] if S0 is not None else 0
         ctx.Pn = W_h.shape[1]
-        return xp.tensor(Hs), xp.tensor(_cat(xp, [o[0] for o in outs])), xp.tensor(_cat(xp, [o[1] for o in outs]))
+        return xp.tensor(Hs), xp.tensor(cT), xp.tensor(ST)
 
     @staticmethod
     def backward(ctx, dHs, dcT, dST):
@@ -656,12 +650,5 @@ def fused_stack_lstm(gx, W_hh, h0=None, c0=None, *, bias=None, W_ir=None, W_a=No
     if torch.is_grad_enabled():
         return _FusedStackLSTM.apply(opts, gx, W_h, b_h, W_ir, h0, c0, S0)
     xp = _backend(gx)
-    args = [xp.arr(a) for a in (gx, W_h, b_h, W_ir, h0, c0, S0)]
-    Hs = xp.empty(R, T + 1, B, H)
-
-    def run(a, b):
-        part = [None if x is None else x[a:b] for x in args]
-        return _forward_loop(xp, *part, k, list(heights), fresh, push_hidden, save=False, Hs=Hs[a:b])
-
-    outs = _parallel(run, _blocks(R, B, xp))
-    return xp.tensor(Hs), xp.tensor(_cat(xp, [o[0] for o in outs])), xp.tensor(_cat(xp, [o[1] for o in outs]))
+    _, _, Hs, cT, ST, _ = _forward_blocks(xp, (gx, W_h, b_h, W_ir, h0, c0, S0), opts, False)
+    return xp.tensor(Hs), xp.tensor(cT), xp.tensor(ST)
