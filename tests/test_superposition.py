@@ -91,16 +91,27 @@ def _run(model, x, w, state=None):
     return out, {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("few", [True, False], ids=["few-ops", "plain-ops"])
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
+BACKENDS = ["compiled", "numpy", "torch"]  # the three ways the fused kernel can run on a CPU
+
+
+def _use(monkeypatch, backend):
+    """Force one backend of the fused kernel (``compiled`` is what ``auto`` picks here)."""
+    monkeypatch.setattr(sp, "FUSED_BACKEND", "auto" if backend == "compiled" else backend)
+
+
+# the array loops have two variants of the backward step (few broadcast ops / plain ops)
+@pytest.mark.parametrize("backend,few", [("compiled", None), ("numpy", True), ("numpy", False), ("torch", True),
+                                         ("torch", False)], ids=["compiled", "numpy-few-ops", "numpy-plain-ops",
+                                                                 "torch-few-ops", "torch-plain-ops"])
 @pytest.mark.parametrize("name,kw", [
     ("lstm", {}), ("jm-10", {}), ("jm-3.3.3", {}), ("jm-hidden", {}),
     ("jm-4", {"prune": False}), ("jm-4", {"depth": 3}), ("jm-hidden", {"depth": 2, "prune": False}),
 ])
 def test_fused_matches_autograd_loop(monkeypatch, backend, name, kw, few):
-    monkeypatch.setattr(sp, "FUSED_BACKEND", "auto" if backend == "numpy" else "torch")
-    monkeypatch.setattr(sp, "SMALL_ELEMENTS", 10 ** 9 if few else 0)  # both variants of the backward step
-    monkeypatch.setattr(sp, "PREP_ELEMENTS", 10 ** 9 if few else 64)  # all steps at once / blocks of one step
+    _use(monkeypatch, backend)
+    if few is not None:
+        monkeypatch.setattr(sp, "SMALL_ELEMENTS", 10 ** 9 if few else 0)  # both variants of the backward step
+        monkeypatch.setattr(sp, "PREP_ELEMENTS", 10 ** 9 if few else 64)  # all steps at once / blocks of one step
     kw = dict(kw, hidden_size=7) if name != "jm-hidden" else dict(kw, hidden_size=6)
     fast = models.build(name, task=TASK, replicas=2, seeds=[1, 2], dtype=torch.float64, **kw)
     slow = models.build(name, task=TASK, replicas=2, seeds=[1, 2], dtype=torch.float64, fused=False, **kw)
@@ -124,10 +135,10 @@ def test_fused_matches_autograd_loop(monkeypatch, backend, name, kw, few):
         torch.testing.assert_close(fast(x).logits, os_.logits, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_fused_gradient_flows_into_carried_state(monkeypatch, backend):
     """Without detaching, chunk 2's loss reaches chunk 1's parameters through h, c and the stack."""
-    monkeypatch.setattr(sp, "FUSED_BACKEND", "auto" if backend == "numpy" else "torch")
+    _use(monkeypatch, backend)
     kw = dict(vocab_size=11, hidden_size=5, dtype=torch.float64)
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, 11, (3, 9), generator=gen)
@@ -178,11 +189,13 @@ def test_cuda_matches_cpu():
         torch.testing.assert_close(gpu(x.cuda()).logits.cpu(), cpu(x).logits, rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.parametrize("backend", ["compiled", "numpy"])
 @pytest.mark.parametrize("name", ["lstm", "jm-10", "jm-3.3.3", "jm-hidden"])
-def test_replica_threads_give_identical_numbers(monkeypatch, name):
+def test_replica_threads_give_identical_numbers(monkeypatch, name, backend):
     """Splitting the replicas over threads changes no value (replicas never interact);
     gradients agree to rounding (the weight-gradient products are batched matrix
     products, whose kernel torch picks by batch size)."""
+    _use(monkeypatch, backend)
     gen = torch.Generator().manual_seed(5)
     x = torch.randint(0, 3, (5, 4, 11), generator=gen)
     w = torch.randn(5, 4, 12, 4, generator=gen)
@@ -213,3 +226,62 @@ def test_fused_path_runs_in_16_bit_formats(dtype):
         out.logits.float().sum().backward()
         assert out.logits.dtype == dtype and torch.isfinite(out.logits).all()
         torch.testing.assert_close(out.logits.double(), ref(x).logits, rtol=0.05, atol=0.05)
+
+
+# ---- the compiled (Numba) loop -------------------------------------------------
+from marnn.models import compiled  # noqa: E402
+
+
+def test_compiled_loop_is_available_and_chosen(monkeypatch):
+    """numba is a dependency: on the CPU, float32/float64 formal-size models take the
+    compiled loop; large controllers and an explicit "numpy" keep the array loop."""
+    assert compiled.AVAILABLE
+    small = torch.zeros(1, 3, 2, 4 * 20)
+    assert sp._backend(small).compiled and sp._backend(small.double()).compiled
+    assert not sp._backend(torch.zeros(1, 3, 2, 4 * (compiled.MAX_HIDDEN + 1))).compiled
+    assert not sp._backend(small.to(torch.bfloat16)).compiled
+    monkeypatch.setattr(sp, "FUSED_BACKEND", "numpy")
+    assert not sp._backend(small).compiled
+    monkeypatch.setattr(sp, "FUSED_BACKEND", "fortran")
+    with pytest.raises(ValueError, match="auto, numpy, torch"):
+        sp._backend(small)
+
+
+def test_exp32_is_accurate_to_one_ulp():
+    x = np.linspace(-80, 80, 400_001, dtype=np.float32)
+    got = compiled.exp32_array(x).astype(np.float64)
+    true = np.exp(x.astype(np.float64))
+    ulp = np.spacing(true.astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(got - true) / ulp) <= 1.0
+    clamped = compiled.exp32_array(np.array([-1e4, -80.0, 80.0, 1e4], dtype=np.float32))
+    assert clamped[0] == clamped[1] > 0 and clamped[2] == clamped[3] < np.inf  # saturated, never 0 or inf
+
+
+@pytest.mark.parametrize("name", ["lstm", "jm-10", "jm-3.3.3", "jm-hidden"])
+def test_compiled_float32_agrees_with_autograd_loop(monkeypatch, name):
+    """float32 (exp32, no zero-division checks) against the autograd loop in float32."""
+    _use(monkeypatch, "compiled")
+    fast = models.build(name, task=TASK, replicas=2, seeds=[4, 5])
+    slow = models.build(name, task=TASK, replicas=2, seeds=[4, 5], fused=False)
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randint(0, 3, (2, 3, 40), generator=gen)
+    w = torch.randn(2, 3, 41, 4, generator=gen)
+    of, gf = _run(fast, x, w)
+    os_, gs = _run(slow, x, w)
+    torch.testing.assert_close(of.logits, os_.logits, rtol=1e-5, atol=1e-5)
+    for n in gf:
+        torch.testing.assert_close(gf[n], gs[n], rtol=1e-4, atol=1e-4, msg=n)
+
+
+def test_compiled_saturated_gates_stay_finite(monkeypatch):
+    """Huge weights saturate every gate: values and gradients stay finite."""
+    _use(monkeypatch, "compiled")
+    m = models.build("jm-10", task=TASK)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(1e3)
+    x = torch.randint(0, 3, (4, 30), generator=torch.Generator().manual_seed(0))
+    out = m(x)
+    out.logits.sum().backward()
+    assert torch.isfinite(out.logits).all()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters())

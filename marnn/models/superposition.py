@@ -31,9 +31,12 @@ autograd nodes (NumPy on the CPU, torch elsewhere; see the section below).
 """
 from __future__ import annotations
 
+import os
 from typing import NamedTuple, Sequence
 
 import torch
+
+from . import compiled
 
 ACTIONS = ("push", "no-op", "pop")  # order of the logits of each stack (= shift of the cell read)
 
@@ -163,6 +166,8 @@ class SuperpositionCore:
 class _Numpy:
     """Array namespace over NumPy (CPU)."""
 
+    compiled = False  # run the per-row compiled loop (marnn.models.compiled) instead of the array loop
+
     def __init__(self, dtype):
         import numpy as np
         self.np, self.dtype = np, dtype
@@ -217,6 +222,8 @@ class _Numpy:
 
 class _Torch:
     """The same namespace over torch (any device)."""
+
+    compiled = False
 
     def __init__(self, like):
         self.like = like
@@ -274,8 +281,11 @@ class _Torch:
         return x.clone()
 
 
-# "auto": NumPy on the CPU, torch elsewhere; tests set "torch" to check that path on the CPU.
-FUSED_BACKEND = "auto"
+# "auto": on the CPU the compiled loop (Numba, small controllers) or else the NumPy loop,
+# torch elsewhere; tests set "numpy" / "torch" to check those paths on the CPU.
+# $MARNN_FUSED_BACKEND sets the default (e.g. "numpy" to repeat runs made before the compiled loop).
+BACKENDS = ("auto", "numpy", "torch")
+FUSED_BACKEND = os.environ.get("MARNN_FUSED_BACKEND", "auto")
 # Split the replicas over this many threads when there is enough work (None: torch.get_num_threads()).
 FUSED_THREADS: int | None = None
 MIN_ROWS_PER_THREAD = 100  # R * B / threads below this: thread hand-offs cost more than they save
@@ -283,12 +293,17 @@ PREP_ELEMENTS = 1 << 16  # backward computes the gates' local derivatives for bl
 SMALL_ELEMENTS = 1024  # R * B * H up to this: fewer, broadcasting array operations per step
 
 
-def _backend(t: torch.Tensor):
-    # NumPy for float32 / float64 on the CPU; torch for every other device and for the
-    # 16-bit formats (NumPy has no bfloat16, and its float16 rounds differently from torch's)
-    if t.device.type == "cpu" and FUSED_BACKEND != "torch" and t.dtype in (torch.float32, torch.float64):
-        return _Numpy(t.detach().numpy().dtype)
-    return _Torch(t.detach())
+def _backend(gx: torch.Tensor):
+    # NumPy (compiled loop for small controllers) for float32 / float64 on the CPU; torch for
+    # every other device and for the 16-bit formats (NumPy has no bfloat16, and its float16
+    # rounds differently from torch's)
+    if FUSED_BACKEND not in BACKENDS:
+        raise ValueError(f"FUSED_BACKEND must be one of {', '.join(BACKENDS)}, not {FUSED_BACKEND!r}")
+    if gx.device.type == "cpu" and FUSED_BACKEND != "torch" and gx.dtype in (torch.float32, torch.float64):
+        xp = _Numpy(gx.detach().numpy().dtype)
+        xp.compiled = FUSED_BACKEND == "auto" and compiled.usable(xp.dtype, gx.shape[-1] // 4)
+        return xp
+    return _Torch(gx.detach())
 
 
 def _blocks(R: int, B: int, xp) -> list[tuple[int, int]]:
@@ -431,7 +446,7 @@ def _backward_loop(xp, sv, Hs, dHs, dcT, dST, W_h, W_ir, k, heights, fresh, push
     receives the gradients of the pre-activations [gates; action logits; push]."""
     Cs, ACT, TC = sv["Cs"], sv["ACT"], sv["TC"]
     T, R, B, _, H = ACT.shape
-    G, Pn = 4 * H, W_h.shape[1]
+    G = 4 * H
     stack = W_ir is not None
     dhsl = None if dHs is None else xp.unbind1(dHs[:, 1:])
     # local derivatives, computed for blocks of steps that stay in cache (all steps at
@@ -541,18 +556,26 @@ def _backward_loop(xp, sv, Hs, dHs, dcT, dST, W_h, W_ir, k, heights, fresh, push
         dh, dhn = dhn, dh
         if stack and push_hidden:
             dh += dv.reshape(R, B, H)
-    # parameter gradients: one product over all steps (h_{-1} = 0 and r_0 = 0 when fresh)
-    dPr = dP.reshape(R, T * B, Pn)
-    dW_h = xp.T(xp.bigmm(xp.T(Hs[:, :T].reshape(R, T * B, H)), dPr))  # (h^T dP)^T: the faster operand order
-    db_h = xp.sum(dPr, axis=1, keepdims=True)
-    dW_ir = dS0 = None
-    if stack:
-        dW_ir = xp.T(xp.bigmm(xp.T(READ.reshape(R, T * B, M)), dPr[..., :G]))
-        dS0 = DZ[0][:, :, :, 2:2 + L0]
+    dW_h, db_h, dW_ir = _weight_grads(xp, Hs, dP, READ if stack else None)
+    dS0 = DZ[0][:, :, :, 2:2 + L0] if stack else None
     dh0 = None
     if not fresh:
         dh0 = dh if dHs is None else dh + dHs[:, 0]
     return dW_h, db_h, dW_ir, dh0, None if fresh else dc, dS0
+
+
+def _weight_grads(xp, Hs, dP, READ):
+    """Parameter gradients from the pre-activation gradients ``dP`` (R, T, B, P): one
+    product over all steps (h_{-1} = 0 and r_0 = 0 when fresh). Returns dW_h, db_h, dW_ir."""
+    R, T, B, Pn = dP.shape
+    H = Hs.shape[3]
+    dPr = dP.reshape(R, T * B, Pn)
+    dW_h = xp.T(xp.bigmm(xp.T(Hs[:, :T].reshape(R, T * B, H)), dPr))  # (h^T dP)^T: the faster operand order
+    db_h = xp.sum(dPr, axis=1, keepdims=True)
+    dW_ir = None
+    if READ is not None:
+        dW_ir = xp.T(xp.bigmm(xp.T(READ.reshape(R, T * B, READ.shape[3])), dPr[..., :4 * H]))
+    return dW_h, db_h, dW_ir
 
 
 def _cat(xp, parts):
@@ -573,6 +596,8 @@ def _forward_blocks(xp, tensors, opts, save):
 
     def run(a, b):
         part = [None if x is None else x[a:b] for x in args]
+        if xp.compiled:
+            return compiled.forward_loop(*part, k, heights, fresh, push_hidden, save, Hs[a:b])
         return _forward_loop(xp, *part, k, heights, fresh, push_hidden, save=save, Hs=Hs[a:b])
 
     outs = _parallel(run, blocks)
@@ -604,6 +629,9 @@ class _FusedStackLSTM(torch.autograd.Function):
         def run(j, a, b):
             cut = [None if x is None else x[a:b] for x in (Hs, dHs, dcT, dST, W_h, W_ir)]
             h, dh, dc, ds, wh, wr = cut
+            if xp.compiled:
+                dh0, dc0, dS0 = compiled.backward_loop(svs[j], h, dh, dc, ds, wh, wr, fresh, push_hidden, dP[a:b])
+                return (*_weight_grads(xp, h, dP[a:b], svs[j]["READ"]), dh0, dc0, dS0)
             return _backward_loop(xp, svs[j], h, dh, dc, ds, wh, wr, k, heights, fresh, push_hidden, ctx.L0,
                                   dP[a:b])
 

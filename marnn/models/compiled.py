@@ -1,0 +1,411 @@
+"""Compiled (Numba) form of the fused LSTM + superposition-stack recurrence.
+
+Same inputs, outputs and saved state as the NumPy loop of
+:mod:`marnn.models.superposition` (``_forward_loop`` / ``_backward_loop``), but
+each (replica, string) row runs through all timesteps inside one compiled
+function: the row's weights (a few KiB at H = 20) and its stack stay in the
+L1 cache, there is no per-operation call overhead, and the functions release
+the GIL, so replica blocks run truly in parallel threads.
+
+Arithmetic (documented because it differs from the NumPy loop by rounding only):
+
+* gates as in the NumPy loop: ``act = 1 / (1 + exp(z))`` with ``z = -s x``
+  (s = 1, 1, 2, 1), ``tanh(x) = 2 sigmoid(2x) - 1`` for the g gate and for
+  ``tanh(c)``;
+* float64 uses ``math.exp``; float32 uses :func:`exp32`, a vectorisable exp
+  (Cody-Waite range reduction, degree-7 polynomial, exponent built from bits;
+  error within 2 ulp of the float32 exp on [-80, 80], checked in tests), with
+  its argument clamped to [-80, 80] so that saturated gates stay normal
+  numbers (sigmoid(-80) = 1.8e-35 instead of 0: no denormal slow-downs);
+* sums run in a fixed order (no re-association): deterministic.
+
+Used for float32 / float64 on the CPU when Numba is installed and the hidden
+size is small (the formal-language models; PTB sizes keep the NumPy loop,
+whose matrix products go to BLAS). ``AVAILABLE`` says whether it can be used.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+try:  # optional: without Numba the NumPy loop is used
+    import numba
+    from llvmlite import ir
+    from numba import njit, types
+    from numba.extending import intrinsic
+    AVAILABLE = True
+except ImportError:  # pragma: no cover - exercised only without numba
+    AVAILABLE = False
+
+MAX_HIDDEN = 64  # larger controllers: the NumPy loop (BLAS products) is faster
+
+if AVAILABLE:
+    # error_model="numpy": no zero-division checks (they stop vectorisation); only FMA
+    # contraction from fastmath: re-association would undo exp32's rounding trick
+    _JIT = dict(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
+
+    @intrinsic
+    def _bits_to_float32(typingctx, bits):
+        """Reinterpret the low 32 bits of an integer as a float32."""
+        def codegen(context, builder, signature, args):
+            v = args[0]
+            if v.type.width != 32:
+                v = builder.trunc(v, ir.IntType(32))
+            return builder.bitcast(v, ir.FloatType())
+        return types.float32(bits), codegen
+
+    _LOG2E = np.float32(1.4426950408889634)
+    _LN2_HI = np.float32(0.693359375)  # ln 2 split so that n * _LN2_HI is exact
+    _LN2_LO = np.float32(-2.12194440e-4)
+    _ROUND = np.float32(12582912.0)  # 1.5 * 2**23: adding it rounds to an integer
+    # Taylor coefficients 1/k! of exp on |r| <= ln(2) / 2 (truncation error < 2e-9)
+    _C = tuple(np.float32(1.0 / math.factorial(j)) for j in range(8))
+    _CLAMP = np.float32(80.0)
+
+    @njit(inline="always", **_JIT)
+    def exp32(x):
+        """exp of a float32, vectorisable (see the module docstring)."""
+        x = min(max(x, -_CLAMP), _CLAMP)
+        n = (x * _LOG2E + _ROUND) - _ROUND
+        r = (x - n * _LN2_HI) - n * _LN2_LO
+        p = _C[7]
+        p = p * r + _C[6]
+        p = p * r + _C[5]
+        p = p * r + _C[4]
+        p = p * r + _C[3]
+        p = p * r + _C[2]
+        p = p * r + _C[1]
+        p = p * r + _C[0]
+        return p * _bits_to_float32((np.int32(n) + 127) << 23)
+
+    def fexp(x):
+        """exp: :func:`exp32` for float32, ``math.exp`` for float64 (chosen when compiling)."""
+        return math.exp(x)
+
+    @numba.extending.overload(fexp, inline="always")
+    def _fexp_typed(x):
+        if isinstance(x, types.Float) and x.bitwidth == 32:
+            return lambda x: exp32(x)
+        return lambda x: math.exp(x)
+
+    @njit(**_JIT)
+    def _vexp32(x, out):
+        for i in range(x.size):
+            out[i] = exp32(x[i])
+
+    def exp32_array(x: np.ndarray) -> np.ndarray:
+        """:func:`exp32` over a float32 array (for tests and the docs)."""
+        x = np.ascontiguousarray(x, dtype=np.float32).ravel()
+        out = np.empty_like(x)
+        _vexp32(x, out)
+        return out
+
+    # The kernels index arrays directly (no views inside loops: every Numba view
+    # costs two atomic reference-count updates). Stacks are flattened per stack:
+    # Z (R, Tz, B, k, rows * m), cell i feature f at i * m + f.
+
+    @njit(**_JIT)
+    def _forward(gx, WT, bz, RwT, h0, c0, Z, heights, fresh, push_hidden, k, m, save,
+                 Hs, C, ACT, TC, A, READ, cT, one, two):
+        """Rows (r, b) one after the other, each through all T steps.
+
+        gx (R,T,B,G) input half of the gates (unscaled, no bias); WT (R,H,P) = [-s W_hh; W_a; W_v]^T;
+        bz (R,P) the matching bias; RwT (R,M,G) = (-s W_ir)^T; Z (R,Tz,B,k,rows*m): Z[:, t] holds
+        [v_t, S_{t-1}[0], S_{t-1}[1], ...] (S0 in Z[:, 0]; Tz = T + 1 when ``save``, else 2 reused
+        slots); outputs Hs (R,T+1,B,H), C (R,T+1,B,H) (c_{-1} .. c_{T-1}; only when ``save``),
+        ACT (R,Ta,B,G), TC (R,Ta,B,H), A (R,Ta,B,k,3), READ (R,Ta,B,M) (Ta = T when ``save``,
+        else 1), cT (R,B,H).
+        """
+        R, T, B, G = gx.shape
+        H = G // 4
+        P = WT.shape[2]
+        M = k * m
+        stack = k > 0
+        width = Z.shape[4]
+        p = np.empty(P, gx.dtype)
+        c = np.empty(H, gx.dtype)
+        h = np.empty(H, gx.dtype)
+        z = np.empty(G, gx.dtype)
+        rd = np.empty(max(M, 1), gx.dtype)
+        for r in range(R):
+            for b in range(B):
+                for j in range(H):
+                    h[j] = h0[r, b, j]
+                    Hs[r, 0, b, j] = h[j]
+                    c[j] = c0[r, b, j]
+                    if save:
+                        C[r, 0, b, j] = c[j]
+                for t in range(T):
+                    first = fresh and t == 0
+                    ti = t if save else 0
+                    for q in range(P):
+                        p[q] = bz[r, q]
+                    if not first:
+                        for j in range(H):
+                            hj = h[j]
+                            for q in range(P):
+                                p[q] += hj * WT[r, j, q]
+                    for q in range(G):
+                        z[q] = p[q] - gx[r, t, b, q]
+                    for q in range(2 * H, 3 * H):  # the g gate takes -2 gx
+                        z[q] -= gx[r, t, b, q]
+                    if stack and not first:
+                        zi = t if save else t & 1
+                        zo = t + 1 if save else (t + 1) & 1
+                        L = heights[t]
+                        for s in range(k):
+                            g0 = G + 3 * s
+                            mx = max(p[g0], max(p[g0 + 1], p[g0 + 2]))
+                            e0 = fexp(p[g0] - mx)
+                            e1 = fexp(p[g0 + 1] - mx)
+                            e2 = fexp(p[g0 + 2] - mx)
+                            tot = e0 + e1 + e2
+                            a0, a1, a2 = e0 / tot, e1 / tot, e2 / tot
+                            A[r, ti, b, s, 0] = a0
+                            A[r, ti, b, s, 1] = a1
+                            A[r, ti, b, s, 2] = a2
+                            if push_hidden:
+                                for f in range(m):
+                                    Z[r, zi, b, s, f] = h[s * m + f]
+                            else:  # sigmoid(W_v h + b_v)
+                                v0 = G + 3 * k + s * m
+                                for f in range(m):
+                                    Z[r, zi, b, s, f] = one / (one + fexp(-p[v0 + f]))
+                            for q in range(L * m):  # S_t[i] = push B[i] + noop B[i+1] + pop B[i+2]
+                                Z[r, zo, b, s, m + q] = (a0 * Z[r, zi, b, s, q] + a1 * Z[r, zi, b, s, m + q]
+                                                         + a2 * Z[r, zi, b, s, 2 * m + q])
+                            if not save:  # reused slot: rows below the new stack read as empty
+                                for q in range((1 + L) * m, min(width, (3 + L) * m)):
+                                    Z[r, zo, b, s, q] = 0
+                            for f in range(m):
+                                rd[s * m + f] = Z[r, zo, b, s, m + f]  # r_t = S_t[0]
+                                READ[r, ti, b, s * m + f] = rd[s * m + f]
+                        for f in range(M):
+                            rf = rd[f]
+                            for q in range(G):
+                                z[q] += rf * RwT[r, f, q]
+                    for q in range(G):
+                        z[q] = one / (one + fexp(z[q]))
+                    for q in range(2 * H, 3 * H):
+                        z[q] = two * z[q] - one
+                    for q in range(G):
+                        ACT[r, ti, b, q] = z[q]
+                    for j in range(H):
+                        cj = z[H + j] * c[j] + z[j] * z[2 * H + j]
+                        c[j] = cj
+                        tj = two / (one + fexp(-two * cj)) - one
+                        TC[r, ti, b, j] = tj
+                        h[j] = z[3 * H + j] * tj
+                        Hs[r, t + 1, b, j] = h[j]
+                    if save:
+                        for j in range(H):
+                            C[r, t + 1, b, j] = c[j]
+                for j in range(H):
+                    cT[r, b, j] = c[j]
+
+    @njit(**_JIT)
+    def _backward(dHs, dcT, dST, C, ACT, TC, A, Z, W_h, W_ir, heights, fresh, push_hidden, k, m, L0,
+                  dP, dS0, dh0, dc0, one):
+        """Gradients for :func:`_forward` (saved state): writes dP (R,T,B,P) (zeros on entry),
+        dS0 (R,B,k,L0*m), dh0 and dc0 (R,B,H). W_h (R,P,H) and W_ir (R,G,M) unscaled;
+        dST (R,B,k,hT*m) the gradient of the final stack."""
+        R, T, B, G = ACT.shape
+        H = G // 4
+        P = W_h.shape[1]
+        M = k * m
+        stack = k > 0
+        width = Z.shape[4]
+        dt = ACT.dtype
+        dh = np.empty(H, dt)
+        dc = np.empty(H, dt)
+        d = np.empty(P, dt)
+        dv = np.empty(max(M, 1), dt)
+        dr = np.empty(max(M, 1), dt)
+        lanes = np.empty(3 * m, dt)
+        ext = width + 4 * m
+        DS = np.zeros((2, max(k, 1), ext), dt)  # [cur, prev]: dS[(2 + i) * m + f] = dL/dS[i, f]
+        for r in range(R):
+            for b in range(B):
+                for j in range(H):
+                    dh[j] = 0
+                    dc[j] = dcT[r, b, j]
+                if stack:
+                    DS[:] = 0
+                    for s in range(k):
+                        for q in range(dST.shape[3]):
+                            DS[0, s, 2 * m + q] = dST[r, b, s, q]
+                cur = 0
+                for t in range(T - 1, -1, -1):
+                    first = fresh and t == 0
+                    for q in range(P):
+                        d[q] = 0
+                    for j in range(H):
+                        dht = dHs[r, t + 1, b, j] + dh[j]
+                        ij, fj = ACT[r, t, b, j], ACT[r, t, b, H + j]
+                        gj, oj = ACT[r, t, b, 2 * H + j], ACT[r, t, b, 3 * H + j]
+                        tj = TC[r, t, b, j]
+                        dcj = dc[j] + dht * oj * (one - tj * tj)
+                        d[j] = dcj * gj * ij * (one - ij)
+                        d[H + j] = dcj * C[r, t, b, j] * fj * (one - fj)
+                        d[2 * H + j] = dcj * ij * (one - gj * gj)
+                        d[3 * H + j] = dht * tj * oj * (one - oj)
+                        dc[j] = dcj * fj
+                    if stack and not first:
+                        L = heights[t]
+                        Lp = heights[t - 1] if t > 0 else L0
+                        nxt = 1 - cur
+                        for f in range(M):
+                            dr[f] = 0
+                        for q in range(G):
+                            dq = d[q]
+                            for f in range(M):
+                                dr[f] += dq * W_ir[r, q, f]
+                        for s in range(k):
+                            for f in range(m):
+                                DS[cur, s, 2 * m + f] += dr[s * m + f]  # dL/dr_t enters dS_t[0]
+                            a0, a1, a2 = A[r, t, b, s, 0], A[r, t, b, s, 1], A[r, t, b, s, 2]
+                            for f in range(3 * m):
+                                lanes[f] = 0
+                            for i in range(L):  # da_j = <dS_t, B[i + j]>, in m lanes (vectorised)
+                                for f in range(m):
+                                    g = DS[cur, s, (2 + i) * m + f]
+                                    lanes[f] += g * Z[r, t, b, s, i * m + f]
+                                    lanes[m + f] += g * Z[r, t, b, s, (i + 1) * m + f]
+                                    lanes[2 * m + f] += g * Z[r, t, b, s, (i + 2) * m + f]
+                            d0 = lanes[0]
+                            d1 = lanes[m]
+                            d2 = lanes[2 * m]
+                            for f in range(1, m):
+                                d0 += lanes[f]
+                                d1 += lanes[m + f]
+                                d2 += lanes[2 * m + f]
+                            dot = a0 * d0 + a1 * d1 + a2 * d2
+                            g0 = G + 3 * s
+                            d[g0] = a0 * (d0 - dot)
+                            d[g0 + 1] = a1 * (d1 - dot)
+                            d[g0 + 2] = a2 * (d2 - dot)
+                            for f in range(m):
+                                dv[s * m + f] = a0 * DS[cur, s, 2 * m + f]
+                            n = min(Lp, L + 1)
+                            for q in range(n * m):  # dS_{t-1}[j] = push dS_t[j+1] + noop dS_t[j] + pop dS_t[j-1]
+                                DS[nxt, s, 2 * m + q] = (a0 * DS[cur, s, 3 * m + q] + a1 * DS[cur, s, 2 * m + q]
+                                                         + a2 * DS[cur, s, m + q])
+                            for q in range((2 + n) * m, min(ext, (4 + max(n, Lp)) * m)):
+                                DS[nxt, s, q] = 0
+                            if not push_hidden:
+                                v0 = G + 3 * k + s * m
+                                for f in range(m):
+                                    v = Z[r, t, b, s, f]
+                                    d[v0 + f] = dv[s * m + f] * v * (one - v)
+                        cur = nxt
+                        if t == 0:  # carried stack (not fresh)
+                            for s in range(k):
+                                for q in range(L0 * m):
+                                    dS0[r, b, s, q] = DS[cur, s, 2 * m + q]
+                    for q in range(P):
+                        dP[r, t, b, q] = d[q]
+                    if first:
+                        break
+                    for j in range(H):
+                        dh[j] = 0
+                    for q in range(P):
+                        dq = d[q]
+                        for j in range(H):
+                            dh[j] += dq * W_h[r, q, j]
+                    if stack and push_hidden:
+                        for j in range(H):
+                            dh[j] += dv[j]
+                if not fresh:
+                    for j in range(H):
+                        dh0[r, b, j] = dh[j] + dHs[r, 0, b, j]
+                        dc0[r, b, j] = dc[j]
+
+
+def usable(dtype, hidden: int) -> bool:
+    """Whether the compiled loop applies: Numba present, float32/float64, small controller."""
+    return AVAILABLE and dtype in (np.float32, np.float64) and hidden <= MAX_HIDDEN
+
+
+def _gate_scaled(W, H):
+    """Rows of ``W`` (R, 4H, ...) times -s per gate (s = 1, 1, 2, 1)."""
+    s = np.asarray([-1.0, -1.0, -2.0, -1.0], dtype=W.dtype).repeat(H)
+    return W * s.reshape((1, 4 * H) + (1,) * (W.ndim - 2))
+
+
+def forward_loop(gx, W_h, b_h, W_ir, h0, c0, S0, k, heights, fresh, push_hidden, save, Hs):
+    """Drop-in for the NumPy ``_forward_loop`` (same arguments and results, plus its
+    own saved-state layout, which only :func:`backward_loop` reads)."""
+    R, T, B, G = gx.shape
+    H = G // 4
+    dt = gx.dtype.type
+    Wz = np.array(W_h)
+    Wz[:, :G] = _gate_scaled(W_h[:, :G], H)
+    WT = np.ascontiguousarray(Wz.transpose(0, 2, 1))
+    bz = np.array(b_h[:, 0])
+    bz[:, :G] = _gate_scaled(b_h[:, 0, :G], H)
+    gx = np.ascontiguousarray(gx)
+    Ta = T if save else 1
+    stack = W_ir is not None
+    if stack:
+        M = W_ir.shape[2]
+        m = M // k
+        L0 = S0.shape[3]
+        hs = [int(h) for h in heights]
+        rows = max(max(hs, default=0), L0) + 2
+        Z = np.zeros((R, T + 1 if save else 2, B, k, rows * m), gx.dtype)
+        Z[:, 0, :, :, m:(1 + L0) * m] = S0.reshape(R, B, k, L0 * m)
+        RwT = np.ascontiguousarray(_gate_scaled(W_ir, H).transpose(0, 2, 1))
+    else:
+        k, m, M, L0 = 0, 1, 0, 0
+        Z = np.zeros((R, 1, B, 1, 1), gx.dtype)
+        RwT = np.zeros((R, 0, G), gx.dtype)
+    heights_a = np.asarray(list(heights) or [0], dtype=np.int64)
+    C = np.empty((R, T + 1 if save else 1, B, H), gx.dtype)
+    ACT = np.empty((R, Ta, B, G), gx.dtype)
+    TC = np.empty((R, Ta, B, H), gx.dtype)
+    A = np.zeros((R, Ta, B, max(k, 1), 3), gx.dtype)
+    READ = np.zeros((R, Ta, B, max(M, 1)), gx.dtype)
+    cT = np.empty((R, B, H), gx.dtype)
+    _forward(gx, WT, np.ascontiguousarray(bz), RwT, np.ascontiguousarray(h0), np.ascontiguousarray(c0), Z,
+             heights_a, fresh, push_hidden, k, m, save, Hs, C, ACT, TC, A, READ, cT, dt(1), dt(2))
+    S_last, prev = None, 0
+    if stack:
+        updates = T - (1 if fresh else 0)
+        prev = int(heights_a[T - 1]) if updates > 0 else L0
+        S_last = Z[:, T if save else T & 1, :, :, m:(1 + prev) * m].reshape(R, B, k, prev, m).copy()
+    sv = None
+    if save:
+        sv = dict(C=C, ACT=ACT, TC=TC, A=A, Z=Z, READ=READ[..., :M].reshape(R, T, B, M) if stack else None,
+                  k=k, m=m, heights=heights_a, L0=L0, hT=prev if stack else 0)
+    return cT, S_last, sv
+
+
+def backward_loop(sv, Hs, dHs, dcT, dST, W_h, W_ir, fresh, push_hidden, dP):
+    """Drop-in for the NumPy ``_backward_loop`` on a saved state of :func:`forward_loop`;
+    returns the per-step pre-activation gradients in ``dP`` and (dh0, dc0, dS0)."""
+    R, T1, B, H = Hs.shape
+    dt = Hs.dtype.type
+    k, m, L0 = sv["k"], sv["m"], sv["L0"]
+    stack = W_ir is not None
+    if dHs is None:
+        dHs = np.zeros_like(Hs)
+    dcT = np.zeros((R, B, H), Hs.dtype) if dcT is None else np.ascontiguousarray(dcT)
+    if stack:
+        hT = sv["hT"]
+        dS = np.zeros((R, B, k, hT, m), Hs.dtype)
+        if dST is not None:
+            dS[:, :, :, :dST.shape[3]] = dST
+        dS = dS.reshape(R, B, k, hT * m)
+        dS0 = np.zeros((R, B, k, L0 * m), Hs.dtype)
+        W_ir_c = np.ascontiguousarray(W_ir)
+    else:
+        dS = dS0 = np.zeros((R, B, 1, 0), Hs.dtype)
+        W_ir_c = np.zeros((R, 4 * H, 0), Hs.dtype)
+    dh0 = np.zeros((R, B, H), Hs.dtype)
+    dc0 = np.zeros((R, B, H), Hs.dtype)
+    _backward(np.ascontiguousarray(dHs), dcT, dS, sv["C"], sv["ACT"], sv["TC"], sv["A"], sv["Z"],
+              np.ascontiguousarray(W_h), W_ir_c, sv["heights"], fresh, push_hidden, k, m, L0,
+              dP, dS0, dh0, dc0, dt(1))
+    dS0 = dS0.reshape(R, B, k, L0, m) if stack else None
+    return (None if fresh else dh0), (None if fresh else dc0), dS0
