@@ -1,6 +1,6 @@
 """Speed and memory of every model, next to the published code's numbers.
 
-``python -m marnn.bench [--json] [--models NAME ...] [--quick] [--threads N]``
+``python -m marnn.bench [--json] [--models NAME ...] [--quick] [--threads N] [--backend B]``
 
 Rows (each measured in a fresh child process, so peak memory is per row):
 
@@ -12,6 +12,10 @@ Rows (each measured in a fresh child process, so peak memory is per row):
 * ``replicas``: R = 40 replicas (10 restarts x 4 freeze modes) vs R = 1 at n = 60,
   at 1 thread and, on a machine with 2 or more cores, at 2 threads (the fused
   kernel then runs two blocks of replicas in parallel threads).
+
+``--backend`` picks how the fused LSTM / superposition kernel runs on the CPU
+(``auto``: the compiled loop for formal-size models; ``numpy``: the NumPy array
+loop, e.g. to compare the two; ``torch``), via ``$MARNN_FUSED_BACKEND``.
 
 Times are medians of wall-clock repeats after warm-up; ``cpu_ms`` is the
 process CPU time (the two differ when other work shares the cores). Memory is
@@ -92,7 +96,10 @@ def _measure(spec: dict) -> dict:
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     per = B if kind == "eval" else 1
     ref = REFERENCE_MS.get((APPROX.get(name, name), n)) if kind in ("train", "ptb") else None
-    return dict(kind=kind, model=name, n=n, R=R, threads=spec["threads"], batch=B, ms=1000 * _median(walls) / per,
+    from .models import superposition
+
+    return dict(kind=kind, model=name, n=n, R=R, threads=spec["threads"], backend=superposition.FUSED_BACKEND,
+                batch=B, ms=1000 * _median(walls) / per,
                 cpu_ms=1000 * _median(cpus) / per, ref_ms=ref, approx_ref=name in APPROX and ref is not None,
                 peak_mib=max(rss1 - rss0, 0) / 1024, repeats=reps)
 
@@ -122,10 +129,13 @@ def plan(formal, ptb, quick: bool) -> list[dict]:
     return specs
 
 
-def run(specs: list[dict], threads: int = 1) -> list[dict]:
-    """Measure every spec, each in a fresh single-use child process."""
+def run(specs: list[dict], threads: int = 1, backend: str | None = None) -> list[dict]:
+    """Measure every spec, each in a fresh single-use child process (``backend``: the
+    fused kernel's backend, see the module docstring)."""
     rows = []
     ctx = mp.get_context("spawn")
+    if backend is not None:
+        os.environ["MARNN_FUSED_BACKEND"] = backend  # read by the child at import
     for spec in specs:
         spec = dict(spec)
         spec.setdefault("threads", threads)
@@ -164,7 +174,8 @@ def table(rows: list[dict]) -> str:
             one = reps[(name, threads, 1)]
             ratios.append(f"{name}, {threads} thread{'s' if threads > 1 else ''}: R={R} costs "
                           f"{r['ms'] / one['ms']:.1f}x R=1 wall ({r['ms']:.1f} vs {one['ms']:.1f} ms), "
-                          f"{r['cpu_ms'] / one['cpu_ms']:.1f}x cpu per step")
+                          f"{r['cpu_ms'] / one['cpu_ms']:.1f}x cpu per step; per replica "
+                          f"{R * one['ms'] / r['ms']:.1f}x faster than one at a time")
     if ratios:
         lines += ["", "Replicas (target <= 5x):"] + [f"- {s}" for s in ratios]
     return "\n".join(lines)
@@ -172,12 +183,15 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     from . import models
+    from .models.superposition import BACKENDS
 
     p = argparse.ArgumentParser(prog="marnn bench", description="Time every model (see module docstring).")
     p.add_argument("--models", nargs="*", help="model names (default: every formal and PTB model of the paper)")
     p.add_argument("--quick", action="store_true", help="n = 60 only, few repeats, no RNS evaluation at n = 400")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     p.add_argument("--threads", type=int, default=1, help="torch / BLAS threads per measurement (default 1)")
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="fused LSTM / superposition kernel on the CPU (default: $MARNN_FUSED_BACKEND or auto)")
     args = p.parse_args(argv)
     formal = list(models.FORMAL_MODELS) + ["vrns-2-3-3"]
     ptb = list(models.PTB_MODELS)
@@ -189,11 +203,13 @@ def main(argv=None) -> int:
                 p.error(str(err))
         formal = [m for m in args.models if m not in models.PTB_MODELS]
         ptb = [m for m in args.models if m in models.PTB_MODELS]
-    rows = run(plan(formal, ptb, args.quick), threads=args.threads)
+    rows = run(plan(formal, ptb, args.quick), threads=args.threads, backend=args.backend)
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
-        print(f"torch threads: {args.threads}; memory: ru_maxrss growth per child process")
+        backend = args.backend or os.environ.get("MARNN_FUSED_BACKEND", "auto")
+        print(f"torch threads: {args.threads}; fused kernel backend: {backend}; "
+              "memory: ru_maxrss growth per child process")
         print(table(rows))
     return 0
 

@@ -557,18 +557,23 @@ def ablation_table(df: pd.DataFrame, split: str = "test") -> pd.DataFrame:
 
 # ---- provenance -------------------------------------------------------------------------
 def provenance_runs(root: str | None = None) -> pd.DataFrame:
-    """One row per record in the store: what ran, where, with what, when, how long."""
+    """One row per record in the store: what ran, where, with what, when, how long.
+
+    ``commit`` ends in "+modified" when the package differed from that commit;
+    ``kernel`` is the fused kernel's backend setting ("auto": the compiled loop where
+    it applies; "numpy*": a record older than the setting, made by the NumPy loop)."""
     rows = []
     for _, rec in store.iter_records(root):
         c, env = rec["config"], rec.get("env", {})
         rows.append({"scale": c["scale"], "kind": c["kind"], "task": c.get("task", "ptb"), "model": c["model"],
                      "freeze": c["freeze"], "seed": c["seed"], "status": rec["status"],
-                     "commit": (env.get("git_commit") or "unknown")[:10], "date": str(rec["created"])[:10],
+                     "commit": (env.get("git_commit") or "unknown")[:10] + ("+modified" if env.get("code_modified") else ""),
+                     "kernel": env.get("fused_backend", "numpy*"), "date": str(rec["created"])[:10],
                      "created": rec["created"], "device": env.get("device", "?"), "cpu": env.get("cpu", "?"),
                      "host": env.get("hostname", "?"), "torch": env.get("torch", "?"),
                      "python": env.get("python", "?"), "marnn": env.get("marnn", "?"),
                      "wall_time_s": rec.get("wall_time_s") or 0.0})
-    cols = ["scale", "kind", "task", "model", "freeze", "seed", "status", "commit", "date", "created", "device",
+    cols = ["scale", "kind", "task", "model", "freeze", "seed", "status", "commit", "kernel", "date", "created", "device",
             "cpu", "host", "torch", "python", "marnn", "wall_time_s"]
     return order(pd.DataFrame(rows, columns=cols))
 
@@ -584,6 +589,7 @@ def provenance_summary(runs: pd.DataFrame) -> pd.DataFrame:
         "runs": g.size(),
         "diverged": g["status"].apply(lambda s: int((s == "diverged").sum())),
         "commits": g["commit"].apply(_joined),
+        "kernels": g["kernel"].apply(_joined),
         "devices": g["device"].apply(_joined),
         "cpus": g["cpu"].apply(_joined),
         "torch": g["torch"].apply(_joined),

@@ -37,7 +37,8 @@ Record schema (formal; PTB has ``valid``/``test`` perplexities and no bins)::
     group         {"replicas", "wall_time_s", "cpu_time_s", "members"}: the batch it trained in
     wall_time_s   the group's wall time divided by its replicas
     env           {"device", "cpu", "torch_threads", "python", "torch", "numpy",
-                   "pandas", "marnn", "git_commit", ...}
+                   "pandas", "numba", "marnn", "fused_backend", "git_commit",
+                   "code_modified", ...}
     created       UTC timestamp
 """
 from __future__ import annotations

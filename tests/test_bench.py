@@ -20,4 +20,14 @@ def test_table_reports_the_replica_ratio_per_thread_count():
     text = bench.table(rows)
     assert "jm-10, 1 thread: R=40 costs 8.0x R=1" in text
     assert "jm-10, 2 threads: R=40 costs 4.0x R=1" in text
+    assert "per replica 10.0x faster than one at a time" in text  # 40 x 10 ms / 40 ms
     assert "ValueError: boom" in text
+
+
+
+def test_backend_option_reaches_the_child_processes(monkeypatch):
+    """--backend sets $MARNN_FUSED_BACKEND, which the spawned measuring process reads."""
+    monkeypatch.delenv("MARNN_FUSED_BACKEND", raising=False)
+    spec = dict(kind="eval", model="lstm", n=5, R=1, batch=1, repeats=1)
+    assert [r["backend"] for r in bench.run([spec], backend="numpy")] == ["numpy"]
+    assert [r["backend"] for r in bench.run([spec], backend="auto")] == ["auto"]

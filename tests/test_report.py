@@ -221,6 +221,13 @@ def test_provenance(root, tmp_path):
     summary = report.provenance_summary(runs)
     assert summary.loc[("smoke", "formal"), "runs"] == 12 and summary.loc[("smoke", "ptb"), "runs"] == 1
     assert summary.loc[("smoke", "formal"), "commits"] == "abcdef0123"
+    assert summary.loc[("smoke", "formal"), "kernels"] == "numpy*"  # records older than the setting
+    rec = fake_ptb(ptb_config("lstm-256", "m", 0, "smoke"), 10.0, 11.0)
+    rec["env"].update(fused_backend="auto", code_modified=True)
+    store.save_record(rec, root)
+    summary = report.provenance_summary(report.provenance_runs(root))
+    assert summary.loc[("smoke", "ptb"), "commits"] == "fedcba9876, fedcba9876+modified"
+    assert summary.loc[("smoke", "ptb"), "kernels"] == "auto, numpy*"
     times = report.provenance_times(runs)
     assert times.loc[("smoke", "formal"), "wall time (h)"] == pytest.approx(12 / 3600)
     assert report.wall_time_by_model(runs).loc["lstm-256", "smoke"] == pytest.approx(2 / 3600)

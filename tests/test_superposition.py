@@ -285,3 +285,16 @@ def test_compiled_saturated_gates_stay_finite(monkeypatch):
     out.logits.sum().backward()
     assert torch.isfinite(out.logits).all()
     assert all(torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+def test_backend_default_comes_from_the_environment():
+    """$MARNN_FUSED_BACKEND=numpy repeats runs made with the array loop (before the compiled one)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch; from marnn.models import superposition as sp; "
+            "print(sp.FUSED_BACKEND, sp._backend(torch.zeros(1, 2, 3, 8)).compiled)")
+    env = dict(os.environ, MARNN_FUSED_BACKEND="numpy")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["numpy", "False"]

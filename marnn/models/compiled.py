@@ -207,7 +207,7 @@ if AVAILABLE:
     @njit(**_JIT)
     def _backward(dHs, dcT, dST, C, ACT, TC, A, Z, W_h, W_ir, heights, fresh, push_hidden, k, m, L0,
                   dP, dS0, dh0, dc0, one):
-        """Gradients for :func:`_forward` (saved state): writes dP (R,T,B,P) (zeros on entry),
+        """Gradients for :func:`_forward` (saved state): writes every entry of dP (R,T,B,P),
         dS0 (R,B,k,L0*m), dh0 and dc0 (R,B,H). W_h (R,P,H) and W_ir (R,G,M) unscaled;
         dST (R,B,k,hT*m) the gradient of the final stack."""
         R, T, B, G = ACT.shape

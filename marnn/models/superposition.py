@@ -26,8 +26,10 @@ pruned stack is exact, not an approximation.
 :class:`marnn.models.stack_rnn.StackRNN` (``initial_state``, ``step``,
 ``initial_reading``, ``detach_state``). :func:`fused_stack_lstm` runs the whole
 controller + stack recurrence as one autograd function with a hand-written
-backward pass: about 40 small array operations per timestep instead of ~120
-autograd nodes (NumPy on the CPU, torch elsewhere; see the section below).
+backward pass. On the CPU, formal-size models (H <= 64) run it as a compiled
+loop (:mod:`marnn.models.compiled`, Numba); larger ones as about 40 NumPy array
+operations per timestep instead of ~120 autograd nodes; other devices and the
+16-bit formats run the same array loop on torch (see the section below).
 """
 from __future__ import annotations
 
@@ -138,10 +140,15 @@ class SuperpositionCore:
 # ---------------------------------------------------------------------------
 # Fused controller + stack recurrence with a hand-written backward pass.
 #
-# Per timestep the loop issues ~15 array operations forward and ~25 backward
-# instead of ~120 autograd nodes. On the CPU it runs on NumPy views of the
-# tensors (zero-copy; NumPy's per-call overhead is a third of PyTorch's, which
-# dominates at B = 10, H = 20); on other devices the same code runs on torch.
+# Three backends, one contract (tests check each against the autograd loop):
+# * compiled (CPU, float32/float64, H <= compiled.MAX_HIDDEN; FUSED_BACKEND "auto"):
+#   marnn/models/compiled.py runs each (replica, string) row through all steps
+#   in one Numba function that releases the GIL; the weight gradients are the
+#   same products over all steps as for the array loop (``_weight_grads``).
+# * numpy (CPU otherwise): per timestep ~15 array operations forward and ~25
+#   backward instead of ~120 autograd nodes, on NumPy views of the tensors
+#   (zero-copy; NumPy's per-call overhead is a third of PyTorch's).
+# * torch: the same array loop on any device and for the 16-bit formats.
 #
 # Layout: replica first, then time (R, T, B, .) for everything that crosses the
 # torch boundary (input gates, hidden states, gradients of the gates), so that
@@ -623,7 +630,7 @@ class _FusedStackLSTM(torch.autograd.Function):
         ctx.svs = ctx.Hs = None
         W_h, W_ir = ctx.weights
         R, T1, B, H = Hs.shape
-        dP = xp.zeros(R, T1 - 1, B, ctx.Pn)
+        dP = (xp.empty if xp.compiled else xp.zeros)(R, T1 - 1, B, ctx.Pn)  # the compiled loop writes every entry
         dHs, dcT, dST = xp.arr(dHs), xp.arr(dcT), xp.arr(dST)
 
         def run(j, a, b):

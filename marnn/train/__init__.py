@@ -158,12 +158,25 @@ def git_commit() -> str | None:
         return None
 
 
+@lru_cache(maxsize=1)
+def code_modified() -> bool | None:
+    """Whether the package's tracked files differ from HEAD (the record then comes from
+    code that no commit holds), or None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no", "--", "marnn"],
+                             capture_output=True, text=True, timeout=10)
+        return bool(out.stdout.strip()) if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def environment(device) -> dict:
     """Where and with what a record was computed."""
     import pandas
     import torch
 
     from .. import __version__
+    from ..models import compiled, superposition
 
     return {
         "device": str(device),
@@ -175,7 +188,10 @@ def environment(device) -> dict:
         "numpy": np.__version__,
         "pandas": pandas.__version__,
         "marnn": __version__,
+        "numba": compiled.numba.__version__ if compiled.AVAILABLE else None,
+        "fused_backend": superposition.FUSED_BACKEND,  # "auto": compiled loop where it applies
         "git_commit": git_commit(),
+        "code_modified": code_modified(),
         "pid": os.getpid(),
     }
 
