@@ -102,18 +102,23 @@ if AVAILABLE:
         return out
 
     # The kernels index arrays directly (no views inside loops: every Numba view
-    # costs two atomic reference-count updates). Stacks are flattened per stack:
-    # Z (R, Tz, B, k, rows * m), cell i feature f at i * m + f.
+    # costs two atomic reference-count updates). Stack history Z (R, B, k, total):
+    # per (row, stack) the slots of all steps one after the other, slot t at
+    # zoff[t] holding [v_t, S_{t-1}[0], ..., S_{t-1}[sh_t - 1], 0, 0] (cell i,
+    # feature f at (i + 1) * m + f; sh_t = height of S_{t-1}): a row's history
+    # is contiguous and no slot is wider than its stack (see _slots). Inner loops index
+    # with unsigned offsets (uH, um, ...): a signed index that may be negative gets
+    # Python's wrap-around test, which stops LLVM from vectorising the loop (5x).
 
     @njit(**_JIT)
-    def _forward(gx, WT, bz, RwT, h0, c0, Z, heights, fresh, push_hidden, k, m, save,
+    def _forward(gx, WT, bz, RwT, h0, c0, Z, zoff, heights, fresh, push_hidden, k, m, save,
                  Hs, C, ACT, TC, A, READ, cT, one, two):
         """Rows (r, b) one after the other, each through all T steps.
 
         gx (R,T,B,G) input half of the gates (unscaled, no bias); WT (R,H,P) = [-s W_hh; W_a; W_v]^T;
-        bz (R,P) the matching bias; RwT (R,M,G) = (-s W_ir)^T; Z (R,Tz,B,k,rows*m): Z[:, t] holds
-        [v_t, S_{t-1}[0], S_{t-1}[1], ...] (S0 in Z[:, 0]; Tz = T + 1 when ``save``, else 2 reused
-        slots); outputs Hs (R,T+1,B,H), C (R,T+1,B,H) (c_{-1} .. c_{T-1}; only when ``save``),
+        bz (R,P) the matching bias; RwT (R,M,G) = (-s W_ir)^T; Z (R,B,k,total) the stack
+        history (slots at ``zoff``, see the comment above; S0 in slot 0 with zero padding; T + 1
+        slots when ``save``, else 2 reused ones); outputs Hs (R,T+1,B,H), C (R,T+1,B,H) (c_{-1} .. c_{T-1}; only when ``save``),
         ACT (R,Ta,B,G), TC (R,Ta,B,H), A (R,Ta,B,k,3), READ (R,Ta,B,M) (Ta = T when ``save``,
         else 1), cT (R,B,H).
         """
@@ -122,7 +127,11 @@ if AVAILABLE:
         P = WT.shape[2]
         M = k * m
         stack = k > 0
-        width = Z.shape[4]
+        uH = np.uint64(H)
+        uH2 = uH + uH
+        uH3 = uH2 + uH
+        um = np.uint64(m)
+        um2 = um + um
         p = np.empty(P, gx.dtype)
         c = np.empty(H, gx.dtype)
         h = np.empty(H, gx.dtype)
@@ -148,11 +157,16 @@ if AVAILABLE:
                                 p[q] += hj * WT[r, j, q]
                     for q in range(G):
                         z[q] = p[q] - gx[r, t, b, q]
-                    for q in range(2 * H, 3 * H):  # the g gate takes -2 gx
-                        z[q] -= gx[r, t, b, q]
+                    for j in range(uH):  # the g gate takes -2 gx
+                        z[uH2 + j] -= gx[r, t, b, uH2 + j]
+                    if stack and first:  # no update (S0 is empty): the next slot reads as an empty stack
+                        zo = np.uint64(zoff[1])
+                        for s in range(k):
+                            for q in range(um, um2 + um):
+                                Z[r, b, s, zo + q] = 0
                     if stack and not first:
-                        zi = t if save else t & 1
-                        zo = t + 1 if save else (t + 1) & 1
+                        zi = np.uint64(zoff[t if save else t & 1])
+                        zo = np.uint64(zoff[t + 1 if save else (t + 1) & 1])
                         L = heights[t]
                         for s in range(k):
                             g0 = G + 3 * s
@@ -167,19 +181,19 @@ if AVAILABLE:
                             A[r, ti, b, s, 2] = a2
                             if push_hidden:
                                 for f in range(m):
-                                    Z[r, zi, b, s, f] = h[s * m + f]
+                                    Z[r, b, s, zi + f] = h[s * m + f]
                             else:  # sigmoid(W_v h + b_v)
                                 v0 = G + 3 * k + s * m
                                 for f in range(m):
-                                    Z[r, zi, b, s, f] = one / (one + fexp(-p[v0 + f]))
-                            for q in range(L * m):  # S_t[i] = push B[i] + noop B[i+1] + pop B[i+2]
-                                Z[r, zo, b, s, m + q] = (a0 * Z[r, zi, b, s, q] + a1 * Z[r, zi, b, s, m + q]
-                                                         + a2 * Z[r, zi, b, s, 2 * m + q])
-                            if not save:  # reused slot: rows below the new stack read as empty
-                                for q in range((1 + L) * m, min(width, (3 + L) * m)):
-                                    Z[r, zo, b, s, q] = 0
+                                    Z[r, b, s, zi + f] = one / (one + fexp(-p[v0 + f]))
+                            for q in range(np.uint64(L * m)):  # S_t[i] = push B[i] + noop B[i+1] + pop B[i+2]
+                                Z[r, b, s, zo + um + q] = (a0 * Z[r, b, s, zi + q] + a1 * Z[r, b, s, zi + um + q]
+                                                           + a2 * Z[r, b, s, zi + um2 + q])
+                            pad = zo + np.uint64((1 + L) * m)
+                            for q in range(um2):  # the two rows below the new stack read as empty
+                                Z[r, b, s, pad + q] = 0
                             for f in range(m):
-                                rd[s * m + f] = Z[r, zo, b, s, m + f]  # r_t = S_t[0]
+                                rd[s * m + f] = Z[r, b, s, zo + m + f]  # r_t = S_t[0]
                                 READ[r, ti, b, s * m + f] = rd[s * m + f]
                         for f in range(M):
                             rf = rd[f]
@@ -187,16 +201,16 @@ if AVAILABLE:
                                 z[q] += rf * RwT[r, f, q]
                     for q in range(G):
                         z[q] = one / (one + fexp(z[q]))
-                    for q in range(2 * H, 3 * H):
-                        z[q] = two * z[q] - one
+                    for j in range(uH):
+                        z[uH2 + j] = two * z[uH2 + j] - one
                     for q in range(G):
                         ACT[r, ti, b, q] = z[q]
-                    for j in range(H):
-                        cj = z[H + j] * c[j] + z[j] * z[2 * H + j]
+                    for j in range(uH):
+                        cj = z[uH + j] * c[j] + z[j] * z[uH2 + j]
                         c[j] = cj
                         tj = two / (one + fexp(-two * cj)) - one
                         TC[r, ti, b, j] = tj
-                        h[j] = z[3 * H + j] * tj
+                        h[j] = z[uH3 + j] * tj
                         Hs[r, t + 1, b, j] = h[j]
                     if save:
                         for j in range(H):
@@ -205,7 +219,7 @@ if AVAILABLE:
                     cT[r, b, j] = c[j]
 
     @njit(**_JIT)
-    def _backward(dHs, dcT, dST, C, ACT, TC, A, Z, W_h, W_ir, heights, fresh, push_hidden, k, m, L0,
+    def _backward(dHs, dcT, dST, C, ACT, TC, A, Z, zoff, W_h, W_ir, heights, fresh, push_hidden, k, m, L0,
                   dP, dS0, dh0, dc0, one):
         """Gradients for :func:`_forward` (saved state): writes every entry of dP (R,T,B,P),
         dS0 (R,B,k,L0*m), dh0 and dc0 (R,B,H). W_h (R,P,H) and W_ir (R,G,M) unscaled;
@@ -215,7 +229,13 @@ if AVAILABLE:
         P = W_h.shape[1]
         M = k * m
         stack = k > 0
-        width = Z.shape[4]
+        width = (zoff[1:] - zoff[:-1]).max()  # widest slot
+        uH = np.uint64(H)
+        uH2 = uH + uH
+        uH3 = uH2 + uH
+        um = np.uint64(m)
+        um2 = um + um
+        um3 = um2 + um
         dt = ACT.dtype
         dh = np.empty(H, dt)
         dc = np.empty(H, dt)
@@ -240,21 +260,22 @@ if AVAILABLE:
                     first = fresh and t == 0
                     for q in range(P):
                         d[q] = 0
-                    for j in range(H):
+                    for j in range(uH):
                         dht = dHs[r, t + 1, b, j] + dh[j]
-                        ij, fj = ACT[r, t, b, j], ACT[r, t, b, H + j]
-                        gj, oj = ACT[r, t, b, 2 * H + j], ACT[r, t, b, 3 * H + j]
+                        ij, fj = ACT[r, t, b, j], ACT[r, t, b, uH + j]
+                        gj, oj = ACT[r, t, b, uH2 + j], ACT[r, t, b, uH3 + j]
                         tj = TC[r, t, b, j]
                         dcj = dc[j] + dht * oj * (one - tj * tj)
                         d[j] = dcj * gj * ij * (one - ij)
-                        d[H + j] = dcj * C[r, t, b, j] * fj * (one - fj)
-                        d[2 * H + j] = dcj * ij * (one - gj * gj)
-                        d[3 * H + j] = dht * tj * oj * (one - oj)
+                        d[uH + j] = dcj * C[r, t, b, j] * fj * (one - fj)
+                        d[uH2 + j] = dcj * ij * (one - gj * gj)
+                        d[uH3 + j] = dht * tj * oj * (one - oj)
                         dc[j] = dcj * fj
                     if stack and not first:
                         L = heights[t]
                         Lp = heights[t - 1] if t > 0 else L0
                         nxt = 1 - cur
+                        zt = np.uint64(zoff[t])
                         for f in range(M):
                             dr[f] = 0
                         for q in range(G):
@@ -268,11 +289,12 @@ if AVAILABLE:
                             for f in range(3 * m):
                                 lanes[f] = 0
                             for i in range(L):  # da_j = <dS_t, B[i + j]>, in m lanes (vectorised)
-                                for f in range(m):
-                                    g = DS[cur, s, (2 + i) * m + f]
-                                    lanes[f] += g * Z[r, t, b, s, i * m + f]
-                                    lanes[m + f] += g * Z[r, t, b, s, (i + 1) * m + f]
-                                    lanes[2 * m + f] += g * Z[r, t, b, s, (i + 2) * m + f]
+                                at = np.uint64(i * m)
+                                for f in range(um):
+                                    g = DS[cur, s, um2 + at + f]
+                                    lanes[f] += g * Z[r, b, s, zt + at + f]
+                                    lanes[um + f] += g * Z[r, b, s, zt + um + at + f]
+                                    lanes[um2 + f] += g * Z[r, b, s, zt + um2 + at + f]
                             d0 = lanes[0]
                             d1 = lanes[m]
                             d2 = lanes[2 * m]
@@ -288,15 +310,15 @@ if AVAILABLE:
                             for f in range(m):
                                 dv[s * m + f] = a0 * DS[cur, s, 2 * m + f]
                             n = min(Lp, L + 1)
-                            for q in range(n * m):  # dS_{t-1}[j] = push dS_t[j+1] + noop dS_t[j] + pop dS_t[j-1]
-                                DS[nxt, s, 2 * m + q] = (a0 * DS[cur, s, 3 * m + q] + a1 * DS[cur, s, 2 * m + q]
-                                                         + a2 * DS[cur, s, m + q])
+                            for q in range(np.uint64(n * m)):  # dS_{t-1}[j] = push dS_t[j+1] + noop dS_t[j] + pop dS_t[j-1]
+                                DS[nxt, s, um2 + q] = (a0 * DS[cur, s, um3 + q] + a1 * DS[cur, s, um2 + q]
+                                                       + a2 * DS[cur, s, um + q])
                             for q in range((2 + n) * m, min(ext, (4 + max(n, Lp)) * m)):
                                 DS[nxt, s, q] = 0
                             if not push_hidden:
                                 v0 = G + 3 * k + s * m
                                 for f in range(m):
-                                    v = Z[r, t, b, s, f]
+                                    v = Z[r, b, s, zt + f]
                                     d[v0 + f] = dv[s * m + f] * v * (one - v)
                         cur = nxt
                         if t == 0:  # carried stack (not fresh)
@@ -333,6 +355,20 @@ def _gate_scaled(W, H):
     return W * s.reshape((1, 4 * H) + (1,) * (W.ndim - 2))
 
 
+def _slots(heights, T, L0, fresh, save, m):
+    """Offsets of the stack-history slots (T + 1 of them when ``save``, else 2 reused ones;
+    one more entry: the total) and the stack height before each step (``sh``, T + 1 entries)."""
+    sh = [L0]
+    for t in range(T):
+        sh.append(sh[-1] if (fresh and t == 0) else int(heights[t]))
+    widths = [(h + 3) * m for h in sh]
+    if not save:
+        widths = [max(widths)] * 2
+    zoff = np.zeros(len(widths) + 1, dtype=np.int64)
+    np.cumsum(widths, out=zoff[1:])
+    return zoff, sh
+
+
 def forward_loop(gx, W_h, b_h, W_ir, h0, c0, S0, k, heights, fresh, push_hidden, save, Hs):
     """Drop-in for the NumPy ``_forward_loop`` (same arguments and results, plus its
     own saved-state layout, which only :func:`backward_loop` reads)."""
@@ -351,14 +387,15 @@ def forward_loop(gx, W_h, b_h, W_ir, h0, c0, S0, k, heights, fresh, push_hidden,
         M = W_ir.shape[2]
         m = M // k
         L0 = S0.shape[3]
-        hs = [int(h) for h in heights]
-        rows = max(max(hs, default=0), L0) + 2
-        Z = np.zeros((R, T + 1 if save else 2, B, k, rows * m), gx.dtype)
-        Z[:, 0, :, :, m:(1 + L0) * m] = S0.reshape(R, B, k, L0 * m)
+        zoff, sh = _slots(heights, T, L0, fresh, save, m)
+        Z = np.empty((R, B, k, zoff[-1]), gx.dtype)  # the kernel writes every entry it reads
+        Z[..., :zoff[1]] = 0
+        Z[..., m:(1 + L0) * m] = S0.reshape(R, B, k, L0 * m)
         RwT = np.ascontiguousarray(_gate_scaled(W_ir, H).transpose(0, 2, 1))
     else:
         k, m, M, L0 = 0, 1, 0, 0
-        Z = np.zeros((R, 1, B, 1, 1), gx.dtype)
+        Z = np.zeros((R, B, 1, 1), gx.dtype)
+        zoff = np.zeros(2, dtype=np.int64)
         RwT = np.zeros((R, 0, G), gx.dtype)
     heights_a = np.asarray(list(heights) or [0], dtype=np.int64)
     C = np.empty((R, T + 1 if save else 1, B, H), gx.dtype)
@@ -367,16 +404,17 @@ def forward_loop(gx, W_h, b_h, W_ir, h0, c0, S0, k, heights, fresh, push_hidden,
     A = np.zeros((R, Ta, B, max(k, 1), 3), gx.dtype)
     READ = np.zeros((R, Ta, B, max(M, 1)), gx.dtype)
     cT = np.empty((R, B, H), gx.dtype)
-    _forward(gx, WT, np.ascontiguousarray(bz), RwT, np.ascontiguousarray(h0), np.ascontiguousarray(c0), Z,
+    _forward(gx, WT, np.ascontiguousarray(bz), RwT, np.ascontiguousarray(h0), np.ascontiguousarray(c0), Z, zoff,
              heights_a, fresh, push_hidden, k, m, save, Hs, C, ACT, TC, A, READ, cT, dt(1), dt(2))
     S_last, prev = None, 0
     if stack:
         updates = T - (1 if fresh else 0)
         prev = int(heights_a[T - 1]) if updates > 0 else L0
-        S_last = Z[:, T if save else T & 1, :, :, m:(1 + prev) * m].reshape(R, B, k, prev, m).copy()
+        z = zoff[T if save else T & 1]
+        S_last = Z[..., z + m:z + (1 + prev) * m].reshape(R, B, k, prev, m).copy()
     sv = None
     if save:
-        sv = dict(C=C, ACT=ACT, TC=TC, A=A, Z=Z, READ=READ[..., :M].reshape(R, T, B, M) if stack else None,
+        sv = dict(C=C, ACT=ACT, TC=TC, A=A, Z=Z, zoff=zoff, READ=READ[..., :M].reshape(R, T, B, M) if stack else None,
                   k=k, m=m, heights=heights_a, L0=L0, hT=prev if stack else 0)
     return cT, S_last, sv
 
@@ -404,7 +442,7 @@ def backward_loop(sv, Hs, dHs, dcT, dST, W_h, W_ir, fresh, push_hidden, dP):
         W_ir_c = np.zeros((R, 4 * H, 0), Hs.dtype)
     dh0 = np.zeros((R, B, H), Hs.dtype)
     dc0 = np.zeros((R, B, H), Hs.dtype)
-    _backward(np.ascontiguousarray(dHs), dcT, dS, sv["C"], sv["ACT"], sv["TC"], sv["A"], sv["Z"],
+    _backward(np.ascontiguousarray(dHs), dcT, dS, sv["C"], sv["ACT"], sv["TC"], sv["A"], sv["Z"], sv["zoff"],
               np.ascontiguousarray(W_h), W_ir_c, sv["heights"], fresh, push_hidden, k, m, L0,
               dP, dS0, dh0, dc0, dt(1))
     dS0 = dS0.reshape(R, B, k, L0, m) if stack else None
