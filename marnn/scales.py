@@ -11,11 +11,14 @@
   the whole formal grid (7 tasks x 5 models x 4 modes x 3 restarts = 420 runs,
   trained as 35 replica-batched groups) fits in about an hour on 2 CPU cores.
 
-  Measured with ``marnn grid --scale quick`` (LocalCluster, 2 single-threaded
-  worker processes, torch 2.13 CPU, 2 cores shared with other jobs): 50 min
-  wall for all 420 runs; 5,180 CPU-s inside the 35 groups, i.e. ~43 min on 2
-  idle cores. CPU seconds per (task, model) group of 12 replicas, mean over the
-  7 tasks: rns-3-3 527, jm-3.3.3 63, jm-hidden 59, jm-10 57, lstm 34. Most runs
+  Measured with ``marnn grid --scale quick --workers 2`` (LocalCluster, 2
+  single-threaded worker processes, torch 2.13 CPU, the 2-core development
+  machine): CPU seconds per (task, model) group of 12 replicas, mean over the
+  7 tasks, as the committed records give them (``group.cpu_time_s``): rns-3-3
+  503, jm-10 40, jm-hidden 39, jm-3.3.3 39, lstm 23 (with the compiled
+  LSTM / stack loop; the NumPy loop needed 57-63 and 34): 4,510 CPU-s for the
+  35 groups, about 38 min on 2 idle cores, 88% of it RNS. The 28 lstm / jm-*
+  groups alone took 9 min wall. Most runs
   (347/420) still stop at 30 epochs, so quick models are undertrained. The RNS
   stack costs O(n^3) per string, which is what forces lengths this short: at
   20-40 one RNS group (12 replicas) needs about 7 min per epoch.
