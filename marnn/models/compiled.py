@@ -111,6 +111,14 @@ if AVAILABLE:
     # Python's wrap-around test, which stops LLVM from vectorising the loop (5x).
 
     @njit(**_JIT)
+    def _add_product(x, n, W, r, out):
+        """out += x[:n] @ W[r, :n, :len(out)] (out's loop innermost: vectorised, fixed order)."""
+        for q in range(n):
+            xq = x[q]
+            for f in range(out.shape[0]):
+                out[f] += xq * W[r, q, f]
+
+    @njit(**_JIT)
     def _forward(gx, WT, bz, RwT, h0, c0, Z, zoff, heights, fresh, push_hidden, k, m, save,
                  Hs, C, ACT, TC, A, READ, cT, one, two):
         """Rows (r, b) one after the other, each through all T steps.
@@ -151,10 +159,7 @@ if AVAILABLE:
                     for q in range(P):
                         p[q] = bz[r, q]
                     if not first:
-                        for j in range(H):
-                            hj = h[j]
-                            for q in range(P):
-                                p[q] += hj * WT[r, j, q]
+                        _add_product(h, H, WT, r, p)
                     for q in range(G):
                         z[q] = p[q] - gx[r, t, b, q]
                     for j in range(uH):  # the g gate takes -2 gx
@@ -195,10 +200,7 @@ if AVAILABLE:
                             for f in range(m):
                                 rd[s * m + f] = Z[r, b, s, zo + m + f]  # r_t = S_t[0]
                                 READ[r, ti, b, s * m + f] = rd[s * m + f]
-                        for f in range(M):
-                            rf = rd[f]
-                            for q in range(G):
-                                z[q] += rf * RwT[r, f, q]
+                        _add_product(rd, M, RwT, r, z)
                     for q in range(G):
                         z[q] = one / (one + fexp(z[q]))
                     for j in range(uH):
@@ -276,12 +278,8 @@ if AVAILABLE:
                         Lp = heights[t - 1] if t > 0 else L0
                         nxt = 1 - cur
                         zt = np.uint64(zoff[t])
-                        for f in range(M):
-                            dr[f] = 0
-                        for q in range(G):
-                            dq = d[q]
-                            for f in range(M):
-                                dr[f] += dq * W_ir[r, q, f]
+                        dr[:] = 0
+                        _add_product(d, G, W_ir, r, dr)
                         for s in range(k):
                             for f in range(m):
                                 DS[cur, s, 2 * m + f] += dr[s * m + f]  # dL/dr_t enters dS_t[0]
@@ -329,12 +327,8 @@ if AVAILABLE:
                         dP[r, t, b, q] = d[q]
                     if first:
                         break
-                    for j in range(H):
-                        dh[j] = 0
-                    for q in range(P):
-                        dq = d[q]
-                        for j in range(H):
-                            dh[j] += dq * W_h[r, q, j]
+                    dh[:] = 0
+                    _add_product(d, P, W_h, r, dh)
                     if stack and push_hidden:
                         for j in range(H):
                             dh[j] += dv[j]
