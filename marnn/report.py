@@ -565,16 +565,16 @@ def provenance_runs(root: str | None = None) -> pd.DataFrame:
     rows = []
     for _, rec in store.iter_records(root):
         c, env = rec["config"], rec.get("env", {})
+        commit = (env.get("git_commit") or "unknown")[:10] + ("+modified" if env.get("code_modified") else "")
         rows.append({"scale": c["scale"], "kind": c["kind"], "task": c.get("task", "ptb"), "model": c["model"],
-                     "freeze": c["freeze"], "seed": c["seed"], "status": rec["status"],
-                     "commit": (env.get("git_commit") or "unknown")[:10] + ("+modified" if env.get("code_modified") else ""),
+                     "freeze": c["freeze"], "seed": c["seed"], "status": rec["status"], "commit": commit,
                      "kernel": env.get("fused_backend", "numpy*"), "date": str(rec["created"])[:10],
                      "created": rec["created"], "device": env.get("device", "?"), "cpu": env.get("cpu", "?"),
                      "host": env.get("hostname", "?"), "torch": env.get("torch", "?"),
                      "python": env.get("python", "?"), "marnn": env.get("marnn", "?"),
                      "wall_time_s": rec.get("wall_time_s") or 0.0})
-    cols = ["scale", "kind", "task", "model", "freeze", "seed", "status", "commit", "kernel", "date", "created", "device",
-            "cpu", "host", "torch", "python", "marnn", "wall_time_s"]
+    cols = ["scale", "kind", "task", "model", "freeze", "seed", "status", "commit", "kernel", "date", "created",
+            "device", "cpu", "host", "torch", "python", "marnn", "wall_time_s"]
     return order(pd.DataFrame(rows, columns=cols))
 
 

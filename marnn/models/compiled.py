@@ -13,8 +13,8 @@ Arithmetic (documented because it differs from the NumPy loop by rounding only):
   (s = 1, 1, 2, 1), ``tanh(x) = 2 sigmoid(2x) - 1`` for the g gate and for
   ``tanh(c)``;
 * float64 uses ``math.exp``; float32 uses :func:`exp32`, a vectorisable exp
-  (Cody-Waite range reduction, degree-7 polynomial, exponent built from bits;
-  error within 2 ulp of the float32 exp on [-80, 80], checked in tests), with
+  (Cody-Waite range reduction, degree-7 Taylor polynomial, exponent built
+  from bits; within 1 ulp of the exact exp on [-80, 80], checked in tests), with
   its argument clamped to [-80, 80] so that saturated gates stay normal
   numbers (sigmoid(-80) = 1.8e-35 instead of 0: no denormal slow-downs);
 * sums run in a fixed order (no re-association): deterministic.
@@ -125,10 +125,10 @@ if AVAILABLE:
 
         gx (R,T,B,G) input half of the gates (unscaled, no bias); WT (R,H,P) = [-s W_hh; W_a; W_v]^T;
         bz (R,P) the matching bias; RwT (R,M,G) = (-s W_ir)^T; Z (R,B,k,total) the stack
-        history (slots at ``zoff``, see the comment above; S0 in slot 0 with zero padding; T + 1
-        slots when ``save``, else 2 reused ones); outputs Hs (R,T+1,B,H), C (R,T+1,B,H) (c_{-1} .. c_{T-1}; only when ``save``),
-        ACT (R,Ta,B,G), TC (R,Ta,B,H), A (R,Ta,B,k,3), READ (R,Ta,B,M) (Ta = T when ``save``,
-        else 1), cT (R,B,H).
+        history (slots at ``zoff``, see the comment above; S0 in slot 0 with zero padding;
+        T + 1 slots when ``save``, else 2 reused ones). Outputs: Hs (R,T+1,B,H), C (R,T+1,B,H)
+        (the cell before each step and after the last; only when ``save``), ACT (R,Ta,B,G),
+        TC (R,Ta,B,H), A (R,Ta,B,k,3), READ (R,Ta,B,M) (Ta = T when ``save``, else 1), cT (R,B,H).
         """
         R, T, B, G = gx.shape
         H = G // 4
@@ -308,7 +308,8 @@ if AVAILABLE:
                             for f in range(m):
                                 dv[s * m + f] = a0 * DS[cur, s, 2 * m + f]
                             n = min(Lp, L + 1)
-                            for q in range(np.uint64(n * m)):  # dS_{t-1}[j] = push dS_t[j+1] + noop dS_t[j] + pop dS_t[j-1]
+                            # dS_{t-1}[j] = push dS_t[j+1] + noop dS_t[j] + pop dS_t[j-1]
+                            for q in range(np.uint64(n * m)):
                                 DS[nxt, s, um2 + q] = (a0 * DS[cur, s, um3 + q] + a1 * DS[cur, s, um2 + q]
                                                        + a2 * DS[cur, s, um + q])
                             for q in range((2 + n) * m, min(ext, (4 + max(n, Lp)) * m)):
