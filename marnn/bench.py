@@ -207,8 +207,8 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
-        backend = args.backend or os.environ.get("MARNN_FUSED_BACKEND", "auto")
-        print(f"torch threads: {args.threads}; fused kernel backend: {backend}; "
+        backends = ", ".join(sorted({r["backend"] for r in rows if "backend" in r})) or "-"
+        print(f"torch threads: {args.threads}; fused kernel backend: {backends}; "
               "memory: ru_maxrss growth per child process")
         print(table(rows))
     return 0

@@ -2,11 +2,16 @@
 and the fused kernel (hand-written backward) vs the autograd per-step loop."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 from marnn import models, tasks
+from marnn.models import compiled
 from marnn.models import superposition as sp
 from marnn.models.superposition import ACTIONS, SuperpositionCore, stack_heights
 
@@ -229,7 +234,6 @@ def test_fused_path_runs_in_16_bit_formats(dtype):
 
 
 # ---- the compiled (Numba) loop -------------------------------------------------
-from marnn.models import compiled  # noqa: E402
 
 
 def test_compiled_loop_is_available_and_chosen(monkeypatch):
@@ -289,10 +293,6 @@ def test_compiled_saturated_gates_stay_finite(monkeypatch):
 
 def test_backend_default_comes_from_the_environment():
     """$MARNN_FUSED_BACKEND=numpy repeats runs made with the array loop (before the compiled one)."""
-    import os
-    import subprocess
-    import sys
-
     code = ("import torch; from marnn.models import superposition as sp; "
             "print(sp.FUSED_BACKEND, sp._backend(torch.zeros(1, 2, 3, 8)).compiled)")
     env = dict(os.environ, MARNN_FUSED_BACKEND="numpy")

@@ -344,12 +344,6 @@ def usable(dtype, hidden: int) -> bool:
     return AVAILABLE and dtype in (np.float32, np.float64) and hidden <= MAX_HIDDEN
 
 
-def _gate_scaled(W, H):
-    """Rows of ``W`` (R, 4H, ...) times -s per gate (s = 1, 1, 2, 1)."""
-    s = np.asarray([-1.0, -1.0, -2.0, -1.0], dtype=W.dtype).repeat(H)
-    return W * s.reshape((1, 4 * H) + (1,) * (W.ndim - 2))
-
-
 def _slots(heights, T, L0, fresh, save, m):
     """Offsets of the stack-history slots (T + 1 of them when ``save``, else 2 reused ones;
     one more entry: the total) and the stack height before each step (``sh``, T + 1 entries)."""
@@ -364,17 +358,19 @@ def _slots(heights, T, L0, fresh, save, m):
     return zoff, sh
 
 
-def forward_loop(gx, W_h, b_h, W_ir, h0, c0, S0, k, heights, fresh, push_hidden, save, Hs):
+def forward_loop(xp, gx, W_h, b_h, W_ir, h0, c0, S0, k, heights, fresh, push_hidden, save, Hs):
     """Drop-in for the NumPy ``_forward_loop`` (same arguments and results, plus its
     own saved-state layout, which only :func:`backward_loop` reads)."""
+    from .superposition import _gate_scale  # the gate scaling rule lives there (imported late: cycle)
+
     R, T, B, G = gx.shape
     H = G // 4
     dt = gx.dtype.type
     Wz = np.array(W_h)
-    Wz[:, :G] = _gate_scaled(W_h[:, :G], H)
+    Wz[:, :G] = _gate_scale(xp, W_h[:, :G], G)
     WT = np.ascontiguousarray(Wz.transpose(0, 2, 1))
     bz = np.array(b_h[:, 0])
-    bz[:, :G] = _gate_scaled(b_h[:, 0, :G], H)
+    bz[:, :G] = _gate_scale(xp, b_h[:, 0, :G].reshape(R, G, 1), G).reshape(R, G)
     gx = np.ascontiguousarray(gx)
     Ta = T if save else 1
     stack = W_ir is not None
@@ -386,7 +382,7 @@ def forward_loop(gx, W_h, b_h, W_ir, h0, c0, S0, k, heights, fresh, push_hidden,
         Z = np.empty((R, B, k, zoff[-1]), gx.dtype)  # the kernel writes every entry it reads
         Z[..., :zoff[1]] = 0
         Z[..., m:(1 + L0) * m] = S0.reshape(R, B, k, L0 * m)
-        RwT = np.ascontiguousarray(_gate_scaled(W_ir, H).transpose(0, 2, 1))
+        RwT = np.ascontiguousarray(_gate_scale(xp, W_ir, G).transpose(0, 2, 1))
     else:
         k, m, M, L0 = 0, 1, 0, 0
         Z = np.zeros((R, B, 1, 1), gx.dtype)
@@ -403,8 +399,7 @@ def forward_loop(gx, W_h, b_h, W_ir, h0, c0, S0, k, heights, fresh, push_hidden,
              heights_a, fresh, push_hidden, k, m, save, Hs, C, ACT, TC, A, READ, cT, dt(1), dt(2))
     S_last, prev = None, 0
     if stack:
-        updates = T - (1 if fresh else 0)
-        prev = int(heights_a[T - 1]) if updates > 0 else L0
+        prev = sh[-1]  # the stack's height after the last step
         z = zoff[T if save else T & 1]
         S_last = Z[..., z + m:z + (1 + prev) * m].reshape(R, B, k, prev, m).copy()
     sv = None

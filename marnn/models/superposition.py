@@ -604,7 +604,7 @@ def _forward_blocks(xp, tensors, opts, save):
     def run(a, b):
         part = [None if x is None else x[a:b] for x in args]
         if xp.compiled:
-            return compiled.forward_loop(*part, k, heights, fresh, push_hidden, save, Hs[a:b])
+            return compiled.forward_loop(xp, *part, k, heights, fresh, push_hidden, save, Hs[a:b])
         return _forward_loop(xp, *part, k, heights, fresh, push_hidden, save=save, Hs=Hs[a:b])
 
     outs = _parallel(run, blocks)

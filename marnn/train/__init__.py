@@ -148,26 +148,27 @@ def ptb_config(model: str, freeze: str, seed: int, scale: str | Scale, embedding
             "protocol": PROTOCOL}
 
 
+def _git(*args: str) -> str | None:
+    """Output of a read-only git command in the checkout, or None outside one."""
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 @lru_cache(maxsize=1)
 def git_commit() -> str | None:
     """The checkout's HEAD commit (read-only), or None outside a git checkout."""
-    try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
+    return _git("rev-parse", "HEAD") or None
 
 
 @lru_cache(maxsize=1)
 def code_modified() -> bool | None:
     """Whether the package's tracked files differ from HEAD (the record then comes from
     code that no commit holds), or None outside a git checkout."""
-    try:
-        out = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no", "--", "marnn"],
-                             capture_output=True, text=True, timeout=10)
-        return bool(out.stdout.strip()) if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", "marnn")
+    return None if status is None else bool(status)
 
 
 def environment(device) -> dict:
