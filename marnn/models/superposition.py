@@ -38,6 +38,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from ..registry import UnknownNameError
 from . import compiled
 
 ACTIONS = ("push", "no-op", "pop")  # order of the logits of each stack (= shift of the cell read)
@@ -305,7 +306,7 @@ def _backend(gx: torch.Tensor):
     # every other device and for the 16-bit formats (NumPy has no bfloat16, and its float16
     # rounds differently from torch's)
     if FUSED_BACKEND not in BACKENDS:
-        raise ValueError(f"FUSED_BACKEND must be one of {', '.join(BACKENDS)}, not {FUSED_BACKEND!r}")
+        raise UnknownNameError("fused backend", FUSED_BACKEND, BACKENDS)  # e.g. a bad $MARNN_FUSED_BACKEND
     if gx.device.type == "cpu" and FUSED_BACKEND != "torch" and gx.dtype in (torch.float32, torch.float64):
         xp = _Numpy(gx.detach().numpy().dtype)
         xp.compiled = FUSED_BACKEND == "auto" and compiled.usable(xp.dtype, gx.shape[-1] // 4)
