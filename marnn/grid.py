@@ -60,14 +60,13 @@ def formal_grid(scale: str | Scale, tasks: Iterable[str] | None = None, models: 
     from . import tasks as task_registry
 
     sc = get_scale(scale)
-    restarts = sc.restarts if restarts is None else int(restarts)
-    if restarts < 1:
+    if restarts is not None and int(restarts) < 1:
         raise ValueError(f"restarts must be at least 1, got {restarts}")
     return [formal_config(t, m, f, s, sc, data_seed)
             for t in (tasks or task_registry.names())
             for m in (models or formal_models())
             for f in (modes or freeze_modes())
-            for s in range(restarts)]
+            for s in range(sc.for_model(m).restarts if restarts is None else int(restarts))]
 
 
 def ptb_grid(scale: str | Scale, models: Iterable[str] | None = None, modes: Iterable[str] | None = None,

@@ -66,6 +66,17 @@ class Scale:
     ptb_lr_divisor: float = 1.5  # PAPER.md
     ptb_clip_range: tuple[float, float] = (0.0112, 1.12)  # log-uniform; PAPER.md
     ptb_restarts: int = 10  # PAPER.md
+    # ---- added after the first records: kept out of a run's config while unset
+    # (``OPTIONAL``), so the records of smoke / quick / paper keep their keys ----
+    # formal: at least this many strings per bin; every valid length of the bin
+    # gets ceil(test_strings / #lengths) strings (replaces test_per_length)
+    test_strings: int | None = None
+    # formal: evaluate only the first ``test_take`` strings of every length of the
+    # shared test set (a subset of the same strings, for models too slow for all)
+    test_take: int | None = None
+    # per-model changes of the fields above: ((model, ((field, value), ...)), ...);
+    # a run's config stores the fields it trained with, never this mapping
+    models: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()
 
     @property
     def bin_names(self) -> tuple[str, ...]:
@@ -75,10 +86,33 @@ class Scale:
         """A copy with some fields changed (for ad-hoc experiments)."""
         return replace(self, **changes)
 
+    def for_model(self, model: str) -> "Scale":
+        """The scale a run of ``model`` trains at: this one with ``model``'s entry of
+        :attr:`models` applied (the same scale for models without one)."""
+        for name, changes in self.models:
+            if name == model:
+                return replace(self, **dict(changes))
+        return self
+
+    def model_changes(self) -> dict[str, dict[str, object]]:
+        """:attr:`models` as ``{model: {field: value}}``."""
+        return {name: dict(changes) for name, changes in self.models}
+
     def changes(self) -> dict[str, object]:
         """Fields that differ from the paper's protocol."""
         return {f.name: getattr(self, f.name) for f in fields(self)
                 if f.name != "name" and getattr(self, f.name) != getattr(PAPER, f.name)}
+
+
+# Fields that a run's config leaves out while they hold their default (they were
+# added after records existed; see marnn.train._scale_part). ``models`` never enters
+# a config: the fields a model's entry changes enter it with their changed values.
+OPTIONAL: dict[str, object] = {"test_strings": None, "test_take": None, "models": ()}
+
+
+def per_model(models: dict[str, dict[str, object]]) -> tuple:
+    """``{model: {field: value}}`` as the hashable :attr:`Scale.models` value."""
+    return tuple((name, tuple(changes.items())) for name, changes in models.items())
 
 
 PAPER = Scale("paper")
@@ -126,7 +160,33 @@ SMOKE = Scale(
     ptb_restarts=1,
 )
 
-SCALES: dict[str, Scale] = {s.name: s for s in (SMOKE, QUICK, PAPER)}
+PAPER_2CORE = Scale(
+    "paper-2core",
+    # Formal languages, lstm and jm-*: every field is the paper's but restarts.
+    restarts=5,  # 10 do not fit: ~0.3 CPU-h per epoch of the phase at 5 (module docstring)
+    test_strings=2_500,  # per bin: SE of the bin accuracy over strings <= sqrt(1/4 / 2500) = 0.01
+    # Penn Treebank: full streams, 32 x 35, the paper's SGD protocol, but capped:
+    ptb_max_epochs=6,  # the whole PTB grid costs ~4.7 CPU-h per epoch; 6 is what lstm-256 / jm-* can afford
+    ptb_restarts=1,  # 10 x the grid does not fit; lstm-256 / none gets 3 (--restarts 3, see README)
+    models=per_model({
+        # rns-3-3 costs ~0.25 s per replica-step at n = 40-80 (1,000x the lstm): the full
+        # protocol would take ~5 CPU-h per epoch of the formal phase
+        "rns-3-3": {
+            "train_size": 1_000,  # 1/10 of the paper's: 100 steps per epoch
+            "valid_size": 200,  # 1/5 of the paper's
+            "max_epochs": 6,  # the paper's cap is 200
+            "early_stop": 3,  # the paper's patience is 10 (could never trigger within 6 epochs)
+            "lr_patience": 2,  # the paper's is 5, for the same reason
+            "restarts": 3,  # the paper's is 10
+            "test_take": 2,  # 2 strings per length of the shared test set (~0.4 s per n = 400 string)
+        },
+        # windowed RNS / VRNS: 21 / 14 CPU-min per epoch on the full stream (lstm-256: 7.6)
+        "rns-4-5": {"ptb_max_epochs": 3},  # the paper's cap is 100
+        "vrns-3-3-5": {"ptb_max_epochs": 3},  # the paper's cap is 100
+    }),
+)
+
+SCALES: dict[str, Scale] = {s.name: s for s in (SMOKE, QUICK, PAPER_2CORE, PAPER)}
 
 
 def get_scale(name: str | Scale) -> Scale:

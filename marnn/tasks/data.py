@@ -4,9 +4,12 @@
   uniformly from the valid lengths of ``scale.train_lengths`` and ``batch_size``
   strings of that length (PAPER.md: "each batch has one length"). They depend
   on the run's data seed.
-* test: for every bin, ``test_per_length`` strings of every valid length, drawn
-  from one fixed evaluation seed (:data:`marnn.scales.EVAL_SEED`) so every model
-  and freeze mode sees the same strings.
+* test: for every bin, ``test_per_length`` strings of every valid length (or,
+  where the scale sets ``test_strings``, ``ceil(test_strings / #lengths)`` of
+  each, so the bin holds at least ``test_strings``), drawn from one fixed
+  evaluation seed (:data:`marnn.scales.EVAL_SEED`) so every model and freeze
+  mode sees the same strings. ``test_take`` keeps the first strings of every
+  length: a subset of that same set, for models too slow to evaluate it all.
 
 Encoding: input symbol ``alphabet[i]`` is index ``i``; targets are the string
 followed by EOS, whose index is ``len(alphabet)``.
@@ -78,8 +81,13 @@ def test_batches(task: Task, scale: Scale | str) -> dict[str, list[Batch]]:
     out: dict[str, list[Batch]] = {}
     for name, (lo, hi), per in zip(scale.bin_names, scale.test_bins, scale.test_per_length):
         batches = []
-        for n in task.valid_lengths(lo, hi):
+        lengths = task.valid_lengths(lo, hi)
+        if scale.test_strings is not None:
+            per = -(-int(scale.test_strings) // len(lengths))  # ceil: at least test_strings per bin
+        for n in lengths:
             strings = [task.sample(n, rng) for _ in range(per)]
+            if scale.test_take is not None:  # a prefix of every length's strings: a subset of the same set
+                strings = strings[: int(scale.test_take)]
             for i in range(0, per, scale.eval_batch_size):
                 batches.append(encode(task, strings[i : i + scale.eval_batch_size]))
         out[name] = batches

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..registry import UnknownNameError, lookup
-from ..scales import Scale, get_scale
+from ..scales import OPTIONAL, Scale, get_scale
 
 PROTOCOL = 1  # bump when a change to the training code changes numbers
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -91,9 +91,14 @@ def epoch_order(data_seed: int, epoch: int, n: int) -> list[int]:
 
 
 def _scale_part(scale: Scale, kind: str) -> dict:
+    """The fields of ``scale`` (already :meth:`~marnn.scales.Scale.for_model`) a run of
+    ``kind`` depends on; fields added later are left out while unset (``OPTIONAL``),
+    so older records keep their keys."""
     out = {}
     for f in fields(scale):
-        if f.name == "name" or (kind == "ptb") != f.name.startswith("ptb_"):
+        if f.name in ("name", "models") or (kind == "ptb") != f.name.startswith("ptb_"):
+            continue
+        if f.name in OPTIONAL and getattr(scale, f.name) == OPTIONAL[f.name]:
             continue
         out[f.name] = getattr(scale, f.name)
     return out
@@ -126,7 +131,7 @@ def formal_config(task: str, model: str, freeze: str, seed: int, scale: str | Sc
     t = tasks.get(task)
     lookup("model", model, dict.fromkeys(formal_models()))
     lookup("freeze mode", freeze, dict.fromkeys(freeze_modes()))
-    sc = get_scale(scale)
+    sc = get_scale(scale).for_model(model)
     check_lengths(t, sc)
     return {"kind": "formal", "task": t.name, "model": model, "freeze": freeze, "seed": int(seed),
             "data_seed": int(data_seed), "scale": sc.name, "scale_fields": _scale_part(sc, "formal"),
@@ -142,7 +147,7 @@ def ptb_config(model: str, freeze: str, seed: int, scale: str | Scale, embedding
     lookup("freeze mode", freeze, dict.fromkeys(freeze_modes()))
     group = embedding_group or DEFAULT_EMBEDDING_GROUP
     lookup("embedding group", group, dict.fromkeys(embedding_groups()))
-    sc = get_scale(scale)
+    sc = get_scale(scale).for_model(model)
     return {"kind": "ptb", "model": model, "freeze": freeze, "seed": int(seed), "embedding_group": group,
             "data_seed": int(data_seed), "scale": sc.name, "scale_fields": _scale_part(sc, "ptb"),
             "protocol": PROTOCOL}
