@@ -109,7 +109,7 @@ def run_group(configs: list[dict], root: str | None = None, *, torch_threads: in
     Falls back to halves (down to one run at a time) when the batched model
     does not fit in memory.
     """
-    from .train import train
+    from .train import resume, train
 
     if torch_threads:
         import torch
@@ -117,8 +117,9 @@ def run_group(configs: list[dict], root: str | None = None, *, torch_threads: in
     todo = store.missing(configs, root)
     if not todo:
         return []
+    train_kwargs = {"state_dir": resume.state_dir(root), **(train_kwargs or {})}  # resumable after every epoch
     try:
-        records = train(todo, progress=progress, **(train_kwargs or {}))
+        records = train(todo, progress=progress, **train_kwargs)
     except (RuntimeError, MemoryError) as err:
         if len(todo) == 1 or not _is_memory_error(err):
             raise
@@ -130,6 +131,7 @@ def run_group(configs: list[dict], root: str | None = None, *, torch_threads: in
         if store.load_record(rec["config"], root) is None:  # another worker may have been faster
             store.save_record(rec, root)
             written.append(store.config_key(rec["config"]))
+    resume.remove(todo, train_kwargs["state_dir"])
     return written
 
 

@@ -331,3 +331,73 @@ def test_ptb_training_records_perplexities_and_freezes():
     assert torch.equal(model.rec[1], init["rec"][1]) and not torch.equal(model.out[1], init["out"][1])
     again = train_ptb(cfgs, corpus=_Corpus(), build=toy_builder(), detach=lambda s: s.detach())
     assert [_strip(r) for r in again] == [_strip(r) for r in recs]
+
+
+# ---- interrupted runs resume bitwise ---------------------------------------------
+class _Stop(Exception):
+    pass
+
+
+def _stop_after(k):
+    def hook(epoch):
+        if epoch == k:
+            raise _Stop(epoch)
+    return hook
+
+
+def _resumed_equals_uninterrupted(train, cfgs, tmp_path, k, **kw):
+    """Train ``cfgs`` once straight through and once interrupted after epoch ``k``
+    then resumed; the records must be equal bitwise (timings aside)."""
+    import json
+
+    from marnn.train import resume
+
+    straight = train(cfgs, **kw)
+    with pytest.raises(_Stop):
+        train(cfgs, state_dir=tmp_path, after_epoch=_stop_after(k), **kw)
+    path = resume.state_path(cfgs, tmp_path)
+    state = torch.load(path, weights_only=True)  # plain types and tensors only
+    assert state["epoch"] == k and all(len(c) <= k for c in state["curves"])
+    resumed = train(cfgs, state_dir=tmp_path, **kw)
+    assert json.dumps([_strip(r) for r in resumed]) == json.dumps([_strip(r) for r in straight])
+    return straight, resumed
+
+
+def test_formal_run_resumes_bitwise_after_an_interruption(tmp_path):
+    scale = SMOKE.with_(max_epochs=4)
+    cfgs = _cfgs(modes=("none", "m"), seeds=(0, 1), model="jm-10", scale=scale)
+    _resumed_equals_uninterrupted(train_formal, cfgs, tmp_path, 2)
+
+
+def test_formal_resume_across_dropped_replicas(tmp_path):
+    # replicas stop early, so the saved live model holds only some of them
+    scale = SMOKE.with_(max_epochs=6, early_stop=1, lr_patience=1, train_size=60, lr_range=(0.2, 1.0))
+    cfgs = _cfgs(modes=("none", "cm"), seeds=(0, 1, 2), scale=scale)
+    straight, _ = _resumed_equals_uninterrupted(train_formal, cfgs, tmp_path, 3, build=toy_builder())
+    assert len({r["epochs"] for r in straight}) > 1
+
+
+def test_ptb_run_resumes_bitwise_after_an_interruption(tmp_path):
+    from marnn.models import build
+    from marnn.train.ptb import train_ptb
+
+    scale = SMOKE.with_(ptb_max_epochs=3)
+    cfgs = [ptb_config("lstm-256", m, s, scale) for m in ("none", "cm") for s in (0, 1)]
+    _resumed_equals_uninterrupted(train_ptb, cfgs, tmp_path, 1, corpus=_Corpus(vocab=11, n=1200), build=build)
+
+
+def test_grid_group_keeps_its_state_until_its_records_are_written(tmp_path):
+    from marnn import grid, store
+    from marnn.train import resume
+
+    cfgs = _cfgs(modes=("none",), seeds=(0, 1), scale=SMOKE.with_(max_epochs=3))
+    with pytest.raises(_Stop):
+        grid.run_group(cfgs, str(tmp_path), train_kwargs={"after_epoch": _stop_after(2)})
+    folder = resume.state_dir(tmp_path)
+    assert resume.state_path(cfgs, folder).exists() and store.missing(cfgs, tmp_path) == cfgs
+    assert len(grid.run_group(cfgs, str(tmp_path))) == 2
+    assert not resume.state_path(cfgs, folder).exists()
+    straight = grid.run_group(cfgs, str(tmp_path / "other"))
+    assert len(straight) == 2
+    for c in cfgs:
+        assert _strip(store.load_record(c, tmp_path)) == _strip(store.load_record(c, tmp_path / "other"))

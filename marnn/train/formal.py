@@ -36,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import default_device, environment, progress_disabled, set_threads, epoch_order, hyperparameters, scale_from_config
+from . import resume
 from .evaluate import evaluate_bins, split_metrics, token_stats
 from .optim import BatchedAdam, ReplicaOptimizer
 
@@ -190,7 +191,7 @@ def check_group(configs: list[dict], shared: tuple[str, ...]) -> dict:
 
 def train_formal(configs: list[dict], *, build: Callable | None = None, device=None, progress: bool = False,
                  desc: str | None = None, threads: int | None = None, compact: bool = True,
-                 return_model: bool = False):
+                 return_model: bool = False, state_dir=None, after_epoch: Callable[[int], None] | None = None):
     """Train a group of formal-language runs as one replica-batched model.
 
     ``configs`` come from :func:`marnn.train.formal_config` and must share
@@ -201,6 +202,9 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
     replicas from the live batch (see :class:`Tracker`); ``threads``: torch
     intra-op threads. ``return_model``: return ``(records, model)``, the
     model holding every replica's best weights in config order (eval mode).
+    ``state_dir``: save the group's state there after every epoch and resume
+    from it (:mod:`marnn.train.resume`); ``after_epoch(epoch)`` is called once
+    that state is written (tests interrupt a run from it).
     """
     from ..tasks import get as get_task
     from ..tasks.data import make_task_data
@@ -236,7 +240,12 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
 
     curves: list[list[dict]] = [[] for _ in range(R)]
     step = 0
-    bar = tqdm(range(1, scale.max_epochs + 1), desc=desc or f"{task.name}/{first['model']} x{R}",
+    start = 1
+    saved = resume.load(configs, state_dir) if state_dir is not None else None
+    if saved is not None:
+        start, step, curves, wall0, cpu0 = resume.restore(tracker, saved, make_model)
+        t0, c0 = t0 - wall0, c0 - cpu0
+    bar = tqdm(range(start, scale.max_epochs + 1), desc=desc or f"{task.name}/{first['model']} x{R}",
                disable=progress_disabled(progress), leave=False)
     for epoch in bar:
         running = tracker.running()
@@ -277,6 +286,11 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
                 "seconds": round(time.perf_counter() - t_epoch, 3),
             })
         tracker.end_epoch(epoch, v_ce, step)
+        if state_dir is not None:
+            resume.save(configs, state_dir, tracker, epoch=epoch, step=step, curves=curves,
+                        wall=time.perf_counter() - t0, cpu=time.process_time() - c0)
+        if after_epoch is not None:
+            after_epoch(epoch)
         if progress:
             finite_best = [b for b in tracker.best if math.isfinite(b)]
             bar.set_postfix(running=len(tracker.running()),

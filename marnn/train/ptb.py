@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import default_device, environment, progress_disabled, set_threads, hyperparameters, scale_from_config
+from . import resume
 from .evaluate import stream_cross_entropy, token_stats
 from .formal import RecordParts, Tracker, _num, _per_replica_counts, check_group, guarded_step
 from .optim import BatchedSGD
@@ -53,8 +54,14 @@ def _cut(tokens: torch.Tensor, limit: int | None) -> torch.Tensor:
 
 def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None, detach: Callable | None = None,
               device=None, progress: bool = False, desc: str | None = None,
-              threads: int | None = None, compact: bool = True) -> list[dict]:
-    """Train a group of PTB runs (same model, scale, embedding group) as one batched model."""
+              threads: int | None = None, compact: bool = True, state_dir=None,
+              after_epoch: Callable[[int], None] | None = None) -> list[dict]:
+    """Train a group of PTB runs (same model, scale, embedding group) as one batched model.
+
+    ``state_dir`` / ``after_epoch``: as in :func:`marnn.train.formal.train_formal`
+    (the state is saved after every epoch; the next epoch starts a fresh
+    hidden state, so nothing else is needed to resume).
+    """
     from ..ptb import batchify, chunks, load_corpus, num_chunks
 
     first = check_group(configs, ("kind", "model", "scale", "scale_fields", "embedding_group", "data_seed", "protocol"))
@@ -89,8 +96,13 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
 
     curves: list[list[dict]] = [[] for _ in range(R)]
     step = 0
+    start = 1
+    saved = resume.load(configs, state_dir) if state_dir is not None else None
+    if saved is not None:
+        start, step, curves, wall0, cpu0 = resume.restore(tracker, saved, make_model)
+        t0, c0 = t0 - wall0, c0 - cpu0
     n_chunks = num_chunks(train, T)
-    for epoch in range(1, scale.ptb_max_epochs + 1):
+    for epoch in range(start, scale.ptb_max_epochs + 1):
         running = tracker.running()
         if not running:
             break
@@ -128,6 +140,11 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
                 "seconds": round(time.perf_counter() - t_epoch, 3),
             })
         tracker.end_epoch(epoch, v_ce, step)
+        if state_dir is not None:
+            resume.save(configs, state_dir, tracker, epoch=epoch, step=step, curves=curves,
+                        wall=time.perf_counter() - t0, cpu=time.process_time() - c0)
+        if after_epoch is not None:
+            after_epoch(epoch)
     model = tracker.finish()
     model.eval()
     test_ce = stream_cross_entropy(model, test, T, detach).tolist()

@@ -1,0 +1,150 @@
+"""Runs that survive interruption: a group's complete state after every epoch.
+
+A group (:func:`marnn.train.formal.train_formal`, :func:`marnn.train.ptb.train_ptb`)
+given a ``state_dir`` writes, at the end of every epoch, everything the rest of
+its training depends on into ``<state_dir>/<kind>-<key>.pt`` (``key``: 16 hex
+digits of the SHA-256 of its configs, in order), atomically (a temporary file
+replaced in one step, :func:`marnn.store.atomic_write`):
+
+* the live model's weights (only the replicas still training, after any
+  compaction) and which replicas they are;
+* the optimiser: per-replica learning rates, clipping thresholds, trainable
+  masks, active flags, step counters and (Adam) moments and per-parameter steps;
+* the tracker: best validation value, its epoch and weights (the snapshot of
+  every replica), plateau and early-stopping counters, status, divergence
+  records, epochs and steps;
+* the learning curves so far, the epoch and step reached (the data order of an
+  epoch is a function of the data seed and the epoch number, so the epoch
+  *is* the position in the data), torch's and NumPy's global random states, and
+  the wall and CPU seconds spent.
+
+Only plain Python types and tensors go in, so ``torch.load(path,
+weights_only=True)`` reads it. A group that finds its file resumes after the
+saved epoch and returns bitwise the records an uninterrupted run returns
+(timings, ``created`` and ``env.pid`` aside). The grid (:func:`marnn.grid.run_group`)
+keeps the files in ``<store>/.state/`` (git-ignored) and removes a group's file
+once its records are written.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+STATE_VERSION = 1
+STATE_FOLDER = ".state"
+_OPT_TENSORS = ("lr", "clip", "active", "steps")
+_TRACKER_LISTS = ("idx", "best", "best_epoch", "bad", "plateau", "status", "diverged", "epochs", "lr", "steps")
+
+
+def state_dir(root: str | os.PathLike | None = None) -> Path:
+    """The store's folder of group states: ``<store>/.state``."""
+    from ..store import results_dir
+    return results_dir(root) / STATE_FOLDER
+
+
+def state_path(configs: list[dict], folder: str | os.PathLike) -> Path:
+    """Where the state of the group ``configs`` (in this order) lives."""
+    text = json.dumps(configs, sort_keys=True, separators=(",", ":"))
+    return Path(folder) / f"{configs[0]['kind']}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.pt"
+
+
+def _numpy_state() -> dict:
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "gauss": float(gauss)}
+
+
+def _set_numpy_state(s: dict) -> None:
+    np.random.set_state((s["name"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["gauss"]))
+
+
+def _cpu(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to("cpu", copy=True)
+
+
+def save(configs: list[dict], folder, tracker, *, epoch: int, step: int, curves: list, wall: float, cpu: float) -> Path:
+    """Write the group's state after ``epoch`` (atomically); returns the file."""
+    from ..store import atomic_write
+
+    opt = tracker.opt
+    state = {
+        "version": STATE_VERSION,
+        "configs": json.dumps(configs, sort_keys=True),
+        "epoch": int(epoch),
+        "step": int(step),
+        "curves": curves,
+        "wall_s": float(wall),
+        "cpu_s": float(cpu),
+        "model": {n: _cpu(p) for n, p in tracker.model.named_parameters()},
+        "opt": {
+            **{a: _cpu(getattr(opt, a)) for a in _OPT_TENSORS},
+            "masks": {n: _cpu(m) for n, m in opt.masks.items()},
+            "per_param": {a: {n: _cpu(t) for n, t in getattr(opt, a).items()} for a in opt._PER_PARAM_STATE},
+        },
+        "tracker": {
+            **{a: list(getattr(tracker, a)) for a in _TRACKER_LISTS},
+            "snapshot": {n: _cpu(t) for n, t in tracker.snapshot.items()},
+        },
+        "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_state(),
+                **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})},
+    }
+    path = state_path(configs, folder)
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load(configs: list[dict], folder) -> dict | None:
+    """The saved state of the group ``configs``, or None (no file)."""
+    path = state_path(configs, folder)
+    if not path.exists():
+        return None
+    state = torch.load(path, weights_only=True)
+    if state.get("version") != STATE_VERSION or state.get("configs") != json.dumps(configs, sort_keys=True):
+        raise ValueError(f"{path}: a state file of another group or version; delete it to start the group afresh")
+    return state
+
+
+@torch.no_grad()
+def restore(tracker, state: dict, make_model) -> tuple[int, int, list, float, float]:
+    """Put a fresh group's ``tracker`` (model, optimiser, counters) in the saved state.
+
+    ``make_model(replicas)`` builds the live model of the saved replicas when
+    some had stopped. Returns ``(next_epoch, step, curves, wall_s, cpu_s)``.
+    """
+    saved = state["tracker"]
+    idx = list(saved["idx"])
+    if idx != tracker.idx:  # the saved live model held fewer replicas (compaction)
+        model = make_model(idx)
+        tracker.opt = tracker.opt.subset(model.named_parameters(), [tracker.idx.index(r) for r in idx])
+        tracker.model = model
+    params = dict(tracker.model.named_parameters())
+    for n, t in state["model"].items():
+        params[n].copy_(t)
+    opt = tracker.opt
+    dev = opt.lr.device
+    for a in _OPT_TENSORS:
+        setattr(opt, a, state["opt"][a].to(dev))
+    opt.masks = {n: m.to(dev) for n, m in state["opt"]["masks"].items()}
+    for a, d in state["opt"]["per_param"].items():
+        setattr(opt, a, {n: t.to(params[n].device) for n, t in d.items()})
+    for a in _TRACKER_LISTS:
+        setattr(tracker, a, list(saved[a]))
+    for n, t in saved["snapshot"].items():
+        tracker.snapshot[n].copy_(t)
+    torch.set_rng_state(state["rng"]["torch"])
+    _set_numpy_state(state["rng"]["numpy"])
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state["epoch"] + 1, state["step"], state["curves"], state["wall_s"], state["cpu_s"]
+
+
+def remove(configs: list[dict], folder) -> None:
+    """Delete the group's state file (once its records are written)."""
+    try:
+        state_path(configs, folder).unlink()
+    except FileNotFoundError:
+        pass
