@@ -50,20 +50,27 @@ f64 = torch.float64
 
 
 # ----------------------------------------------------------------------------- references
-def loop_reference(push, repl, pop, pushed=None, bottom=None, window=None):
-    """push/repl (B,n,Q,S,Q,S), pop (B,n,Q,S,Q) positive weights -> readings (B, n+1, ...)."""
+def loop_reference(push, repl, pop, pushed=None, bottom=None, window=None, layout="equations"):
+    """push/repl (B,n,Q,S,Q,S), pop (B,n,Q,S,Q) positive weights -> readings (B, n+1, ...).
+
+    ``layout="published"``: zeta[-1->0] holds the bottom vector in its whole
+    Q*S x Q*S block (the published implementation), not only at (q0,⊥)->(q0,⊥).
+    """
     B, n, Q, S = pop.shape[:4]
     vec = pushed is not None
     one = torch.ones(B, dtype=push.dtype)
     g, z, alpha = {}, {}, {}
     g[(-1, 0, 0, 0, 0, 0)] = one
     if vec:
-        z[(-1, 0, 0, 0, 0, 0)] = bottom
+        for q, x, r, y in itertools.product(range(Q), range(S), range(Q), range(S)):
+            if layout == "published" or (q, x, r, y) == (0, 0, 0, 0):
+                z[(-1, 0, q, x, r, y)] = bottom
     for q, x in itertools.product(range(Q), range(S)):
         alpha[(-1, q, x)] = one * float(q == 0 and x == 0)
         alpha[(0, q, x)] = one * float(q == 0 and x == 0)
     if vec:
-        r0 = [bottom if (q, x) == (0, 0) else torch.zeros_like(bottom) for q in range(Q) for x in range(S)]
+        r0 = [bottom if (q, x) == (0, 0) or layout == "published" else torch.zeros_like(bottom)
+              for q in range(Q) for x in range(S)]
         out = [torch.stack(r0, 1).reshape(B, -1)]
     else:
         out = [torch.stack([alpha[(0, q, x)] for q in range(Q) for x in range(S)], 1)]
@@ -93,15 +100,15 @@ def loop_reference(push, repl, pop, pushed=None, bottom=None, window=None):
                     gv = g.get((i, t - 1, q, x, s, zz))
                     if gv is not None:
                         val = val + gv * Re[:, s, zz, r, y]
-                        if vec:
-                            zv = zv + z[(i, t - 1, q, x, s, zz)] * Re[:, s, zz, r, y][:, None]
+                    if vec and (i, t - 1, q, x, s, zz) in z:
+                        zv = zv + z[(i, t - 1, q, x, s, zz)] * Re[:, s, zz, r, y][:, None]
                 for k in range(i + 1, t - 1):
                     for u in range(Q):
                         gv = g.get((i, k, q, x, u, y))
                         if gv is not None:
                             val = val + gv * P[(k, u, y, r)]
-                            if vec:
-                                zv = zv + z[(i, k, q, x, u, y)] * P[(k, u, y, r)][:, None]
+                        if vec and (i, k, q, x, u, y) in z:
+                            zv = zv + z[(i, k, q, x, u, y)] * P[(k, u, y, r)][:, None]
                 g[(i, t, q, x, r, y)] = val
                 if vec:
                     z[(i, t, q, x, r, y)] = zv
@@ -113,8 +120,8 @@ def loop_reference(push, repl, pop, pushed=None, bottom=None, window=None):
                     gv = g.get((i, t, q, x, r, y))
                     if gv is not None:
                         a = a + alpha[(i, q, x)] * gv
-                        if vec:
-                            e = e + alpha[(i, q, x)][:, None] * z[(i, t, q, x, r, y)]
+                    if vec and (i, t, q, x, r, y) in z:
+                        e = e + alpha[(i, q, x)][:, None] * z[(i, t, q, x, r, y)]
             alpha[(t, r, y)] = a
             tot = tot + a
             reading.append(e if vec else a)
@@ -593,3 +600,66 @@ def test_old_chunks_are_freed_after_detach(m):
         del readings, r, logits, pushed
     gc.collect()
     assert first_tape() is None
+
+
+# ----------------------------------------------------------------------------- VRNS bottom layouts
+PUBLISHED_CASES = [  # (Q, S, m, n, window)
+    (2, 2, 2, 5, None),
+    (1, 3, 2, 6, None),
+    (2, 3, 3, 4, None),
+    (2, 2, 2, 6, 3),
+    (1, 2, 2, 6, 1),
+    (1, 3, 2, 7, 8),
+]
+
+
+@pytest.mark.parametrize("Q,S,m,n,window", PUBLISHED_CASES)
+def test_published_bottom_layout_matches_loop_reference(Q, S, m, n, window):
+    xs = random_actions(2, n, Q, S, m, seed=11)
+    lp, lr, lo, pushed, bottom = xs
+    ref = loop_reference(lp.exp(), lr.exp(), lo.exp(), pushed, bottom, window, layout="published")
+    fast = rns_readings(lp, lr, lo, log=True, pushed=pushed, bottom=bottom, window=window, layout="published")
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-9)
+    w = torch.randn_like(ref)
+    for gf, gr in zip(grads(fast, w, xs), grads(ref, w, xs)):
+        torch.testing.assert_close(gf, gr, rtol=1e-3, atol=1e-9)
+    # the two layouts are different models: readings differ while the bottom is in the window
+    eq = loop_reference(lp.exp(), lr.exp(), lo.exp(), pushed, bottom, window)
+    last = n if window is None else min(n, window - 1)
+    assert (ref[:, : last + 1] - eq[:, : last + 1]).abs().amax() > 1e-3
+    if window is not None and window <= n:  # the bottom has left the window: same reading again
+        torch.testing.assert_close(ref[:, window:] - eq[:, window:], torch.zeros_like(ref[:, window:]), atol=0, rtol=0)
+
+
+def test_published_layout_step_interface_and_detach():
+    Q, S, m, n = 2, 2, 2, 6
+    lp, lr, lo, pushed, bottom = random_actions(2, n, Q, S, m, seed=12, grad=False)
+    logits = logits_of(lp, lr, lo)
+    core = RNSCore(Q, S, m, bottom="published")
+    whole, _ = run_steps(core, logits, pushed, bottom)
+    ref = rns_readings(lp, lr, lo, log=True, pushed=pushed, bottom=bottom, layout="published")
+    torch.testing.assert_close(whole, ref, rtol=1e-10, atol=1e-12)
+    head, st = run_steps(core, logits[:, :3], pushed[:, :3], bottom)
+    tail, _ = run_steps(core, logits[:, 3:], pushed[:, 3:], state=core.detach_state(st))
+    torch.testing.assert_close(torch.cat([head, tail], 1), whole, rtol=1e-10, atol=1e-12)
+
+
+def test_bottom_layout_is_checked():
+    with pytest.raises(ValueError, match="equations, published"):
+        RNSCore(2, 2, 2, bottom="everywhere")
+    with pytest.raises(ValueError, match="only for the VRNS"):
+        RNSCore(2, 2, None, bottom="published")
+
+
+def test_published_vrns_model_name_builds_the_published_layout():
+    from marnn import models
+
+    x = torch.randint(0, 20, (3, 12), generator=torch.Generator().manual_seed(0))
+    eq = models.build("vrns-2-2-3", vocab_size=20, replicas=1, seeds=[0], window=4)
+    pub = models.build("vrns-2-2-3-published", vocab_size=20, replicas=1, seeds=[0], window=4)
+    for (n, p), (n2, p2) in zip(eq.named_parameters(), pub.named_parameters()):
+        assert n == n2 and torch.equal(p, p2)  # same parameters, different bottom layout
+    a, b = eq(x).logits, pub(x).logits
+    assert (a - b).abs().amax() > 1e-6
+    b.sum().backward()
+    assert pub.memory.bottom.grad.abs().sum() > 0

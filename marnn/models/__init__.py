@@ -13,7 +13,11 @@ Names are parsed from patterns, so other sizes work too (:data:`NAME_FORMS`):
   own push/pop/no-op distribution; ``jm-hidden`` / ``jm-hidden-<H>``: push the
   controller's hidden state (``m = H``);
 * ``rns-<Q>-<S>``: renormalizing nondeterministic stack; ``vrns-<Q>-<S>-<m>``:
-  its vector version.
+  its vector version, with the bottom vector where the equations put it (only
+  at the start state and bottom symbol); ``vrns-<Q>-<S>-<m>-published``: the
+  same model with the bottom vector at every state and symbol of the initial
+  stack, as the published implementation (which produced the paper's VRNS
+  numbers) writes it (:class:`marnn.models.rns._PublishedBottom`).
 
 The setting is picked by the keyword: ``task=`` (formal languages: one-hot
 inputs, 20 units, ``include_initial``, MODELS.md init) or ``vocab_size=`` (PTB:
@@ -31,8 +35,10 @@ from .stack_rnn import ModelConfig, ModelState, StackRNN, detach_state
 
 FORMAL_MODELS = ("lstm", "jm-10", "jm-3.3.3", "jm-hidden", "rns-3-3")
 PTB_MODELS = ("lstm-256", "jm-hidden-247", "jm-learned-22", "rns-4-5", "vrns-3-3-5")
+# variants a run may name besides the paper's models (not in the default grids)
+PTB_VARIANTS = ("vrns-3-3-5-published",)
 NAME_FORMS = ("lstm", "lstm-<H>", "jm-<m>", "jm-<a>.<b>.<c>", "jm-learned-<m>", "jm-hidden",
-              "jm-hidden-<H>", "rns-<Q>-<S>", "vrns-<Q>-<S>-<m>")
+              "jm-hidden-<H>", "rns-<Q>-<S>", "vrns-<Q>-<S>-<m>", "vrns-<Q>-<S>-<m>-published")
 
 # Setting defaults (PAPER.md "Models"; MODELS.md "Initialisation")
 _FORMAL = dict(hidden_size=20, depth=None, window=None, embedding=False, include_initial=True,
@@ -46,8 +52,9 @@ _PATTERNS = [
      lambda g: dict(memory="superposition", stack_sizes=tuple(int(s) for s in g[0].split(".")))),
     (re.compile(r"jm-hidden(?:-(\d+))?"), lambda g: dict(memory="superposition", push="hidden", hidden_size=g[0])),
     (re.compile(r"rns-(\d+)-(\d+)"), lambda g: dict(memory="rns", states=int(g[0]), symbols=int(g[1]))),
-    (re.compile(r"vrns-(\d+)-(\d+)-(\d+)"),
-     lambda g: dict(memory="vrns", states=int(g[0]), symbols=int(g[1]), vector_size=int(g[2]))),
+    (re.compile(r"vrns-(\d+)-(\d+)-(\d+)(-published)?"),
+     lambda g: dict(memory="vrns", states=int(g[0]), symbols=int(g[1]), vector_size=int(g[2]),
+                    **({"bottom": "published"} if g[3] else {}))),
 ]
 
 
@@ -116,7 +123,7 @@ def build(name: str, *, task=None, vocab_size: int | None = None, replicas: int 
 
 
 __all__ = [
-    "build", "names", "parse_name", "make_config", "detach_state", "FORMAL_MODELS", "PTB_MODELS",
+    "build", "names", "parse_name", "make_config", "detach_state", "FORMAL_MODELS", "PTB_MODELS", "PTB_VARIANTS",
     "NAME_FORMS", "ModelConfig", "ModelState", "StackRNN", "Output", "GROUPS", "FREEZE_MODES",
     "EMBEDDING_GROUPS", "DEFAULT_EMBEDDING_GROUP",
 ]

@@ -117,7 +117,7 @@ import torch
 
 Tensor = torch.Tensor
 
-__all__ = ["RNSCore", "RNSState", "rns_readings"]
+__all__ = ["RNSCore", "RNSState", "rns_readings", "BOTTOM_LAYOUTS"]
 
 
 def _lo(t: int, window: int | None) -> int:
@@ -128,10 +128,88 @@ def _lo(t: int, window: int | None) -> int:
 class RNSState:
     """Opaque handle: a tape (shared, advanced in place) and the time it refers to."""
 
-    __slots__ = ("tape", "t", "token", "reading0")
+    __slots__ = ("tape", "t", "token", "reading0", "published")
 
-    def __init__(self, tape, t, token, reading0=None):
+    def __init__(self, tape, t, token, reading0=None, published=None):
         self.tape, self.t, self.token, self.reading0 = tape, t, token, reading0
+        self.published = published  # _PublishedBottom while its term is non-zero, else None
+
+
+BOTTOM_LAYOUTS = ("equations", "published")
+
+
+class _PublishedBottom:
+    r"""VRNS with ``bottom="published"``: the term the published implementation adds.
+
+    The written equations put the bottom vector only at
+    ``zeta[-1->0][(q0,⊥) -> (q0,⊥)]``; the published implementation writes it into
+    the whole ``Q·S x Q·S`` block ``zeta[-1->0]``. Only row ``(q0,⊥)`` is read
+    (``alpha[-1]`` is one-hot), and zeta of push times ``i >= 0`` is unchanged, so
+    the published reading is the equations' reading plus
+    ``h[t][b] / Σ alpha[t] ⊗ bottom``, where ``h`` follows the recurrence of the
+    row ``gamma[-1->·][(q0,⊥), ·]`` (replace and pop terms) from
+    ``h[0] = 1 - onehot(q0,⊥)``: runs that start, at time 0, in every other
+    configuration with weight 1 and have popped everything above the bottom.
+    Its pop term needs ``gamma[0->·]`` for configurations that ``alpha[0]``
+    gives weight 0, which the renormalised tape never forms, so this term is
+    computed here with plain autograd, in float64, from the full ``gamma``
+    columns (``O(t^2)`` small operations per step). Windowed (``D``), ``h[t] = 0``
+    from ``t = D`` on and the object is dropped: on PTB it costs only the first
+    ``D - 1`` steps of a fresh state. Each step divides everything by the new
+    ``Σ alpha`` (detached; the ratio is exact).
+    """
+
+    def __init__(self, core: "RNSCore", bottom: Tensor, device):
+        N, K = bottom.shape[0], core.K
+        self.core, self.bottom, self.t = core, bottom, 0
+        f = torch.float64
+        e0 = torch.zeros(N, K, dtype=f, device=device)
+        e0[:, 0] = 1
+        self.alphas = [e0, e0]                                   # alpha[-1], alpha[0]
+        self.cols = [e0[:, None, :, None] * e0[:, None, None, :]]  # cols[t]: gamma[i->t], i = -1..t-1
+        self.h = [1 - e0]
+
+    def detached(self) -> "_PublishedBottom":
+        new = object.__new__(_PublishedBottom)
+        new.core, new.bottom, new.t = self.core, self.bottom.detach(), self.t
+        new.alphas = [a.detach() for a in self.alphas]
+        new.cols = [c.detach() for c in self.cols]
+        new.h = [h.detach() for h in self.h]
+        return new
+
+    def step(self, x: Tensor, kind: str) -> tuple[Tensor | None, bool]:
+        """Advance with this step's action logits / weights: ``(term, done)``, the
+        reading term ``(N, K*m)`` (None when zero) and whether every later one is zero."""
+        core = self.core
+        K, Q, S = core.K, core.Q, core.S
+        if core.window is not None and self.t + 1 >= core.window:
+            return None, True
+        E = _weights(x.to(torch.float64), kind)                 # (N, K, 2K+Q), one scale per step
+        N = E.shape[0]
+        push, repl, pop = E[..., :K], E[..., K:2 * K], E[..., 2 * K:]
+        t = self.t + 1
+        prev = self.cols[-1]                                     # (N, t, K, K): gamma[i->t-1], i = -1..t-2
+        new = torch.cat([torch.einsum("niac,ncb->niab", prev, repl), push[:, None]], dim=1)  # (N, t+1, K, K)
+        hn = torch.einsum("nc,ncb->nb", self.h[-1], repl)
+        if t >= 2:
+            # P[k][(u,y), r] = Σ_c gamma[k->t-1][(u,y), c] Pop[c, r], k = 0..t-2
+            P = torch.einsum("nkac,ncr->nkar", prev[:, 1:], pop).reshape(N, t - 1, Q, S, Q)
+            pops = [torch.einsum("niauy,nuyr->niary", self.cols[k].reshape(N, k + 1, K, Q, S), P[:, k])
+                    .reshape(N, k + 1, K, K) for k in range(t - 1)]  # onto rows i = -1..k-1
+            add = [torch.cat([p, p.new_zeros(N, t + 1 - (k + 1), K, K)], dim=1) for k, p in enumerate(pops)]
+            new = new + torch.stack(add, 0).sum(0)
+            hs = torch.stack(self.h[:t - 1], 1).reshape(N, t - 1, Q, S)
+            hn = hn + torch.einsum("nkuy,nkuyr->nry", hs, P).reshape(N, K)
+        alpha = torch.einsum("nia,niab->nb", torch.stack(self.alphas, 1), new)
+        c = alpha.sum(-1).detach().clamp_min(torch.finfo(torch.float64).tiny)
+        new, alpha, hn = new / c[:, None, None, None], alpha / c[:, None], hn / c[:, None]
+        self.t = t
+        self.cols.append(new)
+        self.alphas.append(alpha)
+        self.h.append(hn)
+        done = core.window is not None and t + 1 >= core.window  # h[t'] = 0 from t' = D on
+        term = (hn / alpha.sum(-1, keepdim=True))[:, :, None] * self.bottom.to(torch.float64)[:, None, :]
+        return term.reshape(N, -1), done
 
 
 class _Tape:
@@ -441,9 +519,14 @@ def _weights(x, kind):
 class RNSCore:
     """RNS (``m=None``) or VRNS (``m`` = vector size); optional window ``D``."""
 
-    def __init__(self, Q: int, S: int, m: int | None = None, window: int | None = None):
+    def __init__(self, Q: int, S: int, m: int | None = None, window: int | None = None,
+                 bottom: str = "equations"):
         if Q < 1 or S < 1:
             raise ValueError("Q and S must be positive")
+        if bottom not in BOTTOM_LAYOUTS or (bottom == "published" and not m):
+            raise ValueError(f"bottom={bottom!r}: valid layouts are {', '.join(BOTTOM_LAYOUTS)} "
+                             "('published' only for the VRNS)")
+        self.bottom = bottom  # where the bottom vector sits in zeta[-1->0] (see _PublishedBottom)
         if window is not None and window < 1:
             raise ValueError("window must be >= 1")
         if m is not None and m < 1:
@@ -478,7 +561,13 @@ class RNSCore:
                 reading0 = torch.zeros(N, K, self.m, device=device, dtype=dtype)
                 reading0[:, 0] = bottom.detach()
                 reading0 = reading0.reshape(N, -1)
-        return RNSState(tape, 0, token, reading0)
+        published = None
+        if self.bottom == "published":  # the bottom vector at every (state, symbol) of time 0
+            rest = torch.ones(K, device=device, dtype=dtype)
+            rest[0] = 0
+            reading0 = reading0 + (rest[None, :, None] * bottom.to(dtype)[:, None, :]).reshape(N, -1)
+            published = _PublishedBottom(self, bottom, device)
+        return RNSState(tape, 0, token, reading0, published)
 
     def initial_reading(self, state: RNSState) -> Tensor:
         if state.reading0 is not None:
@@ -502,7 +591,8 @@ class RNSCore:
             new._ensure(t, lo1)
             new.buf[:, :, :t - lo1, :, :t - lo1] = tape.buf[
                 :, :, lo1 - tape.base:t - tape.base, :, lo1 - tape.base:t - tape.base]  # same layout
-        return RNSState(new, t, None, None)
+        published = None if state.published is None else state.published.detached()
+        return RNSState(new, t, None, None, published)
 
     # ------------------------------------------------------------------ step
     def step(self, state: RNSState, action_logits: Tensor, pushed: Tensor | None = None):
@@ -533,7 +623,13 @@ class RNSCore:
                 reading = tape.forward_step(_weights(x.detach(), kind),
                                             None if pushed is None else pushed.detach(), record=False)
             token = tok
-        return reading, RNSState(tape, tape.t, token, None)
+        published = state.published
+        if published is not None:
+            term, done = published.step(x, kind)
+            if term is not None:
+                reading = reading + term.to(reading.dtype)
+            published = None if done else published
+        return reading, RNSState(tape, tape.t, token, None, published)
 
 
 def _split_actions(push, repl, pop):
@@ -542,18 +638,20 @@ def _split_actions(push, repl, pop):
     return torch.cat([push.reshape(B, n, K, K), repl.reshape(B, n, K, K), pop.reshape(B, n, K, Q)], dim=-1)
 
 
-def rns_readings(push, repl, pop, *, log=False, pushed=None, bottom=None, window=None):
+def rns_readings(push, repl, pop, *, log=False, pushed=None, bottom=None, window=None, layout="equations"):
     """Readings of a (V)RNS driven by given action weights (functional core).
 
     push, repl: (B, n, Q, S, Q, S) and pop: (B, n, Q, S, Q): positive weights, or
     their logs when ``log=True`` (weights ``[..., q, x, r, y]`` are for the move
     from (state q, top x) to state r with new top y).  VRNS: ``pushed`` (B, n, m)
-    and ``bottom`` (B, m).  ``window``: D of the windowed variant.
+    and ``bottom`` (B, m).  ``window``: D of the windowed variant.  ``layout``:
+    VRNS bottom vector as the equations place it or as the published code did
+    (:data:`BOTTOM_LAYOUTS`, :class:`_PublishedBottom`).
     Returns (B, n+1, Q*S) -- VRNS (B, n+1, Q*S*m) -- index 0 is the initial reading.
     """
     B, n, Q, S = pop.shape[:4]
     m = None if pushed is None else pushed.shape[-1]
-    core = RNSCore(Q, S, m, window)
+    core = RNSCore(Q, S, m, window, bottom=layout)
     A = _split_actions(push, repl, pop)                        # (B, n, K, 2K+Q)
     state = core.initial_state(B, A.device, A.dtype, bottom)
     out = [core.initial_reading(state)]

@@ -55,6 +55,7 @@ class ModelConfig:
     include_initial: bool = True  # formal: logits from h_0 .. h_n; PTB: h_1 .. h_n
     init: str = "formal"  # "formal" (MODELS.md) | "ptb" (all U(-0.05, 0.05))
     fused: bool = True  # use the fused kernel where available (tests compare both)
+    bottom: str = "equations"  # VRNS: bottom vector at (q0, ⊥) only, or "published" (rns.py, _PublishedBottom)
 
 
 class ModelState(NamedTuple):
@@ -103,7 +104,7 @@ def make_core(config: ModelConfig):
     from . import rns  # written alongside; imported lazily
     if config.memory == "rns":
         return rns.RNSCore(config.states, config.symbols, window=config.window)
-    return rns.RNSCore(config.states, config.symbols, m=config.vector_size, window=config.window)
+    return rns.RNSCore(config.states, config.symbols, m=config.vector_size, window=config.window, bottom=config.bottom)
 
 
 class StackRNN(nn.Module):

@@ -57,6 +57,15 @@ def ptb_models() -> tuple[str, ...]:
         return FALLBACK_PTB_MODELS
 
 
+def ptb_variants() -> tuple[str, ...]:
+    """PTB models a run may name besides the paper's (e.g. the VRNS with the published bottom layout)."""
+    try:
+        from ..models import PTB_VARIANTS
+        return tuple(PTB_VARIANTS)
+    except ImportError:
+        return ()
+
+
 def freeze_modes() -> tuple[str, ...]:
     from ..models.base import FREEZE_MODES
     return tuple(FREEZE_MODES)
@@ -143,7 +152,7 @@ def ptb_config(model: str, freeze: str, seed: int, scale: str | Scale, embedding
     """Validate names and build the config of one Penn Treebank run."""
     from ..models.base import DEFAULT_EMBEDDING_GROUP
 
-    lookup("model", model, dict.fromkeys(ptb_models()))
+    lookup("model", model, dict.fromkeys(ptb_models() + ptb_variants()))
     lookup("freeze mode", freeze, dict.fromkeys(freeze_modes()))
     group = embedding_group or DEFAULT_EMBEDDING_GROUP
     lookup("embedding group", group, dict.fromkeys(embedding_groups()))
