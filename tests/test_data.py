@@ -76,3 +76,46 @@ def test_paper_results_loader():
     ptb_rows = paper.lookup(df, dataset="ptb", freeze="m", model="rns-4-5")
     assert ptb_rows["value"].tolist() == [120.5]
     assert len(paper.lookup(df, source="Table 4")) == 245
+
+
+# ---- test sets sized for a standard error (marnn.tasks.data) ---------------------
+def test_test_strings_bound_every_bin_and_test_take_is_a_subset():
+    import math
+
+    from marnn import tasks
+    from marnn.scales import get_scale
+    from marnn.tasks.data import test_batches
+
+    base = get_scale("smoke").with_(test_bins=((8, 16), (17, 40)))
+    task = tasks.get("count-3")
+    full = test_batches(task, base.with_(test_strings=25, eval_batch_size=7))
+    some = test_batches(task, base.with_(test_strings=25, test_take=2, eval_batch_size=7))
+    for name, (lo, hi) in zip(base.bin_names, base.test_bins):
+        lengths = task.valid_lengths(lo, hi)
+        per = math.ceil(25 / len(lengths))
+        strings = sum(b.size for b in full[name])
+        assert strings == per * len(lengths) >= 25 and math.sqrt(0.25 / strings) <= math.sqrt(0.25 / 25)
+        by_len: dict[int, list] = {}
+        for b in full[name]:
+            by_len.setdefault(b.length, []).extend(b.targets.tolist())
+        for b in some[name]:  # the first 2 strings of every length of the same set
+            assert b.targets.tolist() == by_len[b.length][:2]
+        assert sorted(b.length for b in some[name]) == sorted(lengths)
+
+
+def test_paper_2core_scale_keys_and_overrides():
+    from marnn.scales import get_scale
+    from marnn.train import formal_config, ptb_config, scale_from_config
+
+    sc = get_scale("paper-2core")
+    lstm = formal_config("marked-copy", "lstm", "none", 0, sc)
+    rns = formal_config("marked-copy", "rns-3-3", "none", 0, sc)
+    assert lstm["scale_fields"]["train_size"] == 10_000 and rns["scale_fields"]["train_size"] == 1_000
+    assert "models" not in rns["scale_fields"] and rns["scale_fields"]["test_take"] == 2
+    assert "test_take" not in lstm["scale_fields"]  # unset optional fields stay out of the key
+    assert scale_from_config(rns).max_epochs == 6 and scale_from_config(lstm).max_epochs == 200
+    assert scale_from_config(ptb_config("rns-4-5", "m", 0, sc)).ptb_max_epochs == 3
+    assert scale_from_config(ptb_config("lstm-256", "m", 0, sc)).ptb_max_epochs == 6
+    # a committed quick record's config (results/) keeps its key
+    quick = formal_config("marked-copy", "lstm", "none", 0, "quick")
+    assert "test_strings" not in quick["scale_fields"] and "models" not in quick["scale_fields"]

@@ -88,7 +88,7 @@ def test_batches(task: Task, scale: Scale | str) -> dict[str, list[Batch]]:
             strings = [task.sample(n, rng) for _ in range(per)]
             if scale.test_take is not None:  # a prefix of every length's strings: a subset of the same set
                 strings = strings[: int(scale.test_take)]
-            for i in range(0, per, scale.eval_batch_size):
+            for i in range(0, len(strings), scale.eval_batch_size):
                 batches.append(encode(task, strings[i : i + scale.eval_batch_size]))
         out[name] = batches
     return out
