@@ -23,6 +23,54 @@
   stack costs O(n^3) per string, which is what forces lengths this short: at
   20-40 one RNS group (12 replicas) needs about 7 min per epoch.
 
+* ``paper-2core`` is the paper's protocol as far as one 2-core machine
+  carries it (named for that: ``paper`` cut to ``2`` cores). Formal languages,
+  lstm and jm-*: every field is the paper's (10,000 / 1,000 strings, lengths
+  40-80, bins 40-100 / 101-200 / 201-400, batch 10, Adam with a log-uniform lr
+  per restart, clipping 5, lr x 0.9 after 5 epochs without improvement, early
+  stopping after 10, at most 200 epochs) except 5 restarts instead of 10.
+  Test sets hold at least 2,500 strings per bin (``test_strings``: every valid
+  length gets ceil(2,500 / #lengths)): a string's accuracy lies in [0, 1], so
+  its variance is at most 1/4 and the standard error of a bin's mean accuracy
+  over strings is at most sqrt(1/4 / 2,500) = 0.01. Sizes (bins 0 / 1 / 2):
+  count-3, count-and-copy, marked-reverse-and-copy, unmarked-reverse-and-copy
+  125 x 20 / 76 x 33 (74 x 34) / 38 x 67 (66) = 2,500-2,546 strings per bin;
+  marked-copy and the other copies 84 (81) x 30 (31) / 50 x 50 / 25 x 100.
+  rns-3-3 (per-model entry of ``models``, every cut next to its field):
+  1,000 / 200 strings, at most 6 epochs (patience 3, lr patience 2), 3
+  restarts, and the first 2 strings of every length of the same test set
+  (134-200 strings in bin 2: standard error <= 0.043). Penn Treebank: the
+  whole streams (929k / 73k / 82k tokens), 32 x 35, the paper's SGD protocol,
+  capped at 6 epochs (rns-4-5 and vrns-3-3-5: 3), one restart (lstm-256 in
+  mode none: 3, from the grid's ``--restarts``).
+
+  Cost (CPU-hours, one thread per run, from ``marnn bench`` on the idle
+  development machine, benchmarks/README.md: time per training step of one
+  replica in a batch of 40 at n = 60 -- lstm 1.05 ms, jm-10 2.03, jm-3.3.3
+  2.26, jm-hidden 2.33; rns-3-3 0.12 / 0.23 / 0.40 s at n = 40 / 60 / 80,
+  ~0.245 s averaged over 40-80; one n = 400 string evaluated: 0.4 ms, rns-3-3
+  0.87 s, O(n^3); PTB, one 32 x 35 chunk of one replica: lstm-256 0.55 s,
+  jm-hidden-247 0.61, jm-learned-22 0.58, rns-4-5 1.53, vrns-3-3-5 1.00, 830
+  chunks per epoch; a validation batch costs ~1/3 of a training step; every
+  run goes to its cap unless said):
+
+  ====================================================  ===============
+  Table 3, PTB modes none and m (+2 restarts lstm none)  10.1
+  formal lstm and jm-* (0.31 per epoch of all 560 runs)  15 at a mean of
+                                                         50 epochs (3.4
+                                                         at 11, 62 at 200)
+  formal rns-3-3 (3.7 training, 1.7 evaluation)          5.4
+  PTB modes c and cm                                     8.5
+  PTB embedding ablation (lstm-256, 4 modes)             3.1
+  vrns-3-3-5 as the equations say, mode none (the pair)  0.7
+  ====================================================  ===============
+
+  about 43 CPU-hours, ~21 h on 2 cores: the first two phases fit in about
+  12 h. The ``paper`` scale by the same numbers: formal lstm / jm-* 31
+  CPU-h at a mean of 50 epochs (124 at 200), rns-3-3 ~20 CPU-h per epoch (~1,000
+  at 50), PTB ~40 CPU-h per epoch of the grid (4 modes x 10 restarts), ~800 at
+  20 epochs: about 1,800 CPU-hours.
+
 Test bins are closed ranges; bins after the first start one past the previous
 bin's end (the paper writes 40-100, 100-200, 200-400).
 """
