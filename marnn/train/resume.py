@@ -37,8 +37,41 @@ import torch
 
 STATE_VERSION = 1
 STATE_FOLDER = ".state"
-_OPT_TENSORS = ("lr", "clip", "active", "steps")
-_TRACKER_LISTS = ("idx", "best", "best_epoch", "bad", "plateau", "status", "diverged", "epochs", "lr", "steps")
+_NOT_STATE = {"model", "opt", "make_model", "snapshot", "params"}  # rebuilt, or saved on their own
+
+
+def _plain(x) -> bool:
+    if x is None or isinstance(x, (bool, int, float, str, torch.Tensor)):
+        return True
+    if isinstance(x, (list, tuple)):
+        return all(_plain(v) for v in x)
+    if isinstance(x, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in x.items())
+    return False
+
+
+def _attributes(obj) -> dict:
+    """Every attribute of ``obj`` that is state: plain values, tensors and containers
+    of them (so counters added to the tracker or optimiser later are saved too)."""
+    out = {}
+    for k, v in vars(obj).items():
+        if k in _NOT_STATE or not _plain(v):
+            continue
+        if isinstance(v, torch.Tensor):
+            v = _cpu(v)
+        elif isinstance(v, dict) and v and all(isinstance(t, torch.Tensor) for t in v.values()):
+            v = {n: _cpu(t) for n, t in v.items()}
+        out[k] = v
+    return out
+
+
+def _put(obj, saved: dict, device) -> None:
+    for k, v in saved.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(device)
+        elif isinstance(v, dict) and v and all(isinstance(t, torch.Tensor) for t in v.values()):
+            v = {n: t.to(device) for n, t in v.items()}
+        setattr(obj, k, v)
 
 
 def state_dir(root: str | os.PathLike | None = None) -> Path:
@@ -81,15 +114,9 @@ def save(configs: list[dict], folder, tracker, *, epoch: int, step: int, curves:
         "wall_s": float(wall),
         "cpu_s": float(cpu),
         "model": {n: _cpu(p) for n, p in tracker.model.named_parameters()},
-        "opt": {
-            **{a: _cpu(getattr(opt, a)) for a in _OPT_TENSORS},
-            "masks": {n: _cpu(m) for n, m in opt.masks.items()},
-            "per_param": {a: {n: _cpu(t) for n, t in getattr(opt, a).items()} for a in opt._PER_PARAM_STATE},
-        },
-        "tracker": {
-            **{a: list(getattr(tracker, a)) for a in _TRACKER_LISTS},
-            "snapshot": {n: _cpu(t) for n, t in tracker.snapshot.items()},
-        },
+        "opt": _attributes(opt),  # lr, clip, masks, active, steps, Adam moments, ...
+        "tracker": _attributes(tracker),  # idx, best, counters, status, divergence, ...
+        "snapshot": {n: _cpu(t) for n, t in tracker.snapshot.items()},
         "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_state(),
                 **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})},
     }
@@ -115,8 +142,7 @@ def restore(tracker, state: dict, make_model) -> tuple[int, int, list, float, fl
     ``make_model(replicas)`` builds the live model of the saved replicas when
     some had stopped. Returns ``(next_epoch, step, curves, wall_s, cpu_s)``.
     """
-    saved = state["tracker"]
-    idx = list(saved["idx"])
+    idx = list(state["tracker"]["idx"])
     if idx != tracker.idx:  # the saved live model held fewer replicas (compaction)
         model = make_model(idx)
         tracker.opt = tracker.opt.subset(model.named_parameters(), [tracker.idx.index(r) for r in idx])
@@ -124,16 +150,10 @@ def restore(tracker, state: dict, make_model) -> tuple[int, int, list, float, fl
     params = dict(tracker.model.named_parameters())
     for n, t in state["model"].items():
         params[n].copy_(t)
-    opt = tracker.opt
-    dev = opt.lr.device
-    for a in _OPT_TENSORS:
-        setattr(opt, a, state["opt"][a].to(dev))
-    opt.masks = {n: m.to(dev) for n, m in state["opt"]["masks"].items()}
-    for a, d in state["opt"]["per_param"].items():
-        setattr(opt, a, {n: t.to(params[n].device) for n, t in d.items()})
-    for a in _TRACKER_LISTS:
-        setattr(tracker, a, list(saved[a]))
-    for n, t in saved["snapshot"].items():
+    device = next(iter(params.values())).device
+    _put(tracker.opt, state["opt"], device)
+    _put(tracker, state["tracker"], device)
+    for n, t in state["snapshot"].items():
         tracker.snapshot[n].copy_(t)
     torch.set_rng_state(state["rng"]["torch"])
     _set_numpy_state(state["rng"]["numpy"])
