@@ -381,9 +381,12 @@ def test_ptb_run_resumes_bitwise_after_an_interruption(tmp_path):
     from marnn.models import build
     from marnn.train.ptb import train_ptb
 
+    def small(name, **kw):  # the real model, 16 units (fast)
+        return build(name, hidden_size=16, **kw)
+
     scale = SMOKE.with_(ptb_max_epochs=3)
     cfgs = [ptb_config("lstm-256", m, s, scale) for m in ("none", "cm") for s in (0, 1)]
-    _resumed_equals_uninterrupted(train_ptb, cfgs, tmp_path, 1, corpus=_Corpus(vocab=11, n=1200), build=build)
+    _resumed_equals_uninterrupted(train_ptb, cfgs, tmp_path, 1, corpus=_Corpus(vocab=11, n=600), build=small)
 
 
 def test_grid_group_keeps_its_state_until_its_records_are_written(tmp_path):
