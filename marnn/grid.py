@@ -51,7 +51,8 @@ from .train import formal_config, formal_models, freeze_modes, progress_disabled
 # relative cost per replica (measured at quick scale on a 2-core CPU), used only
 # to start the expensive groups first so that they do not finish last
 COST = {"rns-3-3": 15.0, "jm-10": 1.8, "jm-3.3.3": 1.8, "jm-hidden": 1.8, "lstm": 1.0,
-        "rns-4-5": 100.0, "vrns-3-3-5": 150.0, "jm-hidden-247": 2.0, "jm-learned-22": 2.0, "lstm-256": 1.0}
+        "rns-4-5": 100.0, "vrns-3-3-5": 150.0, "vrns-3-3-5-published": 150.0, "jm-hidden-247": 2.0,
+        "jm-learned-22": 2.0, "lstm-256": 1.0}
 
 
 def formal_grid(scale: str | Scale, tasks: Iterable[str] | None = None, models: Iterable[str] | None = None,
