@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import sys
 import threading
 import time
 import traceback
@@ -153,25 +154,60 @@ def local_cluster(workers: int | None = None, threads_per_worker: int = 1):
 
     The worker processes ignore SIGINT (they are stopped by closing the
     cluster), so Ctrl-C reaches only the command that started them, which
-    then closes the cluster quietly."""
+    then closes the cluster quietly: they are forked by a multiprocessing
+    fork server started with SIGINT ignored (a disposition its children
+    inherit), for which this sets dask's ``multiprocessing-method`` to
+    ``forkserver`` (POSIX; elsewhere dask's default is kept)."""
     import logging
+    import multiprocessing
     import signal
 
+    import dask
     from distributed import LocalCluster
 
     n = workers or os.cpu_count() or 1
+    if "forkserver" in multiprocessing.get_all_start_methods() \
+            and threading.current_thread() is threading.main_thread():
+        from multiprocessing import forkserver
+
+        from distributed.utils import get_mp_context
+
+        dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
+        get_mp_context()  # registers dask's preload modules with the fork server
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        warnoptions = list(sys.warnoptions)  # passed on to the resource tracker this starts:
+        sys.warnoptions.append("ignore:resource_tracker:UserWarning")  # no "leaked semaphore" after Ctrl-C
+        try:
+            forkserver.ensure_running()
+        finally:
+            sys.warnoptions[:] = warnoptions
+            signal.signal(signal.SIGINT, old)
     # memory_limit=0: no per-worker cap. Dask's default cap (RAM / workers) kills a
     # worker training a windowed RNS/VRNS PTB group of 4 replicas (~10 GB of
     # autograd tape on 32 x 35 chunks); the OS is the better judge here.
-    main = threading.current_thread() is threading.main_thread()
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None  # inherited by the spawned workers
+    return LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
+                        host="127.0.0.1", dashboard_address="127.0.0.1:0", scheduler_port=0, memory_limit=0,
+                        silence_logs=logging.CRITICAL)  # failures reach the grid through its futures
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """Hold back Ctrl-C while a cluster or client is being built (an interrupted
+    constructor leaves a half-built cluster that dask then fails to close, loudly);
+    a Ctrl-C that came meanwhile is raised at the end of the block."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hits: list[int] = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: hits.append(signum))
     try:
-        return LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                            host="127.0.0.1", dashboard_address="127.0.0.1:0", scheduler_port=0, memory_limit=0,
-                            silence_logs=logging.ERROR)
+        yield
     finally:
-        if main:
-            signal.signal(signal.SIGINT, old)
+        signal.signal(signal.SIGINT, old)
+    if hits:
+        signal.raise_signal(signal.SIGINT)  # the handler in force now decides (KeyboardInterrupt by default)
 
 
 @contextlib.contextmanager
@@ -301,11 +337,12 @@ def run_grid(configs: list[dict], root: str | None = None, *, scheduler: str | N
             if client is None:
                 from distributed import Client
 
-                if scheduler:
-                    own_client = client = Client(scheduler, timeout="10s")
-                else:
-                    own_cluster = local_cluster(workers)
-                    own_client = client = Client(own_cluster)
+                with _deferred_interrupt():
+                    if scheduler:
+                        own_client = client = Client(scheduler, timeout="10s")
+                    else:
+                        own_cluster = local_cluster(workers)
+                        own_client = client = Client(own_cluster)
             from distributed import as_completed
 
             def run_dask(groups):
