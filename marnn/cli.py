@@ -327,7 +327,16 @@ def cmd_bench(argv: list[str]) -> int:
         from .bench import main as bench_main
     except ImportError as err:
         raise CliError(f"marnn bench is not available ({err})") from None
-    return int(bench_main(argv) or 0)
+
+    def one_line(parser, message):  # marnn.bench's own argparse errors, as one line like ours
+        raise CliError(f"{parser.prog}: {message}")
+
+    plain = argparse.ArgumentParser.error
+    argparse.ArgumentParser.error = one_line
+    try:
+        return int(bench_main(argv) or 0)
+    finally:
+        argparse.ArgumentParser.error = plain
 
 
 _INTERRUPTED = False

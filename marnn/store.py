@@ -370,10 +370,22 @@ def _store_root(path: Path) -> Path | None:
     return None
 
 
-def quarantine(path: Path, reason: str, root: Path | None = None) -> Path | None:
+def _still_invalid(path: Path) -> bool:
+    try:
+        return problems(json.loads(path.read_text(), parse_constant=_no_constants), path) is not None
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True
+
+
+def quarantine(path: Path, reason: str, root: Path | None = None, *, still_bad=_still_invalid) -> Path | None:
     """Move an invalid record (or checkpoint) to ``<root>/invalid/<its path>`` with
     ``<name>.reason.txt`` beside it and say so in one line; returns where it went,
-    or None when it stays (another live process holds its claim, or it vanished)."""
+    or None when it stays (another live process holds its claim, or it vanished).
+
+    Under the claim the file is checked again (``still_bad(path)``), so a record
+    that its owner rewrote meanwhile is never moved."""
     path = Path(path)
     root = root if root is not None else _store_root(path)
     where = f"{path}: {reason}"
@@ -381,7 +393,7 @@ def quarantine(path: Path, reason: str, root: Path | None = None) -> Path | None
         say(f"marnn: warning: ignoring invalid record {where}")
         return None
     with _claim_path(_lock_path(path)) as lease:
-        if lease is None:  # being rewritten right now by its owner
+        if lease is None or not still_bad(path):  # being rewritten by its owner, or already was
             return None
         try:
             rel = path.resolve().relative_to(Path(root).resolve())
@@ -476,14 +488,19 @@ _HELD_LOCK = threading.Lock()
 _HEARTBEAT: threading.Thread | None = None
 
 
-def _start_time(pid: int) -> str | None:
-    """The start time of process ``pid`` (clock ticks since boot, Linux), or None."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (Linux), or None."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode("ascii", "replace")
-        return stat.rsplit(")", 1)[1].split()[19]
+            return f.read().decode("ascii", "replace").rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def _start_time(pid: int) -> str | None:
+    """The start time of process ``pid`` (clock ticks since boot, Linux), or None."""
+    fields = _proc_stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
 
 
 _MY_START = _start_time(os.getpid())
@@ -492,7 +509,8 @@ _MY_START = _start_time(os.getpid())
 def owner_alive(host: str, pid: int, start: str | None = None, mtime: float | None = None) -> bool:
     """Whether the owner of a lock or temporary file may still be running.
 
-    Same host: its pid runs (and, where known, started at ``start``). Other
+    Same host: its pid runs (not a zombie, and, where known, started at
+    ``start``). Other
     host: the file was touched less than :data:`LEASE_STALE_S` seconds ago."""
     if host != _HOST:
         return mtime is not None and time.time() - mtime < LEASE_STALE_S
@@ -506,9 +524,11 @@ def owner_alive(host: str, pid: int, start: str | None = None, mtime: float | No
         pass  # someone else's live process
     except (OSError, OverflowError):
         return False
-    if start is not None:
-        now = _start_time(pid)
-        if now is not None and now != start:
+    fields = _proc_stat(pid)
+    if fields is not None:
+        if fields[0] in ("Z", "X"):
+            return False  # killed, not yet reaped by its parent
+        if start is not None and len(fields) > 19 and fields[19] != start:
             return False  # the pid was reused
     return True
 

@@ -215,6 +215,13 @@ def test_lock_staleness(tmp_path, records):
     parent = os.getppid()
     lock = _plant_lock(cfg, tmp_path, host=store._HOST, pid=parent, start=store._start_time(parent))
     assert store.claim(cfg, tmp_path) is None and store.claimed_elsewhere(cfg, tmp_path)
+    # a killed process its parent has not reaped yet (a zombie) is gone too
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.time() + 30
+    while (store._proc_stat(zombie.pid) or ["Z"])[0] != "Z" and time.time() < deadline:
+        time.sleep(0.05)
+    assert not store.owner_alive(store._HOST, zombie.pid, store._start_time(zombie.pid))
+    zombie.wait()
     # ... unless that pid now belongs to a process started at another time (pid reuse)
     _plant_lock(cfg, tmp_path, host=store._HOST, pid=parent, start="1")
     assert store.lock_holder(lock) is None

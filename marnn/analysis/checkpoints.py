@@ -83,7 +83,8 @@ def load_group(configs: list[dict], root: str | os.PathLike | None = None) -> Gr
     except Exception as err:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError ...: not ours
         reason = " ".join(str(err).split())[:200]
         store.quarantine(path, f"not a plain checkpoint, refused by torch.load(weights_only=True): "
-                               f"{type(err).__name__}: {reason}", store.results_dir(root))
+                               f"{type(err).__name__}: {reason}", store.results_dir(root),
+                         still_bad=lambda p: p.exists())
         return None
     if not isinstance(blob, dict) or _plain(blob.get("configs")) != _plain(configs):
         raise ValueError(f"{path} holds other configs than asked for (hash collision or edited file)")
