@@ -134,7 +134,7 @@ def check_results(path) -> str:
         raise CliError(f"{given} is inside a kernel file system; {accepted}")
     try:
         root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-probe~{os.getpid()}.tmp"
+        probe = root / f".write-probe~{store._HOST}~{os.getpid()}~0.tmp"  # named like the store's temporaries
         os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
         os.unlink(probe)
     except OSError as err:
@@ -352,6 +352,17 @@ def _on_sigint(signum, frame):
     raise KeyboardInterrupt
 
 
+def _exit_interrupted(signum, frame):
+    """After main() returned (interpreter and library teardown): Ctrl-C ends the process at once, one line."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os.write(2, b"marnn: interrupted\n")
+    os._exit(130)
+
+
 def _quiet_exit() -> None:
     """After Ctrl-C: no logging or warnings from libraries shutting down."""
     import logging
@@ -364,6 +375,7 @@ def _quiet_exit() -> None:
 def main(argv: list[str] | None = None) -> int:
     global _INTERRUPTED
     _INTERRUPTED = False
+    program = argv is None  # the process is this command (not a caller passing its own argv, e.g. a test)
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         old = signal.signal(signal.SIGINT, _on_sigint)
@@ -392,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         if old is not None:
-            signal.signal(signal.SIGINT, old)
+            signal.signal(signal.SIGINT, _exit_interrupted if program else old)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ by everything except freeze mode and seed (:func:`group_configs`: the restarts
 x modes of one (task, model) become ONE replica-batched model), and runs each
 group as one task on a dask.distributed cluster; each worker writes its records
 straight into the shared store (atomically), so killing a grid at any moment
-and running it again computes only what is missing.
+and running it again computes only what is missing. Every run is claimed
+before it is trained (:func:`marnn.store.hold`): two grids on one store, or
+a group given to a second worker after its first was lost, never train a run
+twice; a grid waits for the runs another live process holds.
 
 Cluster: by default a ``LocalCluster`` of worker *processes* sized to the
 machine (one single-threaded worker per core, since one small recurrent model

@@ -699,6 +699,8 @@ def hold(configs: Iterable[dict], root: str | os.PathLike | None = None, *, wait
     try:
         for c in configs:
             lease = claim(c, root)
+            if lease is None and wait and str(_lock_path(record_path(c, root))) in _HELD:
+                raise RuntimeError(f"this process already holds the claim on {record_path(c, root)}")
             while lease is None and wait:
                 time.sleep(poll_s)
                 lease = claim(c, root)

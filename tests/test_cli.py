@@ -228,3 +228,18 @@ def test_notebook_threads_parameter_is_checked():
     for bad in (0, -1, "2", 1.5, True, None):
         with pytest.raises(ValueError, match="threads must be an integer >= 1"):
             setup(bad)
+
+
+@pytest.mark.parametrize("delay", [0.5, 1.5, 4.0])  # from 0.5 s: before that Python itself is starting
+def test_ctrl_c_at_start_up_is_one_line_and_status_130(delay, tmp_path):
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "marnn.cli", "grid", "--scale", "smoke", "--tasks", "count-3",
+                             "--models", "lstm", "--restarts", "1", "--workers", "1", "--results", str(tmp_path)],
+                            cwd=REPO, env=dict(os.environ, TQDM_DISABLE="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does: the whole foreground group
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err == "marnn: interrupted\n", (proc.returncode, err[-2000:])

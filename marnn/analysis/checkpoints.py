@@ -81,7 +81,7 @@ def load_group(configs: list[dict], root: str | os.PathLike | None = None) -> Gr
         with torch.serialization.safe_globals([TorchVersion]):
             blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError ...: not ours
-        reason = " ".join(str(err).split())[:200]
+        reason = " ".join(str(err).split())[:120]
         store.quarantine(path, f"not a plain checkpoint, refused by torch.load(weights_only=True): "
                                f"{type(err).__name__}: {reason}", store.results_dir(root),
                          still_bad=lambda p: p.exists())
