@@ -121,8 +121,6 @@ def run_group(configs: list[dict], root: str | None = None, *, torch_threads: in
     twice. Falls back to halves (down to one run at a time) when the batched
     model does not fit in memory.
     """
-    from .train import train
-
     if torch_threads:
         import torch
         torch.set_num_threads(int(torch_threads))
@@ -133,18 +131,25 @@ def run_group(configs: list[dict], root: str | None = None, *, torch_threads: in
         todo = store.missing(mine, root)  # one may have been finished between the look and the claim
         if not todo:
             return []
-        try:
-            records = train(todo, progress=progress, **(train_kwargs or {}))
-        except (RuntimeError, MemoryError) as err:
-            if len(todo) == 1 or not _is_memory_error(err):
-                raise
-            half = len(todo) // 2
-            return (run_group(todo[:half], root, progress=progress, train_kwargs=train_kwargs)
-                    + run_group(todo[half:], root, progress=progress, train_kwargs=train_kwargs))
-        written = []
-        for rec in records:
-            store.save_record(rec, root)  # ours alone: we hold its claim
-            written.append(store.config_key(rec["config"]))
+        return _train_and_store(todo, root, progress, train_kwargs)
+
+
+def _train_and_store(todo: list[dict], root: str | None, progress: bool, train_kwargs: dict | None) -> list[str]:
+    """Train ``todo`` (claimed by the caller) as one group, in halves if it does not fit; store the records."""
+    from .train import train
+
+    try:
+        records = train(todo, progress=progress, **(train_kwargs or {}))
+    except (RuntimeError, MemoryError) as err:
+        if len(todo) == 1 or not _is_memory_error(err):
+            raise
+        half = len(todo) // 2
+        return (_train_and_store(todo[:half], root, progress, train_kwargs)
+                + _train_and_store(todo[half:], root, progress, train_kwargs))
+    written = []
+    for rec in records:
+        store.save_record(rec, root)  # ours alone: we hold its claim
+        written.append(store.config_key(rec["config"]))
     return written
 
 
