@@ -126,3 +126,40 @@ def test_checkpoints_hold_plain_types_and_load_weights_only(tmp_path):
     assert type(blob["records"][0]["env"]["torch"]) is str
     again = checkpoints.load_group(group.configs, tmp_path)
     assert again is not None and again.records == blob["records"]
+
+
+@pytest.mark.slow
+def test_invalid_record_warning_reaches_the_terminal_of_a_papermill_run(tmp_path):
+    """The kernel's stderr is the terminal of whoever ran papermill: the line must get there."""
+    import subprocess
+
+    import nbformat
+
+    from marnn.book import kernel_name
+
+    cfg = formal_config("count-3", "lstm", "none", 0, SMOKE)
+    rec = train_formal([cfg], build=toy_builder())[0]
+    path = store.save_record(rec, tmp_path)
+    bad = json.loads(path.read_text())
+    bad["valid"]["accuracy"] = 7.5
+    path.write_text(json.dumps(bad))
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import contextlib, io\n"
+        "from marnn import report\n"
+        "from marnn.train import formal_config\n"
+        "cfg = formal_config('count-3', 'lstm', 'none', 0, 'smoke')\n"
+        "with contextlib.redirect_stderr(io.StringIO()):\n"
+        f"    df = report.results_frame([cfg], {str(tmp_path)!r}, compute=False)\n"
+        "assert df.empty\n")]
+    src, dst = tmp_path / "page.ipynb", tmp_path / "out.ipynb"
+    nbformat.write(nb, src)
+    env = dict(os.environ, TQDM_DISABLE="1",
+               PYTHONPATH=str(store.REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-m", "papermill", str(src), str(dst), "-k", kernel_name(),
+                          "--no-progress-bar", "--cwd", str(store.REPO)], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [ln for ln in out.stderr.splitlines() if "marnn: warning" in ln]
+    assert len(lines) == 1 and "accuracy must be a probability" in lines[0] and "moved aside" in lines[0], \
+        out.stderr[-3000:]
