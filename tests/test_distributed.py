@@ -30,5 +30,4 @@ def test_grid_on_a_real_cluster_survives_a_killed_worker(tmp_path):
     by_victim = sum(r["env"]["pid"] == res["killed"] for r in records)
     # none duplicated: each run stored once, trained by exactly one live worker
     assert faults.written(res["out"]) + by_victim == len(configs)
-    assert {r["env"]["pid"] for r in records} <= {res["killed"], *[r["env"]["pid"] for r in records]}
     assert not list(root.rglob(".*.lock")) and not list(root.rglob(".*.tmp"))
