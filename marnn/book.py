@@ -39,7 +39,12 @@ NOTEBOOKS: list[str] = [
 
 
 def setup(threads: int = 1) -> None:
-    """First cell of every notebook: thread limits, display options, plot style."""
+    """First cell of every notebook: thread limits, display options, plot style.
+
+    ``threads`` (the papermill parameter) must be an integer >= 1: anything else
+    stops the notebook here, before any work, with one line saying so."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)  # for anything started from here on
     if "torch" in sys.modules:  # import torch only where a notebook needs it
@@ -135,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--threads", type=int, default=1, help="torch / BLAS threads per notebook (default 1)")
     ex.add_argument("--only", nargs="+", metavar="NAME", help=f"a subset of {NOTEBOOKS}")
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"argument --threads: must be at least 1, got {args.threads}")
     start = time.perf_counter()
     failed = execute(args.scale, args.out, args.threads, args.only)
     if failed:

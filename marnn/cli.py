@@ -9,13 +9,25 @@
     marnn bench ...            (marnn.bench.main)
 
 Every command takes ``--results DIR`` (default ``$MARNN_RESULTS`` or
-``<repo>/results``). A bad argument exits with status 2 and one line naming
-the valid choices; progress bars go to stderr (``TQDM_DISABLE=1`` silences them).
+``<repo>/results``). Every argument is checked before any work starts (the
+store is a writable folder, seeds and data seeds in [0, 2**32 - 1], threads,
+workers, replicas, restarts and epochs >= 1, the device exists on this
+machine, the scheduler address is well formed and answers within 3 s, the PTB
+files match their checksums): a bad one exits with status 2 and one line
+naming what is wrong and what is accepted. Ctrl-C at any moment prints one
+line and exits with status 130 (a second Ctrl-C exits at once). Progress bars
+go to stderr (``TQDM_DISABLE=1`` silences them).
 """
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+from pathlib import Path
+
+SEED_MAX = 2**32 - 1  # = marnn.store.SEED_MAX (not imported here: keeps start-up light)
+SCHEDULER_TIMEOUT_S = 3.0
 
 
 class CliError(Exception):
@@ -27,6 +39,27 @@ class _Parser(argparse.ArgumentParser):
         raise CliError(f"{self.prog}: {message}")
 
 
+def _int_in(lo: int, hi: int | None = None):
+    """An argparse type: an integer in [lo, hi]."""
+    accepted = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}; accepted: {accepted}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"{value} is out of range; accepted: {accepted}")
+        return value
+
+    parse.__name__ = accepted  # argparse names the type in some messages
+    return parse
+
+
+SEED = _int_in(0, SEED_MAX)
+POSITIVE = _int_in(1)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="marnn", description="Memory-augmented RNNs (Das & Mali 2024): train, grids, PTB.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
@@ -35,37 +68,37 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--scale", default="quick", help="smoke | quick | paper (default quick)")
         q.add_argument("--results", default=None, help="store folder (default $MARNN_RESULTS or <repo>/results)")
         q.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-        q.add_argument("--threads", type=int, default=None,
+        q.add_argument("--threads", type=POSITIVE, default=None,
                        help="torch threads (default: 1 for formal languages, torch's default for PTB)")
 
     t = sub.add_parser("train", help="train (or load) one formal-language run")
     t.add_argument("--task", required=True)
     t.add_argument("--model", required=True)
     t.add_argument("--freeze", default="none", help="none | m | c | cm")
-    t.add_argument("--seed", type=int, default=0, help="restart seed: init and learning rate")
-    t.add_argument("--data-seed", type=int, default=0)
-    t.add_argument("--train-lengths", type=int, nargs=2, metavar=("LO", "HI"), default=None,
+    t.add_argument("--seed", type=SEED, default=0, help=f"restart seed: init and learning rate (0 to {SEED_MAX})")
+    t.add_argument("--data-seed", type=SEED, default=0, help=f"training data and its order (0 to {SEED_MAX})")
+    t.add_argument("--train-lengths", type=POSITIVE, nargs=2, metavar=("LO", "HI"), default=None,
                    help="override the scale's training length range")
-    t.add_argument("--max-epochs", type=int, default=None, help="override the scale's max epochs")
+    t.add_argument("--max-epochs", type=POSITIVE, default=None, help="override the scale's max epochs")
     common(t)
 
     g = sub.add_parser("grid", help="run every missing run of a grid (batched, via dask)")
     g.add_argument("--tasks", nargs="+", default=None)
     g.add_argument("--models", nargs="+", default=None)
     g.add_argument("--modes", nargs="+", default=None)
-    g.add_argument("--restarts", type=int, default=None)
+    g.add_argument("--restarts", type=_int_in(1, SEED_MAX + 1), default=None)
     g.add_argument("--ptb", action="store_true", help="the PTB grid instead of the formal one")
     g.add_argument("--embedding-group", default=None, help="PTB only: controller | memory | trained")
     g.add_argument("--scheduler", default=None, help="dask scheduler address, or 'sync' for no dask")
-    g.add_argument("--workers", type=int, default=None, help="LocalCluster worker processes (default: cores)")
-    g.add_argument("--max-replicas", type=int, default=None, help="cut batched groups to at most N replicas")
+    g.add_argument("--workers", type=POSITIVE, default=None, help="LocalCluster worker processes (default: cores)")
+    g.add_argument("--max-replicas", type=POSITIVE, default=None, help="cut batched groups to at most N replicas")
     g.add_argument("--dry-run", action="store_true", help="only count planned / missing runs")
     common(g)
 
     q = sub.add_parser("ptb", help="train (or load) one Penn Treebank run")
     q.add_argument("--model", required=True)
     q.add_argument("--freeze", default="none")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=SEED, default=0, help=f"restart seed (0 to {SEED_MAX})")
     q.add_argument("--embedding-group", default=None, help="controller (default) | memory | trained")
     common(q)
 
@@ -81,10 +114,75 @@ def _scale(args):
     if getattr(args, "train_lengths", None):
         changes["train_lengths"] = tuple(args.train_lengths)
     if getattr(args, "max_epochs", None) is not None:
-        if args.max_epochs < 1:
-            raise CliError(f"--max-epochs must be at least 1, got {args.max_epochs}")
         changes["max_epochs"] = args.max_epochs
     return sc.with_(**changes) if changes else sc
+
+
+def check_results(path) -> str:
+    """The store's folder, created if missing and checked writable (a probe file
+    is created and removed); else CliError naming the problem."""
+    from . import store
+
+    root = store.results_dir(path)
+    given = f"--results {path}" if path else (f"${store.ENV_VAR}={root}" if os.environ.get(store.ENV_VAR)
+                                               else f"the results folder {root}")
+    accepted = "accepted: a folder this user can write (created if missing)"
+    if root.exists() and not root.is_dir():
+        raise CliError(f"{given} is not a folder; {accepted}")
+    real = root.resolve()
+    if real == Path("/proc") or Path("/proc") in real.parents or Path("/sys") in real.parents:
+        raise CliError(f"{given} is inside a kernel file system; {accepted}")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-probe~{store._HOST}~{os.getpid()}~0.tmp"  # named like the store's temporaries
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        os.unlink(probe)
+    except OSError as err:
+        raise CliError(f"{given} cannot be written ({err.strerror or err}); {accepted}") from None
+    return str(root)
+
+
+def check_device(name: str | None) -> str | None:
+    """A torch device that exists on this machine (None: the default), else CliError."""
+    if name is None:
+        return None
+    import torch
+
+    accepted = "accepted: cpu" + (", cuda, cuda:N" if torch.cuda.is_available() else "") + \
+        (", mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise CliError(f"--device {name!r} is not a torch device; {accepted}") from None
+    if dev.type == "cpu":
+        return name
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CliError(f"--device {name!r}: this torch ({torch.__version__}) sees no CUDA device; {accepted}")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CliError(f"--device {name!r}: there are {torch.cuda.device_count()} CUDA devices; {accepted}")
+        return name
+    if dev.type == "mps" and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return name
+    raise CliError(f"--device {name!r} is not available here; {accepted}")
+
+
+def check_scheduler(address: str | None) -> str | None:
+    if address is None or address == "sync":
+        return address
+    from .grid import check_scheduler as check
+
+    return _checked(check, address, SCHEDULER_TIMEOUT_S)
+
+
+def check_ptb_files() -> None:
+    """The vendored PTB files match SHA256SUMS.txt (before training starts)."""
+    from .ptb import ChecksumError, verify
+
+    try:
+        verify()
+    except ChecksumError as err:
+        raise CliError(str(err)) from None
 
 
 def _fmt(x, spec=".4f"):
@@ -116,19 +214,37 @@ def _summary_ptb(rec: dict, path) -> str:
     ])
 
 
+def _train_one(config: dict, args, threads: int | None) -> None:
+    """Train and store ``config`` (its claim held), unless its record appeared meanwhile."""
+    from . import store
+
+    if store.load_record(config, args.results) is not None:
+        print("loaded from the store (trained meanwhile by another process):")
+        return
+    from .train import train
+
+    (rec,) = train([config], progress=True, device=args.device, threads=threads)
+    store.save_record(rec, args.results)
+    print("trained and stored:")
+
+
 def _run_one(config: dict, args) -> int:
     from . import store
 
     existing = store.load_record(config, args.results)
     if existing is None:
-        from .train import train
-
         threads = args.threads if args.threads is not None else (1 if config["kind"] == "formal" else None)
-        if threads is not None and threads < 1:
-            raise CliError(f"--threads must be at least 1, got {threads}")
-        (rec,) = train([config], progress=True, device=args.device, threads=threads)
-        store.save_record(rec, args.results)
-        print("trained and stored:")
+        lease = store.claim(config, args.results)
+        if lease is None:
+            print(f"another process is training this run ({store.record_path(config, args.results)}); "
+                  "waiting for its record", file=sys.stderr)
+            with store.hold([config], args.results, wait=True):
+                _train_one(config, args, threads)
+        else:
+            try:
+                _train_one(config, args, threads)
+            finally:
+                lease.release()
     else:
         print("loaded from the store (already computed):")
     rec = store.load_record(config, args.results)
@@ -149,6 +265,8 @@ def cmd_train(args) -> int:
     from .train import formal_config
 
     config = _checked(formal_config, args.task, args.model, args.freeze, args.seed, _scale(args), args.data_seed)
+    args.device = check_device(args.device)
+    args.results = check_results(args.results)
     return _run_one(config, args)
 
 
@@ -156,6 +274,9 @@ def cmd_ptb(args) -> int:
     from .train import ptb_config
 
     config = _checked(ptb_config, args.model, args.freeze, args.seed, _scale(args), args.embedding_group)
+    args.device = check_device(args.device)
+    args.results = check_results(args.results)
+    check_ptb_files()
     return _run_one(config, args)
 
 
@@ -163,54 +284,127 @@ def cmd_grid(args) -> int:
     from . import grid, store
 
     sc = _scale(args)
-    if args.workers is not None and args.workers < 1:
-        raise CliError(f"--workers must be at least 1, got {args.workers}")
     if args.ptb:
         if args.tasks:
             raise CliError("--tasks does not apply to --ptb (PTB is one corpus)")
         configs = _checked(grid.ptb_grid, sc, args.models, args.modes, args.restarts, args.embedding_group)
+    elif args.embedding_group is not None:
+        raise CliError("--embedding-group applies only to --ptb")
     else:
         configs = _checked(grid.formal_grid, sc, args.tasks, args.models, args.modes, args.restarts)
+    if args.scheduler is not None and args.workers is not None:
+        raise CliError("--workers sizes the LocalCluster; it does not apply with --scheduler")
+    args.device = check_device(args.device)
+    args.results = check_results(args.results)
     if args.dry_run:
         todo = store.missing(configs, args.results)
         groups = grid.group_configs(todo, args.max_replicas)
         print(f"{len(configs)} runs planned, {len(configs) - len(todo)} stored, {len(todo)} missing in {len(groups)} groups")
         return 0
-    summary = grid.run_grid(configs, args.results, scheduler=args.scheduler, workers=args.workers,
-                            max_replicas=args.max_replicas)
-    print(f"{summary['planned']} runs planned, {summary['existing']} already stored, {summary['written']} written "
-          f"in {summary['groups']} groups, {summary['wall_time_s']:.1f} s; store {summary['root']}")
+    scheduler = check_scheduler(args.scheduler)
+    if args.ptb and store.missing(configs, args.results):
+        check_ptb_files()
+    summary = grid.run_grid(configs, args.results, scheduler=scheduler, workers=args.workers,
+                            max_replicas=args.max_replicas, torch_threads=args.threads or 1,
+                            train_kwargs={"device": args.device} if args.device else None)
+    elsewhere = f", {summary['elsewhere']} trained by another process" if summary["elsewhere"] else ""
+    print(f"{summary['planned']} runs planned, {summary['existing']} already stored, {summary['written']} written"
+          f"{elsewhere} in {summary['groups']} groups, {summary['wall_time_s']:.1f} s; store {summary['root']}")
     for f in summary["failed"]:
         print(f"FAILED {f['task']}/{f['model']} ({f['runs']} runs): {f['error']}", file=sys.stderr)
     return 1 if summary["failed"] else 0
 
 
 def cmd_bench(argv: list[str]) -> int:
+    for i, arg in enumerate(argv):  # marnn.bench parses the rest; its --threads is checked here
+        if arg == "--threads" or arg.startswith("--threads="):
+            value = arg.split("=", 1)[1] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "")
+            try:
+                POSITIVE(value)
+            except argparse.ArgumentTypeError as err:
+                raise CliError(f"marnn bench: argument --threads: {err}") from None
     try:
         from .bench import main as bench_main
     except ImportError as err:
         raise CliError(f"marnn bench is not available ({err})") from None
-    return int(bench_main(argv) or 0)
+
+    def one_line(parser, message):  # marnn.bench's own argparse errors, as one line like ours
+        raise CliError(f"{parser.prog}: {message}")
+
+    plain = argparse.ArgumentParser.error
+    argparse.ArgumentParser.error = one_line
+    try:
+        return int(bench_main(argv) or 0)
+    finally:
+        argparse.ArgumentParser.error = plain
+
+
+_INTERRUPTED = False
+
+
+def _on_sigint(signum, frame):
+    """First Ctrl-C: raise KeyboardInterrupt (clean-up runs, quietly); second: leave now."""
+    global _INTERRUPTED
+    if _INTERRUPTED:
+        os.write(2, b"marnn: interrupted\n")
+        os._exit(130)
+    _INTERRUPTED = True
+    raise KeyboardInterrupt
+
+
+def _exit_interrupted(signum, frame):
+    """After main() returned (interpreter and library teardown): Ctrl-C ends the process at once, one line."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os.write(2, b"marnn: interrupted\n")
+    os._exit(130)
+
+
+def _quiet_exit() -> None:
+    """After Ctrl-C: no logging or warnings from libraries shutting down."""
+    import logging
+    import warnings
+
+    logging.disable(logging.CRITICAL)
+    warnings.simplefilter("ignore")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .registry import UnknownNameError
-
+    global _INTERRUPTED
+    _INTERRUPTED = False
+    program = argv is None  # the process is this command (not a caller passing its own argv, e.g. a test)
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] == "bench":
-            return cmd_bench(argv[1:])
-        args = _parser().parse_args(argv)
-        if args.command is None:
-            raise CliError("marnn: choose a command: train, grid, ptb, bench (see marnn --help)")
-        return {"train": cmd_train, "grid": cmd_grid, "ptb": cmd_ptb}[args.command](args)
-    except (CliError, UnknownNameError) as err:
-        msg = " ".join(str(err).split())
-        print(f"marnn: error: {msg}" if not msg.startswith("marnn") else msg, file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
+        old = signal.signal(signal.SIGINT, _on_sigint)
+    except ValueError:  # not the main thread
+        old = None
+    try:
+        from .registry import UnknownNameError
+
+        try:
+            if argv and argv[0] == "bench":
+                return cmd_bench(argv[1:])
+            args = _parser().parse_args(argv)
+            if args.command is None:
+                raise CliError("marnn: choose a command: train, grid, ptb, bench (see marnn --help)")
+            return {"train": cmd_train, "grid": cmd_grid, "ptb": cmd_ptb}[args.command](args)
+        except (CliError, UnknownNameError) as err:
+            msg = " ".join(str(err).split())
+            print(f"marnn: error: {msg}" if not msg.startswith("marnn") else msg, file=sys.stderr)
+            return 2
+    except BaseException as err:  # noqa: BLE001 - Ctrl-C may surface as anything mid-start-up
+        if not (_INTERRUPTED or isinstance(err, KeyboardInterrupt)):
+            raise
+        _INTERRUPTED = True
+        _quiet_exit()
         print("marnn: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGINT, _exit_interrupted if program else old)
 
 
 if __name__ == "__main__":

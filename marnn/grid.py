@@ -6,7 +6,10 @@ by everything except freeze mode and seed (:func:`group_configs`: the restarts
 x modes of one (task, model) become ONE replica-batched model), and runs each
 group as one task on a dask.distributed cluster; each worker writes its records
 straight into the shared store (atomically), so killing a grid at any moment
-and running it again computes only what is missing.
+and running it again computes only what is missing. Every run is claimed
+before it is trained (:func:`marnn.store.hold`): two grids on one store, or
+a group given to a second worker after its first was lost, never train a run
+twice; a grid waits for the runs another live process holds.
 
 Cluster: by default a ``LocalCluster`` of worker *processes* sized to the
 machine (one single-threaded worker per core, since one small recurrent model
@@ -38,9 +41,14 @@ print ``cluster.scheduler_address`` and run
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import sys
+import threading
 import time
 import traceback
+import warnings
 from collections import defaultdict
 from typing import Callable, Iterable
 
@@ -107,17 +115,29 @@ def run_group(configs: list[dict], root: str | None = None, *, torch_threads: in
               progress: bool = False, train_kwargs: dict | None = None) -> list[str]:
     """Train the members of one group that have no record yet and store them; returns the keys written.
 
-    Falls back to halves (down to one run at a time) when the batched model
-    does not fit in memory.
+    Each member is claimed first (:func:`marnn.store.hold`): members another
+    live process is training are left to it, so two grids (or two workers
+    given the same group again after a lost worker) never train one run
+    twice. Falls back to halves (down to one run at a time) when the batched
+    model does not fit in memory.
     """
-    from .train import resume, train
-
     if torch_threads:
         import torch
         torch.set_num_threads(int(torch_threads))
     todo = store.missing(configs, root)
     if not todo:
         return []
+    with store.hold(todo, root) as mine:
+        todo = store.missing(mine, root)  # one may have been finished between the look and the claim
+        if not todo:
+            return []
+        return _train_and_store(todo, root, progress, train_kwargs)
+
+
+def _train_and_store(todo: list[dict], root: str | None, progress: bool, train_kwargs: dict | None) -> list[str]:
+    """Train ``todo`` (claimed by the caller) as one group, in halves if it does not fit; store the records."""
+    from .train import resume, train
+
     train_kwargs = {"state_dir": resume.state_dir(root), **(train_kwargs or {})}  # resumable after every epoch
     try:
         records = train(todo, progress=progress, **train_kwargs)
@@ -125,13 +145,12 @@ def run_group(configs: list[dict], root: str | None = None, *, torch_threads: in
         if len(todo) == 1 or not _is_memory_error(err):
             raise
         half = len(todo) // 2
-        return (run_group(todo[:half], root, progress=progress, train_kwargs=train_kwargs)
-                + run_group(todo[half:], root, progress=progress, train_kwargs=train_kwargs))
+        return (_train_and_store(todo[:half], root, progress, train_kwargs)
+                + _train_and_store(todo[half:], root, progress, train_kwargs))
     written = []
     for rec in records:
-        if store.load_record(rec["config"], root) is None:  # another worker may have been faster
-            store.save_record(rec, root)
-            written.append(store.config_key(rec["config"]))
+        store.save_record(rec, root)  # ours alone: we hold its claim
+        written.append(store.config_key(rec["config"]))
     resume.remove(todo, train_kwargs["state_dir"])
     return written
 
@@ -141,81 +160,224 @@ def _cost(group: list[dict]) -> float:
 
 
 def local_cluster(workers: int | None = None, threads_per_worker: int = 1):
-    """A LocalCluster of worker processes on loopback (one per core by default)."""
+    """A LocalCluster of worker processes on loopback (one per core by default).
+
+    The worker processes ignore SIGINT (they are stopped by closing the
+    cluster), so Ctrl-C reaches only the command that started them, which
+    then closes the cluster quietly: they are forked by a multiprocessing
+    fork server started with SIGINT ignored (a disposition its children
+    inherit), for which this sets dask's ``multiprocessing-method`` to
+    ``forkserver`` (POSIX; elsewhere dask's default is kept)."""
+    import logging
+    import multiprocessing
+    import signal
+
+    import dask
     from distributed import LocalCluster
 
     n = workers or os.cpu_count() or 1
+    if "forkserver" in multiprocessing.get_all_start_methods() \
+            and threading.current_thread() is threading.main_thread():
+        from multiprocessing import forkserver
+
+        from distributed.utils import get_mp_context
+
+        dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
+        get_mp_context()  # registers dask's preload modules with the fork server
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        warnoptions = list(sys.warnoptions)  # passed on to the resource tracker this starts:
+        sys.warnoptions.append("ignore:resource_tracker:UserWarning")  # no "leaked semaphore" after Ctrl-C
+        try:
+            forkserver.ensure_running()
+        finally:
+            sys.warnoptions[:] = warnoptions
+            signal.signal(signal.SIGINT, old)
     # memory_limit=0: no per-worker cap. Dask's default cap (RAM / workers) kills a
     # worker training a windowed RNS/VRNS PTB group of 4 replicas (~10 GB of
     # autograd tape on 32 x 35 chunks); the OS is the better judge here.
     return LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
-                        host="127.0.0.1", dashboard_address="127.0.0.1:0", scheduler_port=0, memory_limit=0)
+                        host="127.0.0.1", dashboard_address="127.0.0.1:0", scheduler_port=0, memory_limit=0,
+                        silence_logs=logging.CRITICAL)  # failures reach the grid through its futures
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """Hold back Ctrl-C while a cluster or client is being built (an interrupted
+    constructor leaves a half-built cluster that dask then fails to close, loudly);
+    a Ctrl-C that came meanwhile is raised at the end of the block."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hits: list[int] = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: hits.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if hits:
+        signal.raise_signal(signal.SIGINT)  # the handler in force now decides (KeyboardInterrupt by default)
+
+
+@contextlib.contextmanager
+def _quiet_dask():
+    """Silence distributed's shutdown chatter ("Worker process still alive after
+    4.0 seconds, killing", lost-connection warnings) while a cluster closes."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("distributed", "tornado", "asyncio")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def check_scheduler(address: str, timeout: float = 3.0) -> str:
+    """A dask scheduler address ``[tcp://|tls://]HOST:PORT`` that accepts a TCP
+    connection within ``timeout`` seconds (returned as given), else ValueError
+    naming the problem and the accepted form."""
+    from urllib.parse import urlsplit
+    import socket
+
+    form = "accepted: 'sync', or a dask scheduler address tcp://HOST:PORT (or tls://HOST:PORT)"
+    raw = address if "://" in address else f"tcp://{address}"
+    try:
+        parts = urlsplit(raw)
+        host, port = parts.hostname, parts.port
+    except ValueError as err:
+        raise ValueError(f"--scheduler {address!r} is not an address ({err}); {form}") from None
+    if parts.scheme not in ("tcp", "tls") or not host or port is None or parts.path not in ("", "/"):
+        raise ValueError(f"--scheduler {address!r} is not an address; {form}")
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as err:
+        reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        raise ValueError(f"--scheduler {address!r}: no dask scheduler reachable at {host}:{port} within "
+                         f"{timeout:g} s ({reason}); start one (dask scheduler) or use 'sync'") from None
+    return address
 
 
 def run_grid(configs: list[dict], root: str | None = None, *, scheduler: str | None = None, workers: int | None = None,
              client=None, progress: bool = True, max_replicas: int | None = None,
-             on_group: Callable[[list[dict], list[str]], None] | None = None) -> dict:
+             on_group: Callable[[list[dict], list[str]], None] | None = None, torch_threads: int = 1,
+             train_kwargs: dict | None = None, poll_s: float = 1.0) -> dict:
     """Run every missing config of ``configs`` in batched groups; returns a summary.
 
     ``client``: an existing ``distributed.Client``; else ``scheduler``: an
     address (``tcp://...``), ``"sync"`` (in this process, no dask) or None (a
     fresh LocalCluster with ``workers`` processes). Failed groups are reported
     in the summary (``failed``) rather than stopping the others.
+
+    Runs that another live process has claimed (a second grid on the same
+    store) are not trained here: the grid waits for them and counts them in
+    ``elsewhere``; if their owner dies, the next round trains them.
     """
     from tqdm.auto import tqdm
 
     root = str(store.results_dir(root))
     t0 = time.perf_counter()
-    store.clean_temp(root)
+    store.clean_stale(root)
     todo = store.missing(configs, root)
-    groups = sorted(group_configs(todo, max_replicas), key=_cost, reverse=True)
-    summary = {"planned": len(configs), "existing": len(configs) - len(todo), "groups": len(groups),
-               "written": 0, "failed": [], "root": root}
+    summary = {"planned": len(configs), "existing": len(configs) - len(todo), "groups": 0,
+               "written": 0, "elsewhere": 0, "failed": [], "root": root}
     bar = tqdm(total=len(todo), desc="runs", unit="run", disable=progress_disabled(progress))
+    kwargs = {"torch_threads": torch_threads, "train_kwargs": train_kwargs}
+    failed_keys: set[str] = set()
 
     def done(group, keys):
         summary["written"] += len(keys)
-        bar.update(len(group))
         if on_group:
             on_group(group, keys)
 
-    if not groups:
+    def round_groups(todo):
+        todo = [c for c in todo if store.config_key(c) not in failed_keys]
+        groups = sorted(group_configs(todo, max_replicas), key=_cost, reverse=True)
+        summary["groups"] += len(groups)
+        return groups
+
+    def fail(g, err):
+        summary["failed"].append(_failure(g, err))
+        failed_keys.update(store.config_key(c) for c in g)
+
+    def rounds(run_round):
+        """Train what is missing; wait for runs other processes hold; again for runs
+        whose holder died, until nothing is missing (or nothing moves)."""
+        nonlocal todo
+        while todo:
+            groups = round_groups(todo)
+            if not groups:
+                break
+            written = summary["written"]
+            run_round(groups)
+            todo = [c for c in store.missing(todo, root) if store.config_key(c) not in failed_keys]
+            busy = [c for c in todo if store.claimed_elsewhere(c, root)]
+            if not busy and summary["written"] == written:
+                break  # no progress: what is left failed (reported) or cannot be written
+            while busy:
+                time.sleep(poll_s)
+                busy = [c for c in busy if store.claimed_elsewhere(c, root)]
+            left = store.missing(todo, root)
+            summary["elsewhere"] += len(todo) - len(left)
+            bar.update(len(todo) - len(left))
+            todo = left
+
+    if not todo:
         pass
     elif scheduler == "sync" and client is None:
-        for g in groups:
-            try:
-                done(g, run_group(g, root, torch_threads=1, progress=False))
-            except Exception as err:  # keep going; report at the end
-                summary["failed"].append(_failure(g, err))
+        def run_sync(groups):
+            for g in groups:
+                try:
+                    done(g, run_group(g, root, progress=False, **kwargs))
+                except Exception as err:  # keep going; report at the end
+                    fail(g, err)
+                bar.update(len(g))
+
+        rounds(run_sync)
     else:
         own_cluster = own_client = None
         try:
             if client is None:
                 from distributed import Client
 
-                if scheduler:
-                    own_client = client = Client(scheduler)
-                else:
-                    own_cluster = local_cluster(workers)
-                    own_client = client = Client(own_cluster)
+                with _deferred_interrupt():
+                    if scheduler:
+                        own_client = client = Client(scheduler, timeout="10s")
+                    else:
+                        own_cluster = local_cluster(workers)
+                        own_client = client = Client(own_cluster)
             from distributed import as_completed
 
-            futures = {}
-            for g in groups:
-                fut = client.submit(run_group, g, root, torch_threads=1, pure=False, priority=int(_cost(g)),
-                                    key=f"group-{g[0].get('task', 'ptb')}-{g[0]['model']}-{store.config_key(g[0])}")
-                futures[fut] = g
-            for fut in as_completed(futures):
-                g = futures[fut]
-                try:
-                    done(g, fut.result())
-                except Exception as err:
-                    summary["failed"].append(_failure(g, err))
+            def run_dask(groups):
+                futures = {}
+                for g in groups:
+                    fut = client.submit(run_group, g, root, pure=False, priority=int(_cost(g)), **kwargs,
+                                        key=f"group-{g[0].get('task', 'ptb')}-{g[0]['model']}-{store.config_key(g[0])}"
+                                            f"-{secrets.token_hex(3)}")
+                    futures[fut] = g
+                for fut in as_completed(futures):
+                    g = futures[fut]
+                    try:
+                        done(g, fut.result())
+                    except Exception as err:
+                        fail(g, err)
+                    bar.update(len(g))
+
+            rounds(run_dask)
         finally:
-            if own_client is not None:
-                own_client.close()
-            if own_cluster is not None:
-                own_cluster.close()
+            if own_client is not None or own_cluster is not None:
+                with _quiet_dask():
+                    if own_client is not None:
+                        own_client.close()
+                    if own_cluster is not None:
+                        own_cluster.close()
     bar.close()
     summary["wall_time_s"] = round(time.perf_counter() - t0, 2)
     return summary

@@ -50,18 +50,30 @@ def _expected_checksums(root: Path) -> dict[str, str]:
     if not sums.exists():
         raise ChecksumError(f"{sums} is missing: cannot verify the PTB files")
     out = {}
-    for line in sums.read_text().splitlines():
-        if line.strip():
-            digest, name = line.split()
-            out[name] = digest
+    try:
+        text = sums.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ChecksumError(f"{sums} cannot be read ({err})") from None
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        digest = parts[0].lower() if parts else ""
+        if len(parts) != 2 or len(digest) != 64 or any(ch not in "0123456789abcdef" for ch in digest):
+            raise ChecksumError(f"{sums} line {i} is malformed ({line.strip()[:80]!r}); "
+                                "accepted: '<64 hex digits> <file name>' per line")
+        out[parts[1].lstrip("*")] = digest
     return out
 
 
-def read_split(split: str, root: str | Path | None = None) -> list[str]:
-    """Verified tokens of one split, ``<eos>`` after every line."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown PTB split {split!r}; valid splits: {', '.join(SPLITS)}")
-    root = Path(root) if root else ROOT
+def verify(root: str | Path | None = None) -> None:
+    """Check every split's file against ``SHA256SUMS.txt`` (ChecksumError naming the
+    file and the expected checksum otherwise), without tokenising them."""
+    for split in SPLITS:
+        _verified_bytes(split, Path(root) if root else ROOT)
+
+
+def _verified_bytes(split: str, root: Path) -> bytes:
     name = f"ptb.{split}.txt"
     expected = _expected_checksums(root).get(name)
     path = root / f"{name}.gz"
@@ -76,6 +88,14 @@ def read_split(split: str, root: str | Path | None = None) -> list[str]:
     actual = hashlib.sha256(raw).hexdigest()
     if actual != expected:
         raise ChecksumError(f"{path}: SHA-256 of {name} is {actual}, expected {expected}")
+    return raw
+
+
+def read_split(split: str, root: str | Path | None = None) -> list[str]:
+    """Verified tokens of one split, ``<eos>`` after every line."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown PTB split {split!r}; valid splits: {', '.join(SPLITS)}")
+    raw = _verified_bytes(split, Path(root) if root else ROOT)
     tokens: list[str] = []
     for line in raw.decode("utf-8").splitlines():
         tokens.extend(line.split())

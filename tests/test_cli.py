@@ -22,7 +22,7 @@ BAD = [
     (["train", "--task", "count-3", "--model", "lstm", "--scale", "huge"], ["smoke", "quick", "paper"]),
     (["train", "--task", "count-3", "--model", "lstm", "--scale", "smoke", "--train-lengths", "4", "5"], ["no valid length"]),
     (["train", "--task", "count-3", "--model", "lstm", "--scale", "smoke", "--train-lengths", "9", "3"], ["[9, 3]"]),
-    (["train", "--task", "count-3", "--model", "lstm", "--seed", "abc"], ["invalid int"]),
+    (["train", "--task", "count-3", "--model", "lstm", "--seed", "abc"], ["invalid value 'abc'", "an integer"]),
     (["train", "--model", "lstm"], ["--task"]),
     (["grid", "--scale", "smoke", "--tasks", "count-3", "bogus"], ["marked-copy"]),
     (["grid", "--scale", "smoke", "--models", "rns-9"], ["jm-hidden"]),
@@ -31,6 +31,32 @@ BAD = [
     (["grid", "--scale", "smoke", "--ptb", "--models", "lstm"], ["lstm-256", "vrns-3-3-5"]),
     (["ptb", "--model", "jm-10", "--scale", "smoke"], ["lstm-256", "rns-4-5"]),
     (["ptb", "--model", "lstm-256", "--embedding-group", "x", "--scale", "smoke"], ["controller", "memory", "trained"]),
+    (["train", "--task", "count-3", "--model", "lstm", "--seed", "-1"], ["--seed", "-1", "[0, 4294967295]"]),
+    (["train", "--task", "count-3", "--model", "lstm", "--seed", str(2**32)], ["--seed", "[0, 4294967295]"]),
+    (["train", "--task", "count-3", "--model", "lstm", "--data-seed", "-1"], ["--data-seed", "[0, 4294967295]"]),
+    (["train", "--task", "count-3", "--model", "lstm", "--threads", "0"], ["--threads", "0", ">= 1"]),
+    (["train", "--task", "count-3", "--model", "lstm", "--max-epochs", "0"], ["--max-epochs", ">= 1"]),
+    (["train", "--task", "count-3", "--model", "lstm", "--train-lengths", "0", "3"], ["--train-lengths", ">= 1"]),
+    (["train", "--task", "count-3", "--model", "lstm", "--device", "nope"], ["'nope'", "not a torch device", "cpu"]),
+    (["train", "--task", "count-3", "--model", "lstm", "--device", "meta"], ["'meta'", "not available", "cpu"]),
+    (["ptb", "--model", "lstm-256", "--seed", "-5"], ["--seed", "[0, 4294967295]"]),
+    (["ptb", "--model", "lstm-256", "--threads", "-1"], ["--threads", ">= 1"]),
+    (["grid", "--scale", "smoke", "--max-replicas", "-1"], ["--max-replicas", ">= 1"]),
+    (["grid", "--scale", "smoke", "--max-replicas", "0"], ["--max-replicas", ">= 1"]),
+    (["grid", "--scale", "smoke", "--threads", "0"], ["--threads", ">= 1"]),
+    (["grid", "--scale", "smoke", "--workers", "0"], ["--workers", ">= 1"]),
+    (["grid", "--scale", "smoke", "--restarts", "-2"], ["--restarts", "[1, 4294967296]"]),
+    (["grid", "--scale", "smoke", "--device", "nope"], ["'nope'", "not a torch device", "cpu"]),
+    (["grid", "--scale", "smoke", "--scheduler", "foo"], ["'foo'", "tcp://HOST:PORT", "sync"]),
+    (["grid", "--scale", "smoke", "--scheduler", "tcp://127.0.0.1"], ["tcp://HOST:PORT"]),
+    (["grid", "--scale", "smoke", "--scheduler", "http://127.0.0.1:8786"], ["tcp://HOST:PORT"]),
+    (["grid", "--scale", "smoke", "--scheduler", "tcp://127.0.0.1:99999"], ["tcp://HOST:PORT"]),
+    (["grid", "--scale", "smoke", "--scheduler", "tcp://127.0.0.1:1"], ["127.0.0.1:1", "within 3 s", "sync"]),
+    (["grid", "--scale", "smoke", "--embedding-group", "memory"], ["--embedding-group", "--ptb"]),
+    (["grid", "--scale", "smoke", "--workers", "2", "--scheduler", "sync"], ["--workers", "--scheduler"]),
+    (["bench", "--threads", "0"], ["--threads", ">= 1"]),
+    (["bench", "--threads=-1"], ["--threads", ">= 1"]),
+    (["bench", "--threads", "x"], ["--threads", "'x'"]),
     (["frobnicate"], ["train", "grid", "ptb"]),
     ([], ["train", "grid", "ptb", "bench"]),
 ]
@@ -101,3 +127,119 @@ def test_bench_is_routed(monkeypatch):
     monkeypatch.setitem(sys.modules, "marnn.bench", fake)
     assert main(["bench", "--model", "rns-3-3", "-n", "2"]) == 0
     assert seen == [["--model", "rns-3-3", "-n", "2"]]
+
+
+def test_cuda_on_a_cpu_only_torch_is_one_line(capsys, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for argv in (["train", "--task", "count-3", "--model", "lstm"], ["grid", "--scale", "smoke"]):
+        assert main([*argv, "--device", "cuda", "--results", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "no CUDA device" in err and "accepted: cpu" in err, err
+
+
+@pytest.mark.parametrize("where", ["file", "proc", "unwritable", "env-file"])
+def test_results_must_be_a_writable_folder_before_any_work(where, tmp_path, capsys, monkeypatch):
+    import marnn.train
+
+    monkeypatch.setattr(marnn.train, "train", lambda *a, **k: pytest.fail("trained before checking the store"))
+    target = tmp_path / "store"
+    argv = ["train", "--task", "count-3", "--model", "lstm", "--scale", "smoke"]
+    if where == "file":
+        target.write_text("not a folder")
+        argv += ["--results", str(target)]
+    elif where == "proc":
+        argv += ["--results", "/proc/x"]
+    elif where == "unwritable":
+        if os.geteuid() == 0:
+            pytest.skip("root writes anywhere")
+        target.mkdir(mode=0o500)
+        argv += ["--results", str(target / "sub")]
+    else:
+        target.write_text("not a folder")
+        monkeypatch.setenv("MARNN_RESULTS", str(target))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "accepted: a folder this user can write" in err, err
+    assert ("MARNN_RESULTS" in err) == (where == "env-file")
+
+
+def _fake_ptb(tmp_path, sums: str):
+    import gzip
+    import shutil
+
+    from marnn import ptb
+
+    for split in ptb.SPLITS:
+        shutil.copy(ptb.ROOT / f"ptb.{split}.txt.gz", tmp_path / f"ptb.{split}.txt.gz")
+    (tmp_path / "SHA256SUMS.txt").write_text(sums)
+    return gzip
+
+
+@pytest.mark.parametrize("case,words", [
+    ("malformed", ["line 1 is malformed", "64 hex digits"]),
+    ("short", ["line 2 is malformed"]),
+    ("wrong", ["SHA-256 of ptb.train.txt is", "expected 0000"]),
+    ("no-entry", ["no entry for ptb.valid.txt"]),
+    ("corrupt-gzip", ["not a readable gzip file"]),
+])
+def test_ptb_checksum_problems_are_one_line(case, words, tmp_path, capsys, monkeypatch):
+    from marnn import ptb
+
+    good = (ptb.ROOT / "SHA256SUMS.txt").read_text().splitlines()
+    data = tmp_path / "ptb"
+    data.mkdir()
+    sums = {"malformed": "this is not a checksum file\n",
+            "short": good[0] + "\nabc\n",
+            "wrong": "\n".join(("0" * 64 + "  ptb.train.txt") if "train" in line else line for line in good),
+            "no-entry": "\n".join(line for line in good if "valid" not in line),
+            "corrupt-gzip": "\n".join(good)}[case]
+    _fake_ptb(data, sums)
+    if case == "corrupt-gzip":
+        (data / "ptb.test.txt.gz").write_bytes(b"\x1f\x8b garbage")
+    monkeypatch.setattr(ptb, "ROOT", data)
+    for argv in (["ptb", "--model", "lstm-256", "--scale", "smoke"],
+                 ["grid", "--ptb", "--models", "lstm-256", "--scale", "smoke", "--scheduler", "sync"]):
+        assert main([*argv, "--results", str(tmp_path / "r")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        for w in words:
+            assert w in err, (w, err)
+    assert not list((tmp_path / "r").rglob("*.json"))
+
+
+def test_reachable_scheduler_passes_the_check():
+    import socket
+
+    from marnn.grid import check_scheduler
+
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        port = srv.getsockname()[1]
+        assert check_scheduler(f"tcp://127.0.0.1:{port}") == f"tcp://127.0.0.1:{port}"
+        assert check_scheduler(f"127.0.0.1:{port}") == f"127.0.0.1:{port}"
+
+
+def test_notebook_threads_parameter_is_checked():
+    from marnn.book import setup
+
+    for bad in (0, -1, "2", 1.5, True, None):
+        with pytest.raises(ValueError, match="threads must be an integer >= 1"):
+            setup(bad)
+
+
+@pytest.mark.parametrize("delay", [0.5, 1.5, 4.0])  # from 0.5 s: before that Python itself is starting
+def test_ctrl_c_at_start_up_is_one_line_and_status_130(delay, tmp_path):
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "marnn.cli", "grid", "--scale", "smoke", "--tasks", "count-3",
+                             "--models", "lstm", "--restarts", "1", "--workers", "1", "--results", str(tmp_path)],
+                            cwd=REPO, env=dict(os.environ, TQDM_DISABLE="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does: the whole foreground group
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err == "marnn: interrupted\n", (proc.returncode, err[-2000:])

@@ -128,3 +128,13 @@ def test_out_of_memory_falls_back_to_smaller_batches(tmp_path):
     with pytest.raises(ValueError, match="real bug"):  # other errors are not swallowed
         grid.run_group(grid.formal_grid("smoke", tasks=["marked-copy"], models=["lstm"], restarts=1), str(tmp_path),
                        train_kwargs={"build": broken})
+
+
+def test_a_normal_grid_exit_prints_nothing_on_stderr(tmp_path):
+    args = ["grid", "--scale", "smoke", "--tasks", "count-3", "--models", "lstm", "--modes", "none", "m",
+            "--restarts", "1", "--results", str(tmp_path), "--workers", "2"]
+    out = subprocess.run([sys.executable, "-m", "marnn.cli", *args], cwd=tmp_path, env=_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0 and "2 written" in out.stdout, out.stderr[-2000:]
+    assert out.stderr == ""  # no "Worker process still alive", no lost-connection warnings
+    assert not list(tmp_path.rglob(".*.lock")) and not list(tmp_path.rglob(".*.tmp"))

@@ -137,7 +137,7 @@ def test_restart_spread(root):
 def test_diverged_runs_are_counted_but_not_averaged(tmp_path):
     for seed, div in ((0, False), (1, True)):
         c = formal_config("count-3", "lstm", "none", seed, "smoke")
-        store.save_record(fake_formal(c, 0.5 + seed, (0.5, 0.4, 0.3 + seed), diverged=div), tmp_path)
+        store.save_record(fake_formal(c, 0.5 + seed, (0.5, 0.4, 0.3 + 0.6 * seed), diverged=div), tmp_path)
     df = report.formal_results("smoke", ["count-3"], ["lstm"], ["none"], 2, root=tmp_path, compute=False)
     s = report.restart_spread(df, "bin2", "accuracy").iloc[0]
     assert (s["restarts"], s["diverged"], s["max"]) == (2, 1, pytest.approx(0.3))

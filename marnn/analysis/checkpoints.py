@@ -12,14 +12,22 @@ the configs, the records training produced and the state dict of the
 R-replica model (replica ``r`` = ``configs[r]``); writes are atomic, so an
 interrupted run leaves no half-written checkpoint. Loading rebuilds the model
 with :func:`marnn.models.build` and checks that the configs match.
+
+The file holds plain types only (dicts, lists, strings, numbers, booleans,
+None and tensors) and is read with ``torch.load(..., weights_only=True)``:
+a planted file that would run code when unpickled is refused (moved to
+``<root>/invalid/`` with a one-line warning, like an invalid record) and the
+group is retrained.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
 import torch
+from torch.torch_version import TorchVersion
 
 from .. import store
 
@@ -52,6 +60,12 @@ def _build(configs: list[dict]) -> torch.nn.Module:
                         seeds=[c["seed"] for c in configs])
 
 
+def _plain(x):
+    """Plain JSON types (tuples as lists, str subclasses such as torch's version
+    string as str), what is stored and what a weights-only load compares with."""
+    return json.loads(json.dumps(x, default=store._json_default))
+
+
 def _save(obj: dict, path: Path) -> None:
     store.atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
@@ -61,8 +75,18 @@ def load_group(configs: list[dict], root: str | os.PathLike | None = None) -> Gr
     path = checkpoint_path(configs, root)
     if not path.exists():
         return None
-    blob = torch.load(path, map_location="cpu", weights_only=False)
-    if blob.get("configs") != configs:
+    try:
+        # TorchVersion: a str subclass that checkpoints written before plain types were enforced hold in
+        # records[*].env.torch; allowing it admits no code (the unpickler still refuses everything else)
+        with torch.serialization.safe_globals([TorchVersion]):
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError ...: not ours
+        reason = " ".join(str(err).split())[:120]
+        store.quarantine(path, f"not a plain checkpoint, refused by torch.load(weights_only=True): "
+                               f"{type(err).__name__}: {reason}", store.results_dir(root),
+                         still_bad=lambda p: p.exists())
+        return None
+    if not isinstance(blob, dict) or _plain(blob.get("configs")) != _plain(configs):
         raise ValueError(f"{path} holds other configs than asked for (hash collision or edited file)")
     model = _build(configs)
     model.load_state_dict(blob["state_dict"])
@@ -85,6 +109,6 @@ def trained_group(task: str, model: str, scale: str, modes: Iterable[str] | None
     from ..train.formal import train_formal
     records, trained = train_formal(configs, device="cpu", progress=progress, threads=threads, return_model=True)
     path = checkpoint_path(configs, root)
-    _save({"configs": configs, "records": records,
+    _save({"configs": _plain(configs), "records": _plain(records),
            "state_dict": {k: v.detach().cpu() for k, v in trained.state_dict().items()}}, path)
     return load_group(configs, root)

@@ -20,7 +20,13 @@ with ``R`` replicas:
   the epoch, dropped from the live batch (the model is rebuilt with the
   replicas still training, so stopped ones cost nothing);
 * a replica whose loss or gradient norm is NaN/inf is *diverged*: masked from
-  then on, its epoch and step recorded, excluded from "best of".
+  then on, its epoch and step recorded, excluded from "best of"; so is one
+  whose loss explodes while staying finite: a training cross-entropy above
+  :data:`EXPLODE_FACTOR` times ``log V`` (``V`` output symbols: the
+  cross-entropy of a uniform guess, which an untrained model is close to)
+  at the end of :data:`EXPLODE_EPOCHS` consecutive epochs
+  (:meth:`Tracker.check_explosion`, recorded with ``where = "train-explode"``).
+  The other replicas of the group train on unaffected.
 
 At the end every replica gets its best-validation weights back and is
 evaluated on the test bins; one record per replica is returned.
@@ -45,6 +51,10 @@ def _build_default(name, **kwargs):
     from ..models import build
     return build(name, **kwargs)
 
+
+
+EXPLODE_FACTOR = 10.0  # a training cross-entropy above this many times log V ...
+EXPLODE_EPOCHS = 2  # ... at the end of this many consecutive epochs marks a replica diverged
 
 
 def guarded_step(opt, tracker: "Tracker", idx: list[int], loss: torch.Tensor, epoch: int, step: int) -> None:
@@ -95,8 +105,24 @@ class Tracker:
         self.epochs = [0] * R
         self.lr = opt.lr.tolist()
         self.steps = [0] * R
+        self._high = [0] * R  # consecutive epochs above the explosion limit (check_explosion)
         with torch.no_grad():
             self.snapshot = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def check_explosion(self, epoch: int, step: int, train_ce: dict[int, float | None], vocab: int) -> None:
+        """Mark diverged the running replicas whose training cross-entropy (per symbol,
+        ``train_ce[r]``, None when not finite) was above ``EXPLODE_FACTOR * log(vocab)``
+        at the end of ``EXPLODE_EPOCHS`` consecutive epochs (see the module docstring)."""
+        limit = EXPLODE_FACTOR * math.log(max(vocab, 2))
+        for r, ce in train_ce.items():
+            if self.status[r] != "training":
+                continue
+            if ce is None or ce > limit:
+                self._high[r] += 1
+                if self._high[r] >= EXPLODE_EPOCHS or ce is None:
+                    self.diverge(r, epoch, step, "train-explode", ce if ce is not None else math.inf)
+            else:
+                self._high[r] = 0
 
     def running(self) -> list[int]:
         return [r for r, s in enumerate(self.status) if s == "training"]
@@ -285,6 +311,8 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
                 "valid_accuracy": v_acc[pos],
                 "seconds": round(time.perf_counter() - t_epoch, 3),
             })
+        tracker.check_explosion(epoch, step, {r: curves[r][-1]["train_cross_entropy"] for r in idx if r in running},
+                                len(task.outputs))
         tracker.end_epoch(epoch, v_ce, step)
         if state_dir is not None:
             resume.save(configs, state_dir, tracker, epoch=epoch, step=step, curves=curves,
@@ -312,7 +340,7 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
                 "cross_entropy": _num(best),
                 "lower_bound": train_bound,
                 "ce_diff": _num(best - train_bound),
-                "perplexity": _num(math.exp(best)) if math.isfinite(best) else None,
+                "perplexity": _num(math.exp(best)) if math.isfinite(best) and best < 700 else None,
                 "accuracy": _best_valid_acc(curves[r], tracker.best_epoch[r]),
             },
             "bins": metrics[r]["bins"],

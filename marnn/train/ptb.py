@@ -139,6 +139,8 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
                 "valid_perplexity": _ppl(v_ce[pos]),
                 "seconds": round(time.perf_counter() - t_epoch, 3),
             })
+        tracker.check_explosion(epoch, step, {r: _num(float(tr_nll[r]) / tr_tok) for r in idx if r in running},
+                                corpus.vocab_size)
         tracker.end_epoch(epoch, v_ce, step)
         if state_dir is not None:
             resume.save(configs, state_dir, tracker, epoch=epoch, step=step, curves=curves,
