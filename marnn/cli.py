@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from .scales import SCALES
 
 SEED_MAX = 2**32 - 1  # = marnn.store.SEED_MAX (not imported here: keeps start-up light)
 SCHEDULER_TIMEOUT_S = 3.0
@@ -65,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
     def common(q):
-        q.add_argument("--scale", default="quick", help="smoke | quick | paper (default quick)")
+        q.add_argument("--scale", default="quick", help=" | ".join(SCALES) + " (default quick)")
         q.add_argument("--results", default=None, help="store folder (default $MARNN_RESULTS or <repo>/results)")
         q.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
         q.add_argument("--threads", type=POSITIVE, default=None,
