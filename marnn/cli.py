@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+
 from .scales import SCALES
 
 SEED_MAX = 2**32 - 1  # = marnn.store.SEED_MAX (not imported here: keeps start-up light)
