@@ -35,7 +35,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly build/nbval
 	@# the browser check reads a book rendered from those same smoke notebooks
 	rm -rf build/book && mkdir -p build/book
-	cp -r book/_config.yml book/_toc.yml book/*.md book/_ext build/book/
+	cp -r book/_config.yml book/_toc.yml book/*.md book/_ext book/reference build/book/
 	cp -r build/nbval build/book/generated
 	$(BIN)/jupyter-book build build/book -W -n --keep-going -q
 	MARNN_BOOK_HTML=build/book/_build/html $(BIN)/python -m pytest -m browser tests/test_browser.py
