@@ -74,7 +74,7 @@ def test_setting_and_override_errors():
 def test_ptb_parameter_counts():
     counts = {name: models.build(name, vocab_size=10001).num_parameters() for name in models.PTB_MODELS}
     print("PTB parameter counts:", counts)
-    assert counts["lstm-256"] == 5_656_849  # PAPER.md
+    assert counts["lstm-256"] == 5_656_849  # docs: book/reference/models.md
     for name, n in counts.items():
         assert 5_600_000 <= n <= 5_950_000, (name, n)
 

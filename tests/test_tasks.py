@@ -146,7 +146,7 @@ def test_baselines_equal_literal_evaluation(name):
 
 
 def test_count3_repeat_previous_explains_frozen_accuracies():
-    # PAPER.md audit: frozen-mode count-3 accuracies 0.96/0.98/0.99 are what
+    # the audit (book/reference/claims.md): frozen-mode count-3 accuracies 0.96/0.98/0.99 are what
     # "repeat the previous symbol" scores on the three test bins.
     task = tasks.get("count-3")
     got = [round(task.baselines(lo, hi)["repeat-previous"].accuracy, 2) for lo, hi in SCALES["paper"].test_bins]

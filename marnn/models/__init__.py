@@ -1,4 +1,4 @@
-"""The models of the paper, built by name (PAPER.md, "Models").
+"""The models of the paper, built by name (docs: book/reference/models.md).
 
 >>> from marnn import models, tasks
 >>> m = models.build("jm-3.3.3", task=tasks.get("marked-copy"), replicas=4, seeds=[0, 1, 2, 3])
@@ -16,7 +16,7 @@ Names are parsed from patterns, so other sizes work too (:data:`NAME_FORMS`):
   its vector version.
 
 The setting is picked by the keyword: ``task=`` (formal languages: one-hot
-inputs, 20 units, ``include_initial``, MODELS.md init) or ``vocab_size=`` (PTB:
+inputs, 20 units, ``include_initial``, per-group init) or ``vocab_size=`` (PTB:
 embeddings of size H, 256 units unless the name says otherwise, superposition
 depth limit 10, RNS window 35, all parameters U(-0.05, 0.05), state carried).
 """
@@ -34,7 +34,7 @@ PTB_MODELS = ("lstm-256", "jm-hidden-247", "jm-learned-22", "rns-4-5", "vrns-3-3
 NAME_FORMS = ("lstm", "lstm-<H>", "jm-<m>", "jm-<a>.<b>.<c>", "jm-learned-<m>", "jm-hidden",
               "jm-hidden-<H>", "rns-<Q>-<S>", "vrns-<Q>-<S>-<m>")
 
-# Setting defaults (PAPER.md "Models"; MODELS.md "Initialisation")
+# Setting defaults (docs: book/reference/models.md, "Model names" and "Initialisation")
 _FORMAL = dict(hidden_size=20, depth=None, window=None, embedding=False, include_initial=True,
                init="formal", prune=True)
 _PTB = dict(hidden_size=256, depth=10, window=35, embedding=True, include_initial=False,

@@ -38,7 +38,7 @@ import torch
 
 GROUPS = ("controller", "memory", "classifier", "embedding")
 
-# PAPER.md "Freeze modes": which groups stay at their random initialisation.
+# docs: book/reference/models.md, "Freeze modes": which groups stay at their random initialisation.
 FREEZE_MODES: dict[str, tuple[str, ...]] = {
     "none": (),
     "m": ("memory",),

@@ -1,4 +1,4 @@
-"""Freeze modes per replica (PAPER.md, "Freeze modes").
+"""Freeze modes per replica (docs: book/reference/models.md, "Freeze modes").
 
 A freeze mode names the groups that stay at their random initialisation
 (:data:`marnn.models.base.FREEZE_MODES`): ``none``, ``m`` (memory), ``c``

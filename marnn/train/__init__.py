@@ -74,7 +74,7 @@ def log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
 def hyperparameters(seed: int, lr_range: tuple[float, float], clip_range: tuple[float, float] | None = None) -> dict:
     """A restart's random hyperparameters, a pure function of its seed.
 
-    ``lr`` is log-uniform in ``lr_range`` (PAPER.md "Training protocol"); for
+    ``lr`` is log-uniform in ``lr_range`` (docs: book/reference/training.md); for
     PTB ``clip`` is log-uniform in ``clip_range``, drawn second from the same
     stream. Restart ``s`` gets the same draws for every task and model.
     """
