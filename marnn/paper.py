@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
-DATA = Path(__file__).resolve().parent.parent / "data" / "paper" / "paper_results.csv"
+from .paths import PAPER_RESULTS
+
+DATA = PAPER_RESULTS
 COLUMNS = ["source", "dataset", "task", "model", "freeze", "split", "metric", "value"]
 
 

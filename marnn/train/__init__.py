@@ -23,15 +23,14 @@ import subprocess
 import sys
 from dataclasses import fields
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
+from ..paths import REPO
 from ..registry import UnknownNameError, lookup
 from ..scales import Scale, get_scale
 
 PROTOCOL = 1  # bump when a change to the training code changes numbers
-REPO = Path(__file__).resolve().parent.parent.parent
 
 # Stream tags: which numpy stream a number comes from (never the global RNG).
 _LR_STREAM = 1
