@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-from .registry import lookup
+from .registry import FORMAL_MODELS, MODES, PTB_MODELS, lookup
 
 # ---- palette --------------------------------------------------------------
 # Formal-language models, then the Penn Treebank models (docs: book/reference/models.md).
@@ -35,11 +35,8 @@ MODEL_COLORS: dict[str, str] = {
     "rns-4-5": "#8c564b",
     "vrns-3-3-5": "#393b79",
 }
-FORMAL_MODELS: tuple[str, ...] = ("lstm", "jm-10", "jm-3.3.3", "jm-hidden", "rns-3-3")
-PTB_MODELS: tuple[str, ...] = ("lstm-256", "jm-hidden-247", "jm-learned-22", "rns-4-5", "vrns-3-3-5")
 
 # Freeze modes (docs: book/reference/models.md, "Freeze modes"): what stays at its random initial value.
-MODES: tuple[str, ...] = ("none", "m", "c", "cm")
 MODE_LABELS: dict[str, str] = {
     "none": "none (all trained)",
     "m": "m (memory frozen)",

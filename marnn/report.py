@@ -31,13 +31,9 @@ import numpy as np
 import pandas as pd
 
 from . import paper, store
-from .registry import lookup
+from .registry import FORMAL_MODELS, MEMORY_MODELS, MODES, PTB_MODELS, lookup  # noqa: F401 (re-exported)
 from .scales import get_scale
 
-FORMAL_MODELS: tuple[str, ...] = ("lstm", "jm-10", "jm-3.3.3", "jm-hidden", "rns-3-3")
-MEMORY_MODELS: tuple[str, ...] = FORMAL_MODELS[1:]  # the memory-augmented ones (Figure 3)
-PTB_MODELS: tuple[str, ...] = ("lstm-256", "jm-hidden-247", "jm-learned-22", "rns-4-5", "vrns-3-3-5")
-MODES: tuple[str, ...] = ("none", "m", "c", "cm")
 # The paper's table of each freeze mode on the formal languages (docs: book/reference/claims.md; marnn.paper).
 MODE_TABLE: dict[str, str] = {"none": "Table 4", "c": "Table 5", "m": "Table 6", "cm": "Table 7"}
 REFERENCES: tuple[str, ...] = ("ceiling", "most-frequent", "repeat-previous", "chance")

@@ -25,14 +25,10 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from ..registry import UnknownNameError
+from ..registry import FORMAL_MODELS, NAME_FORMS, PTB_MODELS, SETTINGS, UnknownNameError
 from .base import DEFAULT_EMBEDDING_GROUP, EMBEDDING_GROUPS, FREEZE_MODES, GROUPS, Output
 from .stack_rnn import ModelConfig, ModelState, StackRNN, detach_state
 
-FORMAL_MODELS = ("lstm", "jm-10", "jm-3.3.3", "jm-hidden", "rns-3-3")
-PTB_MODELS = ("lstm-256", "jm-hidden-247", "jm-learned-22", "rns-4-5", "vrns-3-3-5")
-NAME_FORMS = ("lstm", "lstm-<H>", "jm-<m>", "jm-<a>.<b>.<c>", "jm-learned-<m>", "jm-hidden",
-              "jm-hidden-<H>", "rns-<Q>-<S>", "vrns-<Q>-<S>-<m>")
 
 # Setting defaults (docs: book/reference/models.md, "Model names" and "Initialisation")
 _FORMAL = dict(hidden_size=20, depth=None, window=None, embedding=False, include_initial=True,
@@ -53,10 +49,9 @@ _PATTERNS = [
 
 def names(setting: str = "formal") -> tuple[str, ...]:
     """The paper's model names for ``"formal"`` or ``"ptb"``, in table order."""
-    table = {"formal": FORMAL_MODELS, "ptb": PTB_MODELS}
-    if setting not in table:
-        raise UnknownNameError("setting", setting, table)
-    return table[setting]
+    if setting not in SETTINGS:
+        raise UnknownNameError("setting", setting, SETTINGS)
+    return SETTINGS[setting]
 
 
 def parse_name(name: str) -> dict:

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from .base import DEFAULT_EMBEDDING_GROUP, EMBEDDING_GROUPS, GROUPS, Output
+from .base import DEFAULT_EMBEDDING_GROUP, EMBEDDING_GROUPS, Output
 from .lstm import ReplicaEmbedding, ReplicaLSTM, ReplicaLinear, init_replicas, replica_param
 from .superposition import SuperpositionCore, SuperpositionState, fused_stack_lstm, stack_heights
 
@@ -148,18 +148,9 @@ class StackRNN(nn.Module):
 
     # ---- parameter groups ---------------------------------------------------
     def group_of(self, param_name: str) -> str:
-        """``controller`` | ``memory`` | ``classifier`` | ``embedding``.
-
-        The input embedding joins the group named by ``embedding_group``
-        ("controller" by default, "memory", or "trained" = its own group
-        ``embedding``, never frozen).
-        """
-        head = param_name.split(".", 1)[0]
-        if head == "embedding":
-            return "embedding" if self.embedding_group == "trained" else self.embedding_group
-        if head in GROUPS:
-            return head
-        raise KeyError(f"{param_name!r} is not a parameter of this model")
+        """``controller`` | ``memory`` | ``classifier`` | ``embedding`` (:func:`marnn.models.freeze.group_of`)."""
+        from .freeze import group_of
+        return group_of(param_name, self.embedding_group)
 
     def param_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         groups: dict[str, list] = {}
