@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-from .registry import FORMAL_MODELS, MODES, PTB_MODELS, lookup
+from .registry import FORMAL_MODELS, MODES, PTB_MODELS, lookup  # noqa: F401 (re-exported)
 
 # ---- palette --------------------------------------------------------------
 # Formal-language models, then the Penn Treebank models (docs: book/reference/models.md).

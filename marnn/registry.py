@@ -17,7 +17,8 @@ Every other list of these names in the package derives from this module.
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
 
 T = TypeVar("T")
 

@@ -29,7 +29,6 @@ from ..registry import FORMAL_MODELS, NAME_FORMS, PTB_MODELS, SETTINGS, UnknownN
 from .base import DEFAULT_EMBEDDING_GROUP, EMBEDDING_GROUPS, FREEZE_MODES, GROUPS, Output
 from .stack_rnn import ModelConfig, ModelState, StackRNN, detach_state
 
-
 # Setting defaults (docs: book/reference/models.md, "Model names" and "Initialisation")
 _FORMAL = dict(hidden_size=20, depth=None, window=None, embedding=False, include_initial=True,
                init="formal", prune=True)

@@ -18,7 +18,7 @@ always trains, and the PTB embedding joins the group its model's
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -78,10 +78,13 @@ def apply_masks(params, masks: Mapping[str, torch.Tensor], active: torch.Tensor 
     for name, p in named:
         g = p.grad
         m = masks.get(name)
-        if g is None or (m is None and active is None):
-            continue
-        keep = active if m is None else (m if active is None else m & active)
-        if bool(keep.all()):
+        if m is None:
+            if active is None:
+                continue
+            keep = active
+        else:
+            keep = m if active is None else m & active
+        if g is None or bool(keep.all()):
             continue
         if g.numel() <= small:
             g.copy_(torch.where(keep.view(-1, *([1] * (g.dim() - 1))), g,
