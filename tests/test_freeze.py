@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import MODES, TASK
 
-from marnn import models, tasks
+from marnn import models
 from marnn.models.freeze import apply_masks, check_frozen, group_of, snapshot, trainable_groups
 from marnn.registry import UnknownNameError
-
-TASK = tasks.get("marked-copy")
-MODES = ["none", "m", "c", "cm"]
 
 
 def test_trainable_groups():
