@@ -175,3 +175,16 @@ def test_with_config_keeps_the_weights():
     x = torch.randint(0, 3, (2, 4, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(loop(x).logits, m(x).logits, rtol=1e-10, atol=1e-12)
+
+
+def test_every_name_list_comes_from_the_registry():
+    from marnn import plotting, registry, report, tasks, train
+    from marnn.models import base
+
+    assert models.names("formal") is registry.FORMAL_MODELS and models.names("ptb") is registry.PTB_MODELS
+    assert report.FORMAL_MODELS is plotting.FORMAL_MODELS is train.formal_models() is registry.FORMAL_MODELS
+    assert report.MODES is plotting.MODES is train.freeze_modes() is registry.MODES == tuple(base.FREEZE_MODES)
+    assert registry.task_names() == tasks.names() and registry.scale_names() == ("smoke", "quick", "paper")
+    assert set(plotting.MODEL_COLORS) == set(registry.FORMAL_MODELS + registry.PTB_MODELS)
+    with pytest.raises(UnknownNameError, match="formal, ptb"):
+        models.names("cifar")
