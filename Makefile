@@ -43,8 +43,7 @@ test: $(STAMP)
 
 # ruff (rules E, F, W, I, B, UP; pyproject.toml) and mypy; not yet part of `make test`.
 lint: $(STAMP)
-	$(BIN)/ruff check marnn tests
-	$(BIN)/mypy marnn
+	$(BIN)/ruff check marnn tests; status=$$?; $(BIN)/mypy marnn && exit $$status
 
 bench: $(STAMP)
 	$(BIN)/python -m marnn.bench
