@@ -1,6 +1,7 @@
 # marnn: two commands do everything (see README).
 #   make book   set up .venv, execute the notebooks with papermill, build the Jupyter Book
 #   make test   set up .venv, run the whole test suite (unit, nbval, browser)
+#   make lint   ruff check and mypy
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 BOOK_SCALE ?= quick
 export TQDM_DISABLE ?=
 
-.PHONY: install book notebooks test test-unit test-nbval test-browser bench clean
+.PHONY: install book notebooks test test-unit test-nbval test-browser bench lint clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,10 +36,14 @@ test: $(STAMP)
 	$(BIN)/python -m pytest --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly build/nbval
 	@# the browser check reads a book rendered from those same smoke notebooks
 	rm -rf build/book && mkdir -p build/book
-	cp -r book/_config.yml book/_toc.yml book/*.md book/_ext build/book/
+	cp -r book/_config.yml book/_toc.yml book/*.md book/_ext book/reference build/book/
 	cp -r build/nbval build/book/generated
 	$(BIN)/jupyter-book build build/book -W -n --keep-going -q
 	MARNN_BOOK_HTML=build/book/_build/html $(BIN)/python -m pytest -m browser tests/test_browser.py
+
+# ruff (rules E, F, W, I, B, UP; pyproject.toml) and mypy; not yet part of `make test`.
+lint: $(STAMP)
+	$(BIN)/ruff check marnn tests; status=$$?; $(BIN)/mypy marnn && exit $$status
 
 bench: $(STAMP)
 	$(BIN)/python -m marnn.bench

@@ -6,7 +6,7 @@ Rows (each measured in a fresh child process, so peak memory is per row):
 
 * ``train``: one training step (forward + backward + ``torch.optim.Adam``) on a
   batch of 10 random strings of length n in {40, 60, 80} (formal models,
-  marked-copy alphabet) -- the protocol of MODELS.md "Reference speed";
+  marked-copy alphabet) -- the protocol of docs: book/reference/models.md, "Reference speed";
 * ``ptb``: one step on a 32 x 35 chunk, vocabulary 10,001 (PTB models);
 * ``eval``: evaluation time per string at n = 400, no gradient;
 * ``replicas``: R = 40 replicas (10 restarts x 4 freeze modes) vs R = 1 at n = 60,
@@ -21,7 +21,7 @@ Times are medians of wall-clock repeats after warm-up; ``cpu_ms`` is the
 process CPU time (the two differ when other work shares the cores). Memory is
 the growth of the child's peak resident set size over the measurement
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss`` after minus before, MiB).
-``ref_ms`` is the published code on a 2-core CPU (MODELS.md); "~" rows compare
+``ref_ms`` is the published code on a 2-core CPU (docs: book/reference/models.md); "~" rows compare
 a superposition variant with the published m = 10 superposition number.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 import multiprocessing as mp
 
-# MODELS.md "Reference speed on a 2-core CPU": ms per Adam step, B = 10, H = 20.
+# docs: book/reference/models.md, "Reference speed": ms per Adam step, B = 10, H = 20.
 REFERENCE_MS = {
     ("lstm", 40): 3.3, ("lstm", 60): 3.4, ("lstm", 80): 3.5,
     ("jm-10", 40): 40.0, ("jm-10", 60): 57.0, ("jm-10", 80): 76.0,

@@ -1,4 +1,4 @@
-"""The numbers the paper prints, vendored from the reference digest.
+"""The numbers the paper prints (Tables 3-7), one row per table cell.
 
 ``data/paper/paper_results.csv`` has one row per table cell (Tables 3-7 of
 Das & Mali 2024): source table, dataset, task, model, freeze mode, split,
@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
-DATA = Path(__file__).resolve().parent.parent / "data" / "paper" / "paper_results.csv"
+from .paths import PAPER_RESULTS
+
+DATA = PAPER_RESULTS
 COLUMNS = ["source", "dataset", "task", "model", "freeze", "split", "metric", "value"]
 
 

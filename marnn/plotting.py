@@ -18,10 +18,10 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-from .registry import lookup
+from .registry import FORMAL_MODELS, MODES, PTB_MODELS, lookup  # noqa: F401 (re-exported)
 
 # ---- palette --------------------------------------------------------------
-# Formal-language models (PAPER.md, "Models"), then the Penn Treebank models.
+# Formal-language models, then the Penn Treebank models (docs: book/reference/models.md).
 # Grey and black are kept free for reference lines.
 MODEL_COLORS: dict[str, str] = {
     "lstm": "#1f77b4",
@@ -35,11 +35,8 @@ MODEL_COLORS: dict[str, str] = {
     "rns-4-5": "#8c564b",
     "vrns-3-3-5": "#393b79",
 }
-FORMAL_MODELS: tuple[str, ...] = ("lstm", "jm-10", "jm-3.3.3", "jm-hidden", "rns-3-3")
-PTB_MODELS: tuple[str, ...] = ("lstm-256", "jm-hidden-247", "jm-learned-22", "rns-4-5", "vrns-3-3-5")
 
-# Freeze modes (PAPER.md, "Freeze modes"): what stays at its random initial value.
-MODES: tuple[str, ...] = ("none", "m", "c", "cm")
+# Freeze modes (docs: book/reference/models.md, "Freeze modes"): what stays at its random initial value.
 MODE_LABELS: dict[str, str] = {
     "none": "none (all trained)",
     "m": "m (memory frozen)",

@@ -34,7 +34,9 @@ from typing import Iterator
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent / "data" / "ptb"
+from .paths import PTB_DATA
+
+ROOT = PTB_DATA
 SPLITS = ("train", "valid", "test")
 EOS = "<eos>"
 BOS = "<bos>"  # reserved, never fed (see module docstring)

@@ -16,7 +16,7 @@ three stored restarts picks the best of those two). Everything else here is a
 pure function of such a frame and of :func:`marnn.paper.load`.
 
 Names follow the paper: models as in its tables, freeze modes ``none`` / ``m``
-/ ``c`` / ``cm`` (PAPER.md, "Freeze modes"), test bins ``bin0`` ... and
+/ ``c`` / ``cm`` (docs: book/reference/models.md, "Freeze modes"), test bins ``bin0`` ... and
 ``valid`` for the validation split (the paper's ``validation``).
 """
 from __future__ import annotations
@@ -31,14 +31,10 @@ import numpy as np
 import pandas as pd
 
 from . import paper, store
-from .registry import lookup
+from .registry import FORMAL_MODELS, MEMORY_MODELS, MODES, PTB_MODELS, lookup  # noqa: F401 (re-exported)
 from .scales import get_scale
 
-FORMAL_MODELS: tuple[str, ...] = ("lstm", "jm-10", "jm-3.3.3", "jm-hidden", "rns-3-3")
-MEMORY_MODELS: tuple[str, ...] = FORMAL_MODELS[1:]  # the memory-augmented ones (Figure 3)
-PTB_MODELS: tuple[str, ...] = ("lstm-256", "jm-hidden-247", "jm-learned-22", "rns-4-5", "vrns-3-3-5")
-MODES: tuple[str, ...] = ("none", "m", "c", "cm")
-# The paper's table of each freeze mode on the formal languages (PAPER.md; marnn.paper).
+# The paper's table of each freeze mode on the formal languages (docs: book/reference/claims.md; marnn.paper).
 MODE_TABLE: dict[str, str] = {"none": "Table 4", "c": "Table 5", "m": "Table 6", "cm": "Table 7"}
 REFERENCES: tuple[str, ...] = ("ceiling", "most-frequent", "repeat-previous", "chance")
 TOL = 0.015  # accuracies closer than this are "equal": the paper prints two decimals
@@ -465,7 +461,7 @@ def retention(long: pd.DataFrame, first: str = "bin0", last: str = "bin2",
 
     ``long`` may hold one row per restart (add ``seed`` to ``by``) or best
     restarts only. The paper's "retained close to 90%" and "60% drop" are
-    statements about this ratio (PAPER.md, "Numbers that do not add up").
+    statements about this ratio (docs: book/reference/claims.md, "Formal languages").
     """
     acc = long[long["metric"] == "accuracy"]
     wide = acc[acc["split"].isin([first, last])].pivot_table(index=list(by), columns="split", values="value",

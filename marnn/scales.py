@@ -1,7 +1,7 @@
 """Experiment scales: the one place that says what ``smoke``, ``quick`` and ``paper`` change.
 
-``paper`` is the published protocol (PAPER.md, "Training protocol" and
-"Splits"); the other two shrink it so that it fits a laptop:
+``paper`` is the published protocol (docs: book/reference/training.md, "Formal languages" and
+"Penn Treebank"); the other two shrink it so that it fits a laptop:
 
 * ``smoke`` runs every model on every language in seconds; it exists for tests
   and for nbval, and its numbers mean nothing.
@@ -87,33 +87,33 @@ EVAL_SEED = 2024  # one fixed seed for every test set, shared by all models and 
 class Scale:
     name: str
     # ---- formal languages ------------------------------------------------
-    train_size: int = 10_000  # strings; PAPER.md "Splits"
-    valid_size: int = 1_000  # strings; PAPER.md "Splits"
-    train_lengths: tuple[int, int] = (40, 80)  # PAPER.md "Splits"
-    test_bins: tuple[tuple[int, int], ...] = ((40, 100), (101, 200), (201, 400))  # PAPER.md
+    train_size: int = 10_000  # strings (the paper)
+    valid_size: int = 1_000  # strings (the paper)
+    train_lengths: tuple[int, int] = (40, 80)  # the paper
+    test_bins: tuple[tuple[int, int], ...] = ((40, 100), (101, 200), (201, 400))  # the paper
     # strings per valid length in each bin: 100 for bin0 is the reference
     # protocol; bins 1-2 are not given in the paper, these are our choice.
     test_per_length: tuple[int, ...] = (100, 10, 4)
-    batch_size: int = 10  # one length per batch; PAPER.md
+    batch_size: int = 10  # one length per batch (the paper)
     eval_batch_size: int = 100  # evaluation only, does not change any number
-    max_epochs: int = 200  # PAPER.md
-    early_stop: int = 10  # epochs without validation improvement; PAPER.md
-    lr_patience: int = 5  # epochs without improvement before lr *= lr_decay; PAPER.md
-    lr_decay: float = 0.9  # PAPER.md
-    lr_range: tuple[float, float] = (5e-4, 1e-2)  # log-uniform per restart; PAPER.md
-    clip: float = 5.0  # gradient-norm clipping; PAPER.md
-    restarts: int = 10  # PAPER.md
+    max_epochs: int = 200  # the paper
+    early_stop: int = 10  # epochs without validation improvement (the paper)
+    lr_patience: int = 5  # epochs without improvement before lr *= lr_decay (the paper)
+    lr_decay: float = 0.9  # the paper
+    lr_range: tuple[float, float] = (5e-4, 1e-2)  # log-uniform per restart (the paper)
+    clip: float = 5.0  # gradient-norm clipping (the paper)
+    restarts: int = 10  # the paper
     # ---- Penn Treebank -----------------------------------------------------
-    ptb_streams: int = 32  # PAPER.md
-    ptb_bptt: int = 35  # PAPER.md
+    ptb_streams: int = 32  # the paper
+    ptb_bptt: int = 35  # the paper
     ptb_train_tokens: int | None = None  # None = the whole training stream
     ptb_eval_tokens: int | None = None  # None = whole validation / test streams
-    ptb_max_epochs: int = 100  # PAPER.md
-    ptb_early_stop: int = 2  # PAPER.md
-    ptb_lr_range: tuple[float, float] = (1.0, 100.0)  # log-uniform; PAPER.md
-    ptb_lr_divisor: float = 1.5  # PAPER.md
-    ptb_clip_range: tuple[float, float] = (0.0112, 1.12)  # log-uniform; PAPER.md
-    ptb_restarts: int = 10  # PAPER.md
+    ptb_max_epochs: int = 100  # the paper
+    ptb_early_stop: int = 2  # the paper
+    ptb_lr_range: tuple[float, float] = (1.0, 100.0)  # log-uniform (the paper)
+    ptb_lr_divisor: float = 1.5  # the paper
+    ptb_clip_range: tuple[float, float] = (0.0112, 1.12)  # log-uniform (the paper)
+    ptb_restarts: int = 10  # the paper
     # ---- added after the first records: kept out of a run's config while unset
     # (``OPTIONAL``), so the records of smoke / quick / paper keep their keys ----
     # formal: at least this many strings per bin; every valid length of the bin

@@ -790,7 +790,7 @@ def load_frame(root: str | os.PathLike | None = None, *, lengths: bool = True):
     ``valid``, ``test`` (PTB), the bins (``bin0`` ...), and ``run`` (epochs,
     wall time, lr, ...). Column ``best`` marks the best restart of each
     (kind, scale, task, model, freeze, embedding group): lowest validation
-    cross-entropy among runs that did not diverge (PAPER.md: best of restarts
+    cross-entropy among runs that did not diverge (docs: book/reference/training.md, best of restarts
     by validation cross-entropy difference / perplexity).
     """
     import pandas as pd

@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import MODES, TASK
 
-from marnn import models, tasks
-from marnn.models.freeze import apply_masks, check_frozen, snapshot, trainable_groups
+from marnn import models
+from marnn.models.freeze import apply_masks, check_frozen, group_of, snapshot, trainable_groups
 from marnn.registry import UnknownNameError
-
-TASK = tasks.get("marked-copy")
-MODES = ["none", "m", "c", "cm"]
 
 
 def test_trainable_groups():
@@ -57,3 +55,33 @@ def test_frozen_slices_stay_bitwise_identical(name, setting):
     with torch.no_grad():
         m.controller.weight_hh[3] += 1
     assert any("frozen but changed" in p for p in check_frozen(before, m, masks))
+
+
+def test_apply_masks_zeroes_frozen_and_inactive_slices_even_nan():
+    m = models.build("jm-10", task=TASK, replicas=3, seeds=[0, 1, 2])
+    masks = m.freeze_masks(["none", "m", "none"])
+    for p in m.parameters():
+        p.grad = torch.ones_like(p)
+    m.controller.weight_hh.grad[2] = float("nan")  # a diverged replica
+    params = dict(m.named_parameters())
+    apply_masks(params, masks, active=torch.tensor([True, True, False]))
+    assert m.memory.action.weight.grad[1].eq(0).all()  # frozen memory (mode m)
+    assert m.controller.weight_hh.grad[1].eq(1).all()  # mode m trains the controller
+    assert m.controller.weight_hh.grad[2].eq(0).all()  # inactive: zeroed, NaN included
+    assert m.memory.action.weight.grad[0].eq(1).all()
+    # large gradients take the per-slice path: same result
+    g = torch.ones(3, 4, 5)
+    p = torch.nn.Parameter(torch.zeros(3, 4, 5))
+    p.grad = g.clone()
+    apply_masks({"w": p}, {"w": torch.tensor([True, False, True])}, small=1)
+    assert p.grad[1].eq(0).all() and p.grad[0].eq(1).all() and p.grad[2].eq(1).all()
+
+
+def test_group_of_names_the_group_and_rejects_unknown_names():
+    assert group_of("memory.push.weight", "controller") == "memory"
+    assert group_of("embedding.weight", "memory") == "memory"
+    assert group_of("embedding.weight", "trained") == "embedding"
+    with pytest.raises(UnknownNameError, match="controller, memory, trained"):
+        group_of("embedding.weight", "stack")
+    with pytest.raises(KeyError, match="decoder.weight"):
+        group_of("decoder.weight", "controller")

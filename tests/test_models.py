@@ -5,11 +5,10 @@ import math
 
 import pytest
 import torch
+from conftest import TASK  # marked-copy: alphabet 0 1 #, 3 inputs, 4 outputs
 
-from marnn import models, tasks
+from marnn import models
 from marnn.registry import UnknownNameError
-
-TASK = tasks.get("marked-copy")  # alphabet 0 1 #: 3 inputs, 4 outputs
 
 
 @pytest.mark.parametrize("name", models.FORMAL_MODELS + ("lstm-7", "jm-4", "jm-2.2", "jm-learned-3",
@@ -21,7 +20,8 @@ def test_formal_names_build_and_shape(name):
     assert m.include_initial and m.replicas == 2
     assert out.logits.shape == (2, 5, 10, 4)
     assert torch.isfinite(out.logits).all()
-    assert set(m.param_groups()) == {"controller", "classifier"} | ({"memory"} if name.split("-")[0] != "lstm" else set())
+    memory = {"memory"} if name.split("-")[0] != "lstm" else set()
+    assert set(m.param_groups()) == {"controller", "classifier"} | memory
 
 
 @pytest.mark.parametrize("name", models.PTB_MODELS)
@@ -74,7 +74,7 @@ def test_setting_and_override_errors():
 def test_ptb_parameter_counts():
     counts = {name: models.build(name, vocab_size=10001).num_parameters() for name in models.PTB_MODELS}
     print("PTB parameter counts:", counts)
-    assert counts["lstm-256"] == 5_656_849  # PAPER.md
+    assert counts["lstm-256"] == 5_656_849  # docs: book/reference/models.md
     for name, n in counts.items():
         assert 5_600_000 <= n <= 5_950_000, (name, n)
 
@@ -105,7 +105,7 @@ def test_replica_equals_single_model(name, kw):
     seeds = [5, 7, 9]
     big = models.build(name, replicas=3, seeds=seeds, **setting)
     one = models.build(name, replicas=1, seeds=[7], **setting)
-    for (n, p), (_, q) in zip(big.named_parameters(), one.named_parameters()):
+    for (n, p), (_, q) in zip(big.named_parameters(), one.named_parameters(), strict=True):
         assert torch.equal(p[1], q[0]), n  # bit-for-bit initialisation
     V = 20 if "vocab_size" in kw else 3
     x = torch.randint(0, V, (4, 11), generator=torch.Generator().manual_seed(0))
@@ -113,7 +113,7 @@ def test_replica_equals_single_model(name, kw):
     torch.testing.assert_close(ob.logits[1:2], oo.logits, rtol=1e-5, atol=1e-6)
     ob.logits[1].square().sum().backward()
     oo.logits[0].square().sum().backward()
-    for (n, p), (_, q) in zip(big.named_parameters(), one.named_parameters()):
+    for (n, p), (_, q) in zip(big.named_parameters(), one.named_parameters(), strict=True):
         torch.testing.assert_close(p.grad[1:2], q.grad, rtol=1e-4, atol=1e-6, msg=n)
         assert (p.grad[0] == 0).all() and (p.grad[2] == 0).all(), n  # replicas are independent
 
@@ -175,3 +175,16 @@ def test_with_config_keeps_the_weights():
     x = torch.randint(0, 3, (2, 4, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(loop(x).logits, m(x).logits, rtol=1e-10, atol=1e-12)
+
+
+def test_every_name_list_comes_from_the_registry():
+    from marnn import plotting, registry, report, tasks, train
+    from marnn.models import base
+
+    assert models.names("formal") is registry.FORMAL_MODELS and models.names("ptb") is registry.PTB_MODELS
+    assert report.FORMAL_MODELS is plotting.FORMAL_MODELS is train.formal_models() is registry.FORMAL_MODELS
+    assert report.MODES is plotting.MODES is train.freeze_modes() is registry.MODES == tuple(base.FREEZE_MODES)
+    assert registry.task_names() == tasks.names() and registry.scale_names() == ("smoke", "quick", "paper-2core", "paper")
+    assert set(plotting.MODEL_COLORS) == set(registry.FORMAL_MODELS + registry.PTB_MODELS)
+    with pytest.raises(UnknownNameError, match="formal, ptb"):
+        models.names("cifar")

@@ -2,7 +2,7 @@
 
 Three independent references live in this file (never in the library):
 
-* ``loop_reference``: the MODELS.md recurrences followed literally, one scalar
+* ``loop_reference``: the recurrences of book/reference/models.md followed literally, one scalar
   (per batch element) at a time, loops over i, k, q, x, r, y, s, z, u, in real
   float64 arithmetic; autograd through it gives reference gradients.
 * ``enumerate_runs``: enumerates every PDA run for tiny n (merging identical

@@ -131,7 +131,7 @@ def _bruteforce_baselines(task, lo, hi):
         full = list(s) + [EOS]
         most += p * sum(c == top for c in full)
         guesses = [first_guess] + list(s)
-        repeat += p * sum(g == c for g, c in zip(guesses, full))
+        repeat += p * sum(g == c for g, c in zip(guesses, full, strict=True))
     return most / denom, repeat / denom
 
 
@@ -146,7 +146,7 @@ def test_baselines_equal_literal_evaluation(name):
 
 
 def test_count3_repeat_previous_explains_frozen_accuracies():
-    # PAPER.md audit: frozen-mode count-3 accuracies 0.96/0.98/0.99 are what
+    # the audit (book/reference/claims.md): frozen-mode count-3 accuracies 0.96/0.98/0.99 are what
     # "repeat the previous symbol" scores on the three test bins.
     task = tasks.get("count-3")
     got = [round(task.baselines(lo, hi)["repeat-previous"].accuracy, 2) for lo, hi in SCALES["paper"].test_bins]
@@ -169,10 +169,10 @@ def test_datasets_are_deterministic_and_test_sets_shared():
     a = tasks.make_task_data("marked-copy", "smoke", seed=0)
     b = tasks.make_task_data("marked-copy", "smoke", seed=0)
     c = tasks.make_task_data("marked-copy", "smoke", seed=1)
-    assert all((x.inputs == y.inputs).all() for x, y in zip(a.train, b.train))
-    assert any(x.length != y.length or (x.inputs != y.inputs).any() for x, y in zip(a.train, c.train))
+    assert all((x.inputs == y.inputs).all() for x, y in zip(a.train, b.train, strict=True))
+    assert any(x.length != y.length or (x.inputs != y.inputs).any() for x, y in zip(a.train, c.train, strict=True))
     for name in a.test:  # the test bins do not depend on the run seed
-        assert all((x.targets == y.targets).all() for x, y in zip(a.test[name], c.test[name]))
+        assert all((x.targets == y.targets).all() for x, y in zip(a.test[name], c.test[name], strict=True))
 
 
 def test_batches_have_one_length_and_end_with_eos():

@@ -4,7 +4,7 @@ Every check puts three things side by side for one statement of Das & Mali
 (2024):
 
 * ``paper_value``: what the paper says in words (an input: the constants below,
-  each with where it comes from in ``reference/PAPER.md``);
+  each with the claim it quotes, listed in ``book/reference/claims.md``);
 * ``recomputed``: what the paper's *own tables* imply, recomputed from
   ``data/paper/paper_results.csv`` with :mod:`marnn.report`;
 * ``ours``: what our runs give at one scale (the committed records).
@@ -45,13 +45,13 @@ DROP_TOL = 0.10  # our largest drop "matches" the paper's 60% when within ten po
 PTB_REL_TOL = 0.01  # our PTB perplexities (one restart at quick scale, no spread): under 1% apart is a tie
 NEAR_RANDOM = 0.25  # nats per symbol: a cross-entropy this close to the uniform guess's is "near random"
 
-# ---- what the paper states in words (inputs; PAPER.md) ------------------------------------------
-STATED_GAIN = 0.0173  # "1.73%" PTB gain from freezing memory ("Numbers that do not add up")
-STATED_BEFORE, STATED_AFTER = 123.5, 120.5  # best PTB perplexity without / with frozen memory ("Claim ...")
-STATED_BEST = 120.5  # "state of the art 120.5" ("Numbers that do not add up")
-STATED_DROP = 0.60  # fully trained models lose "up to 60%" on long strings ("Claim in one paragraph")
-STATED_KEEP = 0.90  # frozen memory retains "close to 90%" of the accuracy ("Claim in one paragraph")
-# The predictions of the stability theory (Section 3, Appendix C; PAPER.md "Stability theory").
+# ---- what the paper states in words (inputs; docs: book/reference/claims.md) ---------------------
+STATED_GAIN = 0.0173  # "1.73%" PTB gain from freezing memory
+STATED_BEFORE, STATED_AFTER = 123.5, 120.5  # best PTB perplexity without / with frozen memory
+STATED_BEST = 120.5  # "state of the art 120.5"
+STATED_DROP = 0.60  # fully trained models lose "up to 60%" on long strings
+STATED_KEEP = 0.90  # frozen memory retains "close to 90%" of the accuracy
+# The predictions of the stability theory (Section 3, Appendix C; docs: book/reference/claims.md).
 GROWTH_PARAMETERS = 3  # Thm 3.6: unstable loss ~ a|x|^b + c has three free parameters
 
 # ---- verdicts -----------------------------------------------------------------------------

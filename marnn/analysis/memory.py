@@ -3,7 +3,7 @@
 Zhang et al. (2020) describe RNN memory as shaped by *internal* factors (the
 recurrent unit) and *external* ones (input length, truncation length), treat
 the meaning of a sequence as a point set in a "Semantic Euclidean Space" and
-define indicators there (PAPER.md, "Memory ability"). Their formulas are not
+define indicators there (docs: book/reference/claims.md, "Memory ability"). Their formulas are not
 available to us; everything below is **this project's own
 operationalisation**, inspired by that description, not taken from it.
 

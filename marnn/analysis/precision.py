@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..registry import lookup
+from ..registry import FORMAL_MODELS, lookup
 
 # ---------------------------------------------------------------------------
 # dtypes and per-scale sizes
@@ -103,7 +103,7 @@ class PrecisionSettings:
     drift_length: int = 400  # (b) longest string (the paper's longest test length)
     rns_drift_length: int = 200  # (b) rns-3-3 costs O(n^3) per string
     drift_batch: int = 4  # (b) strings per model
-    drift_models: tuple[str, ...] = ("lstm", "jm-10", "jm-3.3.3", "jm-hidden", "rns-3-3")
+    drift_models: tuple[str, ...] = FORMAL_MODELS
     trained_models: tuple[str, ...] = ("lstm", "jm-10")  # (c)
 
 

@@ -1,6 +1,6 @@
 """The practical stability criteria of the paper's Appendix C, measured on our runs.
 
-The paper (Section 3, Appendix C; PAPER.md "Stability theory") calls a model
+The paper (Section 3, Appendix C; docs: book/reference/claims.md, "Stability theory") calls a model
 *stable* for a language when it does not degrade as strings grow longer, and
 proposes six criteria to check in practice. It measures none of them. This
 module turns five of them into numbers computed from stored formal-language

@@ -1,4 +1,4 @@
-"""The models of the paper, built by name (PAPER.md, "Models").
+"""The models of the paper, built by name (docs: book/reference/models.md).
 
 >>> from marnn import models, tasks
 >>> m = models.build("jm-3.3.3", task=tasks.get("marked-copy"), replicas=4, seeds=[0, 1, 2, 3])
@@ -20,7 +20,7 @@ Names are parsed from patterns, so other sizes work too (:data:`NAME_FORMS`):
   numbers) writes it (:class:`marnn.models.rns._PublishedBottom`).
 
 The setting is picked by the keyword: ``task=`` (formal languages: one-hot
-inputs, 20 units, ``include_initial``, MODELS.md init) or ``vocab_size=`` (PTB:
+inputs, 20 units, ``include_initial``, per-group init) or ``vocab_size=`` (PTB:
 embeddings of size H, 256 units unless the name says otherwise, superposition
 depth limit 10, RNS window 35, all parameters U(-0.05, 0.05), state carried).
 """
@@ -29,18 +29,11 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from ..registry import UnknownNameError
+from ..registry import FORMAL_MODELS, NAME_FORMS, PTB_MODELS, PTB_VARIANTS, SETTINGS, UnknownNameError
 from .base import DEFAULT_EMBEDDING_GROUP, EMBEDDING_GROUPS, FREEZE_MODES, GROUPS, Output
 from .stack_rnn import ModelConfig, ModelState, StackRNN, detach_state
 
-FORMAL_MODELS = ("lstm", "jm-10", "jm-3.3.3", "jm-hidden", "rns-3-3")
-PTB_MODELS = ("lstm-256", "jm-hidden-247", "jm-learned-22", "rns-4-5", "vrns-3-3-5")
-# variants a run may name besides the paper's models (not in the default grids)
-PTB_VARIANTS = ("vrns-3-3-5-published",)
-NAME_FORMS = ("lstm", "lstm-<H>", "jm-<m>", "jm-<a>.<b>.<c>", "jm-learned-<m>", "jm-hidden",
-              "jm-hidden-<H>", "rns-<Q>-<S>", "vrns-<Q>-<S>-<m>", "vrns-<Q>-<S>-<m>-published")
-
-# Setting defaults (PAPER.md "Models"; MODELS.md "Initialisation")
+# Setting defaults (docs: book/reference/models.md, "Model names" and "Initialisation")
 _FORMAL = dict(hidden_size=20, depth=None, window=None, embedding=False, include_initial=True,
                init="formal", prune=True)
 _PTB = dict(hidden_size=256, depth=10, window=35, embedding=True, include_initial=False,
@@ -60,10 +53,9 @@ _PATTERNS = [
 
 def names(setting: str = "formal") -> tuple[str, ...]:
     """The paper's model names for ``"formal"`` or ``"ptb"``, in table order."""
-    table = {"formal": FORMAL_MODELS, "ptb": PTB_MODELS}
-    if setting not in table:
-        raise UnknownNameError("setting", setting, table)
-    return table[setting]
+    if setting not in SETTINGS:
+        raise UnknownNameError("setting", setting, SETTINGS)
+    return SETTINGS[setting]
 
 
 def parse_name(name: str) -> dict:

@@ -36,22 +36,8 @@ from typing import Any
 
 import torch
 
-GROUPS = ("controller", "memory", "classifier", "embedding")
-
-# PAPER.md "Freeze modes": which groups stay at their random initialisation.
-FREEZE_MODES: dict[str, tuple[str, ...]] = {
-    "none": (),
-    "m": ("memory",),
-    "c": ("controller",),
-    "cm": ("controller", "memory"),
-}
-
-# Which freezable group the PTB input embedding joins. The paper does not say;
-# the default keeps it with the controller (it feeds the LSTM). "memory" is the
-# hypothesis that explains lstm-256 losing 10 points in mode m; "trained" never
-# freezes it. Formal-language models have no embedding (one-hot inputs).
-EMBEDDING_GROUPS = ("controller", "memory", "trained")
-DEFAULT_EMBEDDING_GROUP = "controller"
+# The groups, the freeze modes and the embedding's group choices live in the registry.
+from ..registry import DEFAULT_EMBEDDING_GROUP, EMBEDDING_GROUPS, FREEZE_MODES, GROUPS  # noqa: F401
 
 
 @dataclass

@@ -14,7 +14,7 @@ exactly 5,656,849 parameters):
 Initialisation is per replica: replica ``r`` draws every one of its slices from
 its own ``torch.Generator`` seeded with ``seeds[r]``, in parameter registration
 order, so it is bit-for-bit the ``R = 1`` model built from that seed.
-Each parameter carries an ``init`` rule (MODELS.md, "Initialisation"):
+Each parameter carries an ``init`` rule (docs: book/reference/models.md, "Initialisation"):
 ``("uniform", a)`` = U(-a, a), ``("xavier",)`` = Xavier-uniform with gain 1 on the
 ``(out, in)`` slice, ``("zeros",)``.
 """

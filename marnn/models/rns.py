@@ -19,8 +19,8 @@ stack element (pushed vector ``v_t`` at a push, learned ``bottom`` vector for
 the bottom element) and reads the expected top vector for every (state, top
 symbol): ``Q*S*m`` values.
 
-Recurrences (MODELS.md)
------------------------
+Recurrences (docs: book/reference/models.md)
+--------------------------------------------
 With ``gamma[i->t][q,x->r,y]`` (top symbol y in state r at time t was pushed at
 time i+1 on top of x in state q at time i; everything below untouched)::
 

@@ -1,6 +1,6 @@
 """One model class for every architecture: LSTM controller + optional stack core.
 
-Wiring (MODELS.md, "Wiring shared by every stack model"), one timestep:
+Wiring (docs: book/reference/models.md, "Wiring a stack to the controller"), one timestep:
 
 .. math::
     a_t = A(h_{t-1}) \\text{ applied to the stack (not at the first step)},\\quad
@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from .base import DEFAULT_EMBEDDING_GROUP, EMBEDDING_GROUPS, GROUPS, Output
+from .base import DEFAULT_EMBEDDING_GROUP, EMBEDDING_GROUPS, Output
 from .lstm import ReplicaEmbedding, ReplicaLSTM, ReplicaLinear, init_replicas, replica_param
 from .superposition import SuperpositionCore, SuperpositionState, fused_stack_lstm, stack_heights
 
@@ -41,7 +41,7 @@ class ModelConfig:
     name: str
     input_size: int  # formal: |alphabet| (one-hot); PTB: vocabulary size (embedding)
     output_size: int  # formal: |alphabet| + 1 (EOS); PTB: vocabulary size
-    hidden_size: int = 20  # PAPER.md: 1-layer LSTM, 20 units (PTB: 256, jm-hidden-247: 247)
+    hidden_size: int = 20  # 1-layer LSTM, 20 units (PTB: 256, jm-hidden-247: 247); docs: book/reference/models.md
     memory: str | None = None  # None | "superposition" | "rns" | "vrns"
     stack_sizes: tuple[int, ...] = ()  # superposition: vector size of each of the k stacks
     push: str = "learned"  # superposition: "learned" sigmoid(W_v h + b_v) | "hidden" (push h)
@@ -53,7 +53,7 @@ class ModelConfig:
     window: int | None = None  # RNS / VRNS window D (PTB: 35)
     embedding: bool = False  # PTB: learned input embedding of size hidden_size
     include_initial: bool = True  # formal: logits from h_0 .. h_n; PTB: h_1 .. h_n
-    init: str = "formal"  # "formal" (MODELS.md) | "ptb" (all U(-0.05, 0.05))
+    init: str = "formal"  # "formal" (per group) | "ptb" (all U(-0.05, 0.05)); docs: book/reference/models.md
     fused: bool = True  # use the fused kernel where available (tests compare both)
     bottom: str = "equations"  # VRNS: bottom vector at (q0, ⊥) only, or "published" (rns.py, _PublishedBottom)
 
@@ -135,7 +135,7 @@ class StackRNN(nn.Module):
         reading = self.core.reading_size if self.core else 0
         self.controller = ReplicaLSTM(R, x_size, reading, H, init=lstm_init)
         if self.core is not None:
-            # MODELS.md: superposition affine layers Xavier; RNS/VRNS layers U(-0.1, 0.1)
+            # superposition affine layers Xavier; RNS/VRNS layers U(-0.1, 0.1) (docs: book/reference/models.md)
             mem_init = ("xavier",) if config.memory == "superposition" else ("uniform", 0.1)
             self.memory = nn.Module()
             self.memory.action = ReplicaLinear(R, H, self.core.num_actions, init=mem_init)
@@ -149,18 +149,9 @@ class StackRNN(nn.Module):
 
     # ---- parameter groups ---------------------------------------------------
     def group_of(self, param_name: str) -> str:
-        """``controller`` | ``memory`` | ``classifier`` | ``embedding``.
-
-        The input embedding joins the group named by ``embedding_group``
-        ("controller" by default, "memory", or "trained" = its own group
-        ``embedding``, never frozen).
-        """
-        head = param_name.split(".", 1)[0]
-        if head == "embedding":
-            return "embedding" if self.embedding_group == "trained" else self.embedding_group
-        if head in GROUPS:
-            return head
-        raise KeyError(f"{param_name!r} is not a parameter of this model")
+        """``controller`` | ``memory`` | ``classifier`` | ``embedding`` (:func:`marnn.models.freeze.group_of`)."""
+        from .freeze import group_of
+        return group_of(param_name, self.embedding_group)
 
     def param_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         groups: dict[str, list] = {}

@@ -13,7 +13,7 @@ distribution ``a = softmax(W_a h + b_a)`` over (push, no-op, pop)
 with ``v = sigmoid(W_v h + b_v)`` ("learned") or ``v = h`` ("hidden"), and
 reading ``r = S'[0]`` (the initial reading is 0).
 
-Height (exact, MODELS.md "Exact shortcuts"). After the ``u``-th update of a
+Height (exact; docs: book/reference/models.md, "Superposition stack"). After the ``u``-th update of a
 string whose ``n`` steps perform ``n - 1`` updates, a cell at depth ``i`` can
 only reach the top through ``i`` more pops, and at most ``u`` cells have ever
 been pushed, so only ``min(u, n - u)`` cells can still influence a reading:

@@ -1,6 +1,6 @@
 """The base class shared by the seven formal languages.
 
-Every language of the paper (PAPER.md, "The seven languages") is a *template*
+Every language of the paper (docs: book/reference/languages.md) is a *template*
 over a uniformly random binary word ``w`` of length ``k``: for each valid string
 length the template lists, position by position, either a literal symbol
 (a marker such as ``#``) or "symbol ``w[j]``, possibly renamed" (``phi`` maps

@@ -2,7 +2,7 @@
 
 * train / validation: ``size // batch_size`` batches; each batch draws one length
   uniformly from the valid lengths of ``scale.train_lengths`` and ``batch_size``
-  strings of that length (PAPER.md: "each batch has one length"). They depend
+  strings of that length (docs: book/reference/training.md). They depend
   on the run's data seed.
 * test: for every bin, ``test_per_length`` strings of every valid length (or,
   where the scale sets ``test_strings``, ``ceil(test_strings / #lengths)`` of

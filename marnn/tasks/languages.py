@@ -1,4 +1,4 @@
-"""The seven languages of Das & Mali (2024), Section 5 / PAPER.md.
+"""The seven languages of Das & Mali (2024), Section 5 (docs: book/reference/languages.md).
 
 Each class only states its template; everything else comes from :class:`Task`.
 ``W(k)`` is the word ``w`` itself, ``R(k)`` its reverse.

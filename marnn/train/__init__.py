@@ -23,57 +23,40 @@ import subprocess
 import sys
 from dataclasses import fields
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
+from .. import registry
+from ..paths import REPO
 from ..registry import UnknownNameError, lookup
 from ..scales import OPTIONAL, Scale, get_scale
 
 PROTOCOL = 1  # bump when a change to the training code changes numbers
-REPO = Path(__file__).resolve().parent.parent.parent
 
 # Stream tags: which numpy stream a number comes from (never the global RNG).
 _LR_STREAM = 1
 _ORDER_STREAM = 2
 
-FALLBACK_FORMAL_MODELS = ("lstm", "jm-10", "jm-3.3.3", "jm-hidden", "rns-3-3")
-FALLBACK_PTB_MODELS = ("lstm-256", "jm-hidden-247", "jm-learned-22", "rns-4-5", "vrns-3-3-5")
-
 
 def formal_models() -> tuple[str, ...]:
-    try:
-        from ..models import FORMAL_MODELS
-        return tuple(FORMAL_MODELS)
-    except ImportError:
-        return FALLBACK_FORMAL_MODELS
+    return registry.FORMAL_MODELS
 
 
 def ptb_models() -> tuple[str, ...]:
-    try:
-        from ..models import PTB_MODELS
-        return tuple(PTB_MODELS)
-    except ImportError:
-        return FALLBACK_PTB_MODELS
+    return registry.PTB_MODELS
 
 
 def ptb_variants() -> tuple[str, ...]:
     """PTB models a run may name besides the paper's (e.g. the VRNS with the published bottom layout)."""
-    try:
-        from ..models import PTB_VARIANTS
-        return tuple(PTB_VARIANTS)
-    except ImportError:
-        return ()
+    return registry.PTB_VARIANTS
 
 
 def freeze_modes() -> tuple[str, ...]:
-    from ..models.base import FREEZE_MODES
-    return tuple(FREEZE_MODES)
+    return registry.MODES
 
 
 def embedding_groups() -> tuple[str, ...]:
-    from ..models.base import EMBEDDING_GROUPS
-    return tuple(EMBEDDING_GROUPS)
+    return registry.EMBEDDING_GROUPS
 
 
 def log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -83,7 +66,7 @@ def log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
 def hyperparameters(seed: int, lr_range: tuple[float, float], clip_range: tuple[float, float] | None = None) -> dict:
     """A restart's random hyperparameters, a pure function of its seed.
 
-    ``lr`` is log-uniform in ``lr_range`` (PAPER.md "Training protocol"); for
+    ``lr`` is log-uniform in ``lr_range`` (docs: book/reference/training.md); for
     PTB ``clip`` is log-uniform in ``clip_range``, drawn second from the same
     stream. Restart ``s`` gets the same draws for every task and model.
     """
@@ -150,11 +133,9 @@ def formal_config(task: str, model: str, freeze: str, seed: int, scale: str | Sc
 def ptb_config(model: str, freeze: str, seed: int, scale: str | Scale, embedding_group: str | None = None,
                data_seed: int = 0) -> dict:
     """Validate names and build the config of one Penn Treebank run."""
-    from ..models.base import DEFAULT_EMBEDDING_GROUP
-
     lookup("model", model, dict.fromkeys(ptb_models() + ptb_variants()))
     lookup("freeze mode", freeze, dict.fromkeys(freeze_modes()))
-    group = embedding_group or DEFAULT_EMBEDDING_GROUP
+    group = embedding_group or registry.DEFAULT_EMBEDDING_GROUP
     lookup("embedding group", group, dict.fromkeys(embedding_groups()))
     sc = get_scale(scale).for_model(model)
     return {"kind": "ptb", "model": model, "freeze": freeze, "seed": int(seed), "embedding_group": group,

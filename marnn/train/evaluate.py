@@ -1,7 +1,7 @@
 """Evaluation: per-symbol accuracy, cross-entropy and perplexity, per length and per bin.
 
 Every function takes a replica-batched model and returns one value per replica.
-Conventions (PAPER.md, "Metrics"):
+Conventions (docs: book/reference/training.md, "Formal languages"):
 
 * a *symbol* is every predicted position, EOS included: a string of length
   ``n`` has ``n + 1`` predictions;

@@ -1,4 +1,4 @@
-"""Training on the formal languages (PAPER.md, "Training protocol").
+"""Training on the formal languages (docs: book/reference/training.md, "Formal languages").
 
 One call trains a *group* of runs that share task, model, scale and data seed
 (typically the ``restarts x freeze modes`` of one (task, model)) as ONE model

@@ -3,7 +3,9 @@
 Every parameter has a leading replica dimension ``R`` (:mod:`marnn.models.base`).
 Each replica ``r`` has its own learning rate ``lr[r]``, its own clipping
 threshold ``clip[r]`` and its own step counter, and is updated only where it is
-*trainable*: ``masks[name][r]`` (its freeze mode) and ``active[r]`` (not early
+*trainable*: ``masks[name][r]`` (its freeze mode, from
+:func:`marnn.models.freeze.freeze_masks`, enforced by
+:func:`marnn.models.freeze.apply_masks`) and ``active[r]`` (not early
 stopped, not diverged). A masked slice is never written: the update is applied
 with ``torch.where``, so a frozen or stopped replica stays bitwise identical
 whatever its gradient holds (zeros, or NaN from a diverged forward pass).
@@ -29,6 +31,8 @@ import math
 from typing import Iterable, Mapping
 
 import torch
+
+from ..models.freeze import apply_masks
 
 # Parameters with more elements than this are updated in place, one replica
 # slice at a time (no full-size temporaries); smaller ones in one batched
@@ -74,18 +78,12 @@ class ReplicaOptimizer:
         parameter is not part of that replica's optimisation problem). A
         non-finite norm marks a diverged step for that replica.
         """
+        apply_masks(self.params, self.masks, self.active, small=SMALL)  # the freeze modes, and stopped replicas
         sq = torch.zeros(self.R, dtype=torch.float64, device=self.lr.device)
-        for name, p in self.params.items():
+        for p in self.params.values():
             g = p.grad
             if g is None:
                 continue
-            keep = self._trainable(name)
-            if not bool(keep.all()):
-                if g.numel() <= SMALL:
-                    g.copy_(torch.where(_expand(keep, g), g, torch.zeros((), dtype=g.dtype, device=g.device)))
-                else:  # large tensors: touch only the masked slices
-                    for r in torch.nonzero(~keep).flatten().tolist():
-                        g[r].zero_()
             sq += torch.linalg.vector_norm(g.reshape(self.R, -1), dim=1).double().pow(2)
         norm = sq.sqrt()  # (R,)
         coef = (self.clip / (norm + 1e-6)).clamp(max=1.0)

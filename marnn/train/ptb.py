@@ -1,4 +1,4 @@
-"""Training on Penn Treebank (PAPER.md, "Training protocol", PTB).
+"""Training on Penn Treebank (docs: book/reference/training.md, "Penn Treebank").
 
 Like :mod:`marnn.train.formal`, a group of runs (restarts x freeze modes of one
 model) trains as one replica-batched model on the same token order:

@@ -1,0 +1,25 @@
+"""Helpers shared by the test modules.
+
+* :data:`TASK`: the small language most model tests run on (``marked-copy``:
+  alphabet ``0 1 #``, so 3 inputs and 4 outputs); import it with
+  ``from conftest import TASK`` where a parametrisation needs it at collection time;
+* :data:`MODES`: the freeze modes, from the registry;
+* :data:`REPO`: the repository root (:mod:`marnn.paths`);
+* every test runs with ``TQDM_DISABLE=1`` (no progress bars in the output).
+"""
+from __future__ import annotations
+
+import pytest
+
+from marnn import tasks
+from marnn.paths import REPO
+from marnn.registry import MODES
+
+TASK = tasks.get("marked-copy")
+
+__all__ = ["TASK", "MODES", "REPO"]
+
+
+@pytest.fixture(autouse=True)
+def _no_progress_bars(monkeypatch):
+    monkeypatch.setenv("TQDM_DISABLE", "1")
