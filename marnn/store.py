@@ -233,8 +233,10 @@ def record_rows(rec: dict) -> list[dict]:
 
     def add(split, length, metrics: dict):
         for m, v in metrics.items():
-            if isinstance(v, bool) or m in ("lo", "hi", "bin", "length"):
+            if m in ("lo", "hi", "bin", "length"):
                 continue
+            if isinstance(v, bool):  # flags (ceiling_exact) survive as 1.0 / 0.0
+                v = float(v)
             if isinstance(v, (int, float)) or v is None:
                 rows.append({**ids, "split": split, "length": length, "metric": m,
                              "value": float("nan") if v is None else float(v)})
