@@ -255,3 +255,266 @@ def position(df: pd.DataFrame, split: str, cell: dict, baseline: float, ceiling:
     gap = "below" if below.verdict == HOLDS else "not below"
     return (f"{where} the best trivial predictor ({baseline:.2f}; {above.text()}), "
             f"{gap} the {top} ({ceiling:.2f}; {-below.difference:+.2f})")
+
+
+# ---- the pages' comparisons ----------------------------------------------------------------------
+def bin_label(scale_or_bins, split: str) -> str:
+    """'51-100' for ``bin2`` of a scale (or of a list of (lo, hi) bins); other splits unchanged."""
+    from .scales import get_scale
+
+    bins = scale_or_bins if isinstance(scale_or_bins, (list, tuple)) else get_scale(scale_or_bins).test_bins
+    if isinstance(split, str) and split.startswith("bin") and split[3:].isdigit() and int(split[3:]) < len(bins):
+        lo, hi = bins[int(split[3:])]
+        return f"{lo}-{hi}"
+    return split
+
+
+def mode_verdicts(df: pd.DataFrame, mode: str, against: str = "none", split: str = "bin2") -> pd.DataFrame:
+    """Our runs, per language: the best model in ``mode`` (best restart, highest accuracy on ``split``)
+    better than the best model in ``against``? Paired by seed and length. Columns task, model A, A,
+    model B, B, difference [95% interval], verdict; ``.attrs["verdicts"]`` the :class:`Verdict` objects."""
+    from . import report
+
+    long = report.ours_long(df, ["accuracy"])
+    best = report.best_per_task(long[long["freeze"].isin([mode, against])], [split])
+    rows, objs = [], []
+    for task in [t for t in report.task_names() if t in set(best["task"])]:
+        b = best[best["task"] == task].set_index("freeze")
+        if mode not in b.index or against not in b.index:
+            continue
+        ma, mb = b.loc[mode, "model"], b.loc[against, "model"]
+        v = compare_runs(df, split, {"task": task, "model": ma, "freeze": mode},
+                         {"task": task, "model": mb, "freeze": against})
+        objs.append(v)
+        rows.append({"task": task, f"model ({mode})": ma, mode: b.loc[mode, "value"], f"model ({against})": mb,
+                     against: b.loc[against, "value"], "verdict": v})
+    out = verdict_frame(rows)
+    out.attrs["verdicts"] = objs
+    return out
+
+
+def paper_mode_verdicts(theirs: pd.DataFrame, mode: str, against: str = "none", split: str = "bin2",
+                        half: float = ACC_HALF) -> pd.DataFrame:
+    """The paper's tables, per language: best model in ``mode`` better than the best in ``against``,
+    decided on the printed numbers with their rounding (each +- ``half``)."""
+    from . import report
+
+    best = report.best_per_task(theirs[theirs["freeze"].isin([mode, against])], [split])
+    rows, objs = [], []
+    for task in [t for t in report.task_names() if t in set(best["task"])]:
+        b = best[best["task"] == task].set_index("freeze")
+        if mode not in b.index or against not in b.index:
+            continue
+        ma, mb = b.loc[mode, "model"], b.loc[against, "model"]
+        same = ma == mb and identical_by_construction(ma, mode, against)
+        v = excluded() if same else rounded(float(b.loc[mode, "value"]), float(b.loc[against, "value"]), half)
+        objs.append(v)
+        rows.append({"task": task, f"model ({mode})": b.loc[mode, "model"], mode: b.loc[mode, "value"],
+                     f"model ({against})": b.loc[against, "model"], against: b.loc[against, "value"],
+                     "verdict": v})
+    out = verdict_frame(rows)
+    out.attrs["verdicts"] = objs
+    return out
+
+
+def pair_verdicts(df: pd.DataFrame, pairs: Sequence[tuple[str, str]], mode: str, against: str = "none",
+                  split: str = "bin2") -> pd.DataFrame:
+    """Our runs, per (language, model) of ``pairs``: ``mode`` better than ``against``, paired by seed and
+    length; lstm pairs identical by construction are excluded (verdict ``identical by construction``)."""
+    rows, objs = [], []
+    for task, model in pairs:
+        v = compare_runs(df, split, {"task": task, "model": model, "freeze": mode},
+                         {"task": task, "model": model, "freeze": against})
+        objs.append(v)
+        rows.append({"task": task, "model": model, "verdict": v})
+    out = verdict_frame(rows)
+    out.attrs["verdicts"] = objs
+    return out
+
+
+def paper_pair_verdicts(theirs: pd.DataFrame, pairs: Sequence[tuple[str, str]], mode: str,
+                        against: str = "none", split: str = "bin2", half: float = ACC_HALF) -> pd.DataFrame:
+    """The paper's tables, per (language, model): ``mode`` better than ``against`` on its rounded numbers;
+    pairs it does not print are left out, lstm pairs identical by construction excluded."""
+    acc = theirs[(theirs["metric"] == "accuracy") & (theirs["split"] == split)]
+    val = acc.set_index(["task", "model", "freeze"])["value"]
+    rows, objs = [], []
+    for task, model in pairs:
+        if (task, model, mode) not in val.index or (task, model, against) not in val.index:
+            continue
+        if identical_by_construction(model, mode, against):
+            v = excluded()
+        else:
+            v = rounded(float(val[(task, model, mode)]), float(val[(task, model, against)]), half)
+        objs.append(v)
+        rows.append({"task": task, "model": model, mode: val[(task, model, mode)],
+                     against: val[(task, model, against)], "verdict": v})
+    out = verdict_frame(rows)
+    out.attrs["verdicts"] = objs
+    return out
+
+
+def count_sentence(frame: pd.DataFrame, claim: str, what: str) -> str:
+    """'"<claim>": holds for 1 of 7 languages, ... (sign test p = 0.5); over all: cannot tell at this scale.'"""
+    c = count(frame.attrs.get("verdicts", []))
+    return f"{claim}: {c.text(what)}; over all {what}: **{c.verdict}**."
+
+
+def positions(df: pd.DataFrame, cells: Sequence[dict], split: str) -> pd.DataFrame:
+    """Where each of our ``cells`` (dicts: task, model, freeze) sits on ``split``: mean accuracy over
+    restarts against the best trivial predictor and the ceiling (flagged when it is an upper bound)."""
+    from . import report
+
+    refs = report.references_long(df)
+    refs = refs[refs["split"] == split]
+    rows = []
+    for cell in cells:
+        r = refs[refs["task"] == cell["task"]]
+        if r.empty:
+            continue
+        base = r[r["reference"] != "ceiling"]
+        ceil = r[r["reference"] == "ceiling"].iloc[0]
+        best_base = float(base["accuracy"].max())
+        above = against_value(df, split, cell, best_base)
+        gap = against_value(df, split, cell, float(ceil["accuracy"]), higher=False)
+        rows.append({**cell, "best trivial": best_base,
+                     "above it [95% interval]": above.text(),
+                     "vs trivial": {HOLDS: "above", FAILS: "not above", UNSURE: "cannot tell"}[above.verdict],
+                     "ceiling": f"{ceil['accuracy']:.2f}" + ("" if ceil["exact"] else " (upper bound)"),
+                     "below it": f"{gap.difference:.2f}"})
+    return pd.DataFrame(rows)
+
+
+def position_sentence(pos: pd.DataFrame, what: str = "compared cells") -> str:
+    """'Of the 14 compared cells, 3 are above the best trivial predictor, ...; 2 ceilings are upper bounds.'"""
+    if pos.empty:
+        return f"No {what} to place against the references."
+    c = pos["vs trivial"].value_counts()
+    bounds = int(pos["ceiling"].str.endswith("(upper bound)").sum())
+    out = (f"Of the {len(pos)} {what}, {int(c.get('above', 0))} are above the best trivial predictor of "
+           f"their bin (restart mean, 95% bootstrap interval), {int(c.get('cannot tell', 0))} cannot be told "
+           f"from it and {int(c.get('not above', 0))} are not above it; the median gap to the ceiling is "
+           f"{pos['below it'].astype(float).median():.2f}.")
+    if bounds:
+        out += f" For {bounds} of them the ceiling is only an upper bound (not exact)."
+    return out
+
+
+# ---- Penn Treebank: cheap references on the same tokens -----------------------------------------------
+def ptb_references(scale: str, k: float = 0.01, corpus=None) -> pd.Series:
+    """Test perplexity of cheap models fitted on the scale's training tokens and scored on exactly the
+    targets our models are scored on (the scale's test tokens, batched into its streams): an add-one
+    unigram and an add-``k`` bigram."""
+    from .ptb import batchify, load_corpus
+    from .scales import get_scale
+
+    sc = get_scale(scale)
+    corpus = corpus if corpus is not None else load_corpus()
+    V = corpus.vocab_size
+    train = corpus.train if sc.ptb_train_tokens is None else corpus.train[:sc.ptb_train_tokens]
+    test = corpus.test if sc.ptb_eval_tokens is None else corpus.test[:sc.ptb_eval_tokens]
+    streams = batchify(test, sc.ptb_streams).numpy()
+    prev, target = streams[:, :-1].ravel(), streams[:, 1:].ravel()
+    tr = train.numpy()
+    uni = np.bincount(tr, minlength=V).astype(float)
+    p_uni = (uni + 1) / (uni.sum() + V)
+    unigram = float(np.exp(-np.log(p_uni[target]).mean()))
+    pair = pd.Series(1, index=pd.MultiIndex.from_arrays([tr[:-1], tr[1:]])).groupby(level=[0, 1]).sum()
+    c_pair = pair.reindex(pd.MultiIndex.from_arrays([prev, target])).fillna(0).to_numpy()
+    c_prev = np.bincount(tr[:-1], minlength=V)[prev].astype(float)
+    bigram = float(np.exp(-np.log((c_pair + k) / (c_prev + k * V)).mean()))
+    return pd.Series({"unigram (add-one)": unigram, f"bigram (add-{k:g})": bigram}, name="test perplexity")
+
+
+def ptb_beats_references(table: pd.DataFrame, refs: pd.Series) -> bool:
+    """Whether any of our perplexities (model x mode table) is below the best cheap reference."""
+    vals = table.to_numpy(dtype=float)
+    return bool(np.isfinite(vals).any() and np.nanmin(vals) < float(refs.min()))
+
+
+def compared_cells(frame: pd.DataFrame, modes: Sequence[str]) -> list[dict]:
+    """The (task, model, freeze) cells of a :func:`mode_verdicts` frame (columns 'model (<mode>)')."""
+    cells = []
+    for r in frame.to_dict("records"):
+        for mode in modes:
+            cell = {"task": r["task"], "model": r[f"model ({mode})"], "freeze": mode}
+            if cell not in cells:
+                cells.append(cell)
+    return cells
+
+
+def figure_summary(df: pd.DataFrame, theirs: pd.DataFrame, chosen: dict[str, list[str]], freeze: str,
+                   scale: str, selection_modes: Sequence[str]) -> dict:
+    """Figures 2 and 3: the verdict "mode ``freeze`` more accurate than ``none`` on the last bin" per
+    (language, model) shown, ours (paired bootstrap) and the paper's (rounding), where the compared models
+    sit against the references, and the sentences that say so. Returns text, ours, paper, positions."""
+    from . import report
+
+    last = report.last_bin(df)
+    pairs = [(t, m) for t, ms in chosen.items() for m in ms]
+    ours = pair_verdicts(df, pairs, freeze, "none", last)
+    paper = paper_pair_verdicts(theirs, pairs, freeze, "none", "bin2")
+    cells = [{"task": t, "model": m, "freeze": f} for t, m in pairs for f in ("none", freeze)]
+    pos = positions(df, cells, last)
+    modes = " and ".join(f"`{m}`" for m in selection_modes)
+    text = " ".join([
+        report.scale_caveat(scale),
+        f"The models shown were picked per language by best-restart test accuracy on {bin_label(scale, last)} "
+        f"averaged over modes {modes}, so the choice does not favour either mode.",
+        count_sentence(ours, f"Ours, mode `{freeze}` more accurate than mode `none` on "
+                             f"{bin_label(scale, last)} (paired by restart and length)", "pairs"),
+        count_sentence(paper, f"The paper's tables on 201-400 (rounded numbers)", "pairs"),
+        position_sentence(pos, "curves compared"),
+    ])
+    return {"text": text, "ours": ours.set_index(["task", "model"]), "paper": paper.set_index(["task", "model"]),
+            "positions": pos.set_index(["task", "model", "freeze"]) if len(pos) else pos}
+
+
+def ptb_mode_verdicts(df: pd.DataFrame, refs: pd.Series, mode: str = "m", against: str = "none",
+                      embedding_group: str = "controller") -> pd.DataFrame:
+    """Per PTB model: ``mode`` lower test perplexity than ``against``? Below the scale where our
+    perplexities beat the cheap references every verdict is ``cannot tell``; otherwise the paired rule
+    (one restart measures no noise, so also ``cannot tell``)."""
+    from . import report
+
+    part = df[df["embedding_group"] == embedding_group]
+    table = report.ptb_table(part, "test") if len(part) else pd.DataFrame()
+    informative = ptb_beats_references(table, refs) if len(table) else False
+    rows, objs = [], []
+    for model in [m for m in report.PTB_MODELS if m in table.index]:
+        if mode not in table.columns or against not in table.columns:
+            continue
+        if identical_by_construction(model, mode, against, embedding_group):
+            v = excluded()
+        elif not informative:
+            d = float(table.loc[model, against] - table.loc[model, mode])
+            v = Verdict(d, -np.inf, np.inf, UNSURE, "every perplexity above the cheap references", 1)
+        else:
+            v = compare_runs(part, "test", {"model": model, "freeze": mode}, {"model": model, "freeze": against},
+                             "perplexity", higher=False)
+        objs.append(v)
+        rows.append({"model": model, against: table.loc[model, against], mode: table.loc[model, mode],
+                     "verdict": v})
+    out = verdict_frame(rows)
+    out.attrs["verdicts"] = objs
+    out.attrs["informative"] = informative
+    return out
+
+
+def ptb_sentence(df: pd.DataFrame, refs: pd.Series, mode: str = "m") -> str:
+    """What our PTB runs can say at this scale, against the cheap references."""
+    from . import report
+
+    table = report.ptb_table(df, "test") if len(df) else pd.DataFrame()
+    if table.empty:
+        return "There are no PTB runs at this scale."
+    best, ref = float(np.nanmin(table.to_numpy(dtype=float))), float(refs.min())
+    name = refs.idxmin()
+    if best >= ref:
+        return (f"Our lowest test perplexity ({best:.0f}) is above that of the {name} model fitted on the same "
+                f"training tokens ({ref:.0f}): at this scale the models have not learned more than word "
+                f"frequencies, so every comparison between them is **{UNSURE}** and no rank correlation with "
+                f"the paper is claimed.")
+    c = count(ptb_mode_verdicts(df, refs, mode).attrs["verdicts"])
+    return (f"Our lowest test perplexity ({best:.0f}) is below the {name} model's ({ref:.0f}). Mode `{mode}` "
+            f"lower than `none`: {c.text('models')}; over all models: **{c.verdict}**.")
