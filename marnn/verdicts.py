@@ -10,8 +10,8 @@ Every page and the audit decide a comparison the same way:
 2. **An interval for the difference.** Ours: a paired bootstrap over restarts
    and over the test lengths (each length a cluster of test strings, weighted by
    its symbols), :data:`BOOT` resamples with the fixed seed :data:`SEED`, a
-   :data:`LEVEL` percentile interval of the difference of restart means. One run
-   without per-length data measures no noise: no interval. The paper's side:
+   :data:`LEVEL` percentile interval of the difference of restart means. One
+   restart measures no restart noise (the larger one): no interval, no decision. The paper's side:
    its numbers are rounded (two decimals for accuracies, one for perplexities),
    so the difference is known to within twice half a unit.
 3. **A verdict** from the interval (:func:`decide`): ``holds`` when the whole
@@ -108,8 +108,8 @@ def paired_bootstrap(a, b, weights=None, *, higher: bool = True, boot: int = BOO
     d = (a - b) if higher else (b - a)
     point = float((d @ w).mean() / w.sum())
     method = f"paired bootstrap over {r} restart{'s' * (r != 1)} x {u} length{'s' * (u != 1)}"
-    if r * u < 2:
-        return Verdict(point, -np.inf, np.inf, UNSURE, "one run, one number: no noise measured", r)
+    if r < 2:  # the spread over restarts is the larger noise (issue 12): one restart cannot decide
+        return Verdict(point, -np.inf, np.inf, UNSURE, "one restart: its noise is not measured", r)
     rng = np.random.default_rng(seed)
     cr = rng.multinomial(r, np.full(r, 1 / r), size=boot)  # (B, R) restart counts
     cu = rng.multinomial(u, np.full(u, 1 / u), size=boot)  # (B, U) length counts
@@ -124,10 +124,10 @@ def paired_bootstrap(a, b, weights=None, *, higher: bool = True, boot: int = BOO
 
 def rounded(a: float, b: float, half: float = ACC_HALF, *, higher: bool = True) -> Verdict:
     """Compare two printed numbers, each rounded to within ``half``: the difference +- 2 * half."""
-    d = (a - b) if higher else (b - a)
+    d = round((a - b) if higher else (b - a), 12)  # printed numbers: no float residue decides a verdict
     if not (np.isfinite(a) and np.isfinite(b)):
         return Verdict(np.nan, -np.inf, np.inf, UNSURE, "missing number", 0)
-    lo, hi = d - 2 * half, d + 2 * half
+    lo, hi = round(d - 2 * half, 12), round(d + 2 * half, 12)
     return Verdict(float(d), float(lo), float(hi), decide(lo, hi), f"printed numbers, each +-{half:g}", 1)
 
 
