@@ -361,8 +361,9 @@ def count_sentence(frame: pd.DataFrame, claim: str, what: str) -> str:
 
 
 def positions(df: pd.DataFrame, cells: Sequence[dict], split: str) -> pd.DataFrame:
-    """Where each of our ``cells`` (dicts: task, model, freeze) sits on ``split``: mean accuracy over
-    restarts against the best trivial predictor and the ceiling (flagged when it is an upper bound)."""
+    """Where each of our ``cells`` (dicts: task, model, freeze) sits on ``split``: accuracy averaged over
+    restarts (``mean``) against the best trivial predictor, with the rule's interval, and its distance
+    to the ceiling (flagged when the ceiling is only an upper bound)."""
     from . import report
 
     refs = report.references_long(df)
@@ -378,10 +379,10 @@ def positions(df: pd.DataFrame, cells: Sequence[dict], split: str) -> pd.DataFra
         above = against_value(df, split, cell, best_base)
         gap = against_value(df, split, cell, float(ceil["accuracy"]), higher=False)
         rows.append({**cell, "best trivial": best_base,
-                     "above it [95% interval]": above.text(),
+                     "mean − trivial [95%]": above.text(),
                      "vs trivial": {HOLDS: "above", FAILS: "not above", UNSURE: "cannot tell"}[above.verdict],
                      "ceiling": f"{ceil['accuracy']:.2f}" + ("" if ceil["exact"] else " (upper bound)"),
-                     "below it": f"{gap.difference:.2f}"})
+                     "ceiling − mean": f"{gap.difference:.2f}"})
     return pd.DataFrame(rows)
 
 
@@ -394,7 +395,7 @@ def position_sentence(pos: pd.DataFrame, what: str = "compared cells") -> str:
     out = (f"Of the {len(pos)} {what}, {int(c.get('above', 0))} are above the best trivial predictor of "
            f"their bin (restart mean, 95% bootstrap interval), {int(c.get('cannot tell', 0))} cannot be told "
            f"from it and {int(c.get('not above', 0))} are not above it; the median gap to the ceiling is "
-           f"{pos['below it'].astype(float).median():.2f}.")
+           f"{pos['ceiling − mean'].astype(float).median():.2f}.")
     if bounds:
         out += f" For {bounds} of them the ceiling is only an upper bound (not exact)."
     return out
@@ -518,3 +519,41 @@ def ptb_sentence(df: pd.DataFrame, refs: pd.Series, mode: str = "m") -> str:
     c = count(ptb_mode_verdicts(df, refs, mode).attrs["verdicts"])
     return (f"Our lowest test perplexity ({best:.0f}) is below the {name} model's ({ref:.0f}). Mode `{mode}` "
             f"lower than `none`: {c.text('models')}; over all models: **{c.verdict}**.")
+
+
+def rank_correlation(a: Sequence[float], b: Sequence[float], permutations: int = 10_000,
+                     seed: int = SEED) -> tuple[float, float]:
+    """Spearman's rank correlation of ``a`` and ``b`` and its two-sided permutation p-value (every
+    permutation when there are at most 8 pairs, else ``permutations`` random ones with a fixed seed)."""
+    import itertools
+
+    x, y = pd.Series(a).rank().to_numpy(), pd.Series(b).rank().to_numpy()
+    if len(x) != len(y) or len(x) < 3:
+        raise ValueError(f"rank_correlation needs two sequences of one length >= 3, got {len(x)} and {len(y)}")
+
+    def rho(u):
+        return float(np.corrcoef(x, u)[0, 1])
+
+    r = rho(y)
+    if len(y) <= 8:
+        null = [rho(np.array(p)) for p in itertools.permutations(y)]
+    else:
+        rng = np.random.default_rng(seed)
+        null = [rho(rng.permutation(y)) for _ in range(permutations)]
+    p = float(np.mean(np.abs(null) >= abs(r) - 1e-12))
+    return r, p
+
+
+def ptb_rank_sentence(comparison: pd.DataFrame, ours_table: pd.DataFrame, refs: pd.Series) -> str:
+    """Paper vs ours on PTB (a :func:`marnn.report.compare` frame): the rank correlation with its
+    permutation test, claimed only where our perplexities beat the cheap references."""
+    both = comparison.dropna(subset=["ours", "paper"])
+    if len(both) < 3:
+        return "Too few cells in both the paper and our runs to compare their order."
+    if not ptb_beats_references(ours_table, refs):
+        return (f"Over the {len(both)} cells both have, our perplexities are {both['difference'].median():+.0f} "
+                f"from the paper's at the median. No rank correlation is claimed: every one of ours is above the "
+                f"{refs.idxmin()} model's {refs.min():.0f} on the same tokens, so their order is **{UNSURE}**.")
+    r, p = rank_correlation(both["ours"], both["paper"])
+    return (f"Over the {len(both)} cells both have, the rank correlation of the two orderings is {r:.2f} "
+            f"(permutation test p = {p:.2g}).")

@@ -174,3 +174,33 @@ def test_ptb_verdicts_flip_and_need_to_beat_the_references(tmp_path, m, none, ex
 def test_bin_labels():
     assert V.bin_label("quick", "bin2") == "51-100" and V.bin_label("paper", "bin0") == "40-100"
     assert V.bin_label([(1, 2)], "valid") == "valid"
+
+
+def test_rank_correlation_known_answers_and_the_reference_rule():
+    r, p = V.rank_correlation([1, 2, 3, 4, 5], [10, 20, 30, 40, 50])
+    assert r == pytest.approx(1.0) and p == pytest.approx(2 / 120)  # the identity and its reverse
+    r, p = V.rank_correlation([1, 2, 3, 4, 5], [50, 40, 30, 20, 10])
+    assert r == pytest.approx(-1.0) and p == pytest.approx(2 / 120)
+    with pytest.raises(ValueError, match="length >= 3"):
+        V.rank_correlation([1, 2], [1, 2])
+    comparison = pd.DataFrame({"paper": [120.0, 130, 140, 150], "ours": [900.0, 950, 1000, 1100]})
+    comparison["difference"] = comparison["ours"] - comparison["paper"]
+    ours_table = pd.DataFrame({"none": [900.0, 1000], "m": [950.0, 1100]})
+    above = V.ptb_rank_sentence(comparison, ours_table, pd.Series({"unigram": 800.0}))
+    assert "No rank correlation is claimed" in above and V.UNSURE in above
+    below = V.ptb_rank_sentence(comparison, ours_table, pd.Series({"unigram": 5000.0}))
+    assert "rank correlation of the two orderings is 1.00" in below and "p = 0.083" in below
+
+
+def test_pages_never_put_two_ranges_under_one_label():
+    from marnn import pages
+
+    ours = pd.DataFrame({"task": "count-3", "model": "lstm", "split": ["bin0", "bin2"], "metric": "accuracy",
+                         "value": [0.9, 0.5]})
+    theirs = ours.assign(value=[0.98, 0.75])
+    t = pages.side_by_side(ours, theirs, "quick")
+    assert list(t.columns) == ["40-100 → 10-25", "201-400 → 51-100"]
+    assert t.iloc[0].tolist() == ["0.98 → 0.90", "0.75 → 0.50"]
+    assert pages.fmt(float("nan")) == pages.DASH and pages.fmt_ppl(1234.5) == "1,234"
+    flags = pages.readable(pd.DataFrame({"x": [0.123456, np.nan], "ok": [True, False]}))
+    assert flags.to_dict("list") == {"x": ["0.12", pages.DASH], "ok": ["yes", "no"]}
