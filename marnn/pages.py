@@ -318,3 +318,21 @@ def overview_side_by_side(ours: pd.DataFrame, theirs: pd.DataFrame, scale: str, 
     out = out.reindex(columns=[c for m in report.MODES for c in out.columns if c.startswith(f"{m} (")])
     out.index.name = "task"
     return out.reindex([t for t in report.task_names() if t in out.index])
+
+
+def mean_ratio(ratios: pd.DataFrame) -> pd.DataFrame:
+    """Mean of :func:`marnn.report.retention` ratios per (model, mode), in the long ``value`` format."""
+    return ratios.groupby(["model", "freeze"])["ratio"].mean().rename("value").reset_index()
+
+
+def ratio_side_by_side(ours_ratio: pd.DataFrame, theirs_ratio: pd.DataFrame) -> pd.DataFrame:
+    """Mean retention ratio per model (rows) and mode (columns), paper → ours, two decimals."""
+    a = mean_ratio(theirs_ratio).set_index(["model", "freeze"])["value"]
+    b = mean_ratio(ours_ratio).set_index(["model", "freeze"])["value"]
+    rows = {}
+    for (model, mode), pv in a.items():
+        rows.setdefault(model, {})[mode] = f"{fmt(pv)} → {fmt(b.get((model, mode), np.nan))}"
+    out = pd.DataFrame.from_dict(rows, orient="index").fillna(DASH)
+    out = out.reindex(columns=[m for m in report.MODES if m in out.columns])
+    out.index.name = "model"
+    return out.reindex([m for m in report.FORMAL_MODELS if m in out.index])

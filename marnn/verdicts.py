@@ -557,3 +557,25 @@ def ptb_rank_sentence(comparison: pd.DataFrame, ours_table: pd.DataFrame, refs: 
     r, p = rank_correlation(both["ours"], both["paper"])
     return (f"Over the {len(both)} cells both have, the rank correlation of the two orderings is {r:.2f} "
             f"(permutation test p = {p:.2g}).")
+
+
+def retention_comparison(df: pd.DataFrame, mode: str = "m", against: str = "none", first: str = "bin0",
+                         last: str | None = None) -> Verdict:
+    """Our runs: ``mode`` keeps more of its accuracy (``last`` / ``first``) than ``against``, over every
+    (language, model) cell, paired by cell and restart seed; cells identical by construction left out.
+    The bootstrap resamples restarts and cells (the cells take the place of the lengths)."""
+    from . import report
+
+    last = last or report.last_bin(df)
+    every = report.retention(report.all_runs_long(df), first, last, by=["task", "model", "freeze", "seed"])
+    every = every[[not identical_by_construction(m, mode, against) for m in every["model"]]]
+    wide = every.pivot_table(index="seed", columns=["task", "model", "freeze"], values="ratio", aggfunc="first")
+    cells = sorted({(t, m) for t, m, f in wide.columns if f == mode} & {(t, m) for t, m, f in wide.columns
+                                                                         if f == against})
+    if not cells:
+        return Verdict(np.nan, -np.inf, np.inf, UNSURE, "no paired cells", 0)
+    a = wide[[(t, m, mode) for t, m in cells]].to_numpy()
+    b = wide[[(t, m, against) for t, m in cells]].to_numpy()
+    keep = ~(np.isnan(a).any(axis=1) | np.isnan(b).any(axis=1))
+    keep_cols = np.isfinite(a[keep]).all(axis=0) & np.isfinite(b[keep]).all(axis=0)
+    return paired_bootstrap(a[keep][:, keep_cols], b[keep][:, keep_cols])
