@@ -336,3 +336,45 @@ def ratio_side_by_side(ours_ratio: pd.DataFrame, theirs_ratio: pd.DataFrame) -> 
     out = out.reindex(columns=[m for m in report.MODES if m in out.columns])
     out.index.name = "model"
     return out.reindex([m for m in report.FORMAL_MODELS if m in out.index])
+
+
+# ---- the languages chapter ---------------------------------------------------------------------------------
+def length_range_text(lengths: Sequence[int]) -> str:
+    """'21-39 (7)': first and last valid length, and how many there are."""
+    return f"{lengths[0]}-{lengths[-1]} ({len(lengths)})"
+
+
+def reference_split_table(refs: pd.DataFrame, split: str, order: Sequence[str]) -> pd.DataFrame:
+    """One length range of :func:`marnn.plotting.reference_frame`: lower bound, ceiling (exact or an upper
+    bound, said in its own column) and the three trivial predictors, per language."""
+    part = refs[refs["split"] == split]
+    acc = part.pivot(index="task", columns="reference", values="accuracy")
+    ceiling = part[part["reference"] == "ceiling"].set_index("task")
+    table = pd.DataFrame({
+        "lower bound (nats)": ceiling["cross_entropy"],
+        "ceiling": acc["ceiling"],
+        "ceiling is": ceiling["exact"].map({True: "exact", False: "upper bound"}),
+        "chance": acc["chance"],
+        "most-frequent": acc["most-frequent"],
+        "repeat-previous": acc["repeat-previous"],
+    })
+    return readable(table.reindex(list(order)).rename_axis("language"), 3)
+
+
+def short_task_name(name: str) -> str:
+    """A language's name broken at a hyphen, for axis labels."""
+    return name.replace("-different", "-\ndifferent").replace("-and-", "-and-\n")
+
+
+def ceiling_sentence(refs: pd.DataFrame, random_word: Sequence[str], count_task: str = "count-3") -> str:
+    """How far the ceilings are from 1, from a :func:`marnn.plotting.reference_frame`."""
+    ceil = refs[refs["reference"] == "ceiling"]
+    word = ceil[ceil["task"].isin(list(random_word))]
+    c3 = ceil[ceil["task"] == count_task]["accuracy"]
+    rep = refs[(refs["task"] == count_task) & (refs["reference"] == "repeat-previous")]["accuracy"]
+    return (f"For the languages with a random word the ceiling is at most {word['accuracy'].max():.3f} on every "
+            f"range above (lowest {word['accuracy'].min():.3f}): the first half of $w$ (or all of it) cannot be "
+            f"predicted better than a coin flip, so roughly $k$ of the $n + 1$ predictions are guesses. The "
+            f"ceiling of {count_task} is {c3.min():.3f} to {c3.max():.3f}, and repeating the previous symbol "
+            f"already scores {rep.min():.3f} to {rep.max():.3f} there, because a string $a^n b^n c^n$ changes "
+            "symbol only twice.")
