@@ -244,19 +244,6 @@ def verdict_frame(rows: Sequence[dict]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def position(df: pd.DataFrame, split: str, cell: dict, baseline: float, ceiling: float,
-             ceiling_exact: bool = True) -> str:
-    """Where our runs of ``cell`` sit: above / at / below the best trivial predictor, and the gap to the
-    ceiling (marked as an upper bound where it is not exact), each with its interval."""
-    above = against_value(df, split, cell, baseline)
-    below = against_value(df, split, cell, ceiling, higher=False)
-    where = {HOLDS: "above", FAILS: "not above", UNSURE: "not distinguishable from"}[above.verdict]
-    top = "ceiling" if ceiling_exact else "upper bound on the ceiling"
-    gap = "below" if below.verdict == HOLDS else "not below"
-    return (f"{where} the best trivial predictor ({baseline:.2f}; {above.text()}), "
-            f"{gap} the {top} ({ceiling:.2f}; {-below.difference:+.2f})")
-
-
 # ---- the pages' comparisons ----------------------------------------------------------------------
 def bin_label(scale_or_bins, split: str) -> str:
     """'51-100' for ``bin2`` of a scale (or of a list of (lo, hi) bins); other splits unchanged."""
@@ -378,11 +365,11 @@ def positions(df: pd.DataFrame, cells: Sequence[dict], split: str) -> pd.DataFra
         best_base = float(base["accuracy"].max())
         above = against_value(df, split, cell, best_base)
         gap = against_value(df, split, cell, float(ceil["accuracy"]), higher=False)
-        rows.append({**cell, "best trivial": best_base,
+        rows.append({**cell, "trivial": best_base,
                      "mean − trivial [95%]": above.text(),
                      "vs trivial": {HOLDS: "above", FAILS: "not above", UNSURE: "cannot tell"}[above.verdict],
-                     "ceiling": f"{ceil['accuracy']:.2f}" + ("" if ceil["exact"] else " (upper bound)"),
-                     "ceiling − mean": f"{gap.difference:.2f}"})
+                     "ceiling": f"{ceil['accuracy']:.2f}" + ("" if ceil["exact"] else " (bound)"),
+                     "to ceiling": f"{gap.difference:.2f}"})
     return pd.DataFrame(rows)
 
 
@@ -391,13 +378,13 @@ def position_sentence(pos: pd.DataFrame, what: str = "compared cells") -> str:
     if pos.empty:
         return f"No {what} to place against the references."
     c = pos["vs trivial"].value_counts()
-    bounds = int(pos["ceiling"].str.endswith("(upper bound)").sum())
+    bounds = int(pos["ceiling"].str.endswith("(bound)").sum())
     out = (f"Of the {len(pos)} {what}, {int(c.get('above', 0))} are above the best trivial predictor of "
            f"their bin (restart mean, 95% bootstrap interval), {int(c.get('cannot tell', 0))} cannot be told "
            f"from it and {int(c.get('not above', 0))} are not above it; the median gap to the ceiling is "
-           f"{pos['ceiling − mean'].astype(float).median():.2f}.")
+           f"{pos['to ceiling'].astype(float).median():.2f}.")
     if bounds:
-        out += f" For {bounds} of them the ceiling is only an upper bound (not exact)."
+        out += f" For {bounds} of them the ceiling is only an upper bound, marked (bound)."
     return out
 
 
@@ -464,7 +451,7 @@ def figure_summary(df: pd.DataFrame, theirs: pd.DataFrame, chosen: dict[str, lis
         f"averaged over modes {modes}, so the choice does not favour either mode.",
         count_sentence(ours, f"Ours, mode `{freeze}` more accurate than mode `none` on "
                              f"{bin_label(scale, last)} (paired by restart and length)", "pairs"),
-        count_sentence(paper, f"The paper's tables on 201-400 (rounded numbers)", "pairs"),
+        count_sentence(paper, "The paper's tables on 201-400 (rounded numbers)", "pairs"),
         position_sentence(pos, "curves compared"),
     ])
     return {"text": text, "ours": ours.set_index(["task", "model"]), "paper": paper.set_index(["task", "model"]),

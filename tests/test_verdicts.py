@@ -122,7 +122,7 @@ def test_an_upper_bound_ceiling_is_labelled(tmp_path):
     assert table.loc[("unmarked-copy", f"({report.UPPER_BOUND})"), ("bin2", "accuracy")] == 0.9
     assert pd.isna(table.loc[("unmarked-copy", "(ceiling)"), ("bin2", "accuracy")])
     pos = V.positions(df, [{"task": "unmarked-copy", "model": "jm-10", "freeze": "m"}], "bin2")
-    assert pos["ceiling"].iloc[0] == "0.90 (upper bound)"
+    assert pos["ceiling"].iloc[0] == "0.90 (bound)"
 
 
 def test_paper_pair_verdicts_flip(tmp_path):
