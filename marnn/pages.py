@@ -293,10 +293,10 @@ def length_figure(scale: str, freeze: str, top: int, pool: Sequence[str] | None,
 
 
 # ---- Table 1 ----------------------------------------------------------------------------------------------
-def overview(best: pd.DataFrame, scale: str, column: str = "value") -> pd.DataFrame:
-    """:func:`marnn.report.overview_table` with columns named 'mode range' (``scale``: "paper" for the
-    paper's bins) and two decimals."""
-    wide = report.overview_table(best, column)
+def overview(best: pd.DataFrame, scale: str, column: str = "value", split: str | None = None) -> pd.DataFrame:
+    """:func:`marnn.report.overview_table` (of one ``split`` if given) with columns named 'mode range'
+    (``scale``: "paper" for the paper's bins) and two decimals."""
+    wide = report.overview_table(best if split is None else best[best["split"] == split], column)
     labels = bin_labels(scale)
     wide.columns = [f"{m} {labels.get(s, s)}" for m, s in wide.columns]
     return readable(wide) if column == "value" else wide.fillna(DASH)
@@ -304,20 +304,23 @@ def overview(best: pd.DataFrame, scale: str, column: str = "value") -> pd.DataFr
 
 def overview_side_by_side(ours: pd.DataFrame, theirs: pd.DataFrame, scale: str, position: int) -> pd.DataFrame:
     """Best accuracy per language and mode on one bin position (0 = first, -1 = last), paper → ours; the
-    columns are the modes, the bins named in the header by their length ranges."""
+    columns are the modes; ``.attrs["caption"]`` names both length ranges."""
     ours_bins, paper_bins = list(bin_labels(scale)), list(bin_labels("paper"))
     ob, pb = ours_bins[position], paper_bins[position]
     a = theirs[theirs["split"] == pb].set_index(["task", "freeze"])["value"]
     b = ours[ours["split"] == ob].set_index(["task", "freeze"])["value"]
-    header = f"{bin_labels('paper')[pb]} → {bin_labels(scale)[ob]}"
     rows = {}
     for (task, mode), pv in a.items():
         ov = b.get((task, mode), np.nan)
-        rows.setdefault(task, {})[f"{mode} ({header})"] = f"{fmt(pv)} → {fmt(ov)}"
+        rows.setdefault(task, {})[mode] = f"{fmt(pv)} → {fmt(ov)}"
     out = pd.DataFrame.from_dict(rows, orient="index").fillna(DASH)
-    out = out.reindex(columns=[c for m in report.MODES for c in out.columns if c.startswith(f"{m} (")])
+    out = out.reindex(columns=[m for m in report.MODES if m in out.columns])
     out.index.name = "task"
-    return out.reindex([t for t in report.task_names() if t in out.index])
+    out = out.reindex([t for t in report.task_names() if t in out.index])
+    which = {0: "First bin", -1: "Last bin"}.get(position, f"Bin {position}")
+    out.attrs["caption"] = (f"*{which}, paper {bin_labels('paper')[pb]} → ours {bin_labels(scale)[ob]}, one "
+                            "column per freeze mode:*")
+    return out
 
 
 def mean_ratio(ratios: pd.DataFrame) -> pd.DataFrame:
