@@ -37,8 +37,9 @@ import pandas as pd
 HOLDS = "holds"
 FAILS = "does not hold"
 UNSURE = "cannot tell at this scale"
+UNSURE_PRINTED = "cannot tell from the printed numbers"  # the paper's side: its rounding leaves both signs open
 EXCLUDED = "identical by construction"
-VERDICTS = (HOLDS, FAILS, UNSURE)
+VERDICTS = (HOLDS, FAILS, UNSURE, UNSURE_PRINTED)
 
 LEVEL = 0.95  # two-sided level of every interval
 ALPHA = 0.05  # level of the sign test (one-sided, each direction)
@@ -128,7 +129,9 @@ def rounded(a: float, b: float, half: float = ACC_HALF, *, higher: bool = True) 
     if not (np.isfinite(a) and np.isfinite(b)):
         return Verdict(np.nan, -np.inf, np.inf, UNSURE, "missing number", 0)
     lo, hi = round(d - 2 * half, 12), round(d + 2 * half, 12)
-    return Verdict(float(d), float(lo), float(hi), decide(lo, hi), f"printed numbers, each +-{half:g}", 1)
+    verdict = decide(lo, hi)
+    return Verdict(float(d), float(lo), float(hi), UNSURE_PRINTED if verdict == UNSURE else verdict,
+                   f"printed numbers, each +-{half:g}", 1)
 
 
 def excluded() -> Verdict:
@@ -174,10 +177,11 @@ def count(verdicts: Iterable[Verdict], alpha: float = ALPHA) -> Count:
     vs = list(verdicts)
     k = sum(v.verdict == HOLDS for v in vs)
     f = sum(v.verdict == FAILS for v in vs)
-    un = sum(v.verdict == UNSURE for v in vs)
+    un = sum(v.verdict in (UNSURE, UNSURE_PRINTED) for v in vs)
     ex = sum(v.verdict == EXCLUDED for v in vs)
     p, q = sign_test(k, k + f), sign_test(f, k + f)
-    verdict = HOLDS if p < alpha else (FAILS if q < alpha else UNSURE)
+    printed = any(v.verdict == UNSURE_PRINTED or v.method.startswith("printed") for v in vs)
+    verdict = HOLDS if p < alpha else (FAILS if q < alpha else (UNSURE_PRINTED if printed else UNSURE))
     return Count(k, f, un, ex, p, q, verdict)
 
 
@@ -367,7 +371,7 @@ def positions(df: pd.DataFrame, cells: Sequence[dict], split: str) -> pd.DataFra
         gap = against_value(df, split, cell, float(ceil["accuracy"]), higher=False)
         rows.append({**cell, "trivial": best_base,
                      "mean − trivial [95%]": above.text(),
-                     "vs trivial": {HOLDS: "above", FAILS: "not above", UNSURE: "cannot tell"}[above.verdict],
+                     "vs trivial": {HOLDS: "above", FAILS: "not above"}.get(above.verdict, "cannot tell"),
                      "ceiling": f"{ceil['accuracy']:.2f}" + ("" if ceil["exact"] else " (bound)"),
                      "to ceiling": f"{gap.difference:.2f}"})
     return pd.DataFrame(rows)

@@ -498,7 +498,8 @@ def check_small_medium(inp: Inputs, mode: str = "m", splits: Sequence[str] = ("b
 
     def overall(counts) -> str:
         vs = [c.verdict for c in counts]
-        return HOLDS if all(v == HOLDS for v in vs) else (FAILS if FAILS in vs else AT_SCALE)
+        undecided = next((v for v in vs if v not in (HOLDS, FAILS)), AT_SCALE)  # the paper's word or ours
+        return HOLDS if all(v == HOLDS for v in vs) else (FAILS if FAILS in vs else undecided)
 
     facts = {**{f"{b}_k": c.holds for b, c in pcs.items()}, **{f"{b}_n": c.total for b, c in pcs.items()},
              "cells_k": cc.holds, "cells_n": cc.total}
@@ -841,7 +842,7 @@ def outcome(verdict: str) -> str:
         return "at a trivial baseline"
     if verdict == UNTESTED:
         return "not tested by the paper"
-    if verdict == AT_SCALE:
+    if verdict in (AT_SCALE, verdicts.UNSURE_PRINTED):
         return "cannot tell"
     if verdict in (NO_RUNS, ELSEWHERE, PRECISION, NOT_RUN):
         return "not checked here"
