@@ -36,7 +36,8 @@ from .scales import get_scale
 
 # The paper's table of each freeze mode on the formal languages (docs: book/reference/claims.md; marnn.paper).
 MODE_TABLE: dict[str, str] = {"none": "Table 4", "c": "Table 5", "m": "Table 6", "cm": "Table 7"}
-REFERENCES: tuple[str, ...] = ("ceiling", "most-frequent", "repeat-previous", "chance")
+REFERENCES: tuple[str, ...] = ("ceiling", "ceiling upper bound", "most-frequent", "repeat-previous", "chance")
+UPPER_BOUND = "ceiling upper bound"  # the row of a ceiling known only as an upper bound (exact=False)
 TOL = 0.015  # accuracies closer than this are "equal": the paper prints two decimals
 
 
@@ -318,19 +319,30 @@ def reference_table(df: pd.DataFrame) -> pd.DataFrame:
                     put(ref, "ce_diff", v - lb)
         if metric == "repeat-previous_accuracy":
             put("repeat-previous", "accuracy", v)
+    # a ceiling that is only an upper bound (ceiling_exact = 0) gets its own row, so it is never read as exact
+    for (task, split, metric), v in vals.items():
+        if metric == "ceiling_exact" and v == 0 and (task, "(ceiling)") in rows:
+            exact = rows[(task, "(ceiling)")]
+            bound = rows.setdefault((task, f"({UPPER_BOUND})"), {})
+            for m in ("accuracy", "perplexity", "ce_diff"):
+                if (split, m) in exact:
+                    bound[(split, m)] = exact.pop((split, m))
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def references_long(df: pd.DataFrame) -> pd.DataFrame:
-    """Tidy references per task and bin: task, split, reference, accuracy."""
+    """Tidy references per task and bin: task, split, reference, accuracy, exact (False: the ceiling is
+    an upper bound)."""
     ref = reference_table(df)
     if ref.empty:
-        return pd.DataFrame(columns=["task", "split", "reference", "accuracy"])
+        return pd.DataFrame(columns=["task", "split", "reference", "accuracy", "exact"])
     out = []
     for (task, name), row in ref.iterrows():
+        name = name.strip("()")
         for (split, metric), v in row.items():
             if metric == "accuracy" and pd.notna(v):
-                out.append({"task": task, "split": split, "reference": name.strip("()"), "accuracy": v})
+                out.append({"task": task, "split": split, "reference": "ceiling" if name == UPPER_BOUND else name,
+                            "accuracy": v, "exact": name != UPPER_BOUND})
     return pd.DataFrame(out)
 
 

@@ -766,7 +766,9 @@ def record_rows(rec: dict) -> list[dict]:
         for m, v in metrics.items():
             if m in ("lo", "hi", "bin", "length"):
                 continue
-            if isinstance(v, (int, float)) or v is None:  # flags (``*_exact``) as 1.0 / 0.0
+            if isinstance(v, bool):  # flags (ceiling_exact) survive as 1.0 / 0.0
+                v = float(v)
+            if isinstance(v, (int, float)) or v is None:
                 rows.append({**ids, "split": split, "length": length, "metric": m,
                              "value": float("nan") if v is None else float(v)})
 

@@ -224,10 +224,19 @@ def test_smoke_records_end_to_end():
     if not recs:
         pytest.skip("no smoke records in the store")
     table = st.run_table(recs)
-    assert len(table) == len(recs)
+    ids = sorted((r["config"]["task"], r["config"]["model"], r["config"]["freeze"], r["seed"]) for r in recs)
+    assert sorted(zip(table["task"], table["model"], table["freeze"], table["seed"])) == ids  # one row per run
     assert set(table["verdict"]) <= set(st.VERDICTS)
     assert set(table["growth"]) <= set(st.GROWTH_CLASSES)
     assert table[["max_rho", "std_rho", "long_short", "b"]].notna().any().all()
+    pd.testing.assert_frame_equal(st.run_table(recs), table)  # deterministic
     summary = st.summary(table, by=["task"])
     assert summary["runs"].sum() == len(recs)
-    assert isinstance(st.theorem_checks(table), pd.DataFrame)
+    assert (summary[list(st.VERDICTS)].sum(axis=1) == summary["runs"]).all()  # every run has one verdict
+    for task, row in summary.iterrows():
+        assert row["runs"] == int((table["task"] == task).sum())
+    checks = st.theorem_checks(table)
+    judged = checks[checks["runs"] > 0]
+    assert ((judged["share"] >= 0) & (judged["share"] <= 1)).all()
+    assert (judged["holds"] == (judged["share"] >= 0.5)).all()
+    assert (checks["runs"] <= len(table)).all()

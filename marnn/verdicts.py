@@ -1,0 +1,572 @@
+"""The one comparison rule of the book: "A is better than B", with its uncertainty.
+
+Every page and the audit decide a comparison the same way:
+
+1. **Paired data.** A and B are compared on the same task, split and test
+   strings; our runs are matched by restart seed (seed ``s`` of A against
+   seed ``s`` of B: same learning rate, same data) and, where the records hold
+   per-length metrics, by string length (the test strings of a length are the
+   same for every run of a task).
+2. **An interval for the difference.** Ours: a paired bootstrap over restarts
+   and over the test lengths (each length a cluster of test strings, weighted by
+   its symbols), :data:`BOOT` resamples with the fixed seed :data:`SEED`, a
+   :data:`LEVEL` percentile interval of the difference of restart means. One
+   restart measures no restart noise (the larger one): no interval, no decision. The paper's side:
+   its numbers are rounded (two decimals for accuracies, one for perplexities),
+   so the difference is known to within twice half a unit.
+3. **A verdict** from the interval (:func:`decide`): ``holds`` when the whole
+   interval says A is better, ``does not hold`` when it excludes A being better
+   (A worse, or equal on every resample), ``cannot tell at this scale`` otherwise.
+4. **Counts** over languages or pairs come with an exact sign test
+   (:func:`sign_test`, :func:`count`): the pairs that hold against those that do
+   not, undecided ones left out.
+5. Pairs that are **identical by construction** (a model without memory in modes
+   ``m`` and ``none``, or ``c`` and ``cm``) are excluded and counted as such.
+
+Everything is deterministic: same data, same interval.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+HOLDS = "holds"
+FAILS = "does not hold"
+UNSURE = "cannot tell at this scale"
+UNSURE_PRINTED = "cannot tell from the printed numbers"  # the paper's side: its rounding leaves both signs open
+EXCLUDED = "identical by construction"
+VERDICTS = (HOLDS, FAILS, UNSURE, UNSURE_PRINTED)
+
+LEVEL = 0.95  # two-sided level of every interval
+ALPHA = 0.05  # level of the sign test (one-sided, each direction)
+BOOT = 2000  # bootstrap resamples
+SEED = 0  # the bootstrap's fixed seed
+ACC_HALF = 0.005  # the paper prints accuracies with two decimals
+PPL_HALF = 0.05  # Table 3 prints perplexities with one decimal
+NO_MEMORY = ("lstm", "lstm-256")  # models with nothing for mode m to freeze
+SAME_PAIRS = (frozenset({"none", "m"}), frozenset({"c", "cm"}))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One comparison "A better than B": the difference (positive = A better), its interval, the verdict."""
+
+    difference: float
+    lo: float
+    hi: float
+    verdict: str
+    method: str
+    pairs: int = 1  # paired restarts that entered (1 for the paper's numbers)
+
+    @property
+    def sign(self) -> int:
+        """+1 when the comparison holds, -1 when it does not, 0 when undecided or excluded."""
+        return {HOLDS: 1, FAILS: -1}.get(self.verdict, 0)
+
+    def text(self, digits: int = 2) -> str:
+        """'+0.031 [-0.010, +0.072]' (no interval: the difference alone, flagged)."""
+        if self.verdict == EXCLUDED:
+            return "excluded (identical runs)"
+        if not np.isfinite(self.lo) or not np.isfinite(self.hi):
+            return f"{self.difference:+.{digits}f} (one run: no interval)"
+        return f"{self.difference:+.{digits}f} [{self.lo:+.{digits}f}, {self.hi:+.{digits}f}]"
+
+
+def decide(lo: float, hi: float, margin: float = 0.0) -> str:
+    """The rule: ``holds`` if lo > margin, ``does not hold`` if hi <= margin, else ``cannot tell``."""
+    if lo > margin:
+        return HOLDS
+    if hi <= margin:
+        return FAILS
+    return UNSURE
+
+
+def identical_by_construction(model: str, a: str, b: str, embedding_group: str | None = None) -> bool:
+    """Whether modes ``a`` and ``b`` of ``model`` are the same run (a model without memory, where
+    freezing the memory freezes nothing; an embedding in the memory group is something to freeze)."""
+    return model in NO_MEMORY and embedding_group != "memory" and frozenset({a, b}) in SAME_PAIRS
+
+
+def paired_bootstrap(a, b, weights=None, *, higher: bool = True, boot: int = BOOT, seed: int = SEED,
+                     level: float = LEVEL) -> Verdict:
+    """Compare runs ``a`` and ``b``: arrays (restarts, lengths) paired by row and column.
+
+    ``weights`` (lengths,): symbols per length (default equal). The difference is
+    the mean over restarts of the weighted mean over lengths of ``a - b`` (sign
+    flipped when ``higher`` is False: lower is better, as for perplexity).
+    """
+    a, b = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"paired_bootstrap needs two non-empty arrays of one shape, got {a.shape} and {b.shape}")
+    r, u = a.shape
+    w = np.ones(u) if weights is None else np.asarray(weights, dtype=float)
+    if w.shape != (u,) or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"weights must be {u} non-negative numbers with a positive sum, got {w!r}")
+    d = (a - b) if higher else (b - a)
+    point = float((d @ w).mean() / w.sum())
+    method = f"paired bootstrap over {r} restart{'s' * (r != 1)} x {u} length{'s' * (u != 1)}"
+    if r < 2:  # the spread over restarts is the larger noise (issue 12): one restart cannot decide
+        return Verdict(point, -np.inf, np.inf, UNSURE, "one restart: its noise is not measured", r)
+    rng = np.random.default_rng(seed)
+    cr = rng.multinomial(r, np.full(r, 1 / r), size=boot)  # (B, R) restart counts
+    cu = rng.multinomial(u, np.full(u, 1 / u), size=boot)  # (B, U) length counts
+    num = np.einsum("br,ru,bu->b", cr, d * w, cu)
+    den = r * (cu @ w)
+    stats = num[den > 0] / den[den > 0]
+    q = (1 - level) / 2
+    lo, hi = (float(x) for x in np.quantile(stats, [q, 1 - q]))
+    lo, hi = min(lo, point), max(hi, point)
+    return Verdict(point, lo, hi, decide(lo, hi), method, r)
+
+
+def rounded(a: float, b: float, half: float = ACC_HALF, *, higher: bool = True) -> Verdict:
+    """Compare two printed numbers, each rounded to within ``half``: the difference +- 2 * half."""
+    d = round((a - b) if higher else (b - a), 12)  # printed numbers: no float residue decides a verdict
+    if not (np.isfinite(a) and np.isfinite(b)):
+        return Verdict(np.nan, -np.inf, np.inf, UNSURE, "missing number", 0)
+    lo, hi = round(d - 2 * half, 12), round(d + 2 * half, 12)
+    verdict = decide(lo, hi)
+    return Verdict(float(d), float(lo), float(hi), UNSURE_PRINTED if verdict == UNSURE else verdict,
+                   f"printed numbers, each +-{half:g}", 1)
+
+
+def excluded() -> Verdict:
+    return Verdict(0.0, 0.0, 0.0, EXCLUDED, "identical by construction", 0)
+
+
+# ---- counts -------------------------------------------------------------------------------
+def sign_test(k: int, n: int) -> float:
+    """One-sided exact sign test: P(X >= k) for X ~ Binomial(n, 1/2) (1.0 when n = 0)."""
+    if k < 0 or n < 0 or k > n:
+        raise ValueError(f"sign_test needs 0 <= k <= n, got k={k}, n={n}")
+    return float(sum(math.comb(n, i) for i in range(k, n + 1)) / 2 ** n) if n else 1.0
+
+
+@dataclass(frozen=True)
+class Count:
+    """How many comparisons hold, do not hold, are undecided or excluded; the sign test; the verdict."""
+
+    holds: int
+    fails: int
+    unsure: int
+    excluded: int
+    p: float  # one-sided sign test that holds outnumber fails
+    p_against: float  # ... that fails outnumber holds
+    verdict: str
+
+    @property
+    def total(self) -> int:
+        return self.holds + self.fails + self.unsure
+
+    def text(self, what: str) -> str:
+        """'holds for 3 of 7 languages, does not for 1, undecided 3 (sign test p = 0.31)'."""
+        out = (f"holds for {self.holds} of {self.total} {what}, does not for {self.fails}, "
+               f"cannot tell for {self.unsure} (sign test p = {self.p:.2g})")
+        if self.excluded:
+            out += f"; {self.excluded} identical by construction left out"
+        return out
+
+
+def count(verdicts: Iterable[Verdict], alpha: float = ALPHA) -> Count:
+    """Sign test over decided comparisons: ``holds`` if the holds are significantly more than the
+    fails (one-sided exact binomial, ``alpha``), ``does not hold`` if the reverse, else ``cannot tell``."""
+    vs = list(verdicts)
+    k = sum(v.verdict == HOLDS for v in vs)
+    f = sum(v.verdict == FAILS for v in vs)
+    un = sum(v.verdict in (UNSURE, UNSURE_PRINTED) for v in vs)
+    ex = sum(v.verdict == EXCLUDED for v in vs)
+    p, q = sign_test(k, k + f), sign_test(f, k + f)
+    printed = any(v.verdict == UNSURE_PRINTED or v.method.startswith("printed") for v in vs)
+    verdict = HOLDS if p < alpha else (FAILS if q < alpha else (UNSURE_PRINTED if printed else UNSURE))
+    return Count(k, f, un, ex, p, q, verdict)
+
+
+# ---- reading our runs -----------------------------------------------------------------------
+def _cell(df: pd.DataFrame, split: str, metric: str, **where) -> pd.DataFrame:
+    part = df[(df["split"] == split) & (df["metric"].isin([metric, "symbols"]))]
+    for col, val in where.items():
+        part = part[part[col] == val]
+    return part[~part["diverged"].astype(bool)]
+
+
+def run_matrix(df: pd.DataFrame, split: str, metric: str = "accuracy", **where) -> tuple[pd.DataFrame, pd.Series]:
+    """Per restart (rows, by seed) and test length (columns): ``metric`` of the runs of ``df`` (tidy
+    store rows) that match ``where``; and the symbols per length. Without per-length rows: one column."""
+    part = _cell(df, split, metric, **where)
+    per_len = part[part["length"].notna()]
+    src = per_len if len(per_len) else part[part["length"].isna()]
+    key = src["length"].fillna(-1)
+    vals = src[src["metric"] == metric].assign(L=key).pivot_table(index="seed", columns="L", values="value",
+                                                                   aggfunc="first")
+    sym = src[src["metric"] == "symbols"].assign(L=key).groupby("L")["value"].first()
+    sym = sym.reindex(vals.columns).fillna(1.0) if len(sym) else pd.Series(1.0, index=vals.columns)
+    return vals, sym
+
+
+def compare_runs(df: pd.DataFrame, split: str, a: dict, b: dict, metric: str = "accuracy", *,
+                 higher: bool = True, db: pd.DataFrame | None = None) -> Verdict:
+    """Our runs: cell ``a`` better than cell ``b`` (dicts of column values, e.g. task, model, freeze)
+    on ``split``, paired by seed and length. ``db``: B's frame if not ``df``."""
+    model_a, model_b = a.get("model"), b.get("model")
+    if model_a == model_b and a.get("task") == b.get("task") and identical_by_construction(
+            model_a, a.get("freeze"), b.get("freeze"), a.get("embedding_group")):
+        return excluded()
+    va, wa = run_matrix(df, split, metric, **a)
+    vb, _ = run_matrix(df if db is None else db, split, metric, **b)
+    seeds = [s for s in va.index if s in vb.index]
+    cols = [c for c in va.columns if c in vb.columns]
+    if not seeds or not cols:
+        return Verdict(np.nan, -np.inf, np.inf, UNSURE, "no paired runs", 0)
+    A, B = va.loc[seeds, cols].to_numpy(), vb.loc[seeds, cols].to_numpy()
+    ok = ~(np.isnan(A).any(axis=0) | np.isnan(B).any(axis=0))
+    return paired_bootstrap(A[:, ok], B[:, ok], wa[cols].to_numpy()[ok], higher=higher)
+
+
+def against_value(df: pd.DataFrame, split: str, cell: dict, value: float, metric: str = "accuracy", *,
+                  higher: bool = True) -> Verdict:
+    """Our runs of ``cell`` better than a fixed number (a baseline, a ceiling): the same bootstrap,
+    with the number on every restart and length."""
+    va, w = run_matrix(df, split, metric, **cell)
+    if va.empty:
+        return Verdict(np.nan, -np.inf, np.inf, UNSURE, "no runs", 0)
+    A = va.to_numpy()
+    ok = ~np.isnan(A).any(axis=0)
+    return paired_bootstrap(A[:, ok], np.full_like(A[:, ok], value), w.to_numpy()[ok], higher=higher)
+
+
+def verdict_frame(rows: Sequence[dict]) -> pd.DataFrame:
+    """Rows of ``{..., "verdict": Verdict}`` as a table: the keys, difference [interval], verdict."""
+    out = []
+    for r in rows:
+        v: Verdict = r["verdict"]
+        out.append({**{k: x for k, x in r.items() if k != "verdict"}, "difference [95% interval]": v.text(),
+                    "verdict": v.verdict})
+    return pd.DataFrame(out)
+
+
+# ---- the pages' comparisons ----------------------------------------------------------------------
+def bin_label(scale_or_bins, split: str) -> str:
+    """'51-100' for ``bin2`` of a scale (or of a list of (lo, hi) bins); other splits unchanged."""
+    from .scales import get_scale
+
+    bins = scale_or_bins if isinstance(scale_or_bins, (list, tuple)) else get_scale(scale_or_bins).test_bins
+    if isinstance(split, str) and split.startswith("bin") and split[3:].isdigit() and int(split[3:]) < len(bins):
+        lo, hi = bins[int(split[3:])]
+        return f"{lo}-{hi}"
+    return split
+
+
+def mode_verdicts(df: pd.DataFrame, mode: str, against: str = "none", split: str = "bin2") -> pd.DataFrame:
+    """Our runs, per language: the best model in ``mode`` (best restart, highest accuracy on ``split``)
+    better than the best model in ``against``? Paired by seed and length. Columns task, model A, A,
+    model B, B, difference [95% interval], verdict; ``.attrs["verdicts"]`` the :class:`Verdict` objects."""
+    from . import report
+
+    long = report.ours_long(df, ["accuracy"])
+    best = report.best_per_task(long[long["freeze"].isin([mode, against])], [split])
+    rows, objs = [], []
+    for task in [t for t in report.task_names() if t in set(best["task"])]:
+        b = best[best["task"] == task].set_index("freeze")
+        if mode not in b.index or against not in b.index:
+            continue
+        ma, mb = b.loc[mode, "model"], b.loc[against, "model"]
+        v = compare_runs(df, split, {"task": task, "model": ma, "freeze": mode},
+                         {"task": task, "model": mb, "freeze": against})
+        objs.append(v)
+        rows.append({"task": task, f"model ({mode})": ma, mode: b.loc[mode, "value"], f"model ({against})": mb,
+                     against: b.loc[against, "value"], "verdict": v})
+    out = verdict_frame(rows)
+    out.attrs["verdicts"] = objs
+    return out
+
+
+def paper_mode_verdicts(theirs: pd.DataFrame, mode: str, against: str = "none", split: str = "bin2",
+                        half: float = ACC_HALF) -> pd.DataFrame:
+    """The paper's tables, per language: best model in ``mode`` better than the best in ``against``,
+    decided on the printed numbers with their rounding (each +- ``half``)."""
+    from . import report
+
+    best = report.best_per_task(theirs[theirs["freeze"].isin([mode, against])], [split])
+    rows, objs = [], []
+    for task in [t for t in report.task_names() if t in set(best["task"])]:
+        b = best[best["task"] == task].set_index("freeze")
+        if mode not in b.index or against not in b.index:
+            continue
+        ma, mb = b.loc[mode, "model"], b.loc[against, "model"]
+        same = ma == mb and identical_by_construction(ma, mode, against)
+        v = excluded() if same else rounded(float(b.loc[mode, "value"]), float(b.loc[against, "value"]), half)
+        objs.append(v)
+        rows.append({"task": task, f"model ({mode})": b.loc[mode, "model"], mode: b.loc[mode, "value"],
+                     f"model ({against})": b.loc[against, "model"], against: b.loc[against, "value"],
+                     "verdict": v})
+    out = verdict_frame(rows)
+    out.attrs["verdicts"] = objs
+    return out
+
+
+def pair_verdicts(df: pd.DataFrame, pairs: Sequence[tuple[str, str]], mode: str, against: str = "none",
+                  split: str = "bin2") -> pd.DataFrame:
+    """Our runs, per (language, model) of ``pairs``: ``mode`` better than ``against``, paired by seed and
+    length; lstm pairs identical by construction are excluded (verdict ``identical by construction``)."""
+    rows, objs = [], []
+    for task, model in pairs:
+        v = compare_runs(df, split, {"task": task, "model": model, "freeze": mode},
+                         {"task": task, "model": model, "freeze": against})
+        objs.append(v)
+        rows.append({"task": task, "model": model, "verdict": v})
+    out = verdict_frame(rows)
+    out.attrs["verdicts"] = objs
+    return out
+
+
+def paper_pair_verdicts(theirs: pd.DataFrame, pairs: Sequence[tuple[str, str]], mode: str,
+                        against: str = "none", split: str = "bin2", half: float = ACC_HALF) -> pd.DataFrame:
+    """The paper's tables, per (language, model): ``mode`` better than ``against`` on its rounded numbers;
+    pairs it does not print are left out, lstm pairs identical by construction excluded."""
+    acc = theirs[(theirs["metric"] == "accuracy") & (theirs["split"] == split)]
+    val = acc.set_index(["task", "model", "freeze"])["value"]
+    rows, objs = [], []
+    for task, model in pairs:
+        if (task, model, mode) not in val.index or (task, model, against) not in val.index:
+            continue
+        if identical_by_construction(model, mode, against):
+            v = excluded()
+        else:
+            v = rounded(float(val[(task, model, mode)]), float(val[(task, model, against)]), half)
+        objs.append(v)
+        rows.append({"task": task, "model": model, mode: val[(task, model, mode)],
+                     against: val[(task, model, against)], "verdict": v})
+    out = verdict_frame(rows)
+    out.attrs["verdicts"] = objs
+    return out
+
+
+def count_sentence(frame: pd.DataFrame, claim: str, what: str) -> str:
+    """'"<claim>": holds for 1 of 7 languages, ... (sign test p = 0.5); over all: cannot tell at this scale.'"""
+    c = count(frame.attrs.get("verdicts", []))
+    return f"{claim}: {c.text(what)}; over all {what}: **{c.verdict}**."
+
+
+def positions(df: pd.DataFrame, cells: Sequence[dict], split: str) -> pd.DataFrame:
+    """Where each of our ``cells`` (dicts: task, model, freeze) sits on ``split``: accuracy averaged over
+    restarts (``mean``) against the best trivial predictor, with the rule's interval, and its distance
+    to the ceiling (flagged when the ceiling is only an upper bound)."""
+    from . import report
+
+    refs = report.references_long(df)
+    refs = refs[refs["split"] == split]
+    rows = []
+    for cell in cells:
+        r = refs[refs["task"] == cell["task"]]
+        if r.empty:
+            continue
+        base = r[r["reference"] != "ceiling"]
+        ceil = r[r["reference"] == "ceiling"].iloc[0]
+        best_base = float(base["accuracy"].max())
+        above = against_value(df, split, cell, best_base)
+        gap = against_value(df, split, cell, float(ceil["accuracy"]), higher=False)
+        rows.append({**cell, "trivial": best_base,
+                     "mean − trivial [95%]": above.text(),
+                     "vs trivial": {HOLDS: "above", FAILS: "not above"}.get(above.verdict, "cannot tell"),
+                     "ceiling": f"{ceil['accuracy']:.2f}" + ("" if ceil["exact"] else " (bound)"),
+                     "to ceiling": f"{gap.difference:.2f}"})
+    return pd.DataFrame(rows)
+
+
+def position_sentence(pos: pd.DataFrame, what: str = "compared cells") -> str:
+    """'Of the 14 compared cells, 3 are above the best trivial predictor, ...; 2 ceilings are upper bounds.'"""
+    if pos.empty:
+        return f"No {what} to place against the references."
+    c = pos["vs trivial"].value_counts()
+    bounds = int(pos["ceiling"].str.endswith("(bound)").sum())
+    out = (f"Of the {len(pos)} {what}, {int(c.get('above', 0))} are above the best trivial predictor of "
+           f"their bin (restart mean, 95% bootstrap interval), {int(c.get('cannot tell', 0))} cannot be told "
+           f"from it and {int(c.get('not above', 0))} are not above it; the median gap to the ceiling is "
+           f"{pos['to ceiling'].astype(float).median():.2f}.")
+    if bounds:
+        out += f" For {bounds} of them the ceiling is only an upper bound, marked (bound)."
+    return out
+
+
+# ---- Penn Treebank: cheap references on the same tokens -----------------------------------------------
+def ptb_references(scale: str, k: float = 0.01, corpus=None) -> pd.Series:
+    """Test perplexity of cheap models fitted on the scale's training tokens and scored on exactly the
+    targets our models are scored on (the scale's test tokens, batched into its streams): an add-one
+    unigram and an add-``k`` bigram."""
+    from .ptb import batchify, load_corpus
+    from .scales import get_scale
+
+    sc = get_scale(scale)
+    corpus = corpus if corpus is not None else load_corpus()
+    V = corpus.vocab_size
+    train = corpus.train if sc.ptb_train_tokens is None else corpus.train[:sc.ptb_train_tokens]
+    test = corpus.test if sc.ptb_eval_tokens is None else corpus.test[:sc.ptb_eval_tokens]
+    streams = batchify(test, sc.ptb_streams).numpy()
+    prev, target = streams[:, :-1].ravel(), streams[:, 1:].ravel()
+    tr = train.numpy()
+    uni = np.bincount(tr, minlength=V).astype(float)
+    p_uni = (uni + 1) / (uni.sum() + V)
+    unigram = float(np.exp(-np.log(p_uni[target]).mean()))
+    pair = pd.Series(1, index=pd.MultiIndex.from_arrays([tr[:-1], tr[1:]])).groupby(level=[0, 1]).sum()
+    c_pair = pair.reindex(pd.MultiIndex.from_arrays([prev, target])).fillna(0).to_numpy()
+    c_prev = np.bincount(tr[:-1], minlength=V)[prev].astype(float)
+    bigram = float(np.exp(-np.log((c_pair + k) / (c_prev + k * V)).mean()))
+    return pd.Series({"unigram (add-one)": unigram, f"bigram (add-{k:g})": bigram}, name="test perplexity")
+
+
+def ptb_beats_references(table: pd.DataFrame, refs: pd.Series) -> bool:
+    """Whether any of our perplexities (model x mode table) is below the best cheap reference."""
+    vals = table.to_numpy(dtype=float)
+    return bool(np.isfinite(vals).any() and np.nanmin(vals) < float(refs.min()))
+
+
+def compared_cells(frame: pd.DataFrame, modes: Sequence[str]) -> list[dict]:
+    """The (task, model, freeze) cells of a :func:`mode_verdicts` frame (columns 'model (<mode>)')."""
+    cells = []
+    for r in frame.to_dict("records"):
+        for mode in modes:
+            cell = {"task": r["task"], "model": r[f"model ({mode})"], "freeze": mode}
+            if cell not in cells:
+                cells.append(cell)
+    return cells
+
+
+def figure_summary(df: pd.DataFrame, theirs: pd.DataFrame, chosen: dict[str, list[str]], freeze: str,
+                   scale: str, selection_modes: Sequence[str]) -> dict:
+    """Figures 2 and 3: the verdict "mode ``freeze`` more accurate than ``none`` on the last bin" per
+    (language, model) shown, ours (paired bootstrap) and the paper's (rounding), where the compared models
+    sit against the references, and the sentences that say so. Returns text, ours, paper, positions."""
+    from . import report
+
+    last = report.last_bin(df)
+    pairs = [(t, m) for t, ms in chosen.items() for m in ms]
+    ours = pair_verdicts(df, pairs, freeze, "none", last)
+    paper = paper_pair_verdicts(theirs, pairs, freeze, "none", "bin2")
+    cells = [{"task": t, "model": m, "freeze": f} for t, m in pairs for f in ("none", freeze)]
+    pos = positions(df, cells, last)
+    modes = " and ".join(f"`{m}`" for m in selection_modes)
+    text = " ".join([
+        report.scale_caveat(scale),
+        f"The models shown were picked per language by best-restart test accuracy on {bin_label(scale, last)} "
+        f"averaged over modes {modes}, so the choice does not favour either mode.",
+        count_sentence(ours, f"Ours, mode `{freeze}` more accurate than mode `none` on "
+                             f"{bin_label(scale, last)} (paired by restart and length)", "pairs"),
+        count_sentence(paper, "The paper's tables on 201-400 (rounded numbers)", "pairs"),
+        position_sentence(pos, "curves compared"),
+    ])
+    return {"text": text, "ours": ours.set_index(["task", "model"]), "paper": paper.set_index(["task", "model"]),
+            "positions": pos.set_index(["task", "model", "freeze"]) if len(pos) else pos}
+
+
+def ptb_mode_verdicts(df: pd.DataFrame, refs: pd.Series, mode: str = "m", against: str = "none",
+                      embedding_group: str = "controller") -> pd.DataFrame:
+    """Per PTB model: ``mode`` lower test perplexity than ``against``? Below the scale where our
+    perplexities beat the cheap references every verdict is ``cannot tell``; otherwise the paired rule
+    (one restart measures no noise, so also ``cannot tell``)."""
+    from . import report
+
+    part = df[df["embedding_group"] == embedding_group]
+    table = report.ptb_table(part, "test") if len(part) else pd.DataFrame()
+    informative = ptb_beats_references(table, refs) if len(table) else False
+    rows, objs = [], []
+    for model in [m for m in report.PTB_MODELS if m in table.index]:
+        if mode not in table.columns or against not in table.columns:
+            continue
+        if identical_by_construction(model, mode, against, embedding_group):
+            v = excluded()
+        elif not informative:
+            d = float(table.loc[model, against] - table.loc[model, mode])
+            v = Verdict(d, -np.inf, np.inf, UNSURE, "every perplexity above the cheap references", 1)
+        else:
+            v = compare_runs(part, "test", {"model": model, "freeze": mode}, {"model": model, "freeze": against},
+                             "perplexity", higher=False)
+        objs.append(v)
+        rows.append({"model": model, against: table.loc[model, against], mode: table.loc[model, mode],
+                     "verdict": v})
+    out = verdict_frame(rows)
+    out.attrs["verdicts"] = objs
+    out.attrs["informative"] = informative
+    return out
+
+
+def ptb_sentence(df: pd.DataFrame, refs: pd.Series, mode: str = "m") -> str:
+    """What our PTB runs can say at this scale, against the cheap references."""
+    from . import report
+
+    table = report.ptb_table(df, "test") if len(df) else pd.DataFrame()
+    if table.empty:
+        return "There are no PTB runs at this scale."
+    best, ref = float(np.nanmin(table.to_numpy(dtype=float))), float(refs.min())
+    name = refs.idxmin()
+    if best >= ref:
+        return (f"Our lowest test perplexity ({best:.0f}) is above that of the {name} model fitted on the same "
+                f"training tokens ({ref:.0f}): at this scale the models have not learned more than word "
+                f"frequencies, so every comparison between them is **{UNSURE}** and no rank correlation with "
+                f"the paper is claimed.")
+    c = count(ptb_mode_verdicts(df, refs, mode).attrs["verdicts"])
+    return (f"Our lowest test perplexity ({best:.0f}) is below the {name} model's ({ref:.0f}). Mode `{mode}` "
+            f"lower than `none`: {c.text('models')}; over all models: **{c.verdict}**.")
+
+
+def rank_correlation(a: Sequence[float], b: Sequence[float], permutations: int = 10_000,
+                     seed: int = SEED) -> tuple[float, float]:
+    """Spearman's rank correlation of ``a`` and ``b`` and its two-sided permutation p-value (every
+    permutation when there are at most 8 pairs, else ``permutations`` random ones with a fixed seed)."""
+    import itertools
+
+    x, y = pd.Series(a).rank().to_numpy(), pd.Series(b).rank().to_numpy()
+    if len(x) != len(y) or len(x) < 3:
+        raise ValueError(f"rank_correlation needs two sequences of one length >= 3, got {len(x)} and {len(y)}")
+
+    def rho(u):
+        return float(np.corrcoef(x, u)[0, 1])
+
+    r = rho(y)
+    if len(y) <= 8:
+        null = [rho(np.array(p)) for p in itertools.permutations(y)]
+    else:
+        rng = np.random.default_rng(seed)
+        null = [rho(rng.permutation(y)) for _ in range(permutations)]
+    p = float(np.mean(np.abs(null) >= abs(r) - 1e-12))
+    return r, p
+
+
+def ptb_rank_sentence(comparison: pd.DataFrame, ours_table: pd.DataFrame, refs: pd.Series) -> str:
+    """Paper vs ours on PTB (a :func:`marnn.report.compare` frame): the rank correlation with its
+    permutation test, claimed only where our perplexities beat the cheap references."""
+    both = comparison.dropna(subset=["ours", "paper"])
+    if len(both) < 3:
+        return "Too few cells in both the paper and our runs to compare their order."
+    if not ptb_beats_references(ours_table, refs):
+        return (f"Over the {len(both)} cells both have, our perplexities are {both['difference'].median():+.0f} "
+                f"from the paper's at the median. No rank correlation is claimed: every one of ours is above the "
+                f"{refs.idxmin()} model's {refs.min():.0f} on the same tokens, so their order is **{UNSURE}**.")
+    r, p = rank_correlation(both["ours"], both["paper"])
+    return (f"Over the {len(both)} cells both have, the rank correlation of the two orderings is {r:.2f} "
+            f"(permutation test p = {p:.2g}).")
+
+
+def retention_comparison(df: pd.DataFrame, mode: str = "m", against: str = "none", first: str = "bin0",
+                         last: str | None = None) -> Verdict:
+    """Our runs: ``mode`` keeps more of its accuracy (``last`` / ``first``) than ``against``, over every
+    (language, model) cell, paired by cell and restart seed; cells identical by construction left out.
+    The bootstrap resamples restarts and cells (the cells take the place of the lengths)."""
+    from . import report
+
+    last = last or report.last_bin(df)
+    every = report.retention(report.all_runs_long(df), first, last, by=["task", "model", "freeze", "seed"])
+    every = every[[not identical_by_construction(m, mode, against) for m in every["model"]]]
+    wide = every.pivot_table(index="seed", columns=["task", "model", "freeze"], values="ratio", aggfunc="first")
+    cells = sorted({(t, m) for t, m, f in wide.columns if f == mode} & {(t, m) for t, m, f in wide.columns
+                                                                         if f == against})
+    if not cells:
+        return Verdict(np.nan, -np.inf, np.inf, UNSURE, "no paired cells", 0)
+    a = wide[[(t, m, mode) for t, m in cells]].to_numpy()
+    b = wide[[(t, m, against) for t, m in cells]].to_numpy()
+    keep = ~(np.isnan(a).any(axis=1) | np.isnan(b).any(axis=1))
+    keep_cols = np.isfinite(a[keep]).all(axis=0) & np.isfinite(b[keep]).all(axis=0)
+    return paired_bootstrap(a[keep][:, keep_cols], b[keep][:, keep_cols])
