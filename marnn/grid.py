@@ -50,7 +50,7 @@ import time
 import traceback
 import warnings
 from collections import defaultdict
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from . import store
 from .scales import Scale, get_scale
@@ -243,8 +243,8 @@ def check_scheduler(address: str, timeout: float = 3.0) -> str:
     """A dask scheduler address ``[tcp://|tls://]HOST:PORT`` that accepts a TCP
     connection within ``timeout`` seconds (returned as given), else ValueError
     naming the problem and the accepted form."""
-    from urllib.parse import urlsplit
     import socket
+    from urllib.parse import urlsplit
 
     form = "accepted: 'sync', or a dask scheduler address tcp://HOST:PORT (or tls://HOST:PORT)"
     raw = address if "://" in address else f"tcp://{address}"

@@ -13,7 +13,7 @@ length ranges (the paper's and ours never under one label), no raw flags.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

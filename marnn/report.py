@@ -24,8 +24,8 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd

@@ -130,11 +130,11 @@ class Scale:
     def bin_names(self) -> tuple[str, ...]:
         return tuple(f"bin{i}" for i in range(len(self.test_bins)))
 
-    def with_(self, **changes) -> "Scale":
+    def with_(self, **changes) -> Scale:
         """A copy with some fields changed (for ad-hoc experiments)."""
         return replace(self, **changes)
 
-    def for_model(self, model: str) -> "Scale":
+    def for_model(self, model: str) -> Scale:
         """The scale a run of ``model`` trains at: this one with ``model``'s entry of
         :attr:`models` applied (the same scale for models without one)."""
         for name, changes in self.models:

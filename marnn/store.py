@@ -75,9 +75,9 @@ import socket
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterable, Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 ENV_VAR = "MARNN_RESULTS"
@@ -402,12 +402,12 @@ def quarantine(path: Path, reason: str, root: Path | None = None, *, still_bad=_
         dest = Path(root) / INVALID_DIR / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         if dest.exists():
-            dest = dest.with_name(f"{dest.name}.{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.{secrets.token_hex(2)}")
+            dest = dest.with_name(f"{dest.name}.{datetime.now(UTC):%Y%m%dT%H%M%S}.{secrets.token_hex(2)}")
         try:
             os.replace(path, dest)
         except FileNotFoundError:
             return None
-        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
         atomic_write(dest.with_name(dest.name + ".reason.txt"),
                      lambda tmp: _write_synced(tmp, f"{reason}\nmoved from {path} at {stamp} by {_HOST} pid {os.getpid()}\n"))
     say(f"marnn: warning: invalid record moved aside, it will be retrained: {where} -> {dest}")
@@ -483,7 +483,7 @@ def iter_records(root: str | os.PathLike | None = None) -> Iterator[tuple[Path, 
 
 # ---- claims: lock files that die with their process -------------------------------
 _HOST = socket.gethostname().replace("~", "-").replace("/", "-") or "localhost"
-_HELD: dict[str, "Lease"] = {}
+_HELD: dict[str, Lease] = {}
 _HELD_LOCK = threading.Lock()
 _HEARTBEAT: threading.Thread | None = None
 
@@ -632,7 +632,7 @@ def _try_claim(lock: Path) -> Lease | None:
         if str(lock) in _HELD:
             return None  # held by this process already
     info = json.dumps({"host": _HOST, "pid": os.getpid(), "start": _MY_START,
-                       "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+                       "created": datetime.now(UTC).isoformat(timespec="seconds")})
     for attempt in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)

@@ -108,7 +108,7 @@ def driver():
     shutil.rmtree(profile, ignore_errors=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _status(url: str) -> int:
     try:
         with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=10) as r:

@@ -310,7 +310,7 @@ def test_load_frame_is_tidy_and_marks_the_best_restart(tmp_path, records):
     assert best[best["freeze"] == "none"]["seed"].item() != 1  # the diverged one is excluded
     m_valid = {r["config"]["seed"]: r["valid"]["cross_entropy"] for r in recs if r["config"]["freeze"] == "m"}
     assert best[best["freeze"] == "m"]["seed"].item() == min(m_valid, key=m_valid.get)
-    assert none_valid  # noqa: used above
+    assert none_valid  # used above
     assert len(store.load_frame(tmp_path, lengths=False)) < len(df)
     assert store.load_frame(tmp_path / "empty").empty
 

@@ -8,9 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
-from marnn import report, store, verdicts as V
+from marnn import report, store
+from marnn import verdicts as V
 from marnn.grid import formal_config, ptb_config
 from marnn.ptb import Corpus
+
 from test_report import fake_formal, fake_ptb
 
 

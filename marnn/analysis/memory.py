@@ -57,13 +57,14 @@ answers. :func:`analyse_group` runs all three on a trained replica group
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..tasks import Task, encode, get as get_task
+from ..tasks import Task, encode
+from ..tasks import get as get_task
 
 WHATS = ("hidden", "cell", "reading", "state")
 SPAN_THRESHOLD = 0.1  # theta: a change "is remembered" while it moves the state by >= 10% of D_0

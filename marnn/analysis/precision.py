@@ -43,8 +43,8 @@ are named as in :data:`DTYPES`; an unknown name raises
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd

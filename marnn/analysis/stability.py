@@ -77,7 +77,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -427,7 +427,8 @@ def untrained_lengths(task: str, model: str, scale: str, seeds: Sequence[int]) -
     """
     import torch
 
-    from .. import models, tasks as _tasks
+    from .. import models
+    from .. import tasks as _tasks
     from ..scales import get_scale
     from ..tasks.data import test_batches
     from ..train.evaluate import evaluate_bins
@@ -547,8 +548,8 @@ def perturbation_strings(task: str, lengths: tuple[int, int], per_length: int, s
     without free bits (count-3) has nothing to corrupt this way and raises
     ``ValueError``.
     """
-    from ..scales import EVAL_SEED
     from .. import tasks as _tasks
+    from ..scales import EVAL_SEED
 
     t = _tasks.get(task)
     rng = np.random.default_rng([zlib.crc32(t.name.encode()), EVAL_SEED, seed])

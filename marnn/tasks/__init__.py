@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from ..registry import lookup
 from .base import EOS, Reference, Task, bayes_accuracy_bruteforce, split_distribution
-from .languages import ALL as _ALL
 from .data import Batch, TaskData, encode, make_task_data
+from .languages import ALL as _ALL
 
 REGISTRY: dict[str, type[Task]] = {cls.name: cls for cls in _ALL}
 NAMES: tuple[str, ...] = tuple(REGISTRY)

@@ -24,7 +24,8 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from ..tasks import Task, get as get_task
+from ..tasks import Task
+from ..tasks import get as get_task
 from ..tasks.data import Batch
 
 

@@ -35,14 +35,22 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import datetime, timezone
-from typing import Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 import torch
 from tqdm.auto import tqdm
 
-from . import default_device, environment, progress_disabled, set_threads, epoch_order, hyperparameters, scale_from_config
-from . import resume
+from . import (
+    default_device,
+    environment,
+    epoch_order,
+    hyperparameters,
+    progress_disabled,
+    resume,
+    scale_from_config,
+    set_threads,
+)
 from .evaluate import evaluate_bins, split_metrics, token_stats
 from .optim import BatchedAdam, ReplicaOptimizer
 
@@ -57,7 +65,7 @@ EXPLODE_FACTOR = 10.0  # a training cross-entropy above this many times log V ..
 EXPLODE_EPOCHS = 2  # ... at the end of this many consecutive epochs marks a replica diverged
 
 
-def guarded_step(opt, tracker: "Tracker", idx: list[int], loss: torch.Tensor, epoch: int, step: int) -> None:
+def guarded_step(opt, tracker: Tracker, idx: list[int], loss: torch.Tensor, epoch: int, step: int) -> None:
     """One optimiser step for the live replicas, isolating any that diverge.
 
     ``loss``: ``(R_live,)``. Replicas whose loss or clipped gradient norm is not
@@ -356,7 +364,7 @@ class RecordParts:
         self.tracker, self.configs, self.env = tracker, configs, env
         self.total_params, self.trainable = total_params, trainable
         self.wall, self.cpu = wall, cpu
-        self.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.created = datetime.now(UTC).isoformat(timespec="seconds")
 
     def record(self, r: int, *, lr: float, clip: float, curve: list, results: dict) -> dict:
         """Replica ``r``'s record: identity and schedule, then ``results``, then run facts."""

@@ -28,7 +28,7 @@ SGD: :math:`\\theta \\leftarrow \\theta - \\eta_r g`.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 
@@ -101,7 +101,7 @@ class ReplicaOptimizer:
     # ---- keeping a subset of the replicas -----------------------------------
     _PER_PARAM_STATE: tuple[str, ...] = ()
 
-    def subset(self, named_params: Iterable[tuple[str, torch.nn.Parameter]], keep: list[int]) -> "ReplicaOptimizer":
+    def subset(self, named_params: Iterable[tuple[str, torch.nn.Parameter]], keep: list[int]) -> ReplicaOptimizer:
         """This optimiser's state for replicas ``keep`` only, over ``named_params``
         (the parameters of a model holding exactly those replicas, in that order)."""
         new = object.__new__(type(self))

@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from . import default_device, environment, progress_disabled, set_threads, hyperparameters, scale_from_config
-from . import resume
+from . import default_device, environment, hyperparameters, progress_disabled, resume, scale_from_config, set_threads
 from .evaluate import stream_cross_entropy, token_stats
 from .formal import RecordParts, Tracker, _num, _per_replica_counts, check_group, guarded_step
 from .optim import BatchedSGD
