@@ -201,7 +201,8 @@ def _summary_formal(rec: dict, path) -> str:
              f"  {'bin':5} {'lengths':>9} {'accuracy':>9} {'ceiling':>8} {'perplexity':>10} {'ce-diff':>8}"]
     for name, b in rec["bins"].items():
         lines.append(f"  {name:5} {str(b['lo']) + '-' + str(b['hi']):>9} {_fmt(b.get('accuracy')):>9} "
-                     f"{_fmt(b.get('ceiling_accuracy')):>8} {_fmt(b.get('perplexity')):>10} {_fmt(b.get('ce_diff')):>8}")
+                     f"{_fmt(b.get('ceiling_accuracy')):>8} {_fmt(b.get('perplexity')):>10} "
+                     f"{_fmt(b.get('ce_diff')):>8}")
     lines.append(f"  wall {rec['wall_time_s']:.1f} s on {rec['env']['device']}; record {path}")
     return "\n".join(lines)
 
@@ -209,9 +210,12 @@ def _summary_formal(rec: dict, path) -> str:
 def _summary_ptb(rec: dict, path) -> str:
     c = rec["config"]
     return "\n".join([
-        f"ptb / {c['model']} / freeze {c['freeze']} (embedding: {c['embedding_group']}) / seed {c['seed']} / scale {c['scale']}",
-        f"  lr {rec['lr']:.3g}  clip {rec['clip']:.3g}  epochs {rec['epochs']} (best {rec['best_epoch']})  status {rec['status']}",
-        f"  valid perplexity {_fmt(rec['valid']['perplexity'], '.2f')}  test perplexity {_fmt(rec['test']['perplexity'], '.2f')}",
+        f"ptb / {c['model']} / freeze {c['freeze']} (embedding: {c['embedding_group']}) / seed {c['seed']} "
+        f"/ scale {c['scale']}",
+        f"  lr {rec['lr']:.3g}  clip {rec['clip']:.3g}  epochs {rec['epochs']} (best {rec['best_epoch']})  "
+        f"status {rec['status']}",
+        f"  valid perplexity {_fmt(rec['valid']['perplexity'], '.2f')}  "
+        f"test perplexity {_fmt(rec['test']['perplexity'], '.2f')}",
         f"  wall {rec['wall_time_s']:.1f} s on {rec['env']['device']}; record {path}",
     ])
 
@@ -301,7 +305,8 @@ def cmd_grid(args) -> int:
     if args.dry_run:
         todo = store.missing(configs, args.results)
         groups = grid.group_configs(todo, args.max_replicas)
-        print(f"{len(configs)} runs planned, {len(configs) - len(todo)} stored, {len(todo)} missing in {len(groups)} groups")
+        print(f"{len(configs)} runs planned, {len(configs) - len(todo)} stored, "
+              f"{len(todo)} missing in {len(groups)} groups")
         return 0
     scheduler = check_scheduler(args.scheduler)
     if args.ptb and store.missing(configs, args.results):

@@ -86,7 +86,8 @@ def _verified_bytes(split: str, root: Path) -> bytes:
     try:
         raw = gzip.decompress(path.read_bytes())
     except (OSError, EOFError) as err:
-        raise ChecksumError(f"{path} is not a readable gzip file ({err}); expected SHA-256 of {name}: {expected}") from None
+        raise ChecksumError(f"{path} is not a readable gzip file ({err}); "
+                            f"expected SHA-256 of {name}: {expected}") from None
     actual = hashlib.sha256(raw).hexdigest()
     if actual != expected:
         raise ChecksumError(f"{path}: SHA-256 of {name} is {actual}, expected {expected}")

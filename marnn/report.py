@@ -301,7 +301,7 @@ def reference_table(df: pd.DataFrame) -> pd.DataFrame:
     vals = part.groupby(["task", "split", "metric"])["value"].first()
     rows: dict[tuple[str, str], dict] = {}
     for (task, split, metric), v in vals.items():
-        def put(ref, m, value):
+        def put(ref, m, value, task=task, split=split):
             rows.setdefault((task, f"({ref})"), {})[(split, m)] = value
 
         if metric == "ceiling_accuracy":
@@ -419,7 +419,7 @@ def compare_wide(comparison: pd.DataFrame, index: Sequence[str], columns: Sequen
                                   values=["paper", "ours", "difference"], aggfunc="first", dropna=False)
     wide = wide.reorder_levels(list(range(1, wide.columns.nlevels)) + [0], axis=1)
     seen = sorted(dict.fromkeys(tuple(c[:-1]) for c in wide.columns),
-                  key=lambda t: tuple(_rank(n, v) for n, v in zip(columns, t)))
+                  key=lambda t: tuple(_rank(n, v) for n, v in zip(columns, t, strict=True)))
     cols = [(*t, v) for t in seen for v in ("paper", "ours", "difference")]
     wide = wide.reindex(columns=pd.MultiIndex.from_tuples(cols, names=list(columns) + [""]))
     wide = wide.dropna(how="all")
@@ -429,7 +429,7 @@ def compare_wide(comparison: pd.DataFrame, index: Sequence[str], columns: Sequen
 def _ordered_index(idx: pd.Index, names: Sequence[str]) -> list:
     def key(k):
         k = k if isinstance(k, tuple) else (k,)
-        return tuple(_rank(n, v) for n, v in zip(names, k))
+        return tuple(_rank(n, v) for n, v in zip(names, k, strict=True))
 
     return sorted(idx, key=key)
 

@@ -111,9 +111,11 @@ def record_path(config: dict, root: str | os.PathLike | None = None) -> Path:
     key = config_key(config)
     kind = config["kind"]
     if kind == "formal":
-        return root / "formal" / config["scale"] / config["task"] / config["model"] / f"{config['freeze']}-s{config['seed']}-{key}.json"
+        return (root / "formal" / config["scale"] / config["task"] / config["model"]
+                / f"{config['freeze']}-s{config['seed']}-{key}.json")
     if kind == "ptb":
-        return root / "ptb" / config["scale"] / config["model"] / f"{config['freeze']}-{config['embedding_group']}-s{config['seed']}-{key}.json"
+        return (root / "ptb" / config["scale"] / config["model"]
+                / f"{config['freeze']}-{config['embedding_group']}-s{config['seed']}-{key}.json")
     raise ValueError(f"unknown run kind {kind!r}; valid kinds: formal, ptb")
 
 
@@ -185,7 +187,8 @@ def save_record(record: dict, root: str | os.PathLike | None = None) -> Path:
 # ---- the record schema ----------------------------------------------------------
 STATUSES = ("early-stop", "max-epochs", "diverged")
 KIND_FIELDS = {"formal": ("valid", "bins", "lengths"), "ptb": ("valid", "test")}
-CONFIG_FIELDS = {"formal": ("kind", "task", "model", "freeze", "seed", "data_seed", "scale", "scale_fields", "protocol"),
+CONFIG_FIELDS = {"formal": ("kind", "task", "model", "freeze", "seed", "data_seed", "scale", "scale_fields",
+                            "protocol"),
                  "ptb": ("kind", "model", "freeze", "seed", "embedding_group", "data_seed", "scale", "scale_fields",
                          "protocol")}
 COUNT_FIELDS = ("lo", "hi", "strings", "symbols", "tokens", "length", "epoch")
@@ -279,7 +282,8 @@ def problems(rec: object, path: str | os.PathLike | None = None) -> str | None:
     div = rec["diverged"]
     if (rec["status"] == "diverged") != (div is not None):
         return f"status {rec['status']!r} does not agree with diverged={div!r}"
-    if div is not None and (not isinstance(div, dict) or any(k not in div for k in ("epoch", "step", "where", "value"))):
+    if div is not None and (not isinstance(div, dict)
+                            or any(k not in div for k in ("epoch", "step", "where", "value"))):
         return f"diverged must be null or {{epoch, step, where, value}}, got {div!r}"
     for k in ("lr", "final_lr", "clip", "wall_time_s"):
         if not _is_num(rec[k]) or not math.isfinite(rec[k]) or rec[k] < 0:
@@ -409,7 +413,8 @@ def quarantine(path: Path, reason: str, root: Path | None = None, *, still_bad=_
             return None
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
         atomic_write(dest.with_name(dest.name + ".reason.txt"),
-                     lambda tmp: _write_synced(tmp, f"{reason}\nmoved from {path} at {stamp} by {_HOST} pid {os.getpid()}\n"))
+                     lambda tmp: _write_synced(
+                         tmp, f"{reason}\nmoved from {path} at {stamp} by {_HOST} pid {os.getpid()}\n"))
     say(f"marnn: warning: invalid record moved aside, it will be retrained: {where} -> {dest}")
     return dest
 

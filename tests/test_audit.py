@@ -95,7 +95,8 @@ def test_ninety_percent_retained_matches_mode_c_not_m(paper_only):
     acc_m = (pf["freeze"] == "m") & (pf["metric"] == "accuracy")
     first = pf[acc_m & (pf["split"] == "bin0")].set_index(["task", "model"])["value"]
     last = acc_m & (pf["split"] == "bin2")
-    pf.loc[last, "value"] = [0.9 * first[(t, m)] for t, m in zip(pf.loc[last, "task"], pf.loc[last, "model"])]
+    pf.loc[last, "value"] = [0.9 * first[(t, m)]
+                             for t, m in zip(pf.loc[last, "task"], pf.loc[last, "model"], strict=True)]
     assert audit.check_retention(dataclasses.replace(paper_only, paper_formal=pf)).verdict == audit.HOLDS
 
 

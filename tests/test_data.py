@@ -90,7 +90,7 @@ def test_test_strings_bound_every_bin_and_test_take_is_a_subset():
     task = tasks.get("count-3")
     full = test_batches(task, base.with_(test_strings=25, eval_batch_size=7))
     some = test_batches(task, base.with_(test_strings=25, test_take=2, eval_batch_size=7))
-    for name, (lo, hi) in zip(base.bin_names, base.test_bins):
+    for name, (lo, hi) in zip(base.bin_names, base.test_bins, strict=True):
         lengths = task.valid_lengths(lo, hi)
         per = math.ceil(25 / len(lengths))
         strings = sum(b.size for b in full[name])

@@ -55,7 +55,8 @@ def test_sync_grid_runs_only_what_is_missing(tmp_path):
 def test_local_cluster_with_two_worker_processes(tmp_path):
     from distributed import Client, LocalCluster
 
-    cfgs = grid.formal_grid("smoke", tasks=["count-3", "marked-copy"], models=["lstm"], modes=["none", "cm"], restarts=1)
+    cfgs = grid.formal_grid("smoke", tasks=["count-3", "marked-copy"], models=["lstm"], modes=["none", "cm"],
+                            restarts=1)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=":0", scheduler_port=0) as cluster, Client(cluster) as client:
         s = grid.run_grid(cfgs, tmp_path, client=client, progress=False)

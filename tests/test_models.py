@@ -184,7 +184,8 @@ def test_every_name_list_comes_from_the_registry():
     assert models.names("formal") is registry.FORMAL_MODELS and models.names("ptb") is registry.PTB_MODELS
     assert report.FORMAL_MODELS is plotting.FORMAL_MODELS is train.formal_models() is registry.FORMAL_MODELS
     assert report.MODES is plotting.MODES is train.freeze_modes() is registry.MODES == tuple(base.FREEZE_MODES)
-    assert registry.task_names() == tasks.names() and registry.scale_names() == ("smoke", "quick", "paper-2core", "paper")
+    assert registry.task_names() == tasks.names()
+    assert registry.scale_names() == ("smoke", "quick", "paper-2core", "paper")
     assert set(plotting.MODEL_COLORS) == set(registry.FORMAL_MODELS + registry.PTB_MODELS)
     with pytest.raises(UnknownNameError, match="formal, ptb"):
         models.names("cifar")

@@ -22,7 +22,7 @@ def fake_formal(config: dict, valid_ce: float, acc: tuple[float, float, float], 
                 diverged: bool = False) -> dict:
     """A complete formal record whose accuracy on bin i is acc[i] (also at each of two lengths)."""
     bins, lengths = {}, []
-    for (name, (lo, hi)), a in zip(BINS.items(), acc):
+    for (name, (lo, hi)), a in zip(BINS.items(), acc, strict=True):
         ce = 1.0 - a / 2
         bins[name] = {"lo": lo, "hi": hi, "strings": 4, "symbols": 40, "accuracy": a, "cross_entropy": ce,
                       "perplexity": math.exp(ce), "lower_bound": 0.3, "ce_diff": ce - 0.3,
@@ -63,7 +63,7 @@ def root(tmp_path):
     """count-3 x (lstm, jm-10) x (none, m) x 3 restarts; restart 1 is best (lowest validation CE)."""
     for model in ("lstm", "jm-10"):
         for mode in ("none", "m"):
-            for seed, ce in zip(range(3), (0.9, 0.5, 0.7)):
+            for seed, ce in zip(range(3), (0.9, 0.5, 0.7), strict=True):
                 base = 0.6 if model == "lstm" else 0.8
                 if mode == "m":
                     base -= 0.1

@@ -225,7 +225,7 @@ def random_actions(B, n, Q, S, m=None, scale=1.0, dtype=f64, seed=0, grad=True):
 
 def grads(y, w, xs):
     gs = torch.autograd.grad((y * w).sum(), xs, allow_unused=True)
-    return [torch.zeros_like(x) if g is None else g for x, g in zip(xs, gs)]
+    return [torch.zeros_like(x) if g is None else g for x, g in zip(xs, gs, strict=True)]
 
 
 def logits_of(lp, lr, lo):
@@ -292,7 +292,7 @@ def test_readings_and_gradients_match_loop_reference(Q, S, m, n, window):
     assert fast.shape == (2, n + 1, Q * S * (m or 1))
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-9)
     w = torch.randn_like(ref)
-    for gf, gr in zip(grads(fast, w, xs), grads(ref, w, xs)):
+    for gf, gr in zip(grads(fast, w, xs), grads(ref, w, xs), strict=True):
         torch.testing.assert_close(gf, gr, rtol=1e-3, atol=1e-9)
 
 
@@ -306,12 +306,12 @@ def test_positive_weights_input_matches_log_input():
     w = torch.randn_like(a)
     ga = grads(a, w, [pushed, bottom, lp, lr, lo])
     gb = grads(b, w, [pushed, bottom] + W)
-    for x, y in zip(ga[:2], gb[:2]):
+    for x, y in zip(ga[:2], gb[:2], strict=True):
         torch.testing.assert_close(x, y)
-    for x, y, wt in zip(ga[2:], gb[2:], W):        # d/dlog w = w * d/dw
+    for x, y, wt in zip(ga[2:], gb[2:], W, strict=True):        # d/dlog w = w * d/dw
         torch.testing.assert_close(x, y * wt)
     ref = loop_reference(*W, pushed, bottom)
-    for x, y in zip(gb, grads(ref, w, [pushed, bottom] + W)):
+    for x, y in zip(gb, grads(ref, w, [pushed, bottom] + W), strict=True):
         torch.testing.assert_close(x, y, rtol=1e-3, atol=1e-9)
 
 
@@ -332,7 +332,7 @@ def test_step_interface_layout_and_sizes(m):
     ref = rns_readings(lp, lr, lo, log=True, pushed=pushed, bottom=bottom)
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
     w = torch.randn_like(ref)
-    for x, y in zip(grads(out, w, xs), grads(ref, w, xs)):
+    for x, y in zip(grads(out, w, xs), grads(ref, w, xs), strict=True):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
     st = core.initial_state(B, None, f64, bottom)
     r0 = core.initial_reading(st)
@@ -391,7 +391,7 @@ def test_windowed_equals_unwindowed_when_window_covers_sequence(m):
     for D in (n + 1, n + 10):
         win = rns_readings(lp, lr, lo, log=True, pushed=pushed, bottom=bottom, window=D)
         torch.testing.assert_close(win, full, rtol=1e-12, atol=1e-12)
-        for a, b in zip(grads(win, w, xs), gfull):
+        for a, b in zip(grads(win, w, xs), gfull, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     # D = n: identical up to the last step (where the bottom-only runs leave the window)
     win = rns_readings(lp, lr, lo, log=True, pushed=pushed, bottom=bottom, window=n)
@@ -572,7 +572,7 @@ def test_blocked_triangle_path_matches_loop_reference(monkeypatch, Q, S, m, n, w
     fast = rns_readings(lp, lr, lo, log=True, pushed=pushed, bottom=bottom, window=window)
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-9)
     w = torch.randn_like(ref)
-    for gf, gr in zip(grads(fast, w, xs), grads(ref, w, xs)):
+    for gf, gr in zip(grads(fast, w, xs), grads(ref, w, xs), strict=True):
         torch.testing.assert_close(gf, gr, rtol=1e-3, atol=1e-9)
 
 
@@ -621,7 +621,7 @@ def test_published_bottom_layout_matches_loop_reference(Q, S, m, n, window):
     fast = rns_readings(lp, lr, lo, log=True, pushed=pushed, bottom=bottom, window=window, layout="published")
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-9)
     w = torch.randn_like(ref)
-    for gf, gr in zip(grads(fast, w, xs), grads(ref, w, xs)):
+    for gf, gr in zip(grads(fast, w, xs), grads(ref, w, xs), strict=True):
         torch.testing.assert_close(gf, gr, rtol=1e-3, atol=1e-9)
     # the two layouts are different models: readings differ while the bottom is in the window
     eq = loop_reference(lp.exp(), lr.exp(), lo.exp(), pushed, bottom, window)
@@ -657,7 +657,7 @@ def test_published_vrns_model_name_builds_the_published_layout():
     x = torch.randint(0, 20, (3, 12), generator=torch.Generator().manual_seed(0))
     eq = models.build("vrns-2-2-3", vocab_size=20, replicas=1, seeds=[0], window=4)
     pub = models.build("vrns-2-2-3-published", vocab_size=20, replicas=1, seeds=[0], window=4)
-    for (n, p), (n2, p2) in zip(eq.named_parameters(), pub.named_parameters()):
+    for (n, p), (n2, p2) in zip(eq.named_parameters(), pub.named_parameters(), strict=True):
         assert n == n2 and torch.equal(p, p2)  # same parameters, different bottom layout
     a, b = eq(x).logits, pub(x).logits
     assert (a - b).abs().amax() > 1e-6

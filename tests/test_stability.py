@@ -15,9 +15,10 @@ from marnn.analysis.checkpoints import Group
 
 CHANCE = math.log(4)  # alphabet of three symbols + EOS
 TRAIN = (10, 20)
+LENGTHS = range(10, 101)
 
 
-def fake_record(excess, lengths=range(10, 101), train=TRAIN, freeze="none", model="jm-10", seed=0,
+def fake_record(excess, lengths=LENGTHS, train=TRAIN, freeze="none", model="jm-10", seed=0,
                 task="marked-copy", key=None, bound=0.4):
     """A formal-language record whose per-symbol excess at length n is ``excess(n)``."""
     rows = [{"bin": "bin0" if n <= 50 else "bin1", "length": n, "strings": 1, "symbols": n + 1,
@@ -183,7 +184,7 @@ def test_perturbation_strings_change_one_symbol_and_split_targets():
     assert len(items) == 3 * len(task.valid_lengths(10, 20))
     for it in items:
         assert task.contains(it["clean"]) and not task.contains(it["corrupt"])
-        diff = [p for p, (a, b) in enumerate(zip(it["clean"], it["corrupt"])) if a != b]
+        diff = [p for p, (a, b) in enumerate(zip(it["clean"], it["corrupt"], strict=True)) if a != b]
         assert diff == [it["pos"]]
         assert len(it["affected"]) == 2  # two later copies of w_j
         assert not set(it["affected"]) & set(it["unaffected"])
@@ -225,7 +226,8 @@ def test_smoke_records_end_to_end():
         pytest.skip("no smoke records in the store")
     table = st.run_table(recs)
     ids = sorted((r["config"]["task"], r["config"]["model"], r["config"]["freeze"], r["seed"]) for r in recs)
-    assert sorted(zip(table["task"], table["model"], table["freeze"], table["seed"])) == ids  # one row per run
+    rows = zip(table["task"], table["model"], table["freeze"], table["seed"], strict=True)
+    assert sorted(rows) == ids  # one row per run
     assert set(table["verdict"]) <= set(st.VERDICTS)
     assert set(table["growth"]) <= set(st.GROWTH_CLASSES)
     assert table[["max_rho", "std_rho", "long_short", "b"]].notna().any().all()

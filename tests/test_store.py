@@ -32,9 +32,11 @@ def test_keys_are_stable_and_config_sensitive():
     b = formal_config("marked-copy", "lstm", "m", 0, SMOKE)
     assert store.config_key(a) == store.config_key(b) and len(store.config_key(a)) == 16
     assert store.config_key(a) != store.config_key(formal_config("marked-copy", "lstm", "m", 1, SMOKE))
-    assert store.config_key(a) != store.config_key(formal_config("marked-copy", "lstm", "m", 0, SMOKE.with_(max_epochs=3)))
+    assert store.config_key(a) != store.config_key(
+        formal_config("marked-copy", "lstm", "m", 0, SMOKE.with_(max_epochs=3)))
     # PTB-only scale fields do not touch formal configs
-    assert store.config_key(a) == store.config_key(formal_config("marked-copy", "lstm", "m", 0, SMOKE.with_(ptb_bptt=7)))
+    assert store.config_key(a) == store.config_key(
+        formal_config("marked-copy", "lstm", "m", 0, SMOKE.with_(ptb_bptt=7)))
     # a JSON round trip keeps the key
     assert store.config_key(json.loads(json.dumps(a))) == store.config_key(a)
     p = store.record_path(a, "/r")

@@ -33,7 +33,7 @@ def reference_readings(h_seq, W_a, b_a, W_v, b_v, sizes, depth=None, push_hidden
             v = v_all[start:start + m]
             old = stacks[j]
             zero = torch.zeros(m, dtype=h.dtype)
-            cell = lambda i: old[i] if 0 <= i < len(old) else zero  # noqa: E731
+            cell = lambda i, old=old, zero=zero: old[i] if 0 <= i < len(old) else zero  # noqa: E731
             new = [push * v + noop * cell(0) + pop * cell(1)]
             for i in range(1, len(old) + 1):
                 new.append(push * cell(i - 1) + noop * cell(i) + pop * cell(i + 1))
@@ -49,7 +49,8 @@ def reference_readings(h_seq, W_a, b_a, W_v, b_v, sizes, depth=None, push_hidden
 def _params(H, sizes, push_hidden, gen):
     M = sum(sizes)
     mk = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64).requires_grad_()  # noqa: E731
-    return mk(3 * len(sizes), H), mk(3 * len(sizes)), (None if push_hidden else mk(M, H)), (None if push_hidden else mk(M))
+    return (mk(3 * len(sizes), H), mk(3 * len(sizes)),
+            (None if push_hidden else mk(M, H)), (None if push_hidden else mk(M)))
 
 
 @pytest.mark.parametrize("sizes,push_hidden,depth,prune", [
@@ -77,7 +78,7 @@ def test_core_matches_list_reference(sizes, push_hidden, depth, prune):
     leaves = [p for p in (W_a, b_a, W_v, b_v, h) if p is not None]
     g_fast = torch.autograd.grad((fast * w).sum(), leaves)
     g_slow = torch.autograd.grad((slow * w).sum(), leaves)
-    for a, b in zip(g_fast, g_slow):
+    for a, b in zip(g_fast, g_slow, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 

@@ -48,7 +48,8 @@ class Toy(nn.Module):
         return self.GROUP[name]
 
     def freeze_masks(self, modes):
-        return {n: torch.tensor([self.GROUP[n] not in FREEZE_MODES[m] for m in modes]) for n, _ in self.named_parameters()}
+        return {n: torch.tensor([self.GROUP[n] not in FREEZE_MODES[m] for m in modes])
+                for n, _ in self.named_parameters()}
 
     def forward(self, x, state=None):
         R, H = self.emb.shape[0], self.emb.shape[2]
@@ -122,22 +123,23 @@ def path(request, monkeypatch):
 
 def test_batched_adam_matches_torch_adam_per_replica(path):
     R, lrs, clip = 3, [1e-3, 5e-3, 2e-2], 1.5
-    init = [torch.randn(R, 4, 5, generator=torch.Generator().manual_seed(1)), torch.randn(R, 7, generator=torch.Generator().manual_seed(2))]
+    init = [torch.randn(R, 4, 5, generator=torch.Generator().manual_seed(1)),
+            torch.randn(R, 7, generator=torch.Generator().manual_seed(2))]
     batched = [nn.Parameter(t.clone()) for t in init]
     opt = BatchedAdam([(f"p{i}", p) for i, p in enumerate(batched)], lr=lrs, clip=clip)
     singles = [[nn.Parameter(t[r].clone()) for t in init] for r in range(R)]
-    topts = [torch.optim.Adam(ps, lr=lr) for ps, lr in zip(singles, lrs)]
+    topts = [torch.optim.Adam(ps, lr=lr) for ps, lr in zip(singles, lrs, strict=True)]
     for step in range(5):
         _grads(batched, step)
         for r in range(R):
-            for p, b in zip(singles[r], batched):
+            for p, b in zip(singles[r], batched, strict=True):
                 p.grad = b.grad[r].clone()
             torch.nn.utils.clip_grad_norm_(singles[r], clip)
             topts[r].step()
         opt.mask_and_clip()
         opt.step()
     for r in range(R):
-        for p, b in zip(singles[r], batched):
+        for p, b in zip(singles[r], batched, strict=True):
             torch.testing.assert_close(b[r], p, rtol=1e-5, atol=1e-6)
 
 
@@ -227,9 +229,9 @@ def test_frozen_parameters_stay_at_init_with_the_real_models():
 def test_batched_group_equals_runs_one_by_one():
     cfgs = _cfgs(modes=("none", "c"), seeds=(0, 1))
     together = train_formal(cfgs, build=toy_builder())
-    for cfg, rec in zip(cfgs, together):
+    for cfg, rec in zip(cfgs, together, strict=True):
         (alone,) = train_formal([cfg], build=toy_builder())
-        for x, y in zip(rec["curve"], alone["curve"]):
+        for x, y in zip(rec["curve"], alone["curve"], strict=True):
             assert x["valid_cross_entropy"] == pytest.approx(y["valid_cross_entropy"], rel=1e-5)
         assert rec["bins"]["bin2"]["accuracy"] == pytest.approx(alone["bins"]["bin2"]["accuracy"], abs=1e-9)
         assert rec["lr"] == alone["lr"] and rec["group"]["replicas"] == 4
@@ -243,8 +245,9 @@ def test_dropping_stopped_replicas_changes_nothing():
     full = train_formal(cfgs, build=toy_builder(), compact=False)
     assert len(made) > 2  # some replicas stopped early and the live model was rebuilt
     assert len({r["epochs"] for r in full}) > 1
-    for a, b in zip(compact, full):
-        assert (a["epochs"], a["best_epoch"], a["status"], a["steps"]) == (b["epochs"], b["best_epoch"], b["status"], b["steps"])
+    for a, b in zip(compact, full, strict=True):
+        keys = ("epochs", "best_epoch", "status", "steps")
+        assert [a[k] for k in keys] == [b[k] for k in keys]
         assert a["final_lr"] == b["final_lr"]
         assert a["valid"]["cross_entropy"] == pytest.approx(b["valid"]["cross_entropy"], rel=1e-5)
         assert a["bins"]["bin1"]["cross_entropy"] == pytest.approx(b["bins"]["bin1"]["cross_entropy"], rel=1e-5)
@@ -267,7 +270,7 @@ def test_diverged_replica_is_isolated_and_recorded():
 
 def test_record_metrics_are_consistent():
     (rec,) = train_formal(_cfgs(modes=("none",), seeds=(0,), task="count-3"), build=toy_builder())
-    task_bins = dict(zip(SMOKE.bin_names, SMOKE.test_bins))
+    task_bins = dict(zip(SMOKE.bin_names, SMOKE.test_bins, strict=True))
     for name, b in rec["bins"].items():
         rows = [r for r in rec["lengths"] if r["bin"] == name]
         sym = sum(r["symbols"] for r in rows)
@@ -313,7 +316,8 @@ class _Corpus:
     def __init__(self, vocab=7, n=600, seed=0):
         g = np.random.default_rng(seed)
         self.vocab_size = vocab
-        self.train, self.valid, self.test = (torch.from_numpy(g.integers(0, vocab, size=k)) for k in (n, n // 3, n // 3))
+        self.train, self.valid, self.test = (torch.from_numpy(g.integers(0, vocab, size=k))
+                                             for k in (n, n // 3, n // 3))
 
 
 def test_ptb_training_records_perplexities_and_freezes():

@@ -294,7 +294,7 @@ def check_ptb_best(inp: Inputs) -> Finding:
         if cell is None or not verdicts.ptb_beats_references(o[["none", "m"]], _cheap(inp)):
             ours_verdict = AT_SCALE  # no stated cell, or no perplexity of ours beats a unigram model
         else:
-            other = oflat[[(m, f) != cell for m, f in zip(oflat["model"], oflat["freeze"])]].iloc[0]
+            other = oflat[[(m, f) != cell for m, f in zip(oflat["model"], oflat["freeze"], strict=True)]].iloc[0]
             ours_verdict = verdicts.compare_runs(
                 inp.ptb, "test", {"model": cell[0], "freeze": cell[1], "embedding_group": "controller"},
                 {"model": other["model"], "freeze": other["freeze"], "embedding_group": "controller"},
@@ -576,11 +576,11 @@ def check_count3(inp: Inputs, modes: Sequence[str] = FROZEN_MODES) -> Finding:
     near = report.nearest_baseline(part, inp.paper_refs)
     rep = inp.paper_refs[(inp.paper_refs["task"] == "count-3") & (inp.paper_refs["reference"] == "repeat-previous")]
     rep = rep.set_index("split")["accuracy"].reindex(["bin0", "bin1", "bin2"])
-    triple_at = all(abs(a - b) < TOL for a, b in zip(triple, rep))
+    triple_at = all(abs(a - b) < TOL for a, b in zip(triple, rep, strict=True))
     per_row = near.groupby(["model", "freeze"])["position"].apply(lambda s: (s == "at a baseline").all())
     k, n = int(per_row.sum()), len(per_row)
     facts = {"times": times, "k": k, "n": n, **{f"repeat_{b}": float(v) for b, v in rep.items()},
-             **{f"typical_{b}": v for b, v in zip(("bin0", "bin1", "bin2"), triple)}}
+             **{f"typical_{b}": v for b, v in zip(("bin0", "bin1", "bin2"), triple, strict=True)}}
     evidence = {"paper: frozen-mode count-3 accuracy and the nearest trivial predictor": _by_bin(near)}
     ours_acc = _ours_acc(inp)
     opart = ours_acc[(ours_acc["task"] == "count-3") & ours_acc["freeze"].isin(modes)]

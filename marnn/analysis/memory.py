@@ -337,7 +337,8 @@ def memory_span(curve: pd.DataFrame, threshold: float = SPAN_THRESHOLD, min_coun
         censored = bool(len(above)) and int(above.iloc[-1]) == last
         span = math.inf if censored else (int(above.iloc[-1]) + 1 if len(above) else 0)
         key = key if isinstance(key, tuple) else (key,)
-        rows.append({**dict(zip(by, key)), "span": float(span), "observed": last + 1, "censored": censored})
+        rows.append({**dict(zip(by, key, strict=True)), "span": float(span), "observed": last + 1,
+                     "censored": censored})
     return pd.DataFrame(rows, columns=[*by, "span", "observed", "censored"])
 
 
@@ -565,10 +566,10 @@ def replica_labels(configs: list[dict], records: list[dict]) -> pd.DataFrame:
     """
     from ..store import best_records
 
-    withc = [dict(rec, config=c, replica=r) for r, (c, rec) in enumerate(zip(configs, records))]
+    withc = [dict(rec, config=c, replica=r) for r, (c, rec) in enumerate(zip(configs, records, strict=True))]
     best = {rec["replica"] for rec in best_records(withc, ("freeze",)).values()}
     rows = []
-    for r, (c, rec) in enumerate(zip(configs, records)):
+    for r, (c, rec) in enumerate(zip(configs, records, strict=True)):
         ce = rec.get("valid", {}).get("cross_entropy")
         ok = rec.get("diverged") is None and ce is not None and np.isfinite(ce)
         bins = list(rec.get("bins", {}).values())

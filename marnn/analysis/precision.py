@@ -293,7 +293,7 @@ def recoverable_depth(frame: pd.DataFrame, tol: float, column: str = "error") ->
 def depth_table(frame: pd.DataFrame, tol: float, column: str = "error") -> pd.DataFrame:
     """:func:`recoverable_depth` as a table: rows (stack, eps), columns dtypes; ``>=d`` where nothing failed."""
     rec = recoverable_depth(frame, tol, column)
-    rec["shown"] = [f">={d}" if a else str(d) for d, a in zip(rec["depth"], rec["all_tested"])]
+    rec["shown"] = [f">={d}" if a else str(d) for d, a in zip(rec["depth"], rec["all_tested"], strict=True)]
     order = [n for n in DTYPES if n in set(rec["dtype"])]
     stacks = [s for s in STACKS if s in set(rec["stack"])] + sorted(set(rec["stack"]) - set(STACKS))
     table = rec.pivot(index=["stack", "eps"], columns="dtype", values="shown")[order]
@@ -543,7 +543,7 @@ def trained_summary(frame: pd.DataFrame, by: Sequence[str] = ("model", "dtype", 
     rows = []
     for key, part in per_bin.groupby(list(by), sort=False):
         bestp = part[part["best"]]
-        row = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        row = dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True))
         row.update({"best_accuracy": bestp["correct"].sum() / bestp["symbols"].sum() if len(bestp) else np.nan,
                     "mean_change": part["change"].mean(), "max_change": part["change"].abs().max(),
                     "agree": part["agreeing"].sum() / part["symbols"].sum(), "logit_diff": part["logit_diff"].max()})

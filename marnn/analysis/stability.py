@@ -262,7 +262,7 @@ def untrained_rho(prof, untrained_rows: Sequence[Mapping], rng: tuple[int, int])
     length by length."""
     prof = _in(prof, rng)
     ref = {int(r["length"]): r["ce_diff"] for r in untrained_rows if r.get("ce_diff") is not None}
-    ratios = [e / ref[n] for n, e in zip(prof["length"], prof["ce_diff"]) if n in ref and ref[n] > 0]
+    ratios = [e / ref[n] for n, e in zip(prof["length"], prof["ce_diff"], strict=True) if n in ref and ref[n] > 0]
     return float(np.mean(ratios)) if ratios else float("nan")
 
 
@@ -438,7 +438,7 @@ def untrained_lengths(task: str, model: str, scale: str, seeds: Sequence[int]) -
     m = models.build(model, task=t, replicas=len(seeds), seeds=list(seeds))
     m.eval()
     with torch.no_grad():
-        res = evaluate_bins(m, t, test_batches(t, sc), dict(zip(sc.bin_names, sc.test_bins)))
+        res = evaluate_bins(m, t, test_batches(t, sc), dict(zip(sc.bin_names, sc.test_bins, strict=True)))
     return [r["lengths"] for r in res]
 
 
@@ -456,7 +456,7 @@ def untrained_losses(records: Iterable[dict], models: Iterable[str] | None = Non
     out = {}
     for (task, model, scale), seeds in sorted(wanted.items()):
         seeds_l = sorted(seeds)
-        for seed, rows in zip(seeds_l, untrained_lengths(task, model, scale, seeds_l)):
+        for seed, rows in zip(seeds_l, untrained_lengths(task, model, scale, seeds_l), strict=True):
             out[(task, model, seed)] = rows
     return out
 
@@ -668,7 +668,7 @@ def perturbation_table(group, per_length: int = 20) -> pd.DataFrame:
                     tot["a_clean"] += (pc[:, b, a] == tg[b, a]).sum(-1)
                 ce_seen.setdefault(n, []).append((tuple(it["clean"]) in seen, nll[:, b]))
     gaps = []
-    for n, vals in sorted(ce_seen.items()):
+    for _, vals in sorted(ce_seen.items()):
         s = [v for flag, v in vals if flag]
         u = [v for flag, v in vals if not flag]
         if s and u:
@@ -764,7 +764,7 @@ def plot_example(records: Sequence[dict], table: pd.DataFrame, task: str):
     modes = [m for m in plotting.MODES if any(k[2] == m for k in best)]
     fig, axes = plt.subplots(1, len(modes), figsize=(3.3 * len(modes), 3.2), sharey=True, squeeze=False)
     lo, hi = train_lengths(recs[0])
-    for ax, mode in zip(axes[0], modes):
+    for ax, mode in zip(axes[0], modes, strict=True):
         ax.axvspan(lo, hi, color="0.92", zorder=0)
         for model in plotting.FORMAL_MODELS:
             key = best.get((task, model, mode))
@@ -796,7 +796,7 @@ def plot_growth(table: pd.DataFrame):
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
     models = [m for m in plotting.FORMAL_MODELS if m in set(table["model"])]
     modes = [m for m in plotting.MODES if m in set(table["freeze"])]
-    for ax, col, title in zip(axes, ["b", "b_onset"], ["whole test range", "onset [lo, 2 hi]"]):
+    for ax, col, title in zip(axes, ["b", "b_onset"], ["whole test range", "onset [lo, 2 hi]"], strict=True):
         for i, mode in enumerate(modes):
             for j, model in enumerate(models):
                 v = table[(table["freeze"] == mode) & (table["model"] == model)][col].dropna()

@@ -120,7 +120,7 @@ class Task:
         if k is None:
             return False
         bits: dict[int, int] = {}
-        for sym, tok in zip(symbols, self.template(k)):
+        for sym, tok in zip(symbols, self.template(k), strict=True):
             if tok[0] == "lit":
                 if sym != tok[1]:
                     return False
@@ -188,7 +188,7 @@ class Task:
             more = p * sum(k > t for k in ks)
             equal = p * sum(k == t for k in ks)
             total += max(more / 2, equal)
-        total += p * sum(n - k for n, k in zip(lengths, ks))
+        total += p * sum(n - k for n, k in zip(lengths, ks, strict=True))
         return total
 
     def _symbol_expectations(self, k: int) -> tuple[dict[str, float], list[float]]:

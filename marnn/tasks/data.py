@@ -79,7 +79,8 @@ def test_batches(task: Task, scale: Scale | str) -> dict[str, list[Batch]]:
     scale = get_scale(scale)
     rng = _task_stream(task, EVAL_SEED)
     out: dict[str, list[Batch]] = {}
-    for name, (lo, hi), per in zip(scale.bin_names, scale.test_bins, scale.test_per_length):
+    # strict=False: with test_strings set, test_per_length is unused and need not match the bins
+    for name, (lo, hi), per in zip(scale.bin_names, scale.test_bins, scale.test_per_length, strict=False):
         batches = []
         lengths = task.valid_lengths(lo, hi)
         if scale.test_strings is not None:

@@ -108,7 +108,7 @@ def scale_from_config(config: dict) -> Scale:
 
 def check_lengths(task, scale: Scale) -> None:
     """Every length range of the scale must contain a valid length of the task."""
-    ranges = [("training", scale.train_lengths)] + [(b, r) for b, r in zip(scale.bin_names, scale.test_bins)]
+    ranges = [("training", scale.train_lengths)] + list(zip(scale.bin_names, scale.test_bins, strict=True))
     for what, (lo, hi) in ranges:
         if lo > hi or not task.valid_lengths(lo, hi):
             example = task.valid_lengths(1, 3 * task.sections + task.markers)[:3]

@@ -131,12 +131,16 @@ def evaluate_bins(model, task: Task, bins: dict[str, list[Batch]], ranges: dict[
                 nll, cor, sym, strings = per_len[(name, n)]
                 row = _summary(float(nll[r]), float(cor[r]), sym, strings, length_lower_bound(task, lo, hi, n))
                 results[r]["lengths"].append({"bin": name, "length": n, **row})
-                tot[0] += float(nll[r]); tot[1] += float(cor[r]); tot[2] += sym; tot[3] += strings
+                tot[0] += float(nll[r])
+                tot[1] += float(cor[r])
+                tot[2] += sym
+                tot[3] += strings
             if tot[2]:
                 summ = _summary(tot[0], tot[1], tot[2], tot[3], refs["lower_bound"])
             else:
                 summ = {"strings": 0, "symbols": 0}
-            results[r]["bins"][name] = {"lo": lo, "hi": hi, **summ, **{k: v for k, v in refs.items() if k != "lower_bound"}}
+            results[r]["bins"][name] = {"lo": lo, "hi": hi, **summ,
+                                        **{k: v for k, v in refs.items() if k != "lower_bound"}}
     return results
 
 

@@ -208,7 +208,7 @@ def _per_replica_counts(model, masks: dict[str, torch.Tensor]) -> tuple[int, lis
         total += size
         m = masks.get(n, torch.ones(p.shape[0], dtype=torch.bool))
         add = [size * int(x) for x in m.tolist()]
-        trainable = add if trainable is None else [a + b for a, b in zip(trainable, add)]
+        trainable = add if trainable is None else [a + b for a, b in zip(trainable, add, strict=True)]
     return total, trainable
 
 
@@ -287,7 +287,7 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
             break
         model, opt, idx = tracker.model, tracker.opt, tracker.idx
         live = torch.tensor(idx, dtype=torch.long)
-        lrs = dict(zip(idx, opt.lr.tolist()))
+        lrs = dict(zip(idx, opt.lr.tolist(), strict=True))
         t_epoch = time.perf_counter()
         tr_nll = torch.zeros(R, dtype=torch.float64)
         tr_sym = 0
@@ -335,13 +335,13 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
     model = tracker.finish()
     model.eval()
 
-    ranges = dict(zip(scale.bin_names, scale.test_bins))
+    ranges = dict(zip(scale.bin_names, scale.test_bins, strict=True))
     test = {name: [type(b)(b.length, *to_dev(b)) for b in batches] for name, batches in data.test.items()}
     metrics = evaluate_bins(model, task, test, ranges)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     common = RecordParts(tracker, configs, total_params, trainable, wall, cpu, environment(device))
     records = []
-    for r, cfg in enumerate(configs):
+    for r in range(len(configs)):
         best = tracker.best[r]
         records.append(common.record(r, lr=hps[r]["lr"], clip=scale.clip, curve=curves[r], results={
             "valid": {

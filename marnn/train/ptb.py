@@ -107,7 +107,7 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
             break
         model, opt, idx = tracker.model, tracker.opt, tracker.idx
         live = torch.tensor(idx, dtype=torch.long)
-        lrs = dict(zip(idx, opt.lr.tolist()))
+        lrs = dict(zip(idx, opt.lr.tolist(), strict=True))
         t_epoch = time.perf_counter()
         tr_nll = torch.zeros(R, dtype=torch.float64)
         tr_tok = 0
@@ -152,11 +152,12 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     common = RecordParts(tracker, configs, total_params, trainable, wall, cpu, environment(device))
     records = []
-    for r, cfg in enumerate(configs):
+    for r in range(len(configs)):
         best = tracker.best[r]
         records.append(common.record(r, lr=hps[r]["lr"], clip=hps[r]["clip"], curve=curves[r], results={
             "valid": {"cross_entropy": _num(best), "perplexity": _ppl(best), "tokens": int(valid[:, 1:].numel())},
-            "test": {"cross_entropy": _num(test_ce[r]), "perplexity": _ppl(test_ce[r]), "tokens": int(test[:, 1:].numel())},
+            "test": {"cross_entropy": _num(test_ce[r]), "perplexity": _ppl(test_ce[r]),
+                     "tokens": int(test[:, 1:].numel())},
         }))
     return records
 
