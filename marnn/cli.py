@@ -255,6 +255,8 @@ def _run_one(config: dict, args) -> int:
         print("loaded from the store (already computed):")
     rec = store.load_record(config, args.results)
     path = store.record_path(config, args.results)
+    if rec is None:
+        raise CliError(f"no valid record of this run at {path} after training it")
     print(_summary_formal(rec, path) if config["kind"] == "formal" else _summary_ptb(rec, path))
     return 0
 
@@ -339,11 +341,11 @@ def cmd_bench(argv: list[str]) -> int:
         raise CliError(f"{parser.prog}: {message}")
 
     plain = argparse.ArgumentParser.error
-    argparse.ArgumentParser.error = one_line
+    argparse.ArgumentParser.error = one_line  # type: ignore[method-assign]  # patched for bench_main, restored below
     try:
         return int(bench_main(argv) or 0)
     finally:
-        argparse.ArgumentParser.error = plain
+        argparse.ArgumentParser.error = plain  # type: ignore[method-assign]
 
 
 _INTERRUPTED = False

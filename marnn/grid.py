@@ -100,7 +100,7 @@ def group_configs(configs: Iterable[dict], max_replicas: int | None = None) -> l
     groups: dict[str, list[dict]] = defaultdict(list)
     for c in configs:
         groups[group_key(c)].append(c)
-    out = []
+    out: list[list[dict]] = []
     for members in groups.values():
         step = max_replicas or len(members)
         out.extend(members[i:i + step] for i in range(0, len(members), step))

@@ -273,7 +273,7 @@ def best_table(df: pd.DataFrame, mode: str, references: bool = True) -> pd.DataF
     part = df[df["freeze"] == mode]
     wide = best_runs(part)
     bins = sorted((s for s in wide["split"].unique() if s.startswith("bin")), key=split_rank)
-    rows = {}
+    rows: dict[tuple[str, str], dict] = {}
     for r in wide.itertuples(index=False):
         row = rows.setdefault((r.task, r.model), {})
         if r.split == "valid":

@@ -77,6 +77,7 @@ bin's end (the paper writes 40-100, 100-200, 200-400).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 from .registry import lookup
 
@@ -139,7 +140,8 @@ class Scale:
         :attr:`models` applied (the same scale for models without one)."""
         for name, changes in self.models:
             if name == model:
-                return replace(self, **dict(changes))
+                fields_: dict[str, Any] = dict(changes)
+                return replace(self, **fields_)
         return self
 
     def model_changes(self) -> dict[str, dict[str, object]]:

@@ -78,6 +78,7 @@ import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 REPO = Path(__file__).resolve().parent.parent
 ENV_VAR = "MARNN_RESULTS"
@@ -343,7 +344,7 @@ def is_complete(record: object, config: dict | None = None) -> bool:
     """A record that passes the schema (and has the right config, if given)."""
     if problems(record) is not None:
         return False
-    return config is None or record["key"] == config_key(config)
+    return config is None or cast(dict, record)["key"] == config_key(config)
 
 
 def _no_constants(name: str):
@@ -471,7 +472,10 @@ def run_or_load(config: dict, root: str | os.PathLike | None = None, *, progress
 
             (rec,) = train([config], progress=progress, **train_kwargs)
             save_record(rec, root)
-    return load_record(config, root)
+    rec = load_record(config, root)
+    if rec is None:
+        raise RuntimeError(f"the record of {config_key(config)} is missing or invalid right after it was stored")
+    return rec
 
 
 def iter_records(root: str | os.PathLike | None = None) -> Iterator[tuple[Path, dict]]:

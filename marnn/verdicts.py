@@ -85,7 +85,8 @@ def decide(lo: float, hi: float, margin: float = 0.0) -> str:
     return UNSURE
 
 
-def identical_by_construction(model: str, a: str, b: str, embedding_group: str | None = None) -> bool:
+def identical_by_construction(model: str | None, a: str | None, b: str | None,
+                              embedding_group: str | None = None) -> bool:
     """Whether modes ``a`` and ``b`` of ``model`` are the same run (a model without memory, where
     freezing the memory freezes nothing; an embedding in the memory group is something to freeze)."""
     return model in NO_MEMORY and embedding_group != "memory" and frozenset({a, b}) in SAME_PAIRS

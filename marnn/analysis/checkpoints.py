@@ -112,4 +112,7 @@ def trained_group(task: str, model: str, scale: str, modes: Iterable[str] | None
     path = checkpoint_path(configs, root)
     _save({"configs": _plain(configs), "records": _plain(records),
            "state_dict": {k: v.detach().cpu() for k, v in trained.state_dict().items()}}, path)
-    return load_group(configs, root)
+    group = load_group(configs, root)
+    if group is None:
+        raise RuntimeError(f"the checkpoint {path} is missing or invalid right after it was saved")
+    return group

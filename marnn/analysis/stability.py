@@ -555,7 +555,7 @@ def perturbation_strings(task: str, lengths: tuple[int, int], per_length: int, s
     rng = np.random.default_rng([zlib.crc32(t.name.encode()), EVAL_SEED, seed])
     out = []
     for n in t.valid_lengths(*lengths):
-        k = t.k_of(n)
+        k = t._check_length(n)
         if t.free_bits(k) == 0:
             raise ValueError(f"{task}: strings have no free symbols, so a one-symbol corruption has no "
                              f"language-implied effect to compare with")

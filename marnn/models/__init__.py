@@ -80,12 +80,14 @@ def make_config(name: str, *, task=None, vocab_size: int | None = None, **overri
     if (task is None) == (vocab_size is None):
         raise ValueError("pass exactly one of task= (formal languages) or vocab_size= (PTB)")
     spec = parse_name(name)
+    base: dict[str, object]
     if task is not None:
         if isinstance(task, str):
             from .. import tasks as _tasks
             task = _tasks.get(task)
         base = dict(_FORMAL, input_size=len(task.alphabet), output_size=len(task.alphabet) + 1)
     else:
+        assert vocab_size is not None  # exactly one of task / vocab_size, checked above
         base = dict(_PTB, input_size=int(vocab_size), output_size=int(vocab_size))
     fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"name", "input_size", "output_size"}
     bad = sorted(set(overrides) - fields)

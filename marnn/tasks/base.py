@@ -150,7 +150,8 @@ class Task:
     def lower_bound(self, lo: int, hi: int) -> float:
         """Optimal per-symbol cross-entropy (nats) of the split, EOS included."""
         lengths, denom = self._split(lo, hi)
-        nll = math.log(len(lengths)) + sum(self.free_bits(self.k_of(n)) for n in lengths) / len(lengths) * math.log(2)
+        bits = sum(self.free_bits(self._check_length(n)) for n in lengths)
+        nll = math.log(len(lengths)) + bits / len(lengths) * math.log(2)
         return nll / denom
 
     def accuracy_ceiling(self, lo: int, hi: int) -> Reference:
@@ -166,9 +167,9 @@ class Task:
         lengths, denom = self._split(lo, hi)
         if self.identifiable:
             return Reference(self._identifiable_correct(lengths) / denom, self.lower_bound(lo, hi))
-        if sum(2 ** self.free_bits(self.k_of(n)) for n in lengths) <= 2**16:
+        if sum(2 ** self.free_bits(self._check_length(n)) for n in lengths) <= 2**16:
             return Reference(bayes_accuracy_bruteforce(self, lo, hi), self.lower_bound(lo, hi))
-        oracle = sum(0.5 * self.k_of(n) + (n + 1 - self.k_of(n)) for n in lengths) / len(lengths)
+        oracle = sum(0.5 * self._check_length(n) + (n + 1 - self._check_length(n)) for n in lengths) / len(lengths)
         return Reference(oracle / denom, self.lower_bound(lo, hi), exact=False)
 
     def _identifiable_correct(self, lengths: list[int]) -> float:
@@ -181,7 +182,7 @@ class Task:
         gives ``max(P(k > t) / 2, P(k = t))``. After the revealing symbol every
         remaining symbol, EOS included, is determined.
         """
-        ks = [self.k_of(n) for n in lengths]
+        ks = [self._check_length(n) for n in lengths]
         p = 1.0 / len(ks)
         total = 0.0
         for t in range(max(ks) + 1):
@@ -230,10 +231,11 @@ class Task:
         counts: dict[str, float] = defaultdict(float)
         repeat_correct = 0.0
         for n in lengths:
-            c, rep = self._symbol_expectations(self.k_of(n))
+            k = self._check_length(n)
+            c, rep = self._symbol_expectations(k)
             for s, x in c.items():
                 counts[s] += x / len(lengths)
-            first = self.template(self.k_of(n))[0]
+            first = self.template(k)[0]
             first_p = 1.0 if first[0] == "lit" else 0.5
             repeat_correct += (first_p + sum(rep)) / len(lengths)
         freqs = {s: x / denom for s, x in counts.items()}
@@ -252,7 +254,7 @@ def split_distribution(task: Task, lo: int, hi: int):
     """Yield (string, probability) over every member of the split (small splits only)."""
     lengths = task.valid_lengths(lo, hi)
     for n in lengths:
-        k = task.k_of(n)
+        k = task._check_length(n)
         p = 1.0 / len(lengths) / 2 ** task.free_bits(k)
         for s in task.enumerate(n):
             yield s, p

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,12 +44,13 @@ def token_stats(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tens
 
 
 @torch.no_grad()
-def split_metrics(model, batches: list[Batch]) -> dict[str, torch.Tensor]:
+def split_metrics(model, batches: list[Batch]) -> dict[str, Any]:
     """Summed NLL, correct count and symbol count per replica over some batches.
 
     Returns tensors of shape ``(R,)``: ``nll`` (float64), ``correct``, ``symbols``.
     """
-    nll_sum = correct_sum = None
+    nll_sum: torch.Tensor | None = None
+    correct_sum: torch.Tensor | None = None
     symbols = 0
     for b in batches:
         out = model(b.inputs)
@@ -81,7 +83,7 @@ def bin_references(task_name: str, lo: int, hi: int) -> dict:
 def length_lower_bound(task: Task, lo: int, hi: int, n: int) -> float:
     """Per-symbol lower bound of a length-``n`` string under the ``[lo, hi]`` distribution."""
     count = len(task.valid_lengths(lo, hi))
-    return (math.log(count) + task.free_bits(task.k_of(n)) * math.log(2)) / (n + 1)
+    return (math.log(count) + task.free_bits(task._check_length(n)) * math.log(2)) / (n + 1)
 
 
 def _finite(x: float) -> float | None:
@@ -120,7 +122,7 @@ def evaluate_bins(model, task: Task, bins: dict[str, list[Batch]], ranges: dict[
             acc[2] += b.targets.numel()
             acc[3] += b.size
     R = next(iter(per_len.values()))[0].shape[0] if per_len else 0
-    results = [{"bins": {}, "lengths": []} for _ in range(R)]
+    results: list[dict[str, Any]] = [{"bins": {}, "lengths": []} for _ in range(R)]
     for name in bins:
         lo, hi = ranges[name]
         refs = bin_references(task.name, lo, hi)
@@ -136,7 +138,7 @@ def evaluate_bins(model, task: Task, bins: dict[str, list[Batch]], ranges: dict[
                 tot[2] += sym
                 tot[3] += strings
             if tot[2]:
-                summ = _summary(tot[0], tot[1], tot[2], tot[3], refs["lower_bound"])
+                summ = _summary(tot[0], tot[1], int(tot[2]), int(tot[3]), refs["lower_bound"])
             else:
                 summ = {"strings": 0, "symbols": 0}
             results[r]["bins"][name] = {"lo": lo, "hi": hi, **summ,
@@ -153,7 +155,7 @@ def stream_cross_entropy(model, data: torch.Tensor, bptt: int, detach_state) -> 
     from ..ptb import chunks
 
     state = None
-    total = None
+    total: torch.Tensor | None = None
     count = 0
     for x, y in chunks(data, bptt):
         out = model(x, state=state)
@@ -162,4 +164,6 @@ def stream_cross_entropy(model, data: torch.Tensor, bptt: int, detach_state) -> 
         s = nll.double().sum((1, 2))
         total = s if total is None else total + s
         count += y.numel()
+    if total is None:
+        raise ValueError(f"empty token stream {tuple(data.shape)}: at least two tokens per stream are needed")
     return total / count

@@ -182,6 +182,7 @@ class Tracker:
         self._save_steps()
         keep = [pos for pos, r in enumerate(self.idx) if self.status[r] == "training"]
         reps = [self.idx[pos] for pos in keep]
+        assert self.make_model is not None  # compact() runs only with make_model given
         model = self.make_model(reps)
         old = dict(self.model.named_parameters())
         for n, p in model.named_parameters():
@@ -195,20 +196,26 @@ class Tracker:
         for r in self.running():
             self.status[r] = "max-epochs"
         self._save_steps()
-        model = self.model if self.idx == list(range(self.R)) else self.make_model(list(range(self.R)))
+        if self.idx == list(range(self.R)):
+            model = self.model
+        else:
+            assert self.make_model is not None  # the live replicas shrink only in compact()
+            model = self.make_model(list(range(self.R)))
         for n, p in model.named_parameters():
             p.copy_(self.snapshot[n])
         return model
 
 
 def _per_replica_counts(model, masks: dict[str, torch.Tensor]) -> tuple[int, list[int]]:
-    total, trainable = 0, None
+    total = 0
+    trainable: list[int] | None = None
     for n, p in model.named_parameters():
         size = p[0].numel()
         total += size
         m = masks.get(n, torch.ones(p.shape[0], dtype=torch.bool))
         add = [size * int(x) for x in m.tolist()]
         trainable = add if trainable is None else [a + b for a, b in zip(trainable, add, strict=True)]
+    assert trainable is not None  # every model has parameters
     return total, trainable
 
 
@@ -263,7 +270,8 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
 
     model = make_model(list(range(R)))
     masks = {n: m.to(device) for n, m in model.freeze_masks(modes).items()}
-    opt = BatchedAdam(model.named_parameters(), lr=[h["lr"] for h in hps], clip=scale.clip, masks=masks)
+    opt: ReplicaOptimizer = BatchedAdam(model.named_parameters(), lr=[h["lr"] for h in hps], clip=scale.clip,
+                                        masks=masks)
     tracker = Tracker(model, opt, scale.early_stop, scale.lr_patience, scale.lr_decay,
                       make_model=make_model if compact else None)
     train_bound = task.lower_bound(*scale.train_lengths)

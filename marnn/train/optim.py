@@ -154,12 +154,12 @@ class BatchedAdam(ReplicaOptimizer):
                     p[r].addcdiv_(m[r], denom, value=-float(self.lr[r]) / bc1)
                 continue
             tf = t.clamp(min=1).double()
-            bc1 = 1 - b1 ** tf  # (R,)
-            bc2 = 1 - b2 ** tf
+            bc1_r = 1 - b1 ** tf  # (R,)
+            bc2_r = 1 - b2 ** tf
             m_new = m * b1 + g * (1 - b1)
             v_new = v * b2 + g * g * (1 - b2)
-            denom = v_new.sqrt() / _expand(bc2.sqrt().to(p.dtype), p) + self.eps
-            step_size = _expand((self.lr / bc1).to(p.dtype), p)
+            denom = v_new.sqrt() / _expand(bc2_r.sqrt().to(p.dtype), p) + self.eps
+            step_size = _expand((self.lr / bc1_r).to(p.dtype), p)
             keep = _expand(upd, p)
             p.copy_(torch.where(keep, p - step_size * m_new / denom, p))
             self.m[name] = torch.where(keep, m_new, m)

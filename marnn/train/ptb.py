@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from . import default_device, environment, hyperparameters, progress_disabled, resume, scale_from_config, set_threads
 from .evaluate import stream_cross_entropy, token_stats
 from .formal import RecordParts, Tracker, _num, _per_replica_counts, check_group, guarded_step
-from .optim import BatchedSGD
+from .optim import BatchedSGD, ReplicaOptimizer
 
 
 def _build_default(name, **kwargs):
@@ -88,7 +88,8 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
 
     model = make_model(list(range(R)))
     masks = {n: m.to(device) for n, m in model.freeze_masks(modes).items()}
-    opt = BatchedSGD(model.named_parameters(), lr=[h["lr"] for h in hps], clip=[h["clip"] for h in hps], masks=masks)
+    opt: ReplicaOptimizer = BatchedSGD(model.named_parameters(), lr=[h["lr"] for h in hps],
+                                       clip=[h["clip"] for h in hps], masks=masks)
     tracker = Tracker(model, opt, scale.ptb_early_stop, 1, 1.0 / scale.ptb_lr_divisor,
                       make_model=make_model if compact else None)
     total_params, trainable = _per_replica_counts(model, masks)

@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -87,7 +88,8 @@ def state_path(configs: list[dict], folder: str | os.PathLike) -> Path:
 
 
 def _numpy_state() -> dict:
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    # the legacy (default) form is a tuple; numpy's stubs also allow the dict form
+    name, keys, pos, has_gauss, gauss = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
             "has_gauss": int(has_gauss), "gauss": float(gauss)}
 
