@@ -78,7 +78,7 @@ def accuracy_table(df: pd.DataFrame, mode: str, scale: str) -> pd.DataFrame:
     labels = bin_labels(scale)
     part = df[df["freeze"] == mode]
     best = report.best_table(part, mode)
-    rows = {}
+    rows: dict[tuple[str, str], dict[str, str]] = {}
     for split, label in labels.items():
         if (split, "accuracy") not in best.columns:
             continue
@@ -123,7 +123,7 @@ def side_by_side(ours: pd.DataFrame, theirs: pd.DataFrame, scale: str, metric: s
     ours_l, paper_l = bin_labels(scale), bin_labels("paper")
     a = theirs[theirs["metric"] == metric].set_index(["task", "model", "split"])["value"]
     b = ours[ours["metric"] == metric].set_index(["task", "model", "split"])["value"]
-    rows = {}
+    rows: dict[tuple[str, str], dict[str, str]] = {}
     for (task, model, split), pv in a.items():
         if split not in ours_l or (task, model, split) not in b.index:
             continue
@@ -309,7 +309,7 @@ def overview_side_by_side(ours: pd.DataFrame, theirs: pd.DataFrame, scale: str, 
     ob, pb = ours_bins[position], paper_bins[position]
     a = theirs[theirs["split"] == pb].set_index(["task", "freeze"])["value"]
     b = ours[ours["split"] == ob].set_index(["task", "freeze"])["value"]
-    rows = {}
+    rows: dict[str, dict[str, str]] = {}
     for (task, mode), pv in a.items():
         ov = b.get((task, mode), np.nan)
         rows.setdefault(task, {})[mode] = f"{fmt(pv)} → {fmt(ov)}"
@@ -332,7 +332,7 @@ def ratio_side_by_side(ours_ratio: pd.DataFrame, theirs_ratio: pd.DataFrame) -> 
     """Mean retention ratio per model (rows) and mode (columns), paper → ours, two decimals."""
     a = mean_ratio(theirs_ratio).set_index(["model", "freeze"])["value"]
     b = mean_ratio(ours_ratio).set_index(["model", "freeze"])["value"]
-    rows = {}
+    rows: dict[str, dict[str, str]] = {}
     for (model, mode), pv in a.items():
         rows.setdefault(model, {})[mode] = f"{fmt(pv)} → {fmt(b.get((model, mode), np.nan))}"
     out = pd.DataFrame.from_dict(rows, orient="index").fillna(DASH)

@@ -338,7 +338,7 @@ def check_ptb_freeze(inp: Inputs) -> Finding:
     mem = eff[eff["model"].isin(MEMORY_PTB)]
     k, n = int((mem["freezing memory"] == "improves").sum()), len(mem)
     lstm = eff[eff["model"] == "lstm-256"]
-    facts = {"k": k, "n": n}
+    facts: dict[str, float] = {"k": k, "n": n}
     if len(lstm):
         facts["lstm_change"] = float(lstm["m - none"].iloc[0])
     evidence = {"Table 3: mode m against mode none": eff}
@@ -455,7 +455,7 @@ def check_freeze_long(inp: Inputs, mode: str = "m") -> Finding:
     base = [verdicts.rounded(float(r.value), float(trivial.loc[trivial["task"] == r.task, "accuracy"].max()))
             for r in pbest.itertuples()]
     kb = sum(v.verdict == verdicts.HOLDS for v in base)
-    facts = {"k": k, "n": n, "lower": lower, "beats_baseline": kb, "n_baseline": len(base)}
+    facts: dict[str, float] = {"k": k, "n": n, "lower": lower, "beats_baseline": kb, "n_baseline": len(base)}
     evidence = {f"paper: best accuracy on bin2, mode {mode} against none": wins.set_index("task")}
     ours_acc = _ours_acc(inp)
     if len(ours_acc) and {mode, "none"} <= set(ours_acc["freeze"]):
@@ -501,8 +501,9 @@ def check_small_medium(inp: Inputs, mode: str = "m", splits: Sequence[str] = ("b
         undecided = next((v for v in vs if v not in (HOLDS, FAILS)), AT_SCALE)  # the paper's word or ours
         return HOLDS if all(v == HOLDS for v in vs) else (FAILS if FAILS in vs else undecided)
 
-    facts = {**{f"{b}_k": c.holds for b, c in pcs.items()}, **{f"{b}_n": c.total for b, c in pcs.items()},
-             "cells_k": cc.holds, "cells_n": cc.total}
+    facts: dict[str, float] = {**{f"{b}_k": c.holds for b, c in pcs.items()},
+                               **{f"{b}_n": c.total for b, c in pcs.items()},
+                               "cells_k": cc.holds, "cells_n": cc.total}
     evidence = {f"paper: per bin, best model in mode {mode} against the best in none":
                 pd.DataFrame({b: {"holds": c.holds, "does not hold": c.fails, "cannot tell": c.unsure,
                                   "sign test p": c.p, "verdict": c.verdict} for b, c in pcs.items()}).T}

@@ -25,16 +25,19 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch.torch_version import TorchVersion
 
 from .. import store
 
+if TYPE_CHECKING:
+    from ..models.stack_rnn import StackRNN
+
 
 class Group(NamedTuple):
-    model: torch.nn.Module  # R replicas, eval mode, replica r trained with configs[r]
+    model: StackRNN  # R replicas, eval mode, replica r trained with configs[r]
     configs: list[dict]
     records: list[dict]
     path: Path
@@ -54,7 +57,7 @@ def checkpoint_path(configs: list[dict], root: str | os.PathLike | None = None) 
             / f"{first['model']}-{key}.pt")
 
 
-def _build(configs: list[dict]) -> torch.nn.Module:
+def _build(configs: list[dict]) -> StackRNN:
     from .. import models
     first = configs[0]
     return models.build(first["model"], task=first["task"], replicas=len(configs),

@@ -45,6 +45,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -181,7 +182,10 @@ def _rns_tops(eps: torch.Tensor, d: int, dtype, *, symbols: torch.Tensor | None 
     from ..models.rns import rns_readings
 
     vrns = vectors is not None
-    N, U = (vectors.shape[:2] if vrns else symbols.shape)
+    given = vectors if vectors is not None else symbols
+    if given is None:
+        raise ValueError("pass symbols= (RNS) or vectors= (VRNS)")
+    N, U = given.shape[:2]
     reps = N // len(eps)
     Q, S = 1, (2 if vrns else 3)
     K = Q * S
@@ -191,12 +195,12 @@ def _rns_tops(eps: torch.Tensor, d: int, dtype, *, symbols: torch.Tensor | None 
     push = other.expand(N, U, Q, S, Q, S).clone()
     repl = other.expand(N, U, Q, S, Q, S).clone()
     pop = other[..., 0].expand(N, U, Q, S, Q).clone()
-    top = torch.ones(N, U, dtype=torch.long) if vrns else symbols  # symbol pushed at a push step
+    top = torch.ones(N, U, dtype=torch.long) if vrns else given  # symbol pushed at a push step
     for u in range(d):  # push steps: push (state 0, symbol top[u]) from every configuration
         push[torch.arange(N), u, :, :, 0, top[:, u]] = (1 - e)[:, None, None]
     pop[:, d:, :, :, 0] = (1 - e).view(N, 1, 1, 1)  # pop steps
     kw = {}
-    if vrns:  # bottom vector 0, like the empty cells of the superposition stack
+    if vectors is not None:  # bottom vector 0, like the empty cells of the superposition stack
         kw = dict(pushed=vectors.to(dtype), bottom=torch.zeros(N, vectors.shape[-1], dtype=dtype))
     with torch.no_grad():
         r = rns_readings(push.to(dtype), repl.to(dtype), pop.to(dtype), **kw)  # (N, U + 1, K[*m])
@@ -630,7 +634,7 @@ def drift_facts(frame: pd.DataFrame, summary: pd.DataFrame, support: pd.DataFram
     f16 = fused.xs("float16", level="dtype")["logit_diff"] / generic.xs("float16", level="dtype")["logit_diff"]
     bf16 = fused.xs("bfloat16", level="dtype")
     disagree = frame[frame["agree"] < 1]
-    facts = {f"drift_{_short(d)}": float(by["logit_diff"].max()[d]) for d in LOW}
+    facts: dict[str, Any] = {f"drift_{_short(d)}": float(by["logit_diff"].max()[d]) for d in LOW}
     facts.update({f"agree_min_{_short(d)}": float(summary[summary["dtype"] == d]["agree"].min()) for d in LOW})
     facts.update({
         "drift_growth": float((last / first).max()),
