@@ -50,7 +50,7 @@ import time
 import traceback
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from . import store
 from .scales import Scale, get_scale
@@ -201,7 +201,7 @@ def local_cluster(workers: int | None = None, threads_per_worker: int = 1):
 
 
 @contextlib.contextmanager
-def _deferred_interrupt():
+def _deferred_interrupt() -> Iterator[None]:
     """Hold back Ctrl-C while a cluster or client is being built (an interrupted
     constructor leaves a half-built cluster that dask then fails to close, loudly);
     a Ctrl-C that came meanwhile is raised at the end of the block."""

@@ -232,10 +232,10 @@ def sample_words(task: Task | str, length: int, n: int, rng: np.random.Generator
     word_tokens(task, length)  # a language without w fails here
     bits = rng.integers(0, 2, size=(n, nbits))
     if prefix is not None:
-        prefix = np.asarray(prefix, dtype=np.int64)
-        if prefix.size > nbits:
-            raise ValueError(f"prefix of {prefix.size} bits is longer than w ({nbits} bits)")
-        bits[:, :prefix.size] = prefix
+        fixed = np.asarray(prefix, dtype=np.int64)
+        if fixed.size > nbits:
+            raise ValueError(f"prefix of {fixed.size} bits is longer than w ({nbits} bits)")
+        bits[:, :fixed.size] = fixed
     return fill_words(task, length, bits), bits
 
 
@@ -244,8 +244,8 @@ def _rng(seed: int, *parts: int) -> np.random.Generator:
 
 
 # ---- indicator 1: divergence and memory span --------------------------------
-def divergence(P: np.ndarray, Q: np.ndarray, positions: Sequence[int],
-               until: Sequence[int] | None = None) -> pd.DataFrame:
+def divergence(P: np.ndarray, Q: np.ndarray, positions: Sequence[int] | np.ndarray,
+               until: Sequence[int] | np.ndarray | None = None) -> pd.DataFrame:
     """Distances ``||p_i - q_i||`` at lags ``i - k``, one row per (replica, string, lag).
 
     ``P``, ``Q``: (R, B, T, D) point sets of strings whose first difference is
@@ -254,14 +254,14 @@ def divergence(P: np.ndarray, Q: np.ndarray, positions: Sequence[int],
     """
     d = step_distance(P, Q)  # (R, B, T)
     R, B, T = d.shape
-    positions = np.asarray(positions, dtype=np.int64)
-    until = np.full(B, T - 1) if until is None else np.asarray(until, dtype=np.int64)
-    if positions.shape != (B,) or until.shape != (B,):
+    first = np.asarray(positions, dtype=np.int64)
+    last = np.full(B, T - 1) if until is None else np.asarray(until, dtype=np.int64)
+    if first.shape != (B,) or last.shape != (B,):
         raise ValueError(f"need one position and one end per string ({B}), got shapes "
-                         f"{positions.shape} and {until.shape}")
+                         f"{first.shape} and {last.shape}")
     i = np.arange(T)[None, :]
-    keep = (i >= positions[:, None]) & (i <= until[:, None])  # (B, T)
-    lag = i - positions[:, None]
+    keep = (i >= first[:, None]) & (i <= last[:, None])  # (B, T)
+    lag = i - first[:, None]
     return pd.DataFrame({"replica": np.repeat(np.arange(R), keep.sum()),
                          "string": np.tile(np.nonzero(keep)[0], R),
                          "lag": np.tile(lag[keep], R), "distance": d[:, keep].reshape(-1)})
@@ -417,7 +417,7 @@ def copy_decoding(fn: StateFn, task: Task | str, lengths: Iterable[int], strings
     R = next(iter(feats.values()))[0].shape[0]
     rows = []
     for lo, hi in lag_bins(max_lag):
-        parts = {"train": [], "test": []}
+        parts: dict[str, list] = {"train": [], "test": []}
         for n, (P, L, pts, bits) in feats.items():
             sel = pts[(pts["lag"] >= lo) & (pts["lag"] <= hi)]
             if sel.empty:
@@ -468,7 +468,7 @@ def prefix_window(task: Task | str, length: int, prefix_bits: int) -> tuple[int,
     ``j < prefix_bits`` shows up again (``p_{stop-1}`` has not read it yet).
     """
     toks = word_tokens(task, length)
-    first = {}
+    first: dict[int, int] = {}
     for pos, j, _ in toks:
         first.setdefault(j, pos)
     if not 1 <= prefix_bits < len(first):

@@ -78,9 +78,11 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 # ---- thresholds (the rules above) ------------------------------------------------
 BOUND_RHO = 1.0  # (a) never worse than uniform guessing
@@ -197,7 +199,7 @@ def _in(frame, lo_hi: tuple[int, int]):
 
 
 # ---- growth fit ---------------------------------------------------------------------
-def fit_growth(n: Sequence[float], y: Sequence[float], b_grid: Sequence[float] = B_GRID) -> dict:
+def fit_growth(n: ArrayLike, y: ArrayLike, b_grid: ArrayLike = B_GRID) -> dict:
     """Least-squares fit of ``y ~ a n^b + c`` with ``a >= 0`` (numpy only).
 
     For every ``b`` of ``b_grid`` the best ``(a, c)`` is the simple linear
@@ -208,8 +210,10 @@ def fit_growth(n: Sequence[float], y: Sequence[float], b_grid: Sequence[float] =
     n_min^b)``; ``cls`` the growth class of the module docstring, with the
     rise judged against ``FLAT_RISE * (n_max + 1)`` nats.
     """
-    n = np.asarray(n, dtype=float)
-    y = np.asarray(y, dtype=float)
+    return _fit_growth(np.asarray(n, dtype=float), np.asarray(y, dtype=float), b_grid)
+
+
+def _fit_growth(n: np.ndarray, y: np.ndarray, b_grid: ArrayLike) -> dict:
     if n.shape != y.shape or n.ndim != 1:
         raise ValueError(f"n and y must be 1-d of the same length, got shapes {n.shape} and {y.shape}")
     ok = np.isfinite(n) & np.isfinite(y)
@@ -218,8 +222,8 @@ def fit_growth(n: Sequence[float], y: Sequence[float], b_grid: Sequence[float] =
         raise ValueError(f"need at least 3 distinct finite lengths to fit a n^b + c, got {len(np.unique(n))}")
     if (n <= 0).any():
         raise ValueError("lengths must be positive")
-    b_grid = np.asarray(b_grid, dtype=float)
-    x = n[None, :] ** b_grid[:, None]  # (G, N)
+    grid = np.asarray(b_grid, dtype=float)
+    x = n[None, :] ** grid[:, None]  # (G, N)
     xm, ym = x.mean(1, keepdims=True), y.mean()
     xc = x - xm
     a = np.maximum((xc * (y - ym)).sum(1) / (xc**2).sum(1), 0.0)  # (G,)
@@ -229,7 +233,7 @@ def fit_growth(n: Sequence[float], y: Sequence[float], b_grid: Sequence[float] =
     if a[i] <= 0:
         return {"a": 0.0, "b": float("nan"), "c": float(ym), "sse": float(((y - ym) ** 2).sum()), "rise": 0.0,
                 "cls": "flat"}
-    b = float(b_grid[i])
+    b = float(grid[i])
     rise = float(a[i] * (n.max() ** b - n.min() ** b))
     if rise < FLAT_RISE * (n.max() + 1):
         cls = "flat"
@@ -242,7 +246,7 @@ def fit_growth(n: Sequence[float], y: Sequence[float], b_grid: Sequence[float] =
     return {"a": float(a[i]), "b": b, "c": float(c[i]), "sse": float(sse[i]), "rise": rise, "cls": cls}
 
 
-def growth_curve(fit: Mapping, n: Sequence[float]) -> np.ndarray:
+def growth_curve(fit: Mapping, n: ArrayLike) -> np.ndarray:
     """The fitted per-*symbol* excess ``(a n^b + c) / (n + 1)`` at lengths ``n`` (for plots)."""
     n = np.asarray(n, dtype=float)
     if not np.isfinite(fit["b"]):
@@ -275,6 +279,7 @@ def criteria(record: dict, untrained_rows: Sequence[Mapping] | None = None) -> d
     prof = _arrays(record)
     train = train_lengths(record)
     if len(prof["length"]) < MIN_LENGTHS:
+        out: dict[str, Any]
         out = {k: float("nan") for k in ("max_excess", "max_rho", "std_excess", "std_rho", "short_rho", "long_rho",
                                          "long_short", "a", "b", "c", "b_onset", "long_rho_mf",
                                          "long_rho_untrained", "just_past_rho", "tail_rho", "tail_accuracy",
@@ -731,8 +736,9 @@ def plot_mode_profiles(lengths: pd.DataFrame, train: tuple[int, int], width: int
     prof = mode_profile(lengths, width)
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
     ax.axvspan(train[0], train[1], color="0.92", zorder=0, label="training lengths")
-    ax.axhline(1.0, **plotting.REFERENCE_STYLE["chance"], label="chance (uniform guessing)")
-    ax.axhline(0.0, **plotting.REFERENCE_STYLE["ceiling"], label="lower bound")
+    # plotting's style dicts are typed dict[str, object]: valid matplotlib keywords all the same
+    ax.axhline(1.0, **plotting.REFERENCE_STYLE["chance"], label="chance (uniform guessing)")  # type: ignore[arg-type]
+    ax.axhline(0.0, **plotting.REFERENCE_STYLE["ceiling"], label="lower bound")  # type: ignore[arg-type]
     shades = {"none": "0.1", "m": "0.35", "c": "0.55", "cm": "0.7"}
     for mode in plotting.MODES:
         p = prof[prof["freeze"] == mode]
@@ -740,7 +746,7 @@ def plot_mode_profiles(lengths: pd.DataFrame, train: tuple[int, int], width: int
             continue
         ax.fill_between(p["group"], p["q1"], p["q3"], color=shades[mode], alpha=0.15, linewidth=0)
         ax.plot(p["group"], p["median"], color=shades[mode], markersize=4, label=plotting.MODE_LABELS[mode],
-                **plotting.mode_style(mode))
+                **plotting.mode_style(mode))  # type: ignore[arg-type]
     ax.set_xlabel(f"string length (groups of {width})")
     ax.set_ylabel("excess loss / chance's excess (rho)")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
