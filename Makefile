@@ -29,7 +29,7 @@ book: notebooks
 	$(BIN)/jupyter-book build book -W -n --keep-going -q
 	@echo "Book built: $(CURDIR)/book/_build/html/index.html"
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -n 2 -m "not browser" tests
 	rm -rf build/nbval
 	$(BIN)/python -m marnn.book execute --scale smoke --out build/nbval --threads 1
@@ -41,7 +41,7 @@ test: $(STAMP)
 	$(BIN)/jupyter-book build build/book -W -n --keep-going -q
 	MARNN_BOOK_HTML=build/book/_build/html $(BIN)/python -m pytest -m browser tests/test_browser.py
 
-# ruff (rules E, F, W, I, B, UP; pyproject.toml) and mypy; not yet part of `make test`.
+# ruff (rules E, F, W, I, B, UP; pyproject.toml) and mypy; the first step of `make test`.
 lint: $(STAMP)
 	$(BIN)/ruff check marnn tests; status=$$?; $(BIN)/mypy marnn && exit $$status
 
