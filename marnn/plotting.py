@@ -313,14 +313,30 @@ def length_band(ax, curves: pd.DataFrame, model: str, mode: str, alpha: float = 
 
 
 def paired_bars(ax, table: pd.DataFrame, colors: Sequence[str] | None = None, width: float = 0.8,
-                hatches: Sequence[str] | None = None):
-    """Grouped bars: one group per row of ``table``, one bar per column. Returns the bar containers."""
+                hatches: Sequence[str] | None = None, kind: str = "bar", markers: Sequence[str] | None = None):
+    """Grouped bars: one group per row of ``table``, one bar per column. Returns the bar containers.
+
+    ``kind="dot"`` draws one marker per value at the same places instead (use it on a log axis,
+    where a bar's length means nothing); ``markers`` default to the freeze modes' markers when
+    the columns are modes, else circles. Returns the marker lines then.
+    """
     import numpy as np
 
+    if kind not in ("bar", "dot"):
+        raise ValueError(f"unknown kind {kind!r}; valid: bar, dot")
     n = len(table.columns)
     x = np.arange(len(table))
     w = width / max(n, 1)
     bars = []
+    if kind == "dot":
+        for j, col in enumerate(table.columns):
+            marker = markers[j] if markers is not None else MODE_STYLE.get(str(col), {}).get("marker", "o")
+            kw = {"color": colors[j]} if colors is not None else {}
+            line, = ax.plot(x - width / 2 + (j + 0.5) * w, table[col].to_numpy(dtype=float), marker=marker,
+                            linestyle="", markersize=7, label=str(col), zorder=3, **kw)
+            bars.append(line)
+        ax.set_xticks(x, labels=[str(i) for i in table.index])
+        return bars
     for j, col in enumerate(table.columns):
         kw = {}
         if colors is not None:
@@ -463,5 +479,5 @@ def findings_figure(paper_best: pd.DataFrame, paper_refs: pd.DataFrame, paper_sp
                 Line2D([], [], color="black", linewidth=1.8, label="ceiling (best possible)")]
     fig.legend(handles=handles, loc="lower center", ncol=3, bbox_to_anchor=(0.5, 0.0), fontsize=9.5,
                columnspacing=1.0, handletextpad=0.4)
-    fig.tight_layout(rect=(0, 0.2, 1, 1))
+    fig.tight_layout(rect=(0, 1.0 / (0.55 * len(tasks) + 2.3), 1, 1))
     return fig

@@ -163,10 +163,13 @@ const done = arguments[arguments.length - 1];
 # What a reader sees: measured in the rendered page at the 1400 x 1000 window.
 READER = r"""
 const article = document.querySelector("article.bd-article") || document.querySelector("main");
-const column = article.clientWidth;
-const visible = e => !!(e.offsetWidth || e.offsetHeight || e.getClientRects().length);
+const style = getComputedStyle(article);
+const column = article.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+const visible = e => !e.closest("details:not([open])") &&
+  (e.checkVisibility ? e.checkVisibility({visibilityProperty: true}) : !!e.getClientRects().length);
 const tables = Array.from(article.querySelectorAll("table")).filter(visible)
-  .map(t => ({width: Math.ceil(t.scrollWidth), head: (t.querySelector("th, td") || t).textContent.trim().slice(0, 40)}))
+  .map(t => ({width: Math.ceil(t.scrollWidth), head: Array.from(t.querySelectorAll("thead th, tr:first-child th, tr:first-child td"))
+    .map(c => c.textContent.trim()).filter(x => x).join(" | ").slice(0, 80)}))
   .filter(t => t.width > column + 1);
 const images = Array.from(article.querySelectorAll(".cell_output img, figure img")).filter(visible);
 const uncaptioned = images.filter(i => { const f = i.closest("figure");
@@ -223,7 +226,7 @@ def test_page_renders(page, site, driver):
     # what a reader sees
     driver.execute_script("window.scrollTo(0, 0)")
     seen = driver.execute_script(READER)
-    problems += [f"table {t['head']!r}... is {t['width']} px wide in a {seen['column']} px column"
+    problems += [f"table [{t['head']}] is {t['width']} px wide in a {seen['column']} px column"
                  for t in seen["wide"]]
     problems += [f"figure without a numbered caption: {src}" for src in seen["uncaptioned"]]
     if seen["code"]:
@@ -240,12 +243,18 @@ def test_page_renders(page, site, driver):
 
 
 def _screenshots(driver, name: str) -> None:
-    """The top of the page and its first large figure, for a human to look at."""
+    """The top of the page (1400 x 1000), the whole page (1400 wide, up to 8000 px tall) and its
+    first large figure, for a human to look at."""
     from selenium.webdriver.common.by import By
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     driver.execute_script("window.scrollTo(0, 0)")
     driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+    size = driver.get_window_size()
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(size["width"], min(8000, height + 200))
+    driver.save_screenshot(str(SCREENSHOTS / f"{name}-page.png"))
+    driver.set_window_size(size["width"], size["height"])
     figures = [e for e in driver.find_elements(By.CSS_SELECTOR, "main img") if e.size["height"] > 200]
     if figures:
         size = driver.get_window_size()
