@@ -408,7 +408,8 @@ def _tidy(src: Path, dst: Path, scale: str | None = None) -> None:
     * the parameters cells (the notebook's defaults and papermill's injected values) are
       removed (tag ``remove-cell``): the admonition states the scale;
     * every other code cell is folded (``hide-input``: one click shows the code) unless it
-      already says how it is shown;
+      already says how it is shown; the printed lines of the cell that calls ``setup`` are not
+      shown (``remove-output``: the note at the top states the scale);
     * a note stating the scale (:func:`scale_admonition`) follows the title cell, and the
       per-page scale sentences (``report.scale_caveat`` / ``ptb_scale_caveat``) leave the outputs.
     """
@@ -431,6 +432,10 @@ def _tidy(src: Path, dst: Path, scale: str | None = None) -> None:
                 tags.append("remove-cell")
         elif not HIDE & set(tags):
             tags.append("hide-input")
+            # the setup cell's printed summary (scale, run counts) repeats the note at the top
+            if "setup(threads)" in "".join(cell.get("source", "")) and cell.get("outputs") and \
+                    all(o.get("output_type") == "stream" for o in cell["outputs"]):
+                tags.append("remove-output")
         if sentences:
             _drop_sentences(cell, sentences)
     if scale and not any("marnn-scale" in c.get("metadata", {}).get("tags", []) for c in nb["cells"]):
