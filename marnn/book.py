@@ -269,13 +269,18 @@ def kernel_name() -> str:
 
 def _ipc_kernel_manager():
     """A kernel manager that talks to its kernel over local (IPC) sockets, not TCP: nothing
-    leaves the machine, and the kernel has no reason to warn about unencrypted TCP."""
+    leaves the machine, and the kernel has no reason to warn about unencrypted TCP. The kernel
+    logs only critical messages (not the "KeyboardInterrupt caught" of its shutdown); errors in
+    a cell still reach the notebook and fail the page."""
     from jupyter_client.manager import AsyncKernelManager
 
     class IPCKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
             self.transport = "ipc"
+
+        def format_kernel_cmd(self, extra_arguments=None):
+            return [*super().format_kernel_cmd(extra_arguments), "--IPKernelApp.log_level=CRITICAL"]
 
     return IPCKernelManager
 

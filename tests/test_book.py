@@ -75,7 +75,8 @@ def _executed(tmp_path: Path) -> tuple[Path, Path]:
         {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": "scale = 'quick'", "outputs": []},
         {"cell_type": "code", "metadata": {"tags": ["injected-parameters"]}, "source": "scale = 'smoke'",
          "outputs": []},
-        {"cell_type": "code", "metadata": {}, "source": "1", "outputs": []},
+        {"cell_type": "code", "metadata": {}, "source": "setup(threads)\nprint(scale)", "outputs": [
+            {"output_type": "stream", "name": "stdout", "text": "smoke\n"}]},
         {"cell_type": "code", "metadata": {"tags": ["remove-input"]}, "source": "x", "outputs": [
             {"output_type": "display_data", "metadata": {}, "data": {"text/markdown": caveat + " A finding."}},
             {"output_type": "display_data", "metadata": {}, "data": {"text/markdown": caveat}}]},
@@ -93,7 +94,8 @@ def test_tidy_folds_code_removes_parameters_and_moves_the_scale_to_the_top(tmp_p
     assert "marnn-scale" in cells[1]["metadata"]["tags"] and "`smoke` scale" in cells[1]["source"]
     tags = [c["metadata"].get("tags", []) for c in cells[2:]]
     assert "remove-cell" in tags[0] and "remove-cell" in tags[1]  # both parameters cells
-    assert tags[2] == ["hide-input"] and tags[3] == ["remove-input"]
+    assert tags[2] == ["hide-input", "remove-output"] and tags[3] == ["remove-input"]
+    assert cells[4]["outputs"]  # the notebook keeps the printed lines (nbval compares them)
     outputs = cells[5]["outputs"]
     assert [o["data"]["text/markdown"] for o in outputs] == ["A finding."]  # the bottom note is gone
     assert json.loads(dst.read_text())["metadata"]["kernelspec"]["name"] == "python3"
@@ -189,3 +191,19 @@ def test_palette_is_colour_blind_safe_and_unique_per_family():
     for family in (plotting.FORMAL_MODELS, plotting.PTB_MODELS):
         assert len({plotting.color(m) for m in family}) == len(family)
     assert plotting.color("lstm-256") == plotting.color("lstm")
+
+
+def test_paired_bars_draw_dots_on_a_log_axis():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    table = pd.DataFrame({"none": [120.0, 150.0], "m": [118.0, 160.0]}, index=["lstm-256", "rns-4-5"])
+    fig, ax = plt.subplots()
+    dots = plotting.paired_bars(ax, table, kind="dot")
+    ax.set_yscale("log")
+    assert len(dots) == 2 and not ax.patches  # markers, no bars
+    assert [d.get_marker() for d in dots] == [plotting.MODE_STYLE["none"]["marker"], plotting.MODE_STYLE["m"]["marker"]]
+    assert list(dots[1].get_ydata()) == [118.0, 160.0]
+    with pytest.raises(ValueError, match="valid: bar, dot"):
+        plotting.paired_bars(ax, table, kind="pie")
+    plt.close(fig)
