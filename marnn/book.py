@@ -116,6 +116,38 @@ def setup(threads: int = 1) -> None:
     from .plotting import use_style
 
     use_style()
+    _show_frames_for_readers()
+
+
+def frame_html(df) -> str:
+    """A DataFrame as the book shows it: numbers by :func:`number`, missing values as a dash,
+    booleans as yes / no, and no column of row numbers (a default 0, 1, 2, ... index)."""
+    import pandas as pd
+
+    shown = df.copy()
+    for col in shown.columns:
+        if pd.api.types.is_bool_dtype(shown[col]):
+            shown[col] = shown[col].map({True: "yes", False: "no"})
+        elif shown[col].dtype == object and shown[col].map(lambda v: isinstance(v, bool)).any():
+            shown[col] = shown[col].map(lambda v: "yes" if v is True else "no" if v is False else v)
+    plain = isinstance(shown.index, pd.RangeIndex) and shown.index.name is None
+    return shown.to_html(na_rep="–", float_format=number, index=not plain, notebook=True,
+                         max_rows=pd.get_option("display.max_rows"),
+                         max_cols=pd.get_option("display.max_columns"))
+
+
+def _show_frames_for_readers() -> None:
+    """In IPython: DataFrames display through :func:`frame_html`."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    ip = get_ipython()
+    if ip is None:
+        return
+    import pandas as pd
+
+    ip.display_formatter.formatters["text/html"].for_type(pd.DataFrame, frame_html)
 
 
 def number(x: float) -> str:

@@ -52,6 +52,17 @@ def test_table_numbers_have_two_decimals():
         ["0.91", "120.46", "0.00", "3e-07", "–"]
 
 
+def test_frames_show_dashes_yes_no_and_no_row_numbers():
+    import pandas as pd
+
+    html = book.frame_html(pd.DataFrame({"acc": [0.91234, float("nan")], "ok": [True, False]}))
+    assert "0.91" in html and "–" in html and ">yes<" in html and ">no<" in html
+    assert "NaN" not in html and "True" not in html and "0.91234" not in html
+    assert "<th>0</th>" not in html  # no row-number column
+    named = book.frame_html(pd.DataFrame({"acc": [0.5]}, index=pd.Index(["lstm"], name="model")))
+    assert "lstm" in named and "model" in named
+
+
 # ---- the scale note -------------------------------------------------------------------------
 def test_scale_admonition_names_the_scale_and_the_paper_values():
     quick = book.scale_admonition("quick", "both")
