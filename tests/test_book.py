@@ -108,7 +108,7 @@ def test_tidy_folds_code_removes_parameters_and_moves_the_scale_to_the_top(tmp_p
     assert tags[2] == ["hide-input", "remove-output"] and tags[3] == ["remove-input"]
     assert cells[4]["outputs"]  # the notebook keeps the printed lines (nbval compares them)
     outputs = cells[5]["outputs"]
-    assert [o["data"]["text/markdown"] for o in outputs] == ["A finding."]  # the bottom note is gone
+    assert [o["data"]["text/markdown"] for o in outputs] == ["A finding.", ""]  # the bottom note is gone
     assert json.loads(dst.read_text())["metadata"]["kernelspec"]["name"] == "python3"
     book._tidy(src, dst, "smoke")  # idempotent: one note
     assert sum("marnn-scale" in c["metadata"].get("tags", []) for c in json.loads(dst.read_text())["cells"]) == 1
