@@ -20,10 +20,12 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP)
 
-# Execute every notebook with papermill into book/generated/ (results come from
-# the committed store in results/; missing runs are computed).
+# Execute the notebooks with papermill into book/generated/ (results come from
+# the committed store in results/; missing runs are computed). A page runs again
+# only when its inputs changed (fingerprints in book/generated/<name>.inputs.json);
+# FORCE=1 runs every page.
 notebooks: $(STAMP)
-	$(BIN)/python -m marnn.book execute --scale $(BOOK_SCALE) --out book/generated
+	$(BIN)/python -m marnn.book execute --scale $(BOOK_SCALE) --out book/generated $(if $(FORCE),--force)
 
 book: notebooks
 	$(BIN)/jupyter-book build book -W -n --keep-going -q
@@ -36,7 +38,7 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly build/nbval
 	@# the browser check reads a book rendered from those same smoke notebooks
 	rm -rf build/book && mkdir -p build/book
-	cp -r book/_config.yml book/_toc.yml book/*.md book/_ext book/reference build/book/
+	cp -r book/_config.yml book/_toc.yml book/*.md book/_ext book/_static book/reference build/book/
 	cp -r build/nbval build/book/generated
 	$(BIN)/jupyter-book build build/book -W -n --keep-going -q
 	MARNN_BOOK_HTML=build/book/_build/html $(BIN)/python -m pytest -m browser tests/test_browser.py

@@ -3,11 +3,18 @@ marker and line style per freeze mode, and the reference lines (accuracy
 ceiling and trivial baselines) that every accuracy plot is read against.
 
 Keeping the palette here means a model has the same colour in the chapter on
-languages, in Figures 1-3 and in the Penn Treebank chapter.
+languages, in Figures 1-3 and in the Penn Treebank chapter. The colours are the
+Okabe-Ito palette, which stays distinguishable with every common colour-vision
+deficiency; a Penn Treebank model takes the colour of its formal-language
+family (lstm-256 that of lstm, rns-4-5 that of rns-3-3, ...).
+
+Figures are sized for the book's 772 px text column: :func:`use_style` sets
+text of at least 9 pt and shrinks a wider figure to the column before it is
+drawn, so text never shrinks below that size in the browser.
 
 >>> from marnn import plotting
 >>> plotting.color("rns-3-3")
-'#9467bd'
+'#CC79A7'
 >>> plotting.MODE_STYLE["m"]["marker"]
 's'
 """
@@ -23,17 +30,23 @@ from .registry import FORMAL_MODELS, MODES, PTB_MODELS, lookup  # noqa: F401 (re
 # ---- palette --------------------------------------------------------------
 # Formal-language models, then the Penn Treebank models (docs: book/reference/models.md).
 # Grey and black are kept free for reference lines.
+# Okabe & Ito (2008), "Color universal design": distinct under protanopia,
+# deuteranopia and tritanopia. Colours are unique within each of the two families.
+OKABE_ITO: dict[str, str] = {
+    "blue": "#0072B2", "orange": "#E69F00", "green": "#009E73", "vermillion": "#D55E00",
+    "purple": "#CC79A7", "sky": "#56B4E9", "yellow": "#F0E442", "black": "#000000",
+}
 MODEL_COLORS: dict[str, str] = {
-    "lstm": "#1f77b4",
-    "jm-10": "#ff7f0e",
-    "jm-3.3.3": "#2ca02c",
-    "jm-hidden": "#d62728",
-    "rns-3-3": "#9467bd",
-    "lstm-256": "#17becf",
-    "jm-hidden-247": "#e377c2",
-    "jm-learned-22": "#bcbd22",
-    "rns-4-5": "#8c564b",
-    "vrns-3-3-5": "#393b79",
+    "lstm": OKABE_ITO["blue"],
+    "jm-10": OKABE_ITO["orange"],
+    "jm-3.3.3": OKABE_ITO["green"],
+    "jm-hidden": OKABE_ITO["vermillion"],
+    "rns-3-3": OKABE_ITO["purple"],
+    "lstm-256": OKABE_ITO["blue"],
+    "jm-hidden-247": OKABE_ITO["vermillion"],
+    "jm-learned-22": OKABE_ITO["orange"],
+    "rns-4-5": OKABE_ITO["purple"],
+    "vrns-3-3-5": OKABE_ITO["green"],
 }
 
 # Freeze modes (docs: book/reference/models.md, "Freeze modes"): what stays at its random initial value.
@@ -43,6 +56,11 @@ MODE_LABELS: dict[str, str] = {
     "c": "c (controller frozen)",
     "cm": "cm (both frozen)",
 }
+# Where a figure tells the modes apart by colour (one point per mode, not per model).
+MODE_COLORS: dict[str, str] = {"none": OKABE_ITO["blue"], "m": OKABE_ITO["vermillion"],
+                               "c": OKABE_ITO["green"], "cm": OKABE_ITO["purple"]}
+# The paper's numbers: hollow markers; ours: filled (with their spread over restarts).
+PAPER_STYLE: dict[str, object] = {"markerfacecolor": "white", "markeredgewidth": 1.6}
 MODE_STYLE: dict[str, dict[str, object]] = {
     "none": {"marker": "o", "linestyle": "-"},
     "m": {"marker": "s", "linestyle": "--"},
@@ -73,20 +91,91 @@ def mode_style(mode: str) -> dict[str, object]:
     return dict(lookup("freeze mode", mode, MODE_STYLE))
 
 
+COLUMN_PX = 772  # the book's text column at a 1400 px window (sphinx-book-theme)
+DPI = 100
+MIN_TEXT_PT = 9.0  # smallest text at page width
+
+
 def use_style() -> None:
-    """The book's matplotlib / seaborn defaults (call once per notebook)."""
+    """The book's matplotlib / seaborn defaults (call once per notebook).
+
+    Text is at least :data:`MIN_TEXT_PT` points, the palette is Okabe-Ito, and in
+    IPython a figure wider than the book's column is shrunk to it (layout redone)
+    before it is shown, so its text keeps its size on the page.
+    """
     import matplotlib as mpl
     import seaborn as sns
+    from cycler import cycler
 
-    sns.set_theme(context="notebook", style="whitegrid", font_scale=0.9)
+    sns.set_theme(context="notebook", style="whitegrid")
     mpl.rcParams.update({
-        "figure.dpi": 100,
-        "savefig.dpi": 100,
-        "axes.titlesize": "medium",
+        "figure.dpi": DPI,
+        "savefig.dpi": DPI,
+        "font.size": 11,
+        "axes.titlesize": 11.5,
+        "axes.labelsize": 11,
+        "xtick.labelsize": 10,
+        "ytick.labelsize": 10,
+        "legend.fontsize": 10,
+        "legend.title_fontsize": 10,
+        "figure.titlesize": 12,
+        "lines.markersize": 6,
         "legend.frameon": False,
+        "axes.prop_cycle": cycler(color=list(OKABE_ITO.values())[:7]),
         # fixed metadata so re-executed notebooks give byte-identical images
         "svg.hashsalt": "marnn",
     })
+    _fit_figures_to_column()
+
+
+def fit_to_column(fig, column_px: int = COLUMN_PX) -> None:
+    """Shrink ``fig`` (keeping its aspect and its font sizes) until its tight bounding box is at
+    most ``column_px`` pixels wide at :data:`DPI`, redoing a tight layout after each step."""
+    import warnings
+
+    for _ in range(3):
+        fig.canvas.draw()
+        width_px = fig.get_tightbbox().width * DPI  # inches -> px at the book's dpi
+        if width_px <= column_px:
+            return
+        w, h = fig.get_size_inches()
+        k = max(0.4, (column_px - 4) / width_px)
+        fig.set_size_inches(w * k, h * k)
+        if fig.get_layout_engine() is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fig.tight_layout()
+
+
+def _fit_figures_to_column() -> None:
+    """In IPython: show every figure shrunk to the column (:func:`fit_to_column`)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    ip = get_ipython()
+    if ip is None:
+        return
+    import matplotlib.pyplot as plt  # noqa: F401 - loads the inline backend and its formatters
+    from IPython.core.pylabtools import print_figure
+    from matplotlib.figure import Figure
+
+    def png(fig):
+        fit_to_column(fig)
+        return print_figure(fig, "png", bbox_inches="tight")
+
+    ip.display_formatter.formatters["image/png"].for_type(Figure, png)
+
+
+def text_sizes_at_page(fig, column_px: int = COLUMN_PX) -> list[float]:
+    """Font size in points of every visible text of ``fig`` as the book shows it: a figure wider
+    than the column is scaled down by the browser."""
+    fig.canvas.draw()
+    width_px = fig.get_tightbbox().width * DPI
+    scale = min(1.0, column_px / width_px)
+    return [t.get_fontsize() * scale for t in fig.findobj(lambda a: hasattr(a, "get_text") and
+                                                          hasattr(a, "get_fontsize"))
+            if t.get_visible() and t.get_text().strip()]
 
 
 # ---- reference values -------------------------------------------------------
@@ -221,14 +310,30 @@ def length_band(ax, curves: pd.DataFrame, model: str, mode: str, alpha: float = 
 
 
 def paired_bars(ax, table: pd.DataFrame, colors: Sequence[str] | None = None, width: float = 0.8,
-                hatches: Sequence[str] | None = None):
-    """Grouped bars: one group per row of ``table``, one bar per column. Returns the bar containers."""
+                hatches: Sequence[str] | None = None, kind: str = "bar", markers: Sequence[str] | None = None):
+    """Grouped bars: one group per row of ``table``, one bar per column. Returns the bar containers.
+
+    ``kind="dot"`` draws one marker per value at the same places instead (use it on a log axis,
+    where a bar's length means nothing); ``markers`` default to the freeze modes' markers when
+    the columns are modes, else circles. Returns the marker lines then.
+    """
     import numpy as np
 
+    if kind not in ("bar", "dot"):
+        raise ValueError(f"unknown kind {kind!r}; valid: bar, dot")
     n = len(table.columns)
     x = np.arange(len(table))
     w = width / max(n, 1)
     bars = []
+    if kind == "dot":
+        for j, col in enumerate(table.columns):
+            marker = markers[j] if markers is not None else MODE_STYLE.get(str(col), {}).get("marker", "o")
+            kw = {"color": colors[j]} if colors is not None else {}
+            line, = ax.plot(x - width / 2 + (j + 0.5) * w, table[col].to_numpy(dtype=float), marker=marker,
+                            linestyle="", markersize=7, label=str(col), zorder=3, **kw)
+            bars.append(line)
+        ax.set_xticks(x, labels=[str(i) for i in table.index])
+        return bars
     for j, col in enumerate(table.columns):
         kw = {}
         if colors is not None:
@@ -301,4 +406,75 @@ def length_grid(curves: pd.DataFrame, top: dict[str, list[str]], modes: Sequence
     handles = legend_handles(models=order, modes=modes)
     axes[-1].legend(handles.values(), handles.keys(), loc="center", fontsize="small", ncol=2)
     fig.tight_layout()
+    return fig
+
+
+# ---- the landing page ---------------------------------------------------------------
+def baseline_panel(ax, best: pd.DataFrame, refs: pd.DataFrame, split: str, tasks: Sequence[str],
+                   spread: pd.DataFrame | None = None, paper: bool = False, modes: Sequence[str] = MODES):
+    """Best accuracy per language and freeze mode on ``split`` against what needs no memory.
+
+    Grey band: from 0 to the best trivial predictor of the language on that bin; black tick:
+    the accuracy ceiling. One marker per mode (colour and shape = mode), hollow for the paper's
+    numbers; ``spread`` (columns task, freeze, model, min, max: ``report.restart_spread``) draws
+    the range over the restarts of the model shown. Returns ``ax``.
+    """
+    offsets = dict(zip(modes, [(-0.27 + 0.54 * i / max(1, len(modes) - 1)) for i in range(len(modes))]))
+    part = best[best["split"] == split]
+    r = refs[refs["split"] == split]
+    for i, task in enumerate(tasks):
+        base = r[(r["task"] == task) & (r["reference"] != "ceiling")]["accuracy"]
+        if len(base):
+            ax.barh(i, float(base.max()), height=0.8, color="0.86", zorder=1, linewidth=0)
+        ceil = r[(r["task"] == task) & (r["reference"] == "ceiling")]["accuracy"]
+        if len(ceil):
+            ax.plot([float(ceil.max())] * 2, [i - 0.4, i + 0.4], color="black", linewidth=1.8, zorder=2)
+        for mode in modes:
+            row = part[(part["task"] == task) & (part["freeze"] == mode)]
+            if row.empty:
+                continue
+            x, y = float(row["value"].iloc[0]), i + offsets[mode]
+            kw = {"marker": mode_style(mode)["marker"], "color": MODE_COLORS[mode], "linestyle": "",
+                  "markersize": 7, "zorder": 4}
+            if paper:
+                kw.update(PAPER_STYLE)
+            if spread is not None and not paper:
+                s = spread[(spread["task"] == task) & (spread["freeze"] == mode)
+                           & (spread["model"] == row["model"].iloc[0])]
+                if len(s) and pd.notna(s["min"].iloc[0]):
+                    ax.plot([float(s["min"].iloc[0]), float(s["max"].iloc[0])], [y, y],
+                            color=MODE_COLORS[mode], linewidth=1.4, zorder=3)
+            ax.plot([x], [y], **kw)
+    ax.set_yticks(range(len(tasks)), labels=list(tasks))
+    ax.set_ylim(len(tasks) - 0.5, -0.5)
+    ax.set_xlim(0, 1.02)
+    ax.grid(axis="y", visible=False)
+    return ax
+
+
+def findings_figure(paper_best: pd.DataFrame, paper_refs: pd.DataFrame, paper_split: str, paper_title: str,
+                    ours_best: pd.DataFrame, ours_refs: pd.DataFrame, ours_split: str, ours_title: str,
+                    tasks: Sequence[str], ours_spread: pd.DataFrame | None = None):
+    """Two :func:`baseline_panel` panels side by side (the paper's longest bin, ours), legend below."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    fig, axes = plt.subplots(1, 2, figsize=(7.6, 0.55 * len(tasks) + 2.3), sharey=True)
+    baseline_panel(axes[0], paper_best, paper_refs, paper_split, tasks, paper=True)
+    baseline_panel(axes[1], ours_best, ours_refs, ours_split, tasks, spread=ours_spread)
+    axes[0].set_title(paper_title)
+    axes[1].set_title(ours_title)
+    for ax in axes:
+        ax.set_xlabel("best accuracy")
+    handles = [Line2D([], [], marker=mode_style(m)["marker"], color=MODE_COLORS[m], linestyle="",
+                      markersize=7, label=f"mode {m}") for m in MODES]
+    handles += [Line2D([], [], marker="o", color="0.3", linestyle="", markersize=7, label="paper",
+                       **PAPER_STYLE),
+                Line2D([], [], marker="o", color="0.3", linestyle="-", markersize=7, label="ours, range of restarts"),
+                Patch(color="0.86", label="reached with no memory (best trivial predictor)"),
+                Line2D([], [], color="black", linewidth=1.8, label="ceiling (best possible)")]
+    fig.legend(handles=handles, loc="lower center", ncol=3, bbox_to_anchor=(0.5, 0.0), fontsize=9.5,
+               columnspacing=1.0, handletextpad=0.4)
+    fig.tight_layout(rect=(0, 1.0 / (0.55 * len(tasks) + 2.3), 1, 1))
     return fig

@@ -6,8 +6,12 @@ The book in ``book/_build/html`` is served on 127.0.0.1 by a thread; each page
 fails on an image that did not load, math that MathJax did not typeset (or raw
 TeX / MyST roles left in the text), an internal link whose target does not
 answer 200, a resource fetched from another host (the book must work offline),
-or a severe console error. Screenshots of some pages go to ``build/screenshots/``
-for a human to look at; they are not compared.
+or a severe console error. It also checks what a reader sees at a 1400 px
+window: no table wider than the text column, every figure of a chapter inside a
+numbered, captioned ``<figure>``, no code visible before a click, and (on every
+executed chapter) the note stating the scale above the fold. Screenshots of
+some pages go to ``build/screenshots/`` (kept) for a human to look at; they are
+not compared.
 
 Uses the Debian packages ``chromium`` and ``chromium-driver`` and never lets
 Selenium download anything. Without them (or without a built book) the tests
@@ -34,8 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # the built book to check: $MARNN_BOOK_HTML (make test points it at the smoke build), else book/_build/html
 HTML = Path(os.environ.get("MARNN_BOOK_HTML") or ROOT / "book" / "_build" / "html").resolve()
 SCREENSHOTS = ROOT / "build" / "screenshots"
-SHOT_PAGES = {"intro.html": "intro", "generated/languages.html": "languages", "generated/fig2.html": "fig2",
-              "generated/table3.html": "table3", "generated/stability.html": "stability",
+SHOT_PAGES = {"generated/findings.html": "landing", "intro.html": "intro",
+              "generated/languages.html": "languages", "generated/fig2.html": "fig2",
+              "generated/table1.html": "table1", "generated/table3.html": "table3", "generated/stability.html": "stability",
               "generated/precision.html": "precision", "generated/memory.html": "memory",
               "generated/audit.html": "audit"}
 CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
@@ -155,6 +160,27 @@ const done = arguments[arguments.length - 1];
 })();
 """
 
+# What a reader sees: measured in the rendered page at the 1400 x 1000 window.
+READER = r"""
+const article = document.querySelector("article.bd-article") || document.querySelector("main");
+const style = getComputedStyle(article);
+const column = article.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+const visible = e => !e.closest("details:not([open])") &&
+  (e.checkVisibility ? e.checkVisibility({visibilityProperty: true}) : !!e.getClientRects().length);
+const tables = Array.from(article.querySelectorAll("table")).filter(visible)
+  .map(t => ({width: Math.ceil(t.scrollWidth), head: Array.from(t.querySelectorAll("thead th, tr:first-child th, tr:first-child td"))
+    .map(c => c.textContent.trim()).filter(x => x).join(" | ").slice(0, 80)}))
+  .filter(t => t.width > column + 1);
+const images = Array.from(article.querySelectorAll(".cell_output img, figure img")).filter(visible);
+const uncaptioned = images.filter(i => { const f = i.closest("figure");
+  return !(f && f.querySelector("figcaption") && f.querySelector(".caption-number")); })
+  .map(i => i.src.split("/").pop());
+const code = Array.from(article.querySelectorAll(".cell_input")).filter(visible).length;
+const note = article.querySelector(".admonition.marnn-scale");
+return {column: column, wide: tables, uncaptioned: uncaptioned, code: code,
+        scaleTop: note ? note.getBoundingClientRect().top : null, fold: window.innerHeight};
+"""
+
 RAW_TEX = ("$$", "\\(", "\\)", "\\[", "\\]", "\\begin{", "\\frac", "\\mathrm")
 RAW_MYST = ("{glue:", "{doc}`", "{ref}`", "{eq}`", "{math}`", ":::")
 
@@ -197,18 +223,38 @@ def test_page_renders(page, site, driver):
         if entry.get("level") == "SEVERE" and "favicon.ico" not in entry.get("message", ""):
             problems.append(f"console: {entry['message'][:300]}")
 
+    # what a reader sees
+    driver.execute_script("window.scrollTo(0, 0)")
+    seen = driver.execute_script(READER)
+    problems += [f"table [{t['head']}] is {t['width']} px wide in a {seen['column']} px column"
+                 for t in seen["wide"]]
+    problems += [f"figure without a numbered caption: {src}" for src in seen["uncaptioned"]]
+    if seen["code"]:
+        problems.append(f"{seen['code']} code cell(s) visible without a click")
+    if page.startswith("generated/"):
+        if seen["scaleTop"] is None:
+            problems.append("no note stating the scale")
+        elif seen["scaleTop"] > seen["fold"]:
+            problems.append(f"the scale note starts at {seen['scaleTop']:.0f} px, below the fold ({seen['fold']} px)")
+
     if page in SHOT_PAGES:
         _screenshots(driver, SHOT_PAGES[page])
     assert not problems, f"{page}:\n  " + "\n  ".join(problems)
 
 
 def _screenshots(driver, name: str) -> None:
-    """The top of the page and its first large figure, for a human to look at."""
+    """The top of the page (1400 x 1000), the whole page (1400 wide, up to 8000 px tall) and its
+    first large figure, for a human to look at."""
     from selenium.webdriver.common.by import By
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     driver.execute_script("window.scrollTo(0, 0)")
     driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+    size = driver.get_window_size()
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(size["width"], min(8000, height + 200))
+    driver.save_screenshot(str(SCREENSHOTS / f"{name}-page.png"))
+    driver.set_window_size(size["width"], size["height"])
     figures = [e for e in driver.find_elements(By.CSS_SELECTOR, "main img") if e.size["height"] > 200]
     if figures:
         size = driver.get_window_size()

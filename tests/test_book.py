@@ -1,0 +1,220 @@
+"""The book's machinery: list parameters, the scale note, the executed copy's edits, incremental
+execution, the repository setting, Binder's pins, figure text sizes (no kernel is started)."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import matplotlib
+import pytest
+import yaml
+
+matplotlib.use("Agg")
+
+from marnn import book, plotting, report  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---- papermill list parameters ------------------------------------------------------------
+@pytest.mark.parametrize("given, expected", [
+    ("count-3,marked-copy", ["count-3", "marked-copy"]),
+    (" count-3 , marked-copy ", ["count-3", "marked-copy"]),
+    ("count-3", ["count-3"]),
+    ('["count-3", "marked-copy"]', ["count-3", "marked-copy"]),
+    (["lstm"], ["lstm"]),
+    (None, None),
+])
+def test_list_parameters_accept_commas_and_json(given, expected):
+    assert book.as_list(given) == expected
+
+
+@pytest.mark.parametrize("bad, message", [('["count-3",', "not valid JSON"), ("a,,b", "empty name"),
+                                          ('["a", 1]', "JSON list of names"), (3, "list or a string")])
+def test_bad_list_parameter_says_what_is_accepted(bad, message):
+    with pytest.raises(ValueError, match=message):
+        book.as_list(bad)
+
+
+def test_setup_turns_the_notebooks_string_parameters_into_lists():
+    ns: dict = {}
+    exec("from marnn.book import setup\ntasks = 'count-3,marked-copy'\nmodels = '[\"lstm\"]'\n"
+         "task = 'count-3'\nsetup(1)", ns)
+    assert ns["tasks"] == ["count-3", "marked-copy"] and ns["models"] == ["lstm"]
+    assert ns["task"] == "count-3"  # not a list parameter
+    # and the package then accepts the list
+    assert report._names("language", ns["tasks"], report.task_names()) == ["count-3", "marked-copy"]
+
+
+def test_table_numbers_have_two_decimals():
+    assert [book.number(x) for x in (0.9123, 120.456, 0.0, 3e-7, float("nan"))] == \
+        ["0.91", "120.46", "0.00", "3e-07", "–"]
+
+
+def test_frames_show_dashes_yes_no_and_no_row_numbers():
+    import pandas as pd
+
+    html = book.frame_html(pd.DataFrame({"acc": [0.91234, float("nan")], "ok": [True, False]}))
+    assert "0.91" in html and "–" in html and ">yes<" in html and ">no<" in html
+    assert "NaN" not in html and "True" not in html and "0.91234" not in html
+    assert "<th>0</th>" not in html  # no row-number column
+    named = book.frame_html(pd.DataFrame({"acc": [0.5]}, index=pd.Index(["lstm"], name="model")))
+    assert "lstm" in named and "model" in named
+
+
+# ---- the scale note -------------------------------------------------------------------------
+def test_scale_admonition_names_the_scale_and_the_paper_values():
+    quick = book.scale_admonition("quick", "both")
+    assert quick.startswith(":::{admonition} Built at the `quick` scale") and quick.endswith(":::")
+    assert "10-20 (paper: 40-80)" in quick and "(paper: 40-100, 101-200, 201-400)" in quick
+    assert "3 restarts (paper: 10)" in quick and "Penn Treebank" in quick
+    assert "Penn Treebank" not in book.scale_admonition("quick", "formal")
+    assert "Formal languages" not in book.scale_admonition("quick", "ptb")
+    assert "mean nothing" in book.scale_admonition("smoke")
+    assert "paper's scale" in book.scale_admonition("paper")
+    with pytest.raises(ValueError, match="valid: formal, ptb, both"):
+        book.scale_admonition("quick", "chapter")
+
+
+def _executed(tmp_path: Path) -> tuple[Path, Path]:
+    src = tmp_path / "table1.ipynb"
+    src.write_text(json.dumps({"cells": [], "metadata": {"kernelspec": {"name": "python3"}}}))
+    caveat = report.scale_caveat("smoke")
+    nb = {"metadata": {"kernelspec": {"name": "marnn"}}, "nbformat": 4, "nbformat_minor": 5, "cells": [
+        {"cell_type": "markdown", "metadata": {}, "source": "# Title"},
+        {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": "scale = 'quick'", "outputs": []},
+        {"cell_type": "code", "metadata": {"tags": ["injected-parameters"]}, "source": "scale = 'smoke'",
+         "outputs": []},
+        {"cell_type": "code", "metadata": {}, "source": "setup(threads)\nprint(scale)", "outputs": [
+            {"output_type": "stream", "name": "stdout", "text": "smoke\n"}]},
+        {"cell_type": "code", "metadata": {"tags": ["remove-input"]}, "source": "x", "outputs": [
+            {"output_type": "display_data", "metadata": {}, "data": {"text/markdown": caveat + " A finding."}},
+            {"output_type": "display_data", "metadata": {}, "data": {"text/markdown": caveat}}]},
+    ]}
+    dst = tmp_path / "out.ipynb"
+    dst.write_text(json.dumps(nb))
+    return src, dst
+
+
+def test_tidy_folds_code_removes_parameters_and_moves_the_scale_to_the_top(tmp_path):
+    src, dst = _executed(tmp_path)
+    book._tidy(src, dst, "smoke")
+    cells = json.loads(dst.read_text())["cells"]
+    assert cells[0]["source"] == "# Title"
+    assert "marnn-scale" in cells[1]["metadata"]["tags"] and "`smoke` scale" in cells[1]["source"]
+    tags = [c["metadata"].get("tags", []) for c in cells[2:]]
+    assert "remove-cell" in tags[0] and "remove-cell" in tags[1]  # both parameters cells
+    assert tags[2] == ["hide-input", "remove-output"] and tags[3] == ["remove-input"]
+    assert cells[4]["outputs"]  # the notebook keeps the printed lines (nbval compares them)
+    outputs = cells[5]["outputs"]
+    assert [o["data"]["text/markdown"] for o in outputs] == ["A finding.", ""]  # the bottom note is gone
+    assert json.loads(dst.read_text())["metadata"]["kernelspec"]["name"] == "python3"
+    book._tidy(src, dst, "smoke")  # idempotent: one note
+    assert sum("marnn-scale" in c["metadata"].get("tags", []) for c in json.loads(dst.read_text())["cells"]) == 1
+
+
+# ---- incremental execution ---------------------------------------------------------------------
+def test_fingerprint_follows_notebook_records_and_parameters(tmp_path, monkeypatch):
+    monkeypatch.setenv("MARNN_RESULTS", str(tmp_path / "store"))
+    params = {"scale": "smoke", "threads": 1}
+    first = book.fingerprint("table1", "smoke", params)
+    assert book.fingerprint("table1", "smoke", params) == first
+    assert book.fingerprint("table1", "smoke", {**params, "threads": 2})["parameters"] != first["parameters"]
+    assert book.fingerprint("table2", "smoke", params)["notebook"] != first["notebook"]
+    record = tmp_path / "store" / "formal" / "smoke" / "count-3" / "lstm" / "none-s0-x.json"
+    record.parent.mkdir(parents=True)
+    record.write_text("{}")
+    second = book.fingerprint("table1", "smoke", params)
+    assert second["records"] != first["records"] and second["package"] == first["package"]
+    record.write_text('{"changed": 1}')
+    assert book.fingerprint("table1", "smoke", params)["records"] != second["records"]
+    other = tmp_path / "store" / "formal" / "quick" / "count-3" / "x.json"  # another scale: not an input
+    other.parent.mkdir(parents=True)
+    other.write_text("{}")
+    assert book.fingerprint("table1", "smoke", params)["records"] == book.fingerprint("table1", "smoke", params)[
+        "records"]
+
+
+def test_execute_keeps_a_page_whose_inputs_did_not_change(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MARNN_RESULTS", str(tmp_path / "store"))
+    params = {"scale": "smoke", "threads": 1}
+    (tmp_path / "table1.ipynb").write_text("{}")
+    (tmp_path / "table1.inputs.json").write_text(json.dumps(book.fingerprint("table1", "smoke", params)))
+    assert book.up_to_date("table1", tmp_path, book.fingerprint("table1", "smoke", params))
+    monkeypatch.setattr(book, "kernel_name", lambda: pytest.fail("a kernel was started"))
+    assert book.execute("smoke", tmp_path, only=["table1"]) == []
+    assert "inputs unchanged" in capsys.readouterr().out
+    assert not book.up_to_date("table1", tmp_path, book.fingerprint("table1", "smoke", {**params, "threads": 2}))
+
+
+# ---- the repository address, Binder ---------------------------------------------------------------
+def test_every_colab_cell_uses_the_one_repository_setting():
+    url = book.repository_url()
+    assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", url)
+    for name in book.NOTEBOOKS:
+        nb = json.loads((ROOT / "notebooks" / f"{name}.ipynb").read_text())
+        cells = ["".join(c["source"]) for c in nb["cells"] if "google.colab" in "".join(c["source"])]
+        assert cells == [book.colab_cell(url)], f"{name}: run `python -m marnn.book set-repository {url}`"
+    with pytest.raises(SystemExit, match="is not https://HOST/OWNER/NAME"):
+        book.set_repository("github.com/x")
+
+
+def test_environment_yml_pins_what_requirements_lock_pins():
+    lock = sorted(line.strip() for line in (ROOT / "requirements.lock").read_text().splitlines()
+                  if line.strip() and not line.startswith("#"))
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    pins = sorted(p for p in pip if "==" in p)
+    assert pins == lock
+    assert "-e .[book,test]" in pip
+
+
+# ---- figures -----------------------------------------------------------------------------------
+def test_wide_figures_are_shrunk_to_the_column_and_keep_9pt_text():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    plotting.use_style()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.5))
+    for ax in axes:
+        ax.plot([0, 1], [0, 1], label="a line")
+        ax.set_xlabel("string length")
+        ax.legend(fontsize="small")
+    assert min(plotting.text_sizes_at_page(fig)) < plotting.MIN_TEXT_PT  # 14 in at 100 dpi > 772 px
+    plotting.fit_to_column(fig)
+    assert fig.get_tightbbox().width * plotting.DPI <= plotting.COLUMN_PX
+    assert min(plotting.text_sizes_at_page(fig)) >= plotting.MIN_TEXT_PT
+    plt.close(fig)
+    best = pd.DataFrame({"task": ["count-3"] * 2, "freeze": ["none", "m"], "split": ["bin2"] * 2,
+                         "model": ["lstm"] * 2, "value": [0.5, 0.9]})
+    refs = pd.DataFrame({"task": ["count-3"] * 2, "split": ["bin2"] * 2, "reference": ["ceiling", "chance"],
+                         "accuracy": [1.0, 0.3]})
+    fig = plotting.findings_figure(best, refs, "bin2", "paper", best, refs, "bin2", "ours", ["count-3"])
+    plotting.fit_to_column(fig)
+    assert min(plotting.text_sizes_at_page(fig)) >= plotting.MIN_TEXT_PT
+    plt.close(fig)
+
+
+def test_palette_is_colour_blind_safe_and_unique_per_family():
+    okabe = set(plotting.OKABE_ITO.values())
+    assert set(plotting.MODEL_COLORS.values()) <= okabe and set(plotting.MODE_COLORS.values()) <= okabe
+    for family in (plotting.FORMAL_MODELS, plotting.PTB_MODELS):
+        assert len({plotting.color(m) for m in family}) == len(family)
+    assert plotting.color("lstm-256") == plotting.color("lstm")
+
+
+def test_paired_bars_draw_dots_on_a_log_axis():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    table = pd.DataFrame({"none": [120.0, 150.0], "m": [118.0, 160.0]}, index=["lstm-256", "rns-4-5"])
+    fig, ax = plt.subplots()
+    dots = plotting.paired_bars(ax, table, kind="dot")
+    ax.set_yscale("log")
+    assert len(dots) == 2 and not ax.patches  # markers, no bars
+    assert [d.get_marker() for d in dots] == [plotting.MODE_STYLE["none"]["marker"], plotting.MODE_STYLE["m"]["marker"]]
+    assert list(dots[1].get_ydata()) == [118.0, 160.0]
+    with pytest.raises(ValueError, match="valid: bar, dot"):
+        plotting.paired_bars(ax, table, kind="pie")
+    plt.close(fig)
