@@ -362,13 +362,64 @@ def _time(step, reps: int, warm: int = 1) -> tuple[float, float]:
     return _median(walls), _median(cpus)
 
 
+def _trainer_step(spec: dict):
+    """The trainers' own step (``marnn.train``): replica-batched Adam (formal) or SGD (PTB)
+    with freeze masks (the replicas cycle through the 4 modes) and per-replica clipping,
+    ``token_stats`` and ``guarded_step``, deterministic algorithms."""
+    import torch
+
+    from . import models, tasks
+    from .models import FREEZE_MODES
+    from .train.evaluate import token_stats
+    from .train.formal import guarded_step
+    from .train.optim import BatchedAdam, BatchedSGD
+
+    torch.use_deterministic_algorithms(True)
+    ptb, name, n, R, B = spec["setting"] == "ptb", spec["model"], spec["n"], spec["R"], spec["batch"]
+    if ptb:
+        model = models.build(name, vocab_size=PTB_V, replicas=R)
+        V = PTB_V
+    else:
+        task = tasks.get(TASK)
+        model = models.build(name, task=task, replicas=R)
+        V = len(task.alphabet)
+    modes = [list(FREEZE_MODES)[r % len(FREEZE_MODES)] for r in range(R)]
+    masks = model.freeze_masks(modes)
+    if ptb:
+        opt = BatchedSGD(model.named_parameters(), lr=[10.0] * R, clip=[0.1] * R, masks=masks)
+    else:
+        opt = BatchedAdam(model.named_parameters(), lr=[1e-3] * R, clip=5.0, masks=masks)
+    x = torch.randint(0, V, (B, n))
+    y = torch.randint(0, model.config.output_size, (B, n + int(model.include_initial)))
+    state = [None]
+
+    class _Tracker:
+        def diverge(self, *args):
+            pass
+
+    def train():
+        out = model(x, state=state[0])
+        if ptb:
+            state[0] = models.detach_state(out.state)
+        nll, _ = token_stats(out.logits, y)
+        loss = nll.mean((1, 2)) if ptb else nll.sum((1, 2)) / B
+        guarded_step(opt, _Tracker(), list(range(R)), loss, 1, 0)
+
+    def fwd():
+        with torch.no_grad():
+            out = model(x, state=state[0])
+            if ptb:
+                state[0] = out.state
+            token_stats(out.logits, y)
+    return train, fwd
+
+
 def _measure_unit(spec: dict) -> dict:
-    """Cost-model unit (child process): seconds of one training step and of one no-grad
-    forward pass of the same batch, ``R`` replicas (formal: B strings of length n; PTB:
-    a B x n chunk with carried state)."""
+    """Cost-model unit (child process): seconds of one training step as the trainers take
+    it and of one no-grad forward pass with the loss, same batch, ``R`` replicas (formal:
+    B strings of length n; PTB: a B x n chunk with carried state)."""
     ptb = spec["setting"] == "ptb"
-    train, _, _ = _model_step(dict(spec, kind="ptb" if ptb else "train"))
-    fwd, _, _ = _model_step(dict(spec, kind="ptb-eval" if ptb else "eval"))
+    train, fwd = _trainer_step(spec)
     reps = spec.get("repeats", 3)
     tw, tc = _time(train, reps, warm=2 if ptb else 1)
     fw, fc = _time(fwd, reps, warm=2 if ptb else 1)
@@ -398,9 +449,11 @@ def unit_specs(scale, threads: int = 1) -> list[dict]:
 
 
 def _unit(units: list[dict], setting: str, model: str, n: int) -> dict:
+    """The measured unit, with ``train`` / ``fwd`` = its process CPU seconds (what CPU-hours and
+    ``group.cpu_time_s`` count, and steadier than wall time when the cores are shared)."""
     for u in units:
         if u["setting"] == setting and u["model"] == model and u["n"] == n and u.get("train_s") is not None:
-            return u
+            return dict(u, train=u.get("train_cpu_s") or u["train_s"], fwd=u.get("fwd_cpu_s") or u["fwd_s"])
     raise KeyError(f"no measurement of {setting} {model} at n = {n}; measure again without --from-json")
 
 
@@ -422,8 +475,8 @@ def _formal_group(sc, task, model: str, units: list[dict], live: list[int] | Non
         w = [1 / 6, 4 / 6, 1 / 6]
     else:
         w = [1 / len(ns)] * len(ns)
-    train_s = sum(wi * u["train_s"] for wi, u in zip(w, us)) / G  # per replica
-    fwd_s = sum(wi * u["fwd_s"] for wi, u in zip(w, us)) / G
+    train_s = sum(wi * u["train"] for wi, u in zip(w, us)) / G  # per replica
+    fwd_s = sum(wi * u["fwd"] for wi, u in zip(w, us)) / G
     steps, vsteps = sc.train_size // sc.batch_size, sc.valid_size // sc.batch_size
     live = live if live is not None else [G] * sc.max_epochs
     train = sum(steps * r * train_s for r in live)
@@ -431,7 +484,7 @@ def _formal_group(sc, task, model: str, units: list[dict], live: list[int] | Non
     # test: every string of every valid length of every bin, forward only, all G replicas;
     # the per-string time of the longest training length scaled by the FLOP count
     cfg = models.make_config(model, task=task)
-    per_string = us[-1]["fwd_s"] / sc.batch_size
+    per_string = us[-1]["fwd"] / sc.batch_size
     f_hi = flops.forward_flops(cfg, 1, ns[-1])["total"]
     test = 0.0
     for (blo, bhi), k in zip(sc.test_bins, sc.test_per_length):
@@ -456,9 +509,9 @@ def _ptb_cell(sc, model: str, units: list[dict], live: list[int] | None = None) 
     n_valid = _chunks(toks("valid", sc.ptb_eval_tokens), B, T)
     n_test = _chunks(toks("test", sc.ptb_eval_tokens), B, T)
     live = live if live is not None else [R] * sc.ptb_max_epochs
-    train = sum(n_train * r / R * u["train_s"] for r in live)
-    valid = sum(n_valid * r / R * u["fwd_s"] for r in live)
-    test = n_test * u["fwd_s"]
+    train = sum(n_train * r / R * u["train"] for r in live)
+    valid = sum(n_valid * r / R * u["fwd"] for r in live)
+    test = n_test * u["fwd"]
     return dict(kind="ptb", model=model, replicas=R, epochs=len(live), train_s=train, valid_s=valid,
                 test_s=test, cpu_s=train + valid + test)
 
