@@ -430,16 +430,20 @@ def _mid(lo: int, hi: int) -> int:
     return (lo + hi) // 2
 
 
+UNIT_REPLICAS = 12  # formal units run at most this many replicas (memory); cost scales per replica
+
+
 def unit_specs(scale, threads: int = 1) -> list[dict]:
     """The measurements the cost model of ``scale`` needs: every formal model at the
     shortest, middle and longest training length, every PTB model on one chunk, each
-    at the size of a whole group (4 freeze modes x restarts) as the grid trains it."""
+    at the size of a whole group (4 freeze modes x restarts; formal: at most
+    :data:`UNIT_REPLICAS`, scaled per replica) as the grid trains it."""
     from . import models
     from .scales import get_scale
 
     sc = get_scale(scale)
     lo, hi = sc.train_lengths
-    G = 4 * sc.restarts
+    G = min(4 * sc.restarts, UNIT_REPLICAS)
     specs = [dict(kind="unit", setting="formal", model=m, n=n, R=G, batch=sc.batch_size, threads=threads,
                   repeats=2 if "rns" in m else 3)
              for m in models.FORMAL_MODELS for n in sorted({lo, _mid(lo, hi), hi})]
@@ -475,8 +479,8 @@ def _formal_group(sc, task, model: str, units: list[dict], live: list[int] | Non
         w = [1 / 6, 4 / 6, 1 / 6]
     else:
         w = [1 / len(ns)] * len(ns)
-    train_s = sum(wi * u["train"] for wi, u in zip(w, us)) / G  # per replica
-    fwd_s = sum(wi * u["fwd"] for wi, u in zip(w, us)) / G
+    train_s = sum(wi * u["train"] / u["R"] for wi, u in zip(w, us))  # per replica
+    fwd_s = sum(wi * u["fwd"] / u["R"] for wi, u in zip(w, us))
     steps, vsteps = sc.train_size // sc.batch_size, sc.valid_size // sc.batch_size
     live = live if live is not None else [G] * sc.max_epochs
     train = sum(steps * r * train_s for r in live)
@@ -484,7 +488,7 @@ def _formal_group(sc, task, model: str, units: list[dict], live: list[int] | Non
     # test: every string of every valid length of every bin, forward only, all G replicas;
     # the per-string time of the longest training length scaled by the FLOP count
     cfg = models.make_config(model, task=task)
-    per_string = us[-1]["fwd"] / sc.batch_size
+    per_string = us[-1]["fwd"] / us[-1]["R"] * G / sc.batch_size  # all G replicas
     f_hi = flops.forward_flops(cfg, 1, ns[-1])["total"]
     test = 0.0
     for (blo, bhi), k in zip(sc.test_bins, sc.test_per_length):
