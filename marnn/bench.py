@@ -261,15 +261,23 @@ def run(specs: list[dict], threads: int = 1, backend: str | None = None, peak: b
     ctx = mp.get_context("spawn")
     if backend is not None:
         os.environ["MARNN_FUSED_BACKEND"] = backend  # read by the child at import
+    from tqdm.auto import tqdm
+
     specs = [dict(s, threads=s.get("threads", threads)) for s in specs]
     rows, peaks = [], {}
+    bar = tqdm(total=len(specs), desc="bench", leave=False)  # TQDM_DISABLE=1 silences it
     for t in dict.fromkeys(s["threads"] for s in specs):
         if peak:
             peaks[t] = _run_one(ctx, dict(kind="peak", threads=t)).get("peak_gflops")
-        rows += [_run_one(ctx, s) for s in specs if s["threads"] == t]
+        for s in specs:
+            if s["threads"] == t:
+                bar.set_postfix_str(f"{s['kind']} {s['model']} n={s['n']} R={s['R']} threads={t}")
+                rows.append(_run_one(ctx, s))
+                bar.update()
         if peak:
             again = _run_one(ctx, dict(kind="peak", threads=t)).get("peak_gflops")
             peaks[t] = max(p for p in (peaks[t], again) if p) if (peaks[t] or again) else None
+    bar.close()
     for r in rows:
         add_limit(r, peaks.get(r["threads"]))
     return rows
