@@ -128,3 +128,11 @@ def test_plan_from_json(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--plan", "smoke", "--from-json", str(path)])
     assert "not the JSON of `marnn bench --plan SCALE --json`" in capsys.readouterr().err
+
+
+def test_unit_specs_follow_the_scale():
+    quick, paper = bench.unit_specs("quick"), bench.unit_specs("paper")
+    formal = [(u["model"], u["n"], u["R"]) for u in quick if u["setting"] == "formal"]
+    assert ("rns-3-3", 10, 12) in formal and ("rns-3-3", 15, 12) in formal and ("rns-3-3", 20, 12) in formal
+    assert {u["R"] for u in paper if u["setting"] == "formal"} == {bench.UNIT_REPLICAS}  # 40 capped at 12
+    assert {(u["n"], u["R"], u["batch"]) for u in paper if u["setting"] == "ptb"} == {(35, 4, 32)}
