@@ -214,8 +214,11 @@ class StackRNN(nn.Module):
             hs, new_state, stack = self._generic(gx, state, return_stack)
         # hs: (R, T + 1, B, H), hs[:, 0] = h_0 (zeros for a fresh string, else the carried h)
         if not self.include_initial:
-            hs = hs[:, 1:]
-        return Output(self.classifier(hs).transpose(1, 2), new_state, stack)  # logits (R, B, T(+1), V)
+            # PTB: transpose the small hs, not the large logits, so that the classifier is one
+            # GEMM that writes (R, B, T, V) in place and the loss reads it without a copy
+            # (forward and backward); its weight gradient sums the rows batch-major
+            return Output(self.classifier(hs[:, 1:].transpose(1, 2)), new_state, stack)
+        return Output(self.classifier(hs).transpose(1, 2), new_state, stack)  # logits (R, B, T + 1, V)
 
     def _fused(self, gx, state):
         R, T, B, G = gx.shape
