@@ -434,16 +434,6 @@ def _ordered_index(idx: pd.Index, names: Sequence[str]) -> list:
     return sorted(idx, key=key)
 
 
-def difference_summary(comparison: pd.DataFrame, by: Sequence[str] = ("metric", "split")) -> pd.DataFrame:
-    """Per group of a :func:`compare` frame: cells on both sides, how many ours > paper, median difference."""
-    both = comparison.dropna(subset=["paper", "ours"])
-    g = both.groupby(list(by), sort=False)
-    out = pd.DataFrame({"cells": g.size(), "ours higher": g.apply(lambda p: int((p["difference"] > 0).sum())),
-                        "median difference": g["difference"].median(),
-                        "median |difference|": g["difference"].apply(lambda s: s.abs().median())})
-    return out.reset_index()
-
-
 # ---- Tables 1 and 2: overview and retention --------------------------------------------
 def best_per_task(long: pd.DataFrame, splits: Sequence[str], metric: str = "accuracy") -> pd.DataFrame:
     """Per task x mode x split: the highest value over models (of best restarts) and the model that has it.
@@ -527,18 +517,6 @@ def length_curves(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
     part = df[df["length"].notna() & (df["metric"] == metric)]
     part = part.rename(columns={"split": "bin"})
     return order(part[["task", "model", "freeze", "seed", "best", "diverged", "bin", "length", "value"]])
-
-
-def mode_wins(long: pd.DataFrame, mode: str, against: str = "none", split: str = "bin2",
-              tol: float = 0.0) -> pd.DataFrame:
-    """Per task: the best accuracy over models in ``mode`` and in ``against`` on ``split``, and
-    whether ``mode`` is higher by more than ``tol``."""
-    best = best_per_task(long[long["freeze"].isin([mode, against])], [split])
-    wide = best.pivot(index="task", columns="freeze", values="value")
-    out = pd.DataFrame({against: wide.get(against), mode: wide.get(mode)})
-    out["difference"] = out[mode] - out[against]
-    out[f"{mode} higher"] = out["difference"] > tol
-    return out.reindex([t for t in task_names() if t in out.index])
 
 
 # ---- PTB -------------------------------------------------------------------------------
@@ -675,14 +653,6 @@ def scale_caveat(scale: str) -> str:
             f"second, last), not by length.{note}")
 
 
-def baseline_sentence(ours: pd.DataFrame, theirs: pd.DataFrame, tol: float = TOL) -> str:
-    """Compare two :func:`beats_baseline` frames (ours on our last bin, the paper's on its last bin)."""
-    a, b = int(ours["beats baseline"].sum()), int(theirs["beats baseline"].sum())
-    return (f"On the last test bin the best of our models beats the best trivial predictor by more than "
-            f"{tol} on {count_phrase(a, len(ours), 'languages')}; the paper's best model does on "
-            f"{count_phrase(b, len(theirs), 'languages')} (against the baselines of its own bins).")
-
-
 def restrict(theirs: pd.DataFrame, ours: pd.DataFrame, on: Sequence[str] = ("task", "model")) -> pd.DataFrame:
     """The rows of the paper's frame whose ``on`` values all occur in ours (parameters may select a subset)."""
     keep = np.ones(len(theirs), dtype=bool)
@@ -710,16 +680,6 @@ def check_frozen_mode(freeze: str) -> str:
     """``freeze`` if it is a mode that freezes something (m, c, cm), else an error listing them."""
     lookup("freeze mode", freeze, dict.fromkeys(MODES[1:]))
     return freeze
-
-
-def baseline_table(ours: pd.DataFrame, theirs: pd.DataFrame) -> pd.DataFrame:
-    """Two :func:`beats_baseline` frames side by side: task rows, (ours / paper) x (model, accuracy,
-    best baseline, beats) columns."""
-    cols = {"model": "model", "value": "accuracy", "best baseline": "best baseline", "beats baseline": "beats"}
-    parts = {who: f.set_index("task")[list(cols)].rename(columns=cols) for who, f in (("ours", ours),
-                                                                                       ("paper", theirs))}
-    out = pd.concat(parts, axis=1)
-    return out.reindex([t for t in task_names() if t in out.index])
 
 
 def ptb_scale_caveat(scale: str) -> str:
