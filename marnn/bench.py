@@ -48,10 +48,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
-import multiprocessing as mp
 
 TASK = "marked-copy"
 PEAK_SIZE = 2048  # square fp32 matrix product that measures the machine's peak
@@ -94,18 +94,18 @@ def _torch_twin(spec: dict):
         V, B, H = PTB_V, PTB_B, 256
         emb, lstm, out = nn.Embedding(V, H), nn.LSTM(H, H, batch_first=True), nn.Linear(H, V)
         params = [*emb.parameters(), *lstm.parameters(), *out.parameters()]
-        opt = torch.optim.SGD(params, lr=1.0)
+        sgd = torch.optim.SGD(params, lr=1.0)
         x, y = torch.randint(0, V, (B, n)), torch.randint(0, V, (B, n))
         state = [None]
 
-        def step():
+        def ptb_step():
             hs, st = lstm(emb(x), state[0])
             state[0] = tuple(s.detach() for s in st)
             loss = nn.functional.cross_entropy(out(hs).reshape(-1, V), y.reshape(-1))
-            opt.zero_grad()
+            sgd.zero_grad()
             loss.backward()
-            opt.step()
-        return step, B, models.make_config("lstm-256", vocab_size=V)
+            sgd.step()
+        return ptb_step, B, models.make_config("lstm-256", vocab_size=V)
     task = tasks.get(TASK)
     V, B, H = len(task.alphabet), spec.get("batch") or 10, 20
     lstm, out = nn.LSTM(V, H, batch_first=True), nn.Linear(H, V + 1)
@@ -133,7 +133,7 @@ def _model_step(spec: dict):
     if kind in ("ptb", "ptb-eval"):
         V, B = PTB_V, (spec.get("batch") or PTB_B)
         model = models.build(name, vocab_size=V, replicas=R)
-        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     else:
         task = tasks.get(TASK)
         V, B = len(task.alphabet), (spec.get("batch") or 10)
@@ -323,7 +323,8 @@ def table(rows: list[dict]) -> str:
         xc = "-" if r.get("x_limit_cpu") is None else f"{r['x_limit_cpu']:.1f}x"
         lines.append(f"| {r['kind']} | {r['model']} | {r['n']} | {r['R']} | {r.get('threads', '-')} | "
                      f"{_fmt_ms(r.get('ms'))}{unit} | {_fmt_ms(r.get('cpu_ms'))} | {per} | {gf} | {pk} | "
-                     f"{_fmt_ms(r.get('bound_ms'))} | {xl} | {xc} | {mem} |" + (f" {r['note']}" if r.get("note") else ""))
+                     f"{_fmt_ms(r.get('bound_ms'))} | {xl} | {xc} | {mem} |"
+                     + (f" {r['note']}" if r.get("note") else ""))
     ok = {(r["kind"], r["model"], r["n"], r["R"], r.get("threads", 1)): r for r in rows if r.get("ms")}
     ratios = []
     for (kind, name, n, R, threads), r in sorted(ok.items()):
@@ -347,11 +348,11 @@ def table(rows: list[dict]) -> str:
         lines += [f"- {s}" for s in twins]
     goals = []
     for kind, name, n, R, threads, limit in TARGETS:
-        r = ok.get((kind, name, n, R, threads))
-        if r is not None and r.get("x_limit") is not None:
-            goals.append(f"{kind} {name} n={n} R={R}, {threads} threads: {r['x_limit']:.1f}x its limit "
-                         f"(cpu {r['x_limit_cpu']:.1f}x; target <= {limit:g}x: "
-                         f"{'met' if r['x_limit'] <= limit else 'missed'})")
+        got = ok.get((kind, name, n, R, threads))
+        if got is not None and got.get("x_limit") is not None:
+            goals.append(f"{kind} {name} n={n} R={R}, {threads} threads: {got['x_limit']:.1f}x its limit "
+                         f"(cpu {got['x_limit_cpu']:.1f}x; target <= {limit:g}x: "
+                         f"{'met' if got['x_limit'] <= limit else 'missed'})")
     if goals:
         lines += ["", "Targets:"] + [f"- {s}" for s in goals]
     return "\n".join(lines)
@@ -393,6 +394,7 @@ def _trainer_step(spec: dict):
         V = len(task.alphabet)
     modes = [list(FREEZE_MODES)[r % len(FREEZE_MODES)] for r in range(R)]
     masks = model.freeze_masks(modes)
+    opt: BatchedSGD | BatchedAdam
     if ptb:
         opt = BatchedSGD(model.named_parameters(), lr=[10.0] * R, clip=[0.1] * R, masks=masks)
     else:
@@ -487,8 +489,8 @@ def _formal_group(sc, task, model: str, units: list[dict], live: list[int] | Non
         w = [1 / 6, 4 / 6, 1 / 6]
     else:
         w = [1 / len(ns)] * len(ns)
-    train_s = sum(wi * u["train"] / u["R"] for wi, u in zip(w, us))  # per replica
-    fwd_s = sum(wi * u["fwd"] / u["R"] for wi, u in zip(w, us))
+    train_s = sum(wi * u["train"] / u["R"] for wi, u in zip(w, us, strict=True))  # per replica
+    fwd_s = sum(wi * u["fwd"] / u["R"] for wi, u in zip(w, us, strict=True))
     steps, vsteps = sc.train_size // sc.batch_size, sc.valid_size // sc.batch_size
     live = live if live is not None else [G] * sc.max_epochs
     train = sum(steps * r * train_s for r in live)
@@ -499,7 +501,8 @@ def _formal_group(sc, task, model: str, units: list[dict], live: list[int] | Non
     per_string = us[-1]["fwd"] / us[-1]["R"] * G / sc.batch_size  # all G replicas
     f_hi = flops.forward_flops(cfg, 1, ns[-1])["total"]
     test = 0.0
-    for (blo, bhi), k in zip(sc.test_bins, sc.test_per_length):
+    # strict=False, as in tasks.data: with test_strings set, test_per_length need not match the bins
+    for (blo, bhi), k in zip(sc.test_bins, sc.test_per_length, strict=False):
         for n in task.valid_lengths(blo, bhi):
             test += k * per_string * flops.forward_flops(cfg, 1, n)["total"] / f_hi
     return dict(kind="formal", task=task.name, model=model, replicas=G, epochs=len(live),

@@ -195,7 +195,8 @@ def scale_admonition(scale: str, kind: str = "formal") -> str:
             tokens = f"{sc.ptb_train_tokens:,}" if sc.ptb_train_tokens else "all"
             body.append(f"**Penn Treebank:** {tokens} training tokens (paper: the whole corpus), at most "
                         f"{sc.ptb_max_epochs} epoch{'s' * (sc.ptb_max_epochs != 1)} (paper: {PAPER.ptb_max_epochs}), "
-                        f"{sc.ptb_restarts} restart{'s' * (sc.ptb_restarts != 1)} (paper: {PAPER.ptb_restarts}): perplexities sit far above the paper's "
+                        f"{sc.ptb_restarts} restart{'s' * (sc.ptb_restarts != 1)} (paper: {PAPER.ptb_restarts}): "
+                        "perplexities sit far above the paper's "
                         "and only their order can be compared.")
         if sc.name == "smoke":
             body.append("The `smoke` scale exists to test the pages: its numbers mean nothing.")

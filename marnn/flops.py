@@ -66,7 +66,7 @@ def rns_pop_macs_enumerated(Q: int, S: int, n: int, window: int | None = None) -
         T = t + 1
         lo = _lo(T, window)  # push times j = i + 1 in [lo, t]
         for j in range(lo, t + 1):
-            for k in range(j, T - 1):  # tri column c = k with j <= c <= t - 1
+            for _k in range(j, T - 1):  # tri column c = k with j <= c <= t - 1
                 for _a in range(K):
                     for _uy in range(K):
                         count += Q  # r

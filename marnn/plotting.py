@@ -21,9 +21,13 @@ drawn, so text never shrinks below that size in the browser.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from matplotlib.artist import Artist
 
 from .registry import FORMAL_MODELS, MODES, PTB_MODELS, lookup  # noqa: F401 (re-exported)
 
@@ -60,8 +64,8 @@ MODE_LABELS: dict[str, str] = {
 MODE_COLORS: dict[str, str] = {"none": OKABE_ITO["blue"], "m": OKABE_ITO["vermillion"],
                                "c": OKABE_ITO["green"], "cm": OKABE_ITO["purple"]}
 # The paper's numbers: hollow markers; ours: filled (with their spread over restarts).
-PAPER_STYLE: dict[str, object] = {"markerfacecolor": "white", "markeredgewidth": 1.6}
-MODE_STYLE: dict[str, dict[str, object]] = {
+PAPER_STYLE: dict[str, Any] = {"markerfacecolor": "white", "markeredgewidth": 1.6}
+MODE_STYLE: dict[str, dict[str, Any]] = {
     "none": {"marker": "o", "linestyle": "-"},
     "m": {"marker": "s", "linestyle": "--"},
     "c": {"marker": "^", "linestyle": "-."},
@@ -71,14 +75,14 @@ MODE_STYLE: dict[str, dict[str, object]] = {
 # Reference lines: the Bayes-optimal ceiling and three trivial predictors
 # (marnn.tasks.Task.accuracy_ceiling / baselines).
 REFERENCES: tuple[str, ...] = ("ceiling", "most-frequent", "repeat-previous", "chance")
-REFERENCE_STYLE: dict[str, dict[str, object]] = {
+REFERENCE_STYLE: dict[str, dict[str, Any]] = {
     "ceiling": {"color": "black", "linestyle": "-", "linewidth": 1.6},
     "most-frequent": {"color": "0.45", "linestyle": "--", "linewidth": 1.2},
     "repeat-previous": {"color": "0.45", "linestyle": ":", "linewidth": 1.6},
     "chance": {"color": "0.7", "linestyle": "-.", "linewidth": 1.0},
 }
 
-UPPER_BOUND_STYLE: dict[str, object] = {"alpha": 0.5, "linewidth": 1.0}  # a ceiling that is a bound
+UPPER_BOUND_STYLE: dict[str, Any] = {"alpha": 0.5, "linewidth": 1.0}  # a ceiling that is a bound
 
 
 def color(model: str) -> str:
@@ -86,7 +90,7 @@ def color(model: str) -> str:
     return lookup("model", model, MODEL_COLORS)
 
 
-def mode_style(mode: str) -> dict[str, object]:
+def mode_style(mode: str) -> dict[str, Any]:
     """Marker and line style of freeze mode ``mode``."""
     return dict(lookup("freeze mode", mode, MODE_STYLE))
 
@@ -195,7 +199,7 @@ def reference_frame(tasks: Iterable[str], bins: Sequence[tuple[int, int]],
     rows = []
     for name in tasks:
         task = _tasks.get(name)
-        for split, (lo, hi) in zip(names, bins):
+        for split, (lo, hi) in zip(names, bins, strict=True):
             refs = {"ceiling": task.accuracy_ceiling(lo, hi), **task.baselines(lo, hi)}
             for ref, r in refs.items():
                 rows.append({"task": name, "split": split, "lo": lo, "hi": hi, "reference": ref,
@@ -246,14 +250,14 @@ def reference_lines(ax, task: str, bins: Sequence[tuple[int, int]],
 
 
 def legend_handles(models: Sequence[str] = FORMAL_MODELS, modes: Sequence[str] = MODES,
-                   references: Sequence[str] = REFERENCES, upper_bound: bool = True) -> dict[str, object]:
+                   references: Sequence[str] = REFERENCES, upper_bound: bool = True) -> dict[str, Artist]:
     """Legend entries (label -> artist) for models, freeze modes and reference lines.
 
     ``upper_bound`` adds the style of a ceiling that is only an upper bound.
     """
     from matplotlib.lines import Line2D
 
-    handles: dict[str, object] = {}
+    handles: dict[str, Artist] = {}
     for m in models:
         handles[m] = Line2D([], [], color=color(m), linewidth=2)
     for mode in modes:
@@ -364,14 +368,14 @@ def restart_grid(points: pd.DataFrame, refs: pd.DataFrame, split: str, tasks: Se
     from matplotlib.lines import Line2D
 
     fig, axes = _panel_grid(len(tasks), ncols, width=3.2, height=2.7)
-    for ax, task in zip(axes, tasks):
+    for ax, task in zip(axes, tasks, strict=False):  # the grid has spare panels
         r = refs[(refs["task"] == task) & (refs["split"] == split)]
         restart_strip(ax, points[points["task"] == task], r, models=models)
         ax.set_title(task, fontsize="small")
         ax.set_ylabel(ylabel if ax in axes[::ncols] else "")
     for ax in axes[len(tasks):]:
         ax.axis("off")
-    handles = {"one restart": Line2D([], [], marker="o", linestyle="", color="0.4", markersize=4),
+    handles: dict[str, Artist] = {"one restart": Line2D([], [], marker="o", linestyle="", color="0.4", markersize=4),
                "best restart": Line2D([], [], marker="o", linestyle="", markerfacecolor="none", color="0.2",
                                       markersize=8)}
     handles.update({k: v for k, v in legend_handles(models=(), modes=(), upper_bound=False).items()})
@@ -389,7 +393,7 @@ def length_grid(curves: pd.DataFrame, top: dict[str, list[str]], modes: Sequence
     """
     fig, axes = _panel_grid(len(top), ncols)
     used: list[str] = []
-    for ax, (task, models) in zip(axes, top.items()):
+    for ax, (task, models) in zip(axes, top.items(), strict=False):  # the grid has spare panels
         reference_lines(ax, task, bins)
         for model in models:
             for mode in modes:
@@ -419,7 +423,7 @@ def baseline_panel(ax, best: pd.DataFrame, refs: pd.DataFrame, split: str, tasks
     numbers; ``spread`` (columns task, freeze, model, min, max: ``report.restart_spread``) draws
     the range over the restarts of the model shown. Returns ``ax``.
     """
-    offsets = dict(zip(modes, [(-0.27 + 0.54 * i / max(1, len(modes) - 1)) for i in range(len(modes))]))
+    offsets = dict(zip(modes, [(-0.27 + 0.54 * i / max(1, len(modes) - 1)) for i in range(len(modes))], strict=True))
     part = best[best["split"] == split]
     r = refs[refs["split"] == split]
     for i, task in enumerate(tasks):
@@ -467,7 +471,7 @@ def findings_figure(paper_best: pd.DataFrame, paper_refs: pd.DataFrame, paper_sp
     axes[1].set_title(ours_title)
     for ax in axes:
         ax.set_xlabel("best accuracy")
-    handles = [Line2D([], [], marker=mode_style(m)["marker"], color=MODE_COLORS[m], linestyle="",
+    handles: list[Artist] = [Line2D([], [], marker=mode_style(m)["marker"], color=MODE_COLORS[m], linestyle="",
                       markersize=7, label=f"mode {m}") for m in MODES]
     handles += [Line2D([], [], marker="o", color="0.3", linestyle="", markersize=7, label="paper",
                        **PAPER_STYLE),

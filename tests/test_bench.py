@@ -92,7 +92,7 @@ def test_check_uses_the_records_epochs(tmp_path):
     # one formal group of 2 records: one trained 3 epochs, the other 1 epoch
     sc = scales.get_scale("smoke")
     recs = []
-    for seed, epochs in ((0, 3), (1, 1)):
+    for _seed, epochs in ((0, 3), (1, 1)):
         recs.append(dict(config=dict(kind="formal", task="marked-copy", model="lstm", scale="smoke"),
                          curve=[{"epoch": e + 1} for e in range(epochs)],
                          group=dict(cpu_time_s=10.0, replicas=2)))

@@ -40,7 +40,8 @@ HTML = Path(os.environ.get("MARNN_BOOK_HTML") or ROOT / "book" / "_build" / "htm
 SCREENSHOTS = ROOT / "build" / "screenshots"
 SHOT_PAGES = {"generated/findings.html": "landing", "intro.html": "intro",
               "generated/languages.html": "languages", "generated/fig2.html": "fig2",
-              "generated/table1.html": "table1", "generated/table3.html": "table3", "generated/stability.html": "stability",
+              "generated/table1.html": "table1", "generated/table3.html": "table3",
+              "generated/stability.html": "stability",
               "generated/precision.html": "precision", "generated/memory.html": "memory",
               "generated/audit.html": "audit"}
 CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
@@ -168,8 +169,9 @@ const column = article.clientWidth - parseFloat(style.paddingLeft) - parseFloat(
 const visible = e => !e.closest("details:not([open])") &&
   (e.checkVisibility ? e.checkVisibility({visibilityProperty: true}) : !!e.getClientRects().length);
 const tables = Array.from(article.querySelectorAll("table")).filter(visible)
-  .map(t => ({width: Math.ceil(t.scrollWidth), head: Array.from(t.querySelectorAll("thead th, tr:first-child th, tr:first-child td"))
-    .map(c => c.textContent.trim()).filter(x => x).join(" | ").slice(0, 80)}))
+  .map(t => ({width: Math.ceil(t.scrollWidth),
+    head: Array.from(t.querySelectorAll("thead th, tr:first-child th, tr:first-child td"))
+      .map(c => c.textContent.trim()).filter(x => x).join(" | ").slice(0, 80)}))
   .filter(t => t.width > column + 1);
 const images = Array.from(article.querySelectorAll(".cell_output img, figure img")).filter(visible);
 const uncaptioned = images.filter(i => { const f = i.closest("figure");

@@ -736,9 +736,8 @@ def plot_mode_profiles(lengths: pd.DataFrame, train: tuple[int, int], width: int
     prof = mode_profile(lengths, width)
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
     ax.axvspan(train[0], train[1], color="0.92", zorder=0, label="training lengths")
-    # plotting's style dicts are typed dict[str, object]: valid matplotlib keywords all the same
-    ax.axhline(1.0, **plotting.REFERENCE_STYLE["chance"], label="chance (uniform guessing)")  # type: ignore[arg-type]
-    ax.axhline(0.0, **plotting.REFERENCE_STYLE["ceiling"], label="lower bound")  # type: ignore[arg-type]
+    ax.axhline(1.0, **plotting.REFERENCE_STYLE["chance"], label="chance (uniform guessing)")
+    ax.axhline(0.0, **plotting.REFERENCE_STYLE["ceiling"], label="lower bound")
     shades = {"none": "0.1", "m": "0.35", "c": "0.55", "cm": "0.7"}
     for mode in plotting.MODES:
         p = prof[prof["freeze"] == mode]
@@ -746,7 +745,7 @@ def plot_mode_profiles(lengths: pd.DataFrame, train: tuple[int, int], width: int
             continue
         ax.fill_between(p["group"], p["q1"], p["q3"], color=shades[mode], alpha=0.15, linewidth=0)
         ax.plot(p["group"], p["median"], color=shades[mode], markersize=4, label=plotting.MODE_LABELS[mode],
-                **plotting.mode_style(mode))  # type: ignore[arg-type]
+                **plotting.mode_style(mode))
     ax.set_xlabel(f"string length (groups of {width})")
     ax.set_ylabel("excess loss / chance's excess (rho)")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))

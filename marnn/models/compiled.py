@@ -26,6 +26,7 @@ whose matrix products go to BLAS). ``AVAILABLE`` says whether it can be used.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -43,7 +44,7 @@ MAX_HIDDEN = 64  # larger controllers: the NumPy loop (BLAS products) is faster
 if AVAILABLE:
     # error_model="numpy": no zero-division checks (they stop vectorisation); only FMA
     # contraction from fastmath: re-association would undo exp32's rounding trick
-    _JIT = dict(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
+    _JIT: dict[str, Any] = dict(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
 
     @intrinsic
     def _bits_to_float32(typingctx, bits):

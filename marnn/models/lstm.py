@@ -21,7 +21,8 @@ Each parameter carries an ``init`` rule (docs: book/reference/models.md, "Initia
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -30,7 +31,7 @@ from torch import nn
 def replica_param(R: int, *shape: int, init: tuple) -> nn.Parameter:
     """An uninitialised ``(R, *shape)`` parameter tagged with its init rule."""
     p = nn.Parameter(torch.empty(R, *shape))
-    p.init = init  # read by init_replicas
+    cast(Any, p).init = init  # read by init_replicas (a plain attribute on the tensor)
     return p
 
 
@@ -46,7 +47,7 @@ def init_replicas(module: nn.Module, seeds: Sequence[int], override: tuple | Non
     for r, seed in enumerate(seeds):
         gen = torch.Generator().manual_seed(int(seed))
         for _, p in params:
-            rule = override or p.init
+            rule = override or cast(Any, p).init
             shape = p.shape[1:]
             if rule[0] == "zeros":
                 vals = torch.zeros(shape)
@@ -153,13 +154,13 @@ class ReplicaLSTM(nn.Module):
         """Input half of the gate pre-activations (no bias), for all steps, time-major.
 
         ``x``: ``(R, T, B)`` indices (``one_hot``: the rows ``W_ix[:, x]`` equal the
-        product with a one-hot vector exactly) or ``(R, T, B, I)`` features.
+        product with a one-hot vector exactly) or ``(R, T, B, F)`` features.
         Returns ``(R, T, B, 4H)``.
         """
         if one_hot:
             return replica_lookup(self.weight_ix.transpose(1, 2), x)  # (R, T, B, 4H)
-        R, T, B, I = x.shape
-        g = torch.bmm(x.reshape(R, T * B, I), self.weight_ix.transpose(1, 2))
+        R, T, B, F = x.shape
+        g = torch.bmm(x.reshape(R, T * B, F), self.weight_ix.transpose(1, 2))
         return g.view(R, T, B, -1)
 
     @staticmethod

@@ -159,7 +159,7 @@ class _PublishedBottom:
     ``Σ alpha`` (detached; the ratio is exact).
     """
 
-    def __init__(self, core: "RNSCore", bottom: Tensor, device):
+    def __init__(self, core: RNSCore, bottom: Tensor, device):
         N, K = bottom.shape[0], core.K
         self.core, self.bottom, self.t = core, bottom, 0
         f = torch.float64
@@ -169,7 +169,7 @@ class _PublishedBottom:
         self.cols = [e0[:, None, :, None] * e0[:, None, None, :]]  # cols[t]: gamma[i->t], i = -1..t-1
         self.h = [1 - e0]
 
-    def detached(self) -> "_PublishedBottom":
+    def detached(self) -> _PublishedBottom:
         new = object.__new__(_PublishedBottom)
         new.core, new.bottom, new.t = self.core, self.bottom.detach(), self.t
         new.alphas = [a.detach() for a in self.alphas]
@@ -215,7 +215,7 @@ class _PublishedBottom:
 class _Tape:
     """Forward state of one (batched) stack plus what the backward needs."""
 
-    def __init__(self, core: "RNSCore", N: int, device, dtype, alpha, col, vec, t, base):
+    def __init__(self, core: RNSCore, N: int, device, dtype, alpha, col, vec, t, base):
         self.core, self.N, self.device, self.dtype = core, N, device, dtype
         self.t = t
         self.lo = _lo(t, core.window)
@@ -225,8 +225,8 @@ class _Tape:
         self.vec = vec              # (N, L, m) | None
         self.base = base            # absolute time of buffer index 0
         self.cap = 0
-        self.buf = None             # (N, S, cap, Q, cap, K): buf[:, y, c, u, j, a] = Ĝ[j, c][a, (u, y)]
-        self.rec = {}               # T -> saved tensors of step T
+        self.buf: Tensor | None = None  # (N, S, cap, Q, cap, K): buf[:, y, c, u, j, a] = Ĝ[j, c][a, (u, y)]
+        self.rec: dict[int, dict] = {}  # T -> saved tensors of step T
         self.reset_backward()
 
     def reset_backward(self):
@@ -302,6 +302,7 @@ class _Tape:
         newcol = C / ahat[:, None, None, :]                      # (N, Lw+1, K, K)
         vec = w = None
         if self.vec is not None:
+            assert v is not None, "forward_step: a stack with vectors needs the pushed vector v"
             vec = torch.cat([self.vec[:, d:], v.to(self.dtype)[:, None]], dim=1)  # (N, Lw+1, m)
             w = C.sum(2)                                         # (N, Lw+1, K)
             reading = torch.einsum("njb,njm->nbm", w, vec) / s[:, None, None]
@@ -320,6 +321,7 @@ class _Tape:
         lo2 = _lo(T + 1, core.window)
         if t >= lo2:
             self._ensure(t + 1, lo2)
+            assert self.buf is not None  # _ensure allocated it
             r0 = max(lo2, lo)
             blk = col[:, r0 - lo:].reshape(N, t + 1 - r0, K, Q, S).permute(0, 4, 3, 1, 2)  # (N, y, u, j, a)
             self.buf[:, :, t - self.base, :, r0 - self.base:t + 1 - self.base, :] = blk
@@ -351,6 +353,7 @@ class _Tape:
         dv = None
         if r["vec"] is not None:
             m = core.m
+            assert m is not None  # a recorded vec means the core stores vectors
             vec, w = r["vec"], r["w"]
             drho = dR.reshape(N, K, m)
             dC += (torch.einsum("nbm,njm->njb", drho, vec) / s[:, None, None])[:, :, None, :]
@@ -492,7 +495,7 @@ def _tri_left(X, tri, L, Q, K):
     if len(bd) == 2:
         return torch.bmm(X, tri)
     out = X.new_zeros(X.shape[0], X.shape[1], L * K)
-    for b0, b1 in zip(bd[:-1], bd[1:]):          # rows c in [b0, b1) only reach j < b1
+    for b0, b1 in zip(bd[:-1], bd[1:], strict=True):  # rows c in [b0, b1) only reach j < b1
         out[:, :, :b1 * K] += torch.bmm(X[:, :, b0 * Q:b1 * Q], tri[:, b0 * Q:b1 * Q, :b1 * K])
     return out
 
@@ -503,7 +506,7 @@ def _tri_right(Y, tri, L, Q, K):
     if len(bd) == 2:
         return torch.bmm(Y, tri.transpose(1, 2))
     return torch.cat([torch.bmm(Y[:, :, :b1 * K], tri[:, b0 * Q:b1 * Q, :b1 * K].transpose(1, 2))
-                      for b0, b1 in zip(bd[:-1], bd[1:])], dim=2)
+                      for b0, b1 in zip(bd[:-1], bd[1:], strict=True)], dim=2)
 
 
 def _wscale(x):
@@ -589,6 +592,7 @@ class RNSCore:
                     None if tape.vec is None else tape.vec.detach(), t, lo1)
         if tape.buf is not None and t - 1 >= lo1:
             new._ensure(t, lo1)
+            assert new.buf is not None  # _ensure allocated it
             new.buf[:, :, :t - lo1, :, :t - lo1] = tape.buf[
                 :, :, lo1 - tape.base:t - tape.base, :, lo1 - tape.base:t - tape.base]  # same layout
         published = None if state.published is None else state.published.detached()

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .base import DEFAULT_EMBEDDING_GROUP, EMBEDDING_GROUPS, Output
-from .lstm import ReplicaEmbedding, ReplicaLSTM, ReplicaLinear, init_replicas, replica_param
+from .lstm import ReplicaEmbedding, ReplicaLinear, ReplicaLSTM, init_replicas, replica_param
 from .superposition import SuperpositionCore, SuperpositionState, fused_stack_lstm, stack_heights
 
 
@@ -176,7 +176,7 @@ class StackRNN(nn.Module):
         return self.config.fused and (
             core is None or (self.config.memory == "superposition" and len(set(core.sizes)) == 1))
 
-    def with_config(self, **changes) -> "StackRNN":
+    def with_config(self, **changes) -> StackRNN:
         """A copy with the same weights and ``changes`` applied to its config (e.g.
         ``fused=False``, ``prune=False``), in eval mode."""
         import dataclasses
@@ -240,7 +240,8 @@ class StackRNN(nn.Module):
                 b_a=self.memory.action.bias, W_v=push.weight if push else None, b_v=push.bias if push else None,
                 S0=S0, k=k, heights=heights, fresh=fresh, push_hidden=cfg.push == "hidden")
             done = (0 if fresh else state.memory.updates) + T - (1 if fresh else 0)
-            memory = SuperpositionState(ST.transpose(2, 3).reshape(R * B, ST.shape[3], M), done, T if (fresh and cfg.prune) else None)
+            memory = SuperpositionState(ST.transpose(2, 3).reshape(R * B, ST.shape[3], M), done,
+                                        T if (fresh and cfg.prune) else None)
         return hs, ModelState(hs[:, -1], cT, memory, self.core)
 
     def _generic(self, gx, state, return_stack):

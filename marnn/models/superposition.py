@@ -4,7 +4,8 @@ A stack is a tensor ``S`` of shape ``(..., L, M)``: cell ``S[..., 0, :]`` is the
 top, empty cells are 0. ``k`` stacks of sizes ``m_1 .. m_k`` (``M = sum m_j``)
 live side by side in the feature dimension, each with its own action
 distribution ``a = softmax(W_a h + b_a)`` over (push, no-op, pop)
-(:data:`ACTIONS`, the order of the logits: action ``j`` reads cell ``i - 1 + j``). One update, for every feature of stack ``j``:
+(:data:`ACTIONS`, the order of the logits: action ``j`` reads cell ``i - 1 + j``).
+One update, for every feature of stack ``j``:
 
 .. math::
     S'[0] = a_{push} v + a_{noop} S[0] + a_{pop} S[1], \\qquad
@@ -34,7 +35,8 @@ operations per timestep instead of ~120 autograd nodes; other devices and the
 from __future__ import annotations
 
 import os
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -321,7 +323,7 @@ def _blocks(R: int, B: int, xp) -> list[tuple[int, int]]:
         n = 1
     n = max(1, min(n, R, (R * B) // MIN_ROWS_PER_THREAD))
     edges = [round(i * R / n) for i in range(n + 1)]
-    return [(a, b) for a, b in zip(edges[:-1], edges[1:])]
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
 _POOL = None
