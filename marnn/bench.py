@@ -480,7 +480,9 @@ def _formal_group(sc, task, model: str, units: list[dict], live: list[int] | Non
     each epoch (default: all ``4 x restarts`` for ``max_epochs``). Step times scale
     with the live replicas in proportion."""
     from . import flops, models
+    from .tasks.data import test_plan
 
+    sc = sc.for_model(model)  # the model's own cuts (e.g. rns-3-3 at paper-2core)
     lo, hi = sc.train_lengths
     G = 4 * sc.restarts
     ns = sorted({lo, _mid(lo, hi), hi})
@@ -501,9 +503,9 @@ def _formal_group(sc, task, model: str, units: list[dict], live: list[int] | Non
     per_string = us[-1]["fwd"] / us[-1]["R"] * G / sc.batch_size  # all G replicas
     f_hi = flops.forward_flops(cfg, 1, ns[-1])["total"]
     test = 0.0
-    # strict=False, as in tasks.data: with test_strings set, test_per_length need not match the bins
-    for (blo, bhi), k in zip(sc.test_bins, sc.test_per_length, strict=False):
-        for n in task.valid_lengths(blo, bhi):
+    for lengths, per in test_plan(task, sc):
+        k = per if sc.test_take is None else min(per, int(sc.test_take))  # strings evaluated per length
+        for n in lengths:
             test += k * per_string * flops.forward_flops(cfg, 1, n)["total"] / f_hi
     return dict(kind="formal", task=task.name, model=model, replicas=G, epochs=len(live),
                 train_s=train, valid_s=valid, test_s=test, cpu_s=train + valid + test)
@@ -513,6 +515,7 @@ def _ptb_cell(sc, model: str, units: list[dict], live: list[int] | None = None) 
     """CPU-seconds of one PTB cell (one restart of ``model``: 4 freeze modes in one group)."""
     from .ptb import EXPECTED_TOKENS
 
+    sc = sc.for_model(model)  # the model's own cuts (e.g. epoch caps at paper-2core)
     u = _unit(units, "ptb", model, sc.ptb_bptt)
     R = u["R"]
     B, T = sc.ptb_streams, sc.ptb_bptt

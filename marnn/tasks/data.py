@@ -74,17 +74,29 @@ def _task_stream(task: Task, *parts: int) -> np.random.Generator:
     return np.random.default_rng([zlib.crc32(task.name.encode()), *parts])
 
 
+def test_plan(task: Task, scale: Scale | str) -> list[tuple[list[int], int]]:
+    """Per test bin of ``scale``: its valid lengths and how many strings of each length are drawn
+    (``test_per_length``, or ``ceil(test_strings / #lengths)`` where the scale sets
+    ``test_strings``). Evaluation keeps the first ``test_take`` of them where that is set."""
+    scale = get_scale(scale)
+    out = []
+    for i, (lo, hi) in enumerate(scale.test_bins):
+        lengths = task.valid_lengths(lo, hi)
+        if scale.test_strings is not None:
+            per = -(-int(scale.test_strings) // len(lengths))  # ceil: at least test_strings per bin
+        else:
+            per = scale.test_per_length[i]
+        out.append((lengths, per))
+    return out
+
+
 def test_batches(task: Task, scale: Scale | str) -> dict[str, list[Batch]]:
     """The fixed test bins of ``scale`` for ``task`` (same for every run)."""
     scale = get_scale(scale)
     rng = _task_stream(task, EVAL_SEED)
     out: dict[str, list[Batch]] = {}
-    # strict=False: with test_strings set, test_per_length is unused and need not match the bins
-    for name, (lo, hi), per in zip(scale.bin_names, scale.test_bins, scale.test_per_length, strict=False):
+    for name, (lengths, per) in zip(scale.bin_names, test_plan(task, scale), strict=True):
         batches = []
-        lengths = task.valid_lengths(lo, hi)
-        if scale.test_strings is not None:
-            per = -(-int(scale.test_strings) // len(lengths))  # ceil: at least test_strings per bin
         for n in lengths:
             strings = [task.sample(n, rng) for _ in range(per)]
             if scale.test_take is not None:  # a prefix of every length's strings: a subset of the same set
