@@ -178,6 +178,17 @@ def step_gflop(kind: str, config, batch: int, n: int, R: int = 1) -> float:
     return R * flops.train_flops(config, batch, n, fresh=not carried, start=PTB_START if carried else 0) / 1e9
 
 
+def _samples(step, reps: int) -> tuple[list[float], list[float]]:
+    """Wall and process-CPU seconds of ``reps`` calls of ``step``."""
+    walls, cpus = [], []
+    for _ in range(reps):
+        w, c = time.perf_counter(), time.process_time()
+        step()
+        walls.append(time.perf_counter() - w)
+        cpus.append(time.process_time() - c)
+    return walls, cpus
+
+
 def _measure(spec: dict) -> dict:
     """Run one row in this (child) process and return it."""
     import resource
@@ -196,12 +207,7 @@ def _measure(spec: dict) -> dict:
     if kind == "ptb":
         step()
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    walls, cpus = [], []
-    for _ in range(reps):
-        w, c = time.perf_counter(), time.process_time()
-        step()
-        walls.append(time.perf_counter() - w)
-        cpus.append(time.process_time() - c)
+    walls, cpus = _samples(step, reps)
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     per = B if kind == "eval" else 1
     from .models import superposition
@@ -362,12 +368,7 @@ def table(rows: list[dict]) -> str:
 def _time(step, reps: int, warm: int = 1) -> tuple[float, float]:
     for _ in range(warm):
         step()
-    walls, cpus = [], []
-    for _ in range(reps):
-        w, c = time.perf_counter(), time.process_time()
-        step()
-        walls.append(time.perf_counter() - w)
-        cpus.append(time.process_time() - c)
+    walls, cpus = _samples(step, reps)
     return _median(walls), _median(cpus)
 
 

@@ -142,11 +142,9 @@ def frame_html(df) -> str:
 
 def _show_frames_for_readers() -> None:
     """In IPython: DataFrames display through :func:`frame_html`."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return
-    ip = get_ipython()
+    from .plotting import ipython_shell
+
+    ip = ipython_shell()
     if ip is None:
         return
     import pandas as pd

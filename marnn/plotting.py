@@ -151,13 +151,18 @@ def fit_to_column(fig, column_px: int = COLUMN_PX) -> None:
                 fig.tight_layout()
 
 
-def _fit_figures_to_column() -> None:
-    """In IPython: show every figure shrunk to the column (:func:`fit_to_column`)."""
+def ipython_shell():
+    """The running IPython shell, or None outside IPython (plain Python, tests)."""
     try:
         from IPython import get_ipython
     except ImportError:
-        return
-    ip = get_ipython()
+        return None
+    return get_ipython()
+
+
+def _fit_figures_to_column() -> None:
+    """In IPython: show every figure shrunk to the column (:func:`fit_to_column`)."""
+    ip = ipython_shell()
     if ip is None:
         return
     import matplotlib.pyplot as plt  # noqa: F401 - loads the inline backend and its formatters

@@ -261,6 +261,17 @@ def bin_label(scale_or_bins, split: str) -> str:
     return split
 
 
+def _best_pairs(best: pd.DataFrame, mode: str, against: str):
+    """Per language in table order, with both modes present: (task, its rows indexed by freeze mode,
+    the best model in ``mode``, the best model in ``against``)."""
+    from . import report
+
+    for task in [t for t in report.task_names() if t in set(best["task"])]:
+        b = best[best["task"] == task].set_index("freeze")
+        if mode in b.index and against in b.index:
+            yield task, b, b.loc[mode, "model"], b.loc[against, "model"]
+
+
 def mode_verdicts(df: pd.DataFrame, mode: str, against: str = "none", split: str = "bin2") -> pd.DataFrame:
     """Our runs, per language: the best model in ``mode`` (best restart, highest accuracy on ``split``)
     better than the best model in ``against``? Paired by seed and length. Columns task, model A, A,
@@ -270,11 +281,7 @@ def mode_verdicts(df: pd.DataFrame, mode: str, against: str = "none", split: str
     long = report.ours_long(df, ["accuracy"])
     best = report.best_per_task(long[long["freeze"].isin([mode, against])], [split])
     rows, objs = [], []
-    for task in [t for t in report.task_names() if t in set(best["task"])]:
-        b = best[best["task"] == task].set_index("freeze")
-        if mode not in b.index or against not in b.index:
-            continue
-        ma, mb = b.loc[mode, "model"], b.loc[against, "model"]
+    for task, b, ma, mb in _best_pairs(best, mode, against):
         v = compare_runs(df, split, {"task": task, "model": ma, "freeze": mode},
                          {"task": task, "model": mb, "freeze": against})
         objs.append(v)
@@ -293,11 +300,7 @@ def paper_mode_verdicts(theirs: pd.DataFrame, mode: str, against: str = "none", 
 
     best = report.best_per_task(theirs[theirs["freeze"].isin([mode, against])], [split])
     rows, objs = [], []
-    for task in [t for t in report.task_names() if t in set(best["task"])]:
-        b = best[best["task"] == task].set_index("freeze")
-        if mode not in b.index or against not in b.index:
-            continue
-        ma, mb = b.loc[mode, "model"], b.loc[against, "model"]
+    for task, b, ma, mb in _best_pairs(best, mode, against):
         same = ma == mb and identical_by_construction(ma, mode, against)
         v = excluded() if same else rounded(float(b.loc[mode, "value"]), float(b.loc[against, "value"]), half)
         objs.append(v)
