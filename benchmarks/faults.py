@@ -82,6 +82,18 @@ def start(*args: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=env(), cwd=REPO, start_new_session=True)
 
 
+def grid_signalled(root, local: bool, delay: float, sig: int):
+    """Start the fault grid on ``root`` (a LocalCluster if ``local``, else in process), send its process
+    group ``sig`` after ``delay`` seconds; returns the process and whether it had finished already."""
+    proc = start(*GRID_ARGS, "--results", str(root), *(["--workers", "2"] if local else ["--scheduler", "sync"]))
+    time.sleep(delay)
+    finished = proc.poll() is not None
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    return proc, finished
+
 def comparable(rec: dict) -> dict:
     """A record without what legitimately differs between two runs of it."""
     out = {k: v for k, v in rec.items() if k not in IGNORED}
@@ -350,14 +362,8 @@ def run(kills: int = 2, ctrl_c: int = 1, seed: int = 0, *, dask: bool = True, in
                 if c["task"] == task:
                     store.record_path(c, root).unlink(missing_ok=True)
         before = snapshot(root)
-        proc = start(*GRID_ARGS, "--results", str(root), *(["--workers", "2"] if local else ["--scheduler", "sync"]))
         delay = rng.uniform(0.5, span + 8.0) if local else rng.uniform(0.3, span)
-        time.sleep(delay)
-        finished = proc.poll() is not None
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        proc, finished = grid_signalled(root, local, delay, signal.SIGKILL)
         proc.communicate()
         time.sleep(0.3)
         after = snapshot(root)
@@ -427,14 +433,8 @@ def run(kills: int = 2, ctrl_c: int = 1, seed: int = 0, *, dask: bool = True, in
             store.record_path(c, root).unlink(missing_ok=True)
         before = snapshot(root)
         local = i % 2 == 0
-        proc = start(*GRID_ARGS, "--results", str(root), *(["--workers", "2"] if local else ["--scheduler", "sync"]))
         delay = rng.uniform(0.5, span)  # before ~0.1-0.3 s, Python itself is starting (site), not marnn
-        time.sleep(delay)
-        finished = proc.poll() is not None
-        try:
-            os.killpg(proc.pid, signal.SIGINT)
-        except ProcessLookupError:
-            pass
+        proc, finished = grid_signalled(root, local, delay, signal.SIGINT)
         out, err = proc.communicate(timeout=120)
         ok = (proc.returncode == 130 and err == "marnn: interrupted\n") or (finished and proc.returncode == 0)
         lost = check_kept(before, snapshot(root))
