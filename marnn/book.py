@@ -187,15 +187,20 @@ def scale_admonition(scale: str, kind: str = "formal") -> str:
                         f"(paper: {PAPER.train_lengths[0]}-{PAPER.train_lengths[1]}), {sc.train_size:,} strings "
                         f"(paper: {PAPER.train_size:,}), at most {sc.max_epochs} epochs (paper: "
                         f"{PAPER.max_epochs}), {sc.restarts} restarts (paper: {PAPER.restarts}); tested on "
-                        f"{ours} (paper: {theirs}). Bins are compared by position (first, second, last), "
-                        "not by length.")
+                        f"{ours} (paper: {theirs})."
+                        + (" Bins are compared by position (first, second, last), not by length."
+                           if sc.test_bins != PAPER.test_bins else ""))
         if kind in ("ptb", "both"):
             tokens = f"{sc.ptb_train_tokens:,}" if sc.ptb_train_tokens else "all"
             body.append(f"**Penn Treebank:** {tokens} training tokens (paper: the whole corpus), at most "
                         f"{sc.ptb_max_epochs} epoch{'s' * (sc.ptb_max_epochs != 1)} (paper: {PAPER.ptb_max_epochs}), "
                         f"{sc.ptb_restarts} restart{'s' * (sc.ptb_restarts != 1)} (paper: {PAPER.ptb_restarts}): "
-                        "perplexities sit far above the paper's "
-                        "and only their order can be compared.")
+                        "a PTB comparison is decided only once our perplexities beat a unigram model "
+                        "fitted on the same tokens, and says *cannot tell at this scale* before that.")
+        cuts = sc.model_changes()
+        if cuts:
+            body.append("**Cut further for some models:** " + "; ".join(
+                f"`{m}`: " + ", ".join(f"{k} {v}" for k, v in ch.items()) for m, ch in cuts.items()) + ".")
         if sc.name == "smoke":
             body.append("The `smoke` scale exists to test the pages: its numbers mean nothing.")
     return "\n".join([":::{admonition} " + title, ":class: note marnn-scale", "", "\n\n".join(body), ":::"])
