@@ -269,7 +269,7 @@ def length_figure(scale: str, freeze: str, top: int, pool: Sequence[str] | None,
           "bin, the accuracy ceiling (black) and the trivial predictors (grey: most-frequent dashed, "
           "repeat-previous dotted, chance dash-dotted). The first bin overlaps the training lengths.")
     fig = plotting.length_grid(report.length_curves(df), chosen, modes, get_scale(scale).test_bins)
-    fig.suptitle(f"accuracy against length: none vs {freeze} ({plotting.MODE_LABELS[freeze]})", y=1.01)
+    fig.suptitle(f"accuracy against length: {plotting.MODE_LABELS['none']} vs {plotting.MODE_LABELS[freeze]}", y=1.01)
     plt.show()
 
     last = report.last_bin(df)
