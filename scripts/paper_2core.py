@@ -26,11 +26,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from marnn import grid, store  # noqa: E402
+from marnn import cli, grid, store
 
 SCALE = "paper-2core"
 PTB_TABLE3 = ["lstm-256", "jm-hidden-247", "jm-learned-22", "rns-4-5", "vrns-3-3-5-published"]
@@ -62,30 +59,28 @@ PHASES = {
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("phase", nargs="?", help="1 | 2 | 3 | 4 | all")
+    p.add_argument("phase", nargs="?", choices=["1", "2", "3", "4", "all"], help="1 | 2 | 3 | 4 | all")
     p.add_argument("--plan", action="store_true", help="print the phases and what is missing; train nothing")
     p.add_argument("--results", default=None)
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--workers", type=cli.POSITIVE, default=None)
     p.add_argument("--scheduler", default=None)
     args = p.parse_args(argv)
-    if args.plan or args.phase is None:
-        total = 0.0
-        for n, (what, hours, make) in PHASES.items():
-            configs = _unique(make())
-            todo = store.missing(configs, args.results)
-            groups = grid.group_configs(todo)
-            total += hours
-            print(f"phase {n}: {what}: {len(configs)} runs, {len(configs) - len(todo)} stored, "
-                  f"{len(todo)} missing in {len(groups)} groups; ~{hours:g} CPU-h (cumulative {total:g})")
-        return 0
-    phases = list(PHASES) if args.phase == "all" else [int(args.phase)] if args.phase in ("1", "2", "3", "4") else None
-    if phases is None:
-        p.error(f"phase {args.phase!r}: valid phases are 1, 2, 3, 4, all")
+    try:  # the checks of `marnn grid`: one line and exit 2, before any work
+        args.results = cli.check_results(args.results)
+        if args.plan or args.phase is None:
+            return _plan(args.results)
+        scheduler = cli.check_scheduler(args.scheduler)
+        phases = list(PHASES) if args.phase == "all" else [int(args.phase)]
+        if any(n in (1, 4) for n in phases):
+            cli.check_ptb_files()
+    except cli.CliError as err:
+        print(f"paper_2core: error: {err}", file=sys.stderr)
+        return 2
     failed = 0
     for n in phases:
         what, hours, make = PHASES[n]
         print(f"phase {n}: {what} (~{hours:g} CPU-h)", flush=True)
-        summary = grid.run_grid(_unique(make()), args.results, scheduler=args.scheduler, workers=args.workers)
+        summary = grid.run_grid(_unique(make()), args.results, scheduler=scheduler, workers=args.workers)
         print(f"phase {n}: {summary['written']} written, {len(summary['failed'])} groups failed, "
               f"{summary['wall_time_s']:.0f} s", flush=True)
         for f in summary["failed"]:
@@ -93,6 +88,17 @@ def main(argv: list[str] | None = None) -> int:
         failed += len(summary["failed"])
     return 1 if failed else 0
 
+
+def _plan(results: str) -> int:
+    total = 0.0
+    for n, (what, hours, make) in PHASES.items():
+        configs = _unique(make())
+        todo = store.missing(configs, results)
+        groups = grid.group_configs(todo)
+        total += hours
+        print(f"phase {n}: {what}: {len(configs)} runs, {len(configs) - len(todo)} stored, "
+              f"{len(todo)} missing in {len(groups)} groups; ~{hours:g} CPU-h (cumulative {total:g})")
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())
