@@ -34,8 +34,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOK_DIR = ROOT / "notebooks"
+from .paths import NOTEBOOKS as NOTEBOOK_DIR
+from .paths import REPO as ROOT
+
 KERNEL_NAME = "marnn"
 
 # Executed in this order; the book's _toc.yml points at book/generated/<name>.

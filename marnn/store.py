@@ -80,7 +80,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 
-REPO = Path(__file__).resolve().parent.parent
+from .paths import RESULTS
+
 ENV_VAR = "MARNN_RESULTS"
 REQUIRED = ("config", "key", "status", "created", "env", "curve")
 INVALID_DIR = "invalid"  # <root>/invalid/: records that failed the schema, with the reason
@@ -95,7 +96,7 @@ def results_dir(path: str | os.PathLike | None = None) -> Path:
     if path:
         return Path(path)
     env = os.environ.get(ENV_VAR)
-    return Path(env) if env else REPO / "results"
+    return Path(env) if env else RESULTS
 
 
 def canonical(config: dict) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from marnn import store
+from marnn import paths, store
 from marnn.scales import get_scale
 from marnn.train import formal_config
 from marnn.train.formal import EXPLODE_EPOCHS, EXPLODE_FACTOR, Tracker, train_formal
@@ -155,9 +155,9 @@ def test_invalid_record_warning_reaches_the_terminal_of_a_papermill_run(tmp_path
     src, dst = tmp_path / "page.ipynb", tmp_path / "out.ipynb"
     nbformat.write(nb, src)
     env = dict(os.environ, TQDM_DISABLE="1",
-               PYTHONPATH=str(store.REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+               PYTHONPATH=str(paths.REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run([sys.executable, "-m", "papermill", str(src), str(dst), "-k", kernel_name(),
-                          "--no-progress-bar", "--cwd", str(store.REPO)], capture_output=True, text=True,
+                          "--no-progress-bar", "--cwd", str(paths.REPO)], capture_output=True, text=True,
                          env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [ln for ln in out.stderr.splitlines() if "marnn: warning" in ln]

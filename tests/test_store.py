@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from marnn import store
+from marnn import paths, store
 from marnn.scales import get_scale
 from marnn.train import formal_config
 from marnn.train.formal import train_formal
@@ -45,7 +45,7 @@ def test_keys_are_stable_and_config_sensitive():
 
 def test_results_dir_precedence(monkeypatch, tmp_path):
     monkeypatch.delenv(store.ENV_VAR, raising=False)
-    assert store.results_dir() == store.REPO / "results"
+    assert store.results_dir() == paths.REPO / "results"
     monkeypatch.setenv(store.ENV_VAR, str(tmp_path))
     assert store.results_dir() == tmp_path
     assert store.results_dir(tmp_path / "x") == tmp_path / "x"
@@ -151,9 +151,9 @@ def test_file_under_another_name_is_invalid(tmp_path, records, capfd):
 
 
 def test_every_committed_record_passes_the_schema():
-    paths = [p for kind in ("formal", "ptb") for p in (store.REPO / "results" / kind).rglob("*.json")]
-    assert paths
-    bad = {str(p): store.problems(json.loads(p.read_text()), p) for p in paths}
+    files = [p for kind in ("formal", "ptb") for p in (paths.REPO / "results" / kind).rglob("*.json")]
+    assert files
+    bad = {str(p): store.problems(json.loads(p.read_text()), p) for p in files}
     assert {p: why for p, why in bad.items() if why} == {}
 
 
@@ -269,7 +269,7 @@ def test_racing_processes_claim_once(stale, tmp_path, records):
     if stale:  # all of them find a dead owner's lock and try to take it over at once
         _plant_lock(cfg, tmp_path, host=store._HOST, pid=_dead_pid(), start=None)
     go = str(time.time() + 4)
-    env = dict(os.environ, PYTHONPATH=str(store.REPO))
+    env = dict(os.environ, PYTHONPATH=str(paths.REPO))
     procs = [subprocess.Popen([sys.executable, "-c", _RACE, json.dumps(cfg), str(tmp_path), go],
                               stdout=subprocess.PIPE, text=True, env=env) for _ in range(6)]
     outs = [p.communicate(timeout=120)[0].strip() for p in procs]
