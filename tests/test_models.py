@@ -187,5 +187,7 @@ def test_every_name_list_comes_from_the_registry():
     assert registry.task_names() == tasks.names()
     assert registry.scale_names() == ("smoke", "quick", "paper-2core", "paper")
     assert set(plotting.MODEL_COLORS) == set(registry.FORMAL_MODELS + registry.PTB_MODELS)
+    for setting in (registry.FORMAL_MODELS, registry.PTB_MODELS):  # a figure shows one setting: colours differ
+        assert len({plotting.MODEL_COLORS[m] for m in setting}) == len(setting)
     with pytest.raises(UnknownNameError, match="formal, ptb"):
         models.names("cifar")
