@@ -372,6 +372,21 @@ def _exit_interrupted(signum, frame):
     os._exit(130)
 
 
+def _leave(code: int) -> None:
+    """End the process now with ``code``, after the exit handlers. A KeyboardInterrupt that reached
+    Python's own error printing (e.g. one raised while a library was importing) makes the interpreter
+    end itself by SIGINT at shutdown, whatever ``main`` returned; this exit does not go through that."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(code)
+
+
 def _quiet_exit() -> None:
     """After Ctrl-C: no logging or warnings from libraries shutting down."""
     import logging
@@ -410,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         _INTERRUPTED = True
         _quiet_exit()
         print("marnn: interrupted", file=sys.stderr)
+        if program:
+            _leave(130)
         return 130
     finally:
         if old is not None:
