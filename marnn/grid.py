@@ -139,8 +139,10 @@ def _train_and_store(todo: list[dict], root: str | None, progress: bool, train_k
     from .train import resume, train
 
     train_kwargs = {"state_dir": resume.state_dir(root), **(train_kwargs or {})}  # resumable after every epoch
+    keep = all(c["kind"] == "formal" for c in todo)  # formal runs keep their selected weights
     try:
-        records = train(todo, progress=progress, **train_kwargs)
+        records, model = (train(todo, progress=progress, return_model=True, **train_kwargs) if keep
+                          else (train(todo, progress=progress, **train_kwargs), None))
     except (RuntimeError, MemoryError) as err:
         if len(todo) == 1 or not _is_memory_error(err):
             raise
@@ -148,11 +150,18 @@ def _train_and_store(todo: list[dict], root: str | None, progress: bool, train_k
         return (_train_and_store(todo[:half], root, progress, train_kwargs)
                 + _train_and_store(todo[half:], root, progress, train_kwargs))
     written = []
-    for rec in records:
+    for r, rec in enumerate(records):
+        if model is not None:  # the weights first: a stored record never lacks its weights
+            store.save_weights(rec["config"], replica_state(model, r), root)
         store.save_record(rec, root)  # ours alone: we hold its claim
         written.append(store.config_key(rec["config"]))
     resume.remove(todo, train_kwargs["state_dir"])
     return written
+
+
+def replica_state(model, r: int) -> dict:
+    """Replica ``r`` of a replica-batched model as the parameters of a one-replica model."""
+    return {n: p.detach()[r] for n, p in model.named_parameters()}
 
 
 def _cost(group: list[dict]) -> float:

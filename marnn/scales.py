@@ -126,6 +126,10 @@ class Scale:
     # per-model changes of the fields above: ((model, ((field, value), ...)), ...);
     # a run's config stores the fields it trained with, never this mapping
     models: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()
+    # formal: a restart's learning rate and initialisation come from (task, model,
+    # restart) instead of the restart alone, so restarts of different languages and
+    # models are independent draws (the four modes of one cell still share them)
+    independent_draws: bool = False
 
     @property
     def bin_names(self) -> tuple[str, ...]:
@@ -157,7 +161,7 @@ class Scale:
 # Fields that a run's config leaves out while they hold their default (they were
 # added after records existed; see marnn.train._scale_part). ``models`` never enters
 # a config: the fields a model's entry changes enter it with their changed values.
-OPTIONAL: dict[str, object] = {"test_strings": None, "test_take": None, "models": ()}
+OPTIONAL: dict[str, object] = {"test_strings": None, "test_take": None, "models": (), "independent_draws": False}
 
 
 def per_model(models: dict[str, dict[str, object]]) -> tuple:
@@ -165,7 +169,7 @@ def per_model(models: dict[str, dict[str, object]]) -> tuple:
     return tuple((name, tuple(changes.items())) for name, changes in models.items())
 
 
-PAPER = Scale("paper")
+PAPER = Scale("paper", independent_draws=True)
 
 QUICK = Scale(
     "quick",
@@ -213,6 +217,7 @@ SMOKE = Scale(
 PAPER_2CORE = Scale(
     "paper-2core",
     # Formal languages, lstm and jm-*: every field is the paper's but restarts.
+    independent_draws=True,  # the languages a verdict counts are then independent samples
     restarts=5,  # 10 do not fit: ~0.3 CPU-h per epoch of the phase at 5 (module docstring)
     test_strings=2_500,  # per bin: SE of the bin accuracy over strings <= sqrt(1/4 / 2500) = 0.01
     # Penn Treebank: full streams, 32 x 35, the paper's SGD protocol, but capped:

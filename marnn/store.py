@@ -62,6 +62,11 @@ Record schema (formal; PTB has ``valid``/``test`` perplexities and no bins)::
                    "pandas", "numba", "marnn", "fused_backend", "git_commit",
                    "code_modified", ...}
     created       UTC timestamp
+
+Formal runs trained by the grid also keep their selected (best-on-validation)
+weights beside the record, ``<same name>.pt`` (:func:`save_weights`,
+:func:`load_weights`); the weights are written before the record, so a record
+whose run kept weights never lacks them.
 """
 from __future__ import annotations
 
@@ -184,6 +189,48 @@ def save_record(record: dict, root: str | os.PathLike | None = None) -> Path:
     record["key"] = config_key(record["config"])
     text = dumps(record) + "\n"
     return atomic_write(record_path(record["config"], root), lambda tmp: _write_synced(tmp, text))
+
+
+# ---- kept weights ------------------------------------------------------------------
+def weights_path(config: dict, root: str | os.PathLike | None = None) -> Path:
+    """Where a run's selected weights lie: beside its record, ``.pt`` for ``.json``."""
+    return record_path(config, root).with_suffix(".pt")
+
+
+def save_weights(config: dict, state: dict, root: str | os.PathLike | None = None) -> Path:
+    """Write one run's weights (``{parameter name: tensor}`` of a one-replica model,
+    without the replica axis) atomically beside its record."""
+    import torch
+
+    obj = {"key": config_key(config), "state": {n: t.detach().cpu().contiguous().clone() for n, t in state.items()}}
+    return atomic_write(weights_path(config, root), lambda tmp: torch.save(obj, tmp))
+
+
+def load_weights(config: dict, root: str | os.PathLike | None = None) -> dict | None:
+    """The weights :func:`save_weights` kept for ``config``, or None when there are none.
+
+    Read with ``weights_only=True`` (a file that would run code is refused); a
+    file that is not what :func:`save_weights` writes, or belongs to another
+    config, is moved aside like an invalid record (:func:`quarantine`)."""
+    import pickle
+
+    import torch
+
+    path = weights_path(config, root)
+    if not path.exists():
+        return None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        reason = f"not a weights file ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+    else:
+        ok = (isinstance(obj, dict) and obj.get("key") == config_key(config) and isinstance(obj.get("state"), dict)
+              and all(isinstance(n, str) and isinstance(t, torch.Tensor) for n, t in obj["state"].items()))
+        if ok:
+            return obj["state"]
+        reason = "not the weights of this run's config"
+    quarantine(path, reason, still_bad=Path.exists)
+    return None
 
 
 # ---- the record schema ----------------------------------------------------------

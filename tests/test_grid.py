@@ -52,6 +52,36 @@ def test_sync_grid_runs_only_what_is_missing(tmp_path):
     assert again["written"] == 0 and again["existing"] == 4
 
 
+def test_formal_runs_keep_their_selected_weights_beside_the_record(tmp_path):
+    from marnn.analysis.checkpoints import stored_group
+    from marnn.tasks import get as get_task
+    from marnn.tasks.data import make_task_data
+    from marnn.train import scale_from_config
+    from marnn.train.evaluate import evaluate_bins
+
+    cfgs = grid.formal_grid("smoke", tasks=["marked-copy"], models=["jm-10"], modes=["none", "m"], restarts=2)
+    assert stored_group(cfgs, tmp_path) is None
+    grid.run_grid(cfgs, tmp_path, scheduler="sync", progress=False)
+    group = stored_group(cfgs, tmp_path)
+    assert group is not None and group.records == [store.load_record(c, tmp_path) for c in cfgs]
+    # the kept weights are the selected ones: evaluated again, they give every bin of the records
+    task, sc = get_task("marked-copy"), scale_from_config(cfgs[0])
+    data = make_task_data(task, sc, 0)
+    again = evaluate_bins(group.model, task, data.test, dict(zip(sc.bin_names, sc.test_bins, strict=True)))
+    for rec, res in zip(group.records, again, strict=True):
+        for b in sc.bin_names:
+            assert res["bins"][b]["accuracy"] == pytest.approx(rec["bins"][b]["accuracy"], abs=1e-12)
+    # each run keeps its own replica (same init and lr for none and m of one restart, other weights)
+    w_none, w_m = (store.load_weights(c, tmp_path) for c in cfgs[:3:2])
+    assert w_none.keys() == w_m.keys() and any(not (w_none[n] == w_m[n]).all() for n in w_none)
+    # a weights file of another run is refused and moved aside, never used
+    path = store.weights_path(cfgs[0], tmp_path)
+    path.write_bytes(store.weights_path(cfgs[1], tmp_path).read_bytes())
+    assert store.load_weights(cfgs[0], tmp_path) is None and not path.exists()
+    assert stored_group(cfgs, tmp_path) is None
+    assert list((tmp_path / "invalid").rglob("*.pt"))
+
+
 def test_local_cluster_with_two_worker_processes(tmp_path):
     from distributed import Client, LocalCluster
 

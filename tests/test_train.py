@@ -183,6 +183,47 @@ def test_hyperparameters_are_a_function_of_the_seed_and_in_range():
     assert sorted(epoch_order(0, 1, 10)) == list(range(10))
 
 
+def test_independent_draws_differ_across_tasks_and_models_and_are_shared_by_modes():
+    from marnn.train import draw_seed, formal_config
+
+    # smoke / quick (and their committed records): the restart index is the seed of every draw
+    for sc in ("smoke", "quick"):
+        c = formal_config("count-3", "jm-10", "m", 2, sc)
+        assert draw_seed(c) == 2 and "independent_draws" not in c["scale_fields"]
+    # paper-2core: (task, model, restart) decides; the modes of one cell share it
+    cfg = {(t, m, f, s): formal_config(t, m, f, s, "paper-2core")
+           for t in ("count-3", "marked-copy") for m in ("lstm", "jm-10") for f in ("none", "m", "c", "cm")
+           for s in range(3)}
+    seeds = {k: draw_seed(c) for k, c in cfg.items()}
+    assert all(c["scale_fields"]["independent_draws"] is True for c in cfg.values())
+    for (t, m, _, s), v in seeds.items():
+        assert v == seeds[(t, m, "none", s)]
+    cells = {(t, m, s): v for (t, m, f, s), v in seeds.items() if f == "none"}
+    assert len(set(cells.values())) == len(cells) == 12
+    lrs = {k: hyperparameters(v, get_scale("paper-2core").lr_range)["lr"] for k, v in cells.items()}
+    assert lrs[("count-3", "lstm", 0)] != lrs[("marked-copy", "lstm", 0)] != lrs[("marked-copy", "jm-10", 0)]
+    assert draw_seed(cfg[("count-3", "lstm", "none", 1)]) == seeds[("count-3", "lstm", "c", 1)]  # deterministic
+
+
+def test_a_run_with_independent_draws_trains_with_its_own_lr_and_init():
+    from marnn.train import draw_seed
+
+    sc = SMOKE.with_(independent_draws=True)
+    made, inner = [], toy_builder()
+
+    def build(name, **kw):
+        made.append(list(kw["seeds"]))
+        return inner(name, **kw)
+
+    a = train_formal(_cfgs(modes=("none", "m"), seeds=(0,), scale=sc), build=build)
+    b = train_formal(_cfgs(modes=("none",), seeds=(0,), task="count-3", scale=sc), build=toy_builder())
+    plain = train_formal(_cfgs(modes=("none",), seeds=(0,)), build=toy_builder())
+    for rec in a + b:
+        assert rec["seed"] == 0 and rec["lr"] == hyperparameters(draw_seed(rec["config"]), sc.lr_range)["lr"]
+    assert a[0]["lr"] == a[1]["lr"] != b[0]["lr"] and a[0]["lr"] != plain[0]["lr"]
+    assert made[0] == [draw_seed(c) for c in _cfgs(modes=("none", "m"), seeds=(0,), scale=sc)] != [0, 0]
+
+
 def test_tracker_decays_lr_and_stops_early():
     m = Toy(2, 3, 2, [0, 1])
     opt = BatchedAdam(m.named_parameters(), lr=[1.0, 1.0])

@@ -98,15 +98,44 @@ def load_group(configs: list[dict], root: str | os.PathLike | None = None) -> Gr
     return Group(model, configs, blob["records"], path)
 
 
+def stored_group(configs: list[dict], root: str | os.PathLike | None = None) -> Group | None:
+    """The grid's own trained models of ``configs``: the records and the weights the
+    grid kept beside them (:func:`marnn.store.load_weights`), or None unless every
+    config has both. ``path`` is then the first config's weights file."""
+    records: list[dict] = []
+    states: list[dict] = []
+    for c in configs:
+        rec = store.load_record(c, root)
+        state = store.load_weights(c, root) if rec is not None else None
+        if rec is None or state is None:
+            return None
+        records.append(rec)
+        states.append(state)
+    model = _build(configs)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if any(n not in s or s[n].shape != p.shape[1:] for s in states):
+                raise ValueError(f"the kept weights of {configs[0]['task']}/{configs[0]['model']} do not fit "
+                                 f"the model: parameter {n!r}")
+            p.copy_(torch.stack([s[n] for s in states]))
+    model.eval()
+    return Group(model, configs, records, store.weights_path(configs[0], root))
+
+
 def trained_group(task: str, model: str, scale: str, modes: Iterable[str] | None = None,
                   restarts: int | None = None, *, root: str | os.PathLike | None = None,
                   progress: bool = False, threads: int | None = None) -> Group:
-    """Load the checkpoint of one (task, model) group, or train it and save one.
+    """The trained models of one (task, model) group: the grid's own (records and
+    kept weights in the store, :func:`stored_group`), else this module's checkpoint,
+    else train the group and save a checkpoint.
 
     Training uses :func:`marnn.train.formal.train_formal` with the grid's
     configs, so the records equal the grid's when the group is the same.
     """
     configs = group_configs(task, model, scale, modes, restarts)
+    found = stored_group(configs, root)
+    if found is not None:
+        return found
     found = load_group(configs, root)
     if found is not None:
         return found

@@ -452,16 +452,19 @@ def untrained_losses(records: Iterable[dict], models: Iterable[str] | None = Non
 
     ``models``: restrict to these model names (None: every model in ``records``).
     """
-    wanted: dict[tuple[str, str, str], set[int]] = {}
+    from ..train import draw_seed
+
+    wanted: dict[tuple[str, str, str], dict[int, int]] = {}  # restart -> the seed its init came from
     keep = None if models is None else set(models)
     for rec in records:
         c = rec["config"]
         if keep is None or c["model"] in keep:
-            wanted.setdefault((c["task"], c["model"], c["scale"]), set()).add(int(c["seed"]))
+            wanted.setdefault((c["task"], c["model"], c["scale"]), {})[int(c["seed"])] = draw_seed(c)
     out = {}
     for (task, model, scale), seeds in sorted(wanted.items()):
-        seeds_l = sorted(seeds)
-        for seed, rows in zip(seeds_l, untrained_lengths(task, model, scale, seeds_l), strict=True):
+        restarts = sorted(seeds)
+        inits = untrained_lengths(task, model, scale, [seeds[s] for s in restarts])
+        for seed, rows in zip(restarts, inits, strict=True):
             out[(task, model, seed)] = rows
     return out
 

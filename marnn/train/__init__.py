@@ -9,13 +9,15 @@ A *run* is one cell of the paper's grid, described by a small JSON-able
 
 ``seed`` is the restart: it seeds the model's initialisation and, through
 :func:`hyperparameters`, the restart's learning rate (and PTB clipping
-threshold). ``data_seed`` fixes the training data and its order, shared by the
+threshold); at scales with ``independent_draws`` a formal run's draws come from
+(task, model, restart) instead (:func:`draw_seed`). ``data_seed`` fixes the training data and its order, shared by the
 restarts and modes of one (task, model), which is what lets them train as one
 replica-batched model (:func:`marnn.train.formal.train_formal`). The scale's
 fields are part of the config, so changing a scale never reuses stale records.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import platform
@@ -75,6 +77,23 @@ def hyperparameters(seed: int, lr_range: tuple[float, float], clip_range: tuple[
     if clip_range is not None:
         out["clip"] = log_uniform(rng, *clip_range)
     return out
+
+
+def draw_seed(config: dict) -> int:
+    """The seed of a run's random draws: its initialisation and, through
+    :func:`hyperparameters`, its learning rate.
+
+    The restart index itself, unless the run's scale sets ``independent_draws``
+    (formal runs at ``paper-2core`` and ``paper``): then a number derived from
+    (task, model, restart) by SHA-256, so restart ``s`` of one language and model
+    shares nothing with restart ``s`` of another, while the four freeze modes of
+    one (task, model, restart) keep the same draws and stay paired.
+    """
+    seed = int(config["seed"])
+    if not config.get("scale_fields", {}).get("independent_draws"):
+        return seed
+    text = f"{config['task']}\0{config['model']}\0{seed}".encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:4], "little")
 
 
 def epoch_order(data_seed: int, epoch: int, n: int) -> list[int]:
@@ -222,5 +241,5 @@ def train(configs: list[dict], **kwargs) -> list[dict]:
     raise ValueError(f"a group must be all formal or all ptb runs, got {sorted(kinds)}")
 
 
-__all__ = ["PROTOCOL", "formal_config", "ptb_config", "hyperparameters", "epoch_order", "scale_from_config",
-           "train", "environment", "UnknownNameError"]
+__all__ = ["PROTOCOL", "formal_config", "ptb_config", "hyperparameters", "draw_seed", "epoch_order",
+           "scale_from_config", "train", "environment", "UnknownNameError"]

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from . import (
     default_device,
+    draw_seed,
     environment,
     epoch_order,
     hyperparameters,
@@ -261,7 +262,7 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
     scale = scale_from_config(first)
     data = make_task_data(task, scale, first["data_seed"])
     R = len(configs)
-    seeds = [c["seed"] for c in configs]
+    seeds = [draw_seed(c) for c in configs]  # the restart index unless the scale has independent_draws
     modes = [c["freeze"] for c in configs]
     hps = [hyperparameters(s, scale.lr_range) for s in seeds]
 
