@@ -295,7 +295,14 @@ def cmd_grid(args) -> int:
     if args.ptb:
         if args.tasks:
             raise CliError("--tasks does not apply to --ptb (PTB is one corpus)")
-        configs = _checked(grid.ptb_grid, sc, args.models, args.modes, args.restarts, args.embedding_group)
+        args.results = check_results(args.results)
+        configs = _checked(grid.ptb_grid, sc, args.models, args.modes, args.restarts, args.embedding_group,
+                           root=args.results)
+        if not configs and sc.ptb_draws:  # the cells wait for the learning-rate search
+            configs = grid.ptb_search(sc)
+            print(f"{sc.name}: the PTB learning-rate search comes first ({len(configs)} draws of "
+                  f"{grid.SEARCH_MODEL} / {grid.SEARCH_MODE}); run the command again for the cells",
+                  file=sys.stderr)
     elif args.embedding_group is not None:
         raise CliError("--embedding-group applies only to --ptb")
     else:

@@ -79,14 +79,52 @@ def formal_grid(scale: str | Scale, tasks: Iterable[str] | None = None, models: 
 
 
 def ptb_grid(scale: str | Scale, models: Iterable[str] | None = None, modes: Iterable[str] | None = None,
-             restarts: int | None = None, embedding_group: str | None = None) -> list[dict]:
-    """Configs of the PTB grid: models x modes x restarts."""
+             restarts: int | None = None, embedding_group: str | None = None,
+             root: str | os.PathLike | None = None) -> list[dict]:
+    """Configs of the PTB grid: models x modes x restarts.
+
+    The restarts are seeds 0..N-1, or, at a scale with a learning-rate search
+    (``ptb_draws``), the N best draws of the search stored in ``root``
+    (:func:`ptb_seeds`); while the search is not stored there are no cells yet
+    and the list is empty (:func:`ptb_search` gives the search's own configs).
+    """
     sc = get_scale(scale)
     restarts = sc.ptb_restarts if restarts is None else int(restarts)
     if restarts < 1:
         raise ValueError(f"restarts must be at least 1, got {restarts}")
+    seeds = ptb_seeds(sc, restarts, root)
     return [ptb_config(m, f, s, sc, embedding_group)
-            for m in (models or ptb_models()) for f in (modes or freeze_modes()) for s in range(restarts)]
+            for m in (models or ptb_models()) for f in (modes or freeze_modes()) for s in seeds or ()]
+
+
+SEARCH_MODEL, SEARCH_MODE = "lstm-256", "none"  # the model and mode a PTB learning-rate search trains
+
+
+def ptb_search(scale: str | Scale) -> list[dict]:
+    """The configs of a scale's PTB learning-rate search: ``ptb_draws`` draws (seeds
+    0..N-1) of lstm-256 in mode none, one replica-batched group with successive
+    halving after the epochs of ``ptb_halving`` (:meth:`marnn.train.formal.Tracker.halve`);
+    empty for a scale without a search."""
+    sc = get_scale(scale)
+    return [ptb_config(SEARCH_MODEL, SEARCH_MODE, s, sc) for s in range(sc.ptb_draws or 0)]
+
+
+def ptb_seeds(scale: str | Scale, restarts: int, root: str | os.PathLike | None = None) -> list[int] | None:
+    """The seeds of a scale's PTB restarts: 0..N-1 without a search; with one, the
+    ``restarts`` draws of the stored search with the lowest validation
+    cross-entropy (the draw that survived the halving first; diverged draws never),
+    or None while any record of the search is missing."""
+    sc = get_scale(scale)
+    if not sc.ptb_draws:
+        return list(range(restarts))
+    if restarts > sc.ptb_draws:
+        raise ValueError(f"restarts must be at most the {sc.ptb_draws} draws of the {sc.name} search, got {restarts}")
+    records = [store.load_record(c, root) for c in ptb_search(sc)]
+    if any(r is None for r in records):
+        return None
+    ranked = sorted((r["valid"]["cross_entropy"], r["status"] == "pruned", r["seed"]) for r in records
+                    if r is not None and r["status"] != "diverged" and r["valid"]["cross_entropy"] is not None)
+    return [seed for _, _, seed in ranked[:restarts]]
 
 
 def group_key(config: dict) -> str:

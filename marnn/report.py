@@ -164,7 +164,10 @@ def formal_results(scale: str, tasks: Iterable[str] | None = None, models: Itera
 
 
 def ptb_configs(scale: str, models: Iterable[str] | None = None, modes: Iterable[str] | None = None,
-                restarts: int | None = None, embedding_groups: Iterable[str] = ("controller",)) -> list[dict]:
+                restarts: int | None = None, embedding_groups: Iterable[str] = ("controller",),
+                root: str | None = None) -> list[dict]:
+    """Configs of the PTB grid (empty at a scale whose learning-rate search is not stored in
+    ``root`` yet: :func:`marnn.grid.ptb_seeds`)."""
     from . import grid
     from .models.base import EMBEDDING_GROUPS
 
@@ -172,7 +175,7 @@ def ptb_configs(scale: str, models: Iterable[str] | None = None, modes: Iterable
     for group in _names("embedding group", embedding_groups, EMBEDDING_GROUPS):
         configs += grid.ptb_grid(scale, models=_names("model", models, PTB_MODELS),
                                  modes=_names("freeze mode", modes, MODES), restarts=restarts,
-                                 embedding_group=group)
+                                 embedding_group=group, root=root)
     return configs
 
 
@@ -185,7 +188,7 @@ def ptb_results(scale: str, models: Iterable[str] | None = None, modes: Iterable
     (``marnn.models.base.EMBEDDING_GROUPS``; the default ``"controller"`` is
     the package's reading, ``"memory"`` the ablation).
     """
-    configs = ptb_configs(scale, models, modes, restarts, embedding_groups)
+    configs = ptb_configs(scale, models, modes, restarts, embedding_groups, root)
     df = results_frame(configs, root, compute=compute, lengths=False, on_failure=on_failure)
     df.attrs["missing"] = missing_cells(configs, root)
     return df

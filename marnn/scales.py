@@ -130,6 +130,13 @@ class Scale:
     # restart) instead of the restart alone, so restarts of different languages and
     # models are independent draws (the four modes of one cell still share them)
     independent_draws: bool = False
+    # PTB: the restart's learning-rate draw is chosen on validation by successive
+    # halving (``marnn.grid.ptb_search``): ``ptb_draws`` draws (seeds 0..N-1) of the
+    # search model train as one group; after each epoch in ``ptb_halving`` the worse
+    # half of the draws still running stops (status "pruned"); the survivor trains on
+    # to early stopping and its draw (seed) is the one every PTB cell of the scale uses
+    ptb_draws: int | None = None
+    ptb_halving: tuple[int, ...] = ()
 
     @property
     def bin_names(self) -> tuple[str, ...]:
@@ -161,7 +168,8 @@ class Scale:
 # Fields that a run's config leaves out while they hold their default (they were
 # added after records existed; see marnn.train._scale_part). ``models`` never enters
 # a config: the fields a model's entry changes enter it with their changed values.
-OPTIONAL: dict[str, object] = {"test_strings": None, "test_take": None, "models": (), "independent_draws": False}
+OPTIONAL: dict[str, object] = {"test_strings": None, "test_take": None, "models": (), "independent_draws": False,
+                               "ptb_draws": None, "ptb_halving": ()}
 
 
 def per_model(models: dict[str, dict[str, object]]) -> tuple:
@@ -220,9 +228,12 @@ PAPER_2CORE = Scale(
     independent_draws=True,  # the languages a verdict counts are then independent samples
     restarts=5,  # 10 do not fit: ~0.3 CPU-h per epoch of the phase at 5 (module docstring)
     test_strings=2_500,  # per bin: SE of the bin accuracy over strings <= sqrt(1/4 / 2500) = 0.01
-    # Penn Treebank: full streams, 32 x 35, the paper's SGD protocol, but capped:
-    ptb_max_epochs=6,  # the whole PTB grid costs ~4.7 CPU-h per epoch; 6 is what lstm-256 / jm-* can afford
-    ptb_restarts=1,  # 10 x the grid does not fit; lstm-256 / none gets 3 (--restarts 3, see README)
+    # Penn Treebank: full streams, 32 x 35, the paper's SGD protocol at one learning-rate
+    # draw chosen on validation, shared by every model and mode (module docstring):
+    ptb_draws=8,  # 8 draws of lstm-256 / none from the paper's log-uniform lr and clip ranges
+    ptb_halving=(1, 2, 4),  # 8 -> 4 after epoch 1, -> 2 after epoch 2, -> 1 after epoch 4
+    ptb_restarts=1,  # the selected draw; 10 x the grid does not fit
+    # lstm-256 keeps the paper's cap (100) and stopping rule; the other models are capped below
     models=per_model({
         # rns-3-3 costs ~0.25 s per replica-step at n = 40-80 (1,000x the lstm): the full
         # protocol would take ~5 CPU-h per epoch of the formal phase
@@ -235,9 +246,13 @@ PAPER_2CORE = Scale(
             "restarts": 3,  # the paper's is 10
             "test_take": 2,  # 2 strings per length of the shared test set (~0.4 s per n = 400 string)
         },
-        # windowed RNS / VRNS: 21 / 14 CPU-min per epoch on the full stream (lstm-256: 7.6)
-        "rns-4-5": {"ptb_max_epochs": 3},  # the paper's cap is 100
-        "vrns-3-3-5": {"ptb_max_epochs": 3},  # the paper's cap is 100
+        # PTB caps (the paper's is 100, with early stopping after 2 epochs without improvement,
+        # which applies within every cap); per epoch on the full stream: lstm-256 7.6 CPU-min,
+        # jm-hidden-247 8.4, jm-learned-22 8.0, rns-4-5 21, vrns-3-3-5 14
+        "jm-hidden-247": {"ptb_max_epochs": 6},
+        "jm-learned-22": {"ptb_max_epochs": 6},
+        "rns-4-5": {"ptb_max_epochs": 3},
+        "vrns-3-3-5": {"ptb_max_epochs": 3},
         "vrns-3-3-5-published": {"ptb_max_epochs": 3},  # the same model, published bottom layout
     }),
 )

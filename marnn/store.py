@@ -42,7 +42,8 @@ Record schema (formal; PTB has ``valid``/``test`` perplexities and no bins)::
     config        the run's config (marnn.train.formal_config / ptb_config)
     key           hash of config
     seed, lr, final_lr, clip
-    status        "early-stop" | "max-epochs" | "diverged"
+    status        "early-stop" | "max-epochs" | "diverged" | "pruned" (stopped by a
+                  learning-rate search, marnn.grid.ptb_search)
     diverged      null, or {"epoch", "step", "where", "value"}
     epochs, best_epoch, steps
     valid         {"cross_entropy", "lower_bound", "ce_diff", "perplexity", "accuracy"}
@@ -234,7 +235,7 @@ def load_weights(config: dict, root: str | os.PathLike | None = None) -> dict | 
 
 
 # ---- the record schema ----------------------------------------------------------
-STATUSES = ("early-stop", "max-epochs", "diverged")
+STATUSES = ("early-stop", "max-epochs", "diverged", "pruned")
 KIND_FIELDS = {"formal": ("valid", "bins", "lengths"), "ptb": ("valid", "test")}
 CONFIG_FIELDS = {"formal": ("kind", "task", "model", "freeze", "seed", "data_seed", "scale", "scale_fields",
                             "protocol"),

@@ -82,6 +82,27 @@ def test_formal_runs_keep_their_selected_weights_beside_the_record(tmp_path):
     assert list((tmp_path / "invalid").rglob("*.pt"))
 
 
+def test_ptb_cells_wait_for_the_search_and_then_use_its_draw(tmp_path):
+    sc = SMOKE.with_(ptb_draws=2, ptb_halving=(1,), ptb_max_epochs=2, ptb_early_stop=2)
+    assert grid.ptb_grid(SMOKE, ["lstm-256"], ["none"], root=tmp_path)[0]["seed"] == 0  # no search: seeds 0..N-1
+    search = grid.ptb_search(sc)
+    assert [c["seed"] for c in search] == [0, 1] and grid.ptb_search(SMOKE) == []
+    assert grid.ptb_seeds(sc, 1, tmp_path) is None and grid.ptb_grid(sc, root=tmp_path) == []
+    with pytest.raises(ValueError, match="at most the 2 draws"):
+        grid.ptb_seeds(sc, 3, tmp_path)
+    grid.run_grid(search, tmp_path, scheduler="sync", progress=False)
+    recs = [store.load_record(c, tmp_path) for c in search]
+    assert sorted(r["status"] == "pruned" for r in recs) == [False, True]
+    assert sorted(len(r["curve"]) for r in recs) == [1, 2]
+    best = min(recs, key=lambda r: r["valid"]["cross_entropy"])
+    assert best["status"] != "pruned" and grid.ptb_seeds(sc, 1, tmp_path) == [best["seed"]]
+    cells = grid.ptb_grid(sc, ["lstm-256", "jm-learned-22"], ["none", "m"], root=tmp_path)
+    assert {c["seed"] for c in cells} == {best["seed"]} and len(cells) == 4
+    # the search's survivor is the lstm-256 / none cell itself: found, not trained again
+    assert store.load_record(cells[0], tmp_path) == best
+    assert len(store.missing(cells, tmp_path)) == 3
+
+
 def test_local_cluster_with_two_worker_processes(tmp_path):
     from distributed import Client, LocalCluster
 

@@ -382,6 +382,42 @@ def test_ptb_training_records_perplexities_and_freezes():
     assert [_strip(r) for r in again] == [_strip(r) for r in recs]
 
 
+def test_halving_stops_the_worse_half_of_the_draws_and_keeps_modes_together():
+    m = Toy(2, 3, 6, list(range(6)))
+    opt = BatchedAdam(m.named_parameters(), lr=[1.0] * 6)
+    tr = Tracker(m, opt, early_stop=9, patience=9, factor=0.5)
+    units = [0, 0, 1, 1, 2, 2]  # three draws with two modes each
+    tr.end_epoch(1, [3.0, 0.5, 1.0, 2.0, 0.9, 4.0], step=1)  # draw values: 0.5, 1.0, 0.9
+    assert tr.halve(units) == [2, 3]  # ceil(3 / 2) = 2 draws stay: 0 and 2
+    assert tr.status == ["training", "training", "pruned", "pruned", "training", "training"]
+    assert opt.active.tolist() == [True, True, False, False, True, True]
+    tr.end_epoch(2, [0.2, 0.4, 0.0, 0.0, 0.2, 0.4], step=2)  # pruned ones ignored; tie: earlier draw stays
+    assert tr.halve(units) == [4, 5] and tr.running() == [0, 1]
+    assert tr.halve(units) == [] and tr.running() == [0, 1]  # one draw is never pruned
+    assert tr.epochs == [2, 2, 1, 1, 2, 2]
+
+
+def test_ptb_search_prunes_by_validation_and_the_survivor_trains_on():
+    from marnn.train.ptb import train_ptb
+
+    scale = SMOKE.with_(ptb_max_epochs=4, ptb_early_stop=4, ptb_draws=4, ptb_halving=(1, 2))
+    cfgs = [ptb_config("lstm-256", "none", s, scale) for s in range(4)]
+    recs = train_ptb(cfgs, corpus=_Corpus(), build=toy_builder(), detach=lambda s: s.detach())
+    status = [r["status"] for r in recs]
+    assert status.count("pruned") == 3 and len({r["lr"] for r in recs}) == 4
+    first = [r["curve"][0]["valid_cross_entropy"] for r in recs]
+    after1 = sorted(range(4), key=lambda i: first[i])[:2]  # the two best after epoch 1
+    assert all(len(recs[i]["curve"]) == 1 for i in range(4) if i not in after1)
+    assert all(len(recs[i]["curve"]) >= 2 for i in after1)
+    (winner,) = [i for i in range(4) if status[i] != "pruned"]
+    assert winner in after1 and len(recs[winner]["curve"]) == 4
+    assert recs[winner]["valid"]["cross_entropy"] == min(r["valid"]["cross_entropy"] for r in recs)
+    # without halving fields (every scale but paper-2core and paper) nothing is pruned
+    plain = train_ptb([ptb_config("lstm-256", "none", s, SMOKE) for s in range(2)], corpus=_Corpus(),
+                      build=toy_builder(), detach=lambda s: s.detach())
+    assert {r["status"] for r in plain} <= {"early-stop", "max-epochs"}
+
+
 # ---- interrupted runs resume bitwise ---------------------------------------------
 class _Stop(Exception):
     pass

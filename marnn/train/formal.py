@@ -109,7 +109,7 @@ class Tracker:
         self.best_epoch: list[int | None] = [None] * R
         self.bad = [0] * R
         self.plateau = [0] * R
-        self.status = ["training"] * R  # -> "early-stop" | "max-epochs" | "diverged"
+        self.status = ["training"] * R  # -> "early-stop" | "max-epochs" | "diverged" | "pruned"
         self.diverged: list[dict | None] = [None] * R
         self.epochs = [0] * R
         self.lr = opt.lr.tolist()
@@ -172,6 +172,31 @@ class Tracker:
                 self.opt.active[pos] = False
         if self.make_model is not None and 0 < len(self.running()) < len(self.idx):
             self.compact()
+
+    @torch.no_grad()
+    def halve(self, units: list) -> list[int]:
+        """Successive halving: stop the worse half of the running units (status "pruned").
+
+        ``units[r]`` names the unit replica ``r`` belongs to (a learning-rate draw:
+        its seed, shared by its freeze modes); a unit's value is the best validation
+        value of its running replicas. The ``ceil(n / 2)`` best of the ``n`` running
+        units keep training (ties go to the earlier unit), so one unit is never
+        pruned. Returns the replicas pruned."""
+        order: list = []
+        value: dict = {}
+        for r in self.running():
+            u = units[r]
+            if u not in value:
+                order.append(u)
+            value[u] = min(value.get(u, math.inf), self.best[r])
+        keep = set(sorted(order, key=lambda u: (value[u], order.index(u)))[:(len(order) + 1) // 2])
+        pruned = [r for r in self.running() if units[r] not in keep]
+        for r in pruned:
+            self.status[r] = "pruned"
+            self.opt.active[self.idx.index(r)] = False
+        if pruned and self.make_model is not None and self.running():
+            self.compact()
+        return pruned
 
     def _save_steps(self) -> None:
         for pos, r in enumerate(self.idx):

@@ -17,6 +17,9 @@ model) trains as one replica-batched model on the same token order:
   epoch without improvement divides the lr by ``ptb_lr_divisor``;
   ``ptb_early_stop`` of them stop the replica; the best-validation weights are
   restored at the end;
+* with ``ptb_halving`` (a learning-rate search, :func:`marnn.grid.ptb_search`),
+  after each of those epochs the worse half of the group's draws (seeds) stop
+  with status ``"pruned"`` (:meth:`marnn.train.formal.Tracker.halve`);
 * test perplexity is computed over the whole test stream (``ptb_eval_tokens``
   = None; smaller scales cut it), cut into the same number of streams (the
   ragged tail of fewer than ``ptb_streams`` tokens is dropped and the first
@@ -142,6 +145,8 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
         tracker.check_explosion(epoch, step, {r: _num(float(tr_nll[r]) / tr_tok) for r in idx if r in running},
                                 corpus.vocab_size)
         tracker.end_epoch(epoch, v_ce, step)
+        if epoch in scale.ptb_halving:  # a learning-rate search (marnn.grid.ptb_search): the worse draws stop
+            tracker.halve(seeds)
         if state_dir is not None:
             resume.save(configs, state_dir, tracker, epoch=epoch, step=step, curves=curves,
                         wall=time.perf_counter() - t0, cpu=time.process_time() - c0)
