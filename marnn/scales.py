@@ -39,10 +39,26 @@
   rns-3-3 (per-model entry of ``models``, every cut next to its field):
   1,000 / 200 strings, at most 6 epochs (patience 3, lr patience 2), 3
   restarts, and the first 2 strings of every length of the same test set
-  (134-200 strings in bin 2: standard error <= 0.043). Penn Treebank: the
-  whole streams (929k / 73k / 82k tokens), 32 x 35, the paper's SGD protocol,
-  capped at 6 epochs (rns-4-5 and vrns-3-3-5: 3), one restart (lstm-256 in
-  mode none: 3, from the grid's ``--restarts``).
+  (134-200 strings in bin 2: standard error <= 0.043). A formal restart's
+  learning rate and initialisation come from (task, model, restart)
+  (``independent_draws``), so restarts of different languages are independent.
+
+  Penn Treebank: the whole streams (929k / 73k / 82k tokens), 32 x 35, the
+  paper's SGD protocol (lr log-uniform in [1, 100], clipping log-uniform in
+  [0.0112, 1.12], lr / 1.5 after an epoch without improvement, stop after 2)
+  at ONE draw, chosen on validation: a learning-rate search of 8 draws of
+  lstm-256 / none trains as one group with successive halving (after epochs 1,
+  2 and 4 the worse half stops), and the survivor trains on to the paper's
+  early stopping; its test perplexity is the gate of the PTB cells (a 256-unit
+  LSTM without dropout lands near 120; above 140 something is wrong). At a
+  fixed short cap half of the draws would still be far from converged (lr 4.6:
+  validation perplexity 505 -> 178 over 6 epochs, still falling 10% an epoch),
+  and Table 3 would rank draws, not models. Every PTB cell (every model, mode
+  and embedding group) then uses the survivor's draw: pairs share lr, clipping,
+  initialisation and stopping rule, and models meet at the same draw.
+  lstm-256 keeps the paper's cap of 100 epochs; jm-hidden-247 and
+  jm-learned-22 are capped at 6, rns-4-5 and vrns at 3 (per-model entries
+  below).
 
   Cost (CPU-hours, one thread per run, from ``marnn bench`` on the idle
   development machine, benchmarks/README.md: time per training step of one
@@ -55,18 +71,21 @@
   run goes to its cap unless said):
 
   ====================================================  ===============
-  Table 3, PTB modes none and m (+2 restarts lstm none)  10.1
+  PTB learning-rate search (8+4+2x2 epochs, then one     3.4 (at 15
+  run to early stopping)                                 epochs)
+  Table 3, PTB modes none and m at its draw              8.7
   formal lstm and jm-* (0.31 per epoch of all 560 runs)  15 at a mean of
                                                          50 epochs (3.4
                                                          at 11, 62 at 200)
   formal rns-3-3 (3.7 training, 1.7 evaluation)          5.4
-  PTB modes c and cm                                     8.5
-  PTB embedding ablation (lstm-256, 4 modes)             3.1
+  PTB modes c and cm                                     10.6
+  PTB embedding ablation (lstm-256, modes m and c)       3.8
   vrns-3-3-5 as the equations say, mode none (the pair)  0.7
   ====================================================  ===============
 
-  about 43 CPU-hours, ~21 h on 2 cores: the first two phases fit in about
-  12 h. The ``paper`` scale by the same numbers: formal lstm / jm-* 31
+  about 48 CPU-hours (``marnn.campaign`` computes the PTB rows, with the
+  uncapped lstm-256 runs at 15 epochs until the search's survivor shows its
+  own), ~24 h on 2 cores. The ``paper`` scale by the same numbers: formal lstm / jm-* 31
   CPU-h at a mean of 50 epochs (124 at 200), rns-3-3 ~20 CPU-h per epoch (~1,000
   at 50), PTB ~40 CPU-h per epoch of the grid (4 modes x 10 restarts), ~800 at
   20 epochs: about 1,800 CPU-hours.

@@ -115,7 +115,25 @@ def test_paper_2core_scale_keys_and_overrides():
     assert "test_take" not in lstm["scale_fields"]  # unset optional fields stay out of the key
     assert scale_from_config(rns).max_epochs == 6 and scale_from_config(lstm).max_epochs == 200
     assert scale_from_config(ptb_config("rns-4-5", "m", 0, sc)).ptb_max_epochs == 3
-    assert scale_from_config(ptb_config("lstm-256", "m", 0, sc)).ptb_max_epochs == 6
+    assert scale_from_config(ptb_config("lstm-256", "m", 0, sc)).ptb_max_epochs == 100  # the paper's: no cut
+    assert scale_from_config(ptb_config("jm-hidden-247", "m", 0, sc)).ptb_max_epochs == 6
+    ptb = ptb_config("lstm-256", "none", 0, sc)["scale_fields"]
+    assert (ptb["ptb_draws"], ptb["ptb_halving"]) == (8, (1, 2, 4)) and "ptb_draws" not in lstm["scale_fields"]
     # a committed quick record's config (results/) keeps its key
     quick = formal_config("marked-copy", "lstm", "none", 0, "quick")
     assert "test_strings" not in quick["scale_fields"] and "models" not in quick["scale_fields"]
+    assert not {"independent_draws", "ptb_draws", "ptb_halving"} & set(ptb_config("lstm-256", "m", 0, "quick")
+                                                                        ["scale_fields"])
+
+
+def test_campaign_plan_on_an_empty_store(tmp_path):
+    from marnn import campaign
+
+    rows = campaign.plan(tmp_path)
+    assert [r["phase"] for r in rows] == [1, 2, 3, 4]
+    assert rows[0]["runs"] == 8 and rows[0]["waits_for_search"] and rows[3]["runs"] == 0
+    assert rows[1]["runs"] == 7 * 4 * 4 * 5 and rows[2]["runs"] == 7 * 4 * 3
+    assert all(r["stored"] == r["spent_cpu_h"] == 0 for r in rows)
+    # the search: 8 draws for epoch 1, 4 for epoch 2, 2 for epochs 3-4, then one on to epoch 15
+    assert campaign.search_hours(tmp_path) == pytest.approx((8 + 4 + 2 * 2 + 11) * 7.6 / 60)
+    assert "PTB draw: not chosen yet" in campaign.plan_text(tmp_path)

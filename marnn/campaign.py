@@ -1,0 +1,173 @@
+"""The ``paper-2core`` campaign: its four phases, what each has stored, and what it cost.
+
+``scripts/paper_2core.py`` trains the phases; the provenance page and
+``scripts/paper_2core.py --plan`` report them from the store (:func:`plan`).
+The phases, most important first:
+
+1. Table 3: the PTB learning-rate search (:func:`marnn.grid.ptb_search`: 8
+   draws of lstm-256 / none, successive halving, the survivor trained to the
+   paper's early stopping, which is the gate run), then all five models in
+   modes none and m at the survivor's draw (the VRNS as the published code ran
+   it, ``vrns-3-3-5-published``);
+2. formal languages, lstm and jm-*;
+3. formal languages, rns-3-3;
+4. PTB modes c and cm, the embedding-group ablation (lstm-256 with the
+   embedding in the memory group, modes m and c: in none and cm the group
+   changes nothing), and vrns-3-3-5 as the equations say in mode none (the
+   pair that shows what the bottom layout is worth), all at the search's draw.
+
+Estimates are CPU-hours (hours of one core). PTB: each run to its epoch cap
+(``marnn/scales.py``), a run without a cap short of the paper's for
+:data:`UNCAPPED_EPOCHS` epochs, or for as many as the search's survivor took
+once it is stored; per epoch :data:`PTB_EPOCH_MIN`. Formal: the estimates
+given in ``marnn/scales.py``.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import grid, store
+from .scales import get_scale
+
+SCALE = "paper-2core"
+PTB_TABLE3 = ("lstm-256", "jm-hidden-247", "jm-learned-22", "rns-4-5", "vrns-3-3-5-published")
+# CPU-minutes per epoch of one PTB replica on the full streams (``marnn bench`` on the idle
+# development machine, one thread; marnn/scales.py)
+PTB_EPOCH_MIN = {"lstm-256": 7.6, "jm-hidden-247": 8.4, "jm-learned-22": 8.0, "rns-4-5": 21.0,
+                 "vrns-3-3-5": 14.0, "vrns-3-3-5-published": 14.0}
+UNCAPPED_EPOCHS = 15  # assumed epochs to the paper's early stopping, until the search's survivor shows its own
+
+Root = str | os.PathLike | None
+
+
+@dataclass(frozen=True)
+class Phase:
+    number: int
+    what: str
+    runs: Callable[[Root], list[dict]]  # the runs known now (PTB cells wait for the search)
+    estimate: Callable[[Root], float]  # CPU-hours
+    ptb: bool
+
+
+def _unique(configs: list[dict]) -> list[dict]:
+    seen: set[str] = set()
+    out = []
+    for c in configs:
+        k = store.config_key(c)
+        if k not in seen:
+            seen.add(k)
+            out.append(c)
+    return out
+
+
+def _cells(root: Root, models, modes, **kw) -> list[dict]:
+    return grid.ptb_grid(SCALE, list(models), list(modes), root=root, **kw)
+
+
+def uncapped_epochs(root: Root = None) -> int:
+    """Epochs of an uncapped PTB run: the search survivor's, once stored; else :data:`UNCAPPED_EPOCHS`."""
+    seeds = grid.ptb_seeds(SCALE, 1, root)
+    if seeds:
+        rec = store.load_record(grid.ptb_config(grid.SEARCH_MODEL, grid.SEARCH_MODE, seeds[0], SCALE), root)
+        if rec is not None:
+            return int(rec["epochs"])
+    return UNCAPPED_EPOCHS
+
+
+def ptb_hours(pairs: list[tuple[str, str]], root: Root = None) -> float:
+    """Projected CPU-hours of PTB runs ``(model, embedding group)``, each to its cap."""
+    sc = get_scale(SCALE)
+    free = uncapped_epochs(root)
+    return sum(PTB_EPOCH_MIN[m] * min(sc.for_model(m).ptb_max_epochs, free) / 60 for m, _ in pairs)
+
+
+def search_hours(root: Root = None) -> float:
+    """Successive halving: every draw to the first rung, half of them to the next, ...; the
+    survivor on to early stopping."""
+    sc = get_scale(SCALE)
+    n, done, epochs = sc.ptb_draws or 0, 0, 0
+    for rung in sc.ptb_halving:
+        epochs += n * (rung - done)
+        n, done = (n + 1) // 2, rung
+    return PTB_EPOCH_MIN[grid.SEARCH_MODEL] * (epochs + max(uncapped_epochs(root) - done, 0)) / 60
+
+
+def _phase1(root: Root) -> list[dict]:
+    return grid.ptb_search(SCALE) + _cells(root, PTB_TABLE3, ["none", "m"])
+
+
+def _phase4(root: Root) -> list[dict]:
+    return (_cells(root, PTB_TABLE3, ["c", "cm"]) + _cells(root, ["lstm-256"], ["m", "c"], embedding_group="memory")
+            + _cells(root, ["vrns-3-3-5"], ["none"]))
+
+
+PHASES = {
+    1: Phase(1, "Table 3: the PTB learning-rate search (8 draws of lstm-256 / none, halving after epochs 1, 2, 4; "
+                "the survivor to early stopping: the gate), then all five models in modes none and m at its draw",
+             _phase1,
+             lambda root: search_hours(root) + ptb_hours(
+                 [(m, "controller") for m in PTB_TABLE3 for f in ("none", "m")
+                  if (m, f) != (grid.SEARCH_MODEL, grid.SEARCH_MODE)], root), ptb=True),
+    2: Phase(2, "formal lstm and jm-* (15 CPU-h at a mean of 50 epochs; 3.4 at 11, 62 at the cap of 200)",
+             lambda root: grid.formal_grid(SCALE, models=["lstm", "jm-10", "jm-3.3.3", "jm-hidden"]),
+             lambda root: 15.0, ptb=False),
+    3: Phase(3, "formal rns-3-3", lambda root: grid.formal_grid(SCALE, models=["rns-3-3"]), lambda root: 5.4,
+             ptb=False),
+    4: Phase(4, "PTB modes c and cm, the embedding ablation (lstm-256, modes m and c: in none and cm the "
+                "embedding's group changes nothing), vrns-3-3-5 (equations) none, all at the search's draw",
+             _phase4,
+             lambda root: ptb_hours([(m, "controller") for m in PTB_TABLE3 for _ in ("c", "cm")]
+                                    + [("lstm-256", "memory")] * 2 + [("vrns-3-3-5", "controller")], root),
+             ptb=True),
+}
+
+
+def runs(n: int, root: Root = None) -> list[dict]:
+    """The runs of phase ``n`` known now."""
+    return _unique(PHASES[n].runs(root))
+
+
+def waiting(n: int, root: Root = None) -> bool:
+    """Whether phase ``n`` has PTB cells that wait for the search (:func:`marnn.grid.ptb_seeds`)."""
+    return PHASES[n].ptb and grid.ptb_seeds(SCALE, 1, root) is None
+
+
+def cpu_hours(records: list[dict]) -> float:
+    """CPU-hours of the groups behind ``records``, each group counted once."""
+    groups = {(r["group"]["cpu_time_s"], r["created"], tuple(r["group"]["members"])) for r in records}
+    return sum(g[0] for g in groups) / 3600
+
+
+def plan(root: Root = None) -> list[dict]:
+    """One row per phase: runs known, stored, missing, groups, estimated and spent CPU-hours,
+    runs stopped early / at their cap / pruned / diverged, and whether the cells wait for the search."""
+    rows = []
+    for n, phase in PHASES.items():
+        configs = runs(n, root)
+        records = [r for r in (store.load_record(c, root) for c in configs) if r is not None]
+        todo = store.missing(configs, root)
+        status = [r["status"] for r in records]
+        rows.append(dict(phase=n, what=phase.what, runs=len(configs), stored=len(records), missing=len(todo),
+                         groups=len(grid.group_configs(todo)), estimate_cpu_h=phase.estimate(root),
+                         spent_cpu_h=cpu_hours(records), early_stop=status.count("early-stop"),
+                         at_cap=status.count("max-epochs"), pruned=status.count("pruned"),
+                         diverged=status.count("diverged"), waits_for_search=waiting(n, root),
+                         machines=sorted({r["env"].get("cpu") or "?" for r in records})))
+    return rows
+
+
+def plan_text(root: Root = None) -> str:
+    lines, total = [], 0.0
+    for row in plan(root):
+        total += row["estimate_cpu_h"]
+        more = "; the PTB cells wait for the search" if row["waits_for_search"] else ""
+        lines.append(f"phase {row['phase']}: {row['what']}: {row['runs']} runs known, {row['stored']} stored "
+                     f"({row['early_stop']} stopped early, {row['at_cap']} at the cap, {row['pruned']} pruned, "
+                     f"{row['diverged']} diverged), {row['missing']} missing in {row['groups']} groups{more}; "
+                     f"~{row['estimate_cpu_h']:.1f} CPU-h estimated (cumulative {total:.1f}), "
+                     f"{row['spent_cpu_h']:.2f} CPU-h spent")
+    seeds = grid.ptb_seeds(SCALE, 1, root)
+    lines.append(f"PTB draw: {'not chosen yet (the search is not stored)' if seeds is None else seeds[0]}")
+    return "\n".join(lines)
