@@ -378,6 +378,9 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+TRAINING_SCALES = ("smoke", "quick")  # the scales at which executing a page may train what is missing
+
+
 def execute(scale: str, out: str | Path, threads: int = 1,
             only: list[str] | None = None, force: bool = False) -> list[str]:
     """Run the notebooks whose inputs changed (all with ``force``); returns the names that failed."""
@@ -393,6 +396,9 @@ def execute(scale: str, out: str | Path, threads: int = 1,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     os.environ["TQDM_DISABLE"] = "1"  # inherited by the kernels
+    # the book never trains at the scales whose runs take hours: a missing cell shows as not trained yet
+    from .report import NO_TRAIN_ENV
+    os.environ[NO_TRAIN_ENV] = "1" if scale not in TRAINING_SCALES else os.environ.get(NO_TRAIN_ENV, "")
     params: dict[str, object] = {"scale": scale, "threads": int(threads or 1)}
     kernel = None
     failed = []

@@ -76,11 +76,23 @@ def bin_names(scale: str) -> list[str]:
 
 
 # ---- load or compute -----------------------------------------------------------
+NO_TRAIN_ENV = "MARNN_PAGES_READ_ONLY"  # "1": the pages read the store and train nothing (set by `make book`)
+
+
+def may_train() -> bool:
+    """Whether a page may train its missing runs: yes, unless ``$MARNN_PAGES_READ_ONLY`` is 1
+    (``marnn.book execute`` sets it for the scales whose runs take hours, so ``make book``
+    shows a missing cell as not trained yet instead of training it)."""
+    import os
+
+    return os.environ.get(NO_TRAIN_ENV, "") not in ("1", "true", "yes")
+
+
 def results_frame(configs: list[dict], root: str | None = None, *, compute: bool = True,
                   lengths: bool = True, on_failure: str = "raise") -> pd.DataFrame:
     """The tidy rows (``store.load_frame`` format) of exactly ``configs``.
 
-    With ``compute``, missing configs are trained first with
+    With ``compute`` (and :func:`may_train`), missing configs are trained first with
     ``grid.run_grid(..., scheduler="sync")``. A group that fails raises
     ``RuntimeError`` (a page must not silently lose cells), unless
     ``on_failure="warn"``: then a warning names it and its cells are absent
@@ -91,6 +103,7 @@ def results_frame(configs: list[dict], root: str | None = None, *, compute: bool
     """
     if on_failure not in ("raise", "warn"):
         raise ValueError(f"on_failure must be 'raise' or 'warn', got {on_failure!r}")
+    compute = compute and may_train()
     summary = None
     if compute and store.missing(configs, root):
         from . import grid

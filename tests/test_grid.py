@@ -103,6 +103,20 @@ def test_ptb_cells_wait_for_the_search_and_then_use_its_draw(tmp_path):
     assert len(store.missing(cells, tmp_path)) == 3
 
 
+def test_pages_read_only_train_nothing_and_list_the_missing_cells(tmp_path, monkeypatch):
+    from marnn import book, report
+
+    monkeypatch.setenv(report.NO_TRAIN_ENV, "1")
+    df = report.formal_results("smoke", tasks=["count-3"], models=["lstm"], modes=["none"], root=tmp_path)
+    assert df.empty and not list(tmp_path.rglob("*.json"))
+    cells = report.missing_cells(report.formal_configs("smoke", ["count-3"], ["lstm"], ["none"]), tmp_path)
+    assert cells["runs"].sum() == SMOKE.restarts
+    assert "paper-2core" not in book.TRAINING_SCALES and "quick" in book.TRAINING_SCALES
+    monkeypatch.setenv(report.NO_TRAIN_ENV, "")
+    assert not report.formal_results("smoke", tasks=["count-3"], models=["lstm"], modes=["none"],
+                                     root=tmp_path).empty
+
+
 def test_local_cluster_with_two_worker_processes(tmp_path):
     from distributed import Client, LocalCluster
 
