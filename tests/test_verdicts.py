@@ -98,9 +98,10 @@ def test_rule_weights_give_the_bin_accuracy_and_one_restart_decides_nothing():
 # ---- calibration: the stated level is the level -----------------------------------------------------------
 # Noise of the sizes in the committed quick records (mode m - mode none, bin 51-100, median over the
 # (language, model) cells): the restart effect of the per-restart difference has sd ~0.03, the residual of
-# one length ~0.05, the fixed effect of a length ~0.015, over ~17 lengths. Simulated datasets: (restart effect) + (length effect, fixed: the
-# same lengths in every restart) + residual.
-SIM, RESTART_SD, RESIDUAL_SD, LENGTH_SD, LENGTHS = 4000, 0.03, 0.05, 0.015, 17
+# one length ~0.05, the fixed effect of a length ~0.015, over ~17 lengths. Simulated datasets: restart
+# effect + length effect (fixed: the same lengths in every restart) + residual.
+SIM, LENGTHS = 4000, 17
+RESTART_SD, RESIDUAL_SD, LENGTH_SD = 0.03, 0.05, 0.015
 EFFECT = 0.06  # the stated effect for the power check: about twice the restart sd
 
 
