@@ -15,6 +15,8 @@ import warnings
 
 def main(scale: str) -> None:
     warnings.simplefilter("ignore")
+    import pandas as pd
+
     from marnn import book, report
     from marnn import verdicts as V
     from marnn.analysis import audit
@@ -29,7 +31,7 @@ def main(scale: str) -> None:
         put(f"audit/{f.id}/paper", f.verdict, f.recomputed)
         put(f"audit/{f.id}/ours", f.ours_verdict, f.ours)
     df = report.formal_results(scale, compute=False)
-    paper = report.paper_formal(metrics=["accuracy"])
+    paper = report.paper_formal()  # accuracy, and validation perplexity to choose models
     last = report.last_bin(df)
     for mode in ("m", "c"):
         for split in ("bin0", "bin1", last):
@@ -55,8 +57,11 @@ def main(scale: str) -> None:
             put(f"{fig}/paper/{task}/{model}", r["verdict"])
         for idx, r in s["positions"].iterrows():
             put(f"{fig}/position/{'/'.join(map(str, idx))}", r["vs trivial"])
+        for who in ("languages", "paper_languages"):  # one effect per language (where the tree has it)
+            for task, r in s.get(who, pd.DataFrame()).iterrows():
+                put(f"{fig}/{who}/{task}", r["verdict"])
         put(f"{fig}/text", "", s["text"])
-    best = report.best_per_task(report.ours_long(df, ["accuracy"]), [last])
+    best = report.best_per_task(report.ours_long(df, ["accuracy", "perplexity"]), [last])
     pos = V.positions(df, best[["task", "model", "freeze"]].to_dict("records"), last)
     for r in pos.to_dict("records"):
         put(f"findings/position/{r['task']}/{r['freeze']}", r["vs trivial"], r["model"])
