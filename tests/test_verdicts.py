@@ -238,8 +238,8 @@ def _store(tmp_path, cells: dict[tuple[str, str], list[tuple[float, float, float
     """Records of ``task``: cells[(model, mode)] = one accuracy triple per restart."""
     for (model, mode), accs in cells.items():
         for seed, acc in enumerate(accs):
-            store.save_record(fake_formal(formal_config(task, model, mode, seed, "smoke"), 0.5 + 0.01 * seed,
-                                          acc), tmp_path)
+            valid = 0.5 + 0.01 * seed + (0.1 if model == "lstm" else 0.0)  # jm-10 is chosen on validation
+            store.save_record(fake_formal(formal_config(task, model, mode, seed, "smoke"), valid, acc), tmp_path)
     return report.formal_results("smoke", tasks=[task], models=sorted({m for m, _ in cells}),
                                  modes=sorted({f for _, f in cells}), restarts=max(map(len, cells.values())),
                                  root=str(tmp_path),
@@ -261,6 +261,23 @@ def test_pages_verdicts_flip_with_the_records(tmp_path, m, none, expected):
     # fake references: best trivial 0.5, ceiling 0.9 (exact)
     assert pos["vs trivial"].iloc[0] == ("above" if expected == V.HOLDS else "not above")
     assert pos["ceiling"].iloc[0] == "0.90"
+
+
+def test_models_are_chosen_on_validation_not_on_the_test_bin(tmp_path):
+    # lstm has the higher test accuracy in both modes, jm-10 the lower validation cross-entropy: jm-10 is chosen
+    df = _store(tmp_path, {("jm-10", "m"): LOW, ("jm-10", "none"): LOW, ("lstm", "m"): HIGH, ("lstm", "none"): HIGH})
+    table1 = V.mode_verdicts(df, "m", "none", "bin2")
+    assert table1[["model (m)", "model (none)"]].iloc[0].tolist() == ["jm-10", "jm-10"]
+    assert report.top_models(df, 1, modes=("none", "m")) == {"count-3": ["jm-10"]}
+    with pytest.raises(ValueError, match="chooses models on validation"):
+        report.best_per_task(report.ours_long(df, ["accuracy"]), ["bin2"])
+
+
+def test_language_counts_use_one_effect_per_language(tmp_path):
+    df = _store(tmp_path, {("jm-10", "m"): HIGH, ("jm-10", "none"): LOW, ("lstm", "m"): LOW, ("lstm", "none"): LOW})
+    langs = V.language_verdicts(df, [("count-3", "jm-10"), ("count-3", "lstm")], "m", "none", "bin2")
+    assert len(langs) == 1 and langs["models"].iloc[0] == "jm-10"  # lstm: identical by construction, left out
+    assert langs["verdict"].iloc[0] == V.HOLDS and V.count(langs.attrs["verdicts"]).total == 1
 
 
 def test_an_upper_bound_ceiling_is_labelled(tmp_path):

@@ -758,7 +758,9 @@ def ours_loss_gap(df: pd.DataFrame, chance_ce: pd.Series, first: str = "bin0", l
     wide = runs.pivot_table(index=["task", "model", "seed"], columns=["metric", "split"], values="value",
                             aggfunc="first")
     rows = {}
-    for (task, model), g in wide.groupby(level=["task", "model"]):
+    needed = [("accuracy", first), ("accuracy", last), ("cross_entropy", last)]
+    groups = wide.groupby(level=["task", "model"]) if len(wide) and all(c in wide.columns for c in needed) else []
+    for (task, model), g in groups:
         g = g.dropna(subset=[("accuracy", first), ("accuracy", last), ("cross_entropy", last)])
         if len(g) < 1 or task not in chance_ce.index:
             continue
@@ -775,7 +777,8 @@ def ours_loss_gap(df: pd.DataFrame, chance_ce: pd.Series, first: str = "bin0", l
     out = pd.DataFrame.from_dict(rows, orient="index")
     if out.empty:
         return pd.DataFrame(columns=["perplexity", "cross-entropy", "uniform guess", "gap", "gap lo", "gap hi",
-                                     "position", "near random"])
+                                     "position", "near random"],
+                            index=pd.MultiIndex.from_tuples([], names=["task", "model"]))
     out.index = pd.MultiIndex.from_tuples(out.index, names=["task", "model"])
     out["near random"] = out["position"] == "near random"
     return out
