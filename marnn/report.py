@@ -452,16 +452,22 @@ def _ordered_index(idx: pd.Index, names: Sequence[str]) -> list:
 
 # ---- Tables 1 and 2: overview and retention --------------------------------------------
 def best_per_task(long: pd.DataFrame, splits: Sequence[str], metric: str = "accuracy") -> pd.DataFrame:
-    """Per task x mode x split: the highest value over models (of best restarts) and the model that has it.
+    """Per task x mode x split: the model chosen **on validation** and its ``metric`` on each split.
 
-    ``long``: :func:`ours_long` or :func:`paper_formal` (columns task, model,
-    freeze, split, metric, value). Ties go to the model listed first in the paper.
+    ``long``: :func:`ours_long` (with ``"perplexity"`` among its metrics) or :func:`paper_formal`
+    (columns task, model, freeze, split, metric, value). The model of a (task, mode) is the one with the
+    lowest validation perplexity (the best restart's, as the paper prints it); the test bins are only
+    read, never used to choose, so the chosen model's test numbers are not flattered by the choice. Ties
+    go to the model listed first in the paper.
     """
-    part = order(long[(long["metric"] == metric) & long["split"].isin(list(splits))])
-    part = part.dropna(subset=["value"])
-    idx = part.groupby(["task", "freeze", "split"], sort=False)["value"].idxmax()
-    out = part.loc[idx, ["task", "freeze", "split", "model", "value"]]
-    return order(out)
+    valid = order(long[(long["split"] == "valid") & (long["metric"] == "perplexity")].dropna(subset=["value"]))
+    if valid.empty:
+        raise ValueError("best_per_task chooses models on validation: the frame needs rows with split 'valid' "
+                         "and metric 'perplexity' (ours_long(df, ['accuracy', 'perplexity']) or paper_formal())")
+    pick = valid.loc[valid.groupby(["task", "freeze"], sort=False)["value"].idxmin(), ["task", "freeze", "model"]]
+    part = long[(long["metric"] == metric) & long["split"].isin(list(splits))].dropna(subset=["value"])
+    out = part.merge(pick, on=["task", "freeze", "model"])
+    return order(out[["task", "freeze", "split", "model", "value"]])
 
 
 def overview_table(best: pd.DataFrame, column: str = "value") -> pd.DataFrame:
@@ -507,15 +513,14 @@ def all_runs_long(df: pd.DataFrame, metrics: Iterable[str] = ("accuracy",)) -> p
 # ---- Figures 2 and 3 ---------------------------------------------------------------
 def top_models(df: pd.DataFrame, k: int, modes: Sequence[str] = ("none",), split: str | None = None,
                models: Sequence[str] | None = None) -> dict[str, list[str]]:
-    """Per task, the ``k`` models with the highest best-restart accuracy on ``split``
-    (default: the last test bin), averaged over ``modes``; ties go to the paper's order.
+    """Per task, the ``k`` models with the lowest validation cross-entropy of their best restart, averaged
+    over ``modes``; ties go to the paper's order. Chosen on validation, so the test bins they are shown
+    on do not choose them (``split`` is accepted for compatibility and not used).
 
     The paper does not say how its "top" models were chosen; this is our reading.
     """
-    long = ours_long(df, ["accuracy"])
-    if split is None:
-        split = last_bin(long)
-    part = long[(long["split"] == split) & long["freeze"].isin(list(modes))]
+    part = df[df["best"] & df["length"].isna() & (df["split"] == "valid") & (df["metric"] == "cross_entropy")
+              & df["freeze"].isin(list(modes))]
     if models is not None:
         part = part[part["model"].isin(list(models))]
     score = part.groupby(["task", "model"])["value"].mean().reset_index()
@@ -523,7 +528,7 @@ def top_models(df: pd.DataFrame, k: int, modes: Sequence[str] = ("none",), split
     out = {}
     for task in [t for t in task_names() if t in set(score["task"])]:
         s = score[score["task"] == task]
-        s = s.assign(r=s["model"].map(rank)).sort_values(["value", "r"], ascending=[False, True])
+        s = s.assign(r=s["model"].map(rank)).sort_values(["value", "r"], ascending=[True, True])
         out[task] = list(s["model"].head(k))
     return out
 
@@ -712,15 +717,22 @@ def ptb_scale_caveat(scale: str) -> str:
             f"a comparison is decided only once our perplexities beat a unigram model fitted on the same tokens.{note}")
 
 
-def nearest_baseline(long: pd.DataFrame, refs: pd.DataFrame, tol: float = TOL) -> pd.DataFrame:
-    """Per accuracy of ``long``: the nearest trivial predictor of its task and bin, and where it stands.
+def nearest_baseline(long: pd.DataFrame, refs: pd.DataFrame, half: float | None = None,
+                     margin: float | None = None) -> pd.DataFrame:
+    """Per printed accuracy of ``long`` (the paper's): the nearest trivial predictor of its task and bin,
+    and where it stands by the one rule for equality (:func:`marnn.verdicts.printed_within`: the printed
+    value +- ``half``, default half a unit of two decimals, within ``margin`` of the exact reference,
+    default :data:`marnn.verdicts.MARGIN`).
 
-    ``long``: columns task, model, freeze, split, value (accuracies);
-    ``refs``: columns task, split, reference, accuracy (``plotting.reference_frame``
-    or ``report.references_long``); the ceiling is not a baseline. ``position``
-    is ``at a baseline`` when the gap to the nearest one is below ``tol``, else
-    ``above`` or ``below`` the best baseline of the bin.
+    ``long``: columns task, model, freeze, split, value (accuracies); ``refs``: columns task, split,
+    reference, accuracy (``plotting.reference_frame`` or ``report.references_long``); the ceiling is not a
+    baseline. ``position``: ``at a baseline``, ``cannot tell``, or ``above`` / ``below`` the best baseline
+    of the bin. Our runs are judged over restarts instead (:func:`marnn.verdicts.baseline_equality`).
     """
+    from . import verdicts
+
+    half = verdicts.ACC_HALF if half is None else half
+    margin = verdicts.MARGIN if margin is None else margin
     keys = ["task", "model", "freeze", "split"]
     cols = keys + ["value", "reference", "baseline", "gap", "best baseline", "position"]
     base = refs[refs["reference"] != "ceiling"][["task", "split", "reference", "accuracy"]]
@@ -732,6 +744,8 @@ def nearest_baseline(long: pd.DataFrame, refs: pd.DataFrame, tol: float = TOL) -
     out = pairs.loc[pairs.groupby(keys, sort=False)["gap"].idxmin()].copy()
     best = base.groupby(["task", "split"])["baseline"].max().rename("best baseline")
     out = out.merge(best.reset_index(), on=["task", "split"])
-    out["position"] = np.where(out["gap"] < tol, "at a baseline",
-                               np.where(out["value"] > out["best baseline"], "above", "below"))
+    rule = [verdicts.printed_within(v, b, half, margin) for v, b in zip(out["value"], out["baseline"], strict=True)]
+    out["position"] = [verdicts.AT_BASELINE if r == verdicts.HOLDS else
+                       ("cannot tell" if r == verdicts.UNSURE_PRINTED else ("above" if v > bb else "below"))
+                       for r, v, bb in zip(rule, out["value"], out["best baseline"], strict=True)]
     return order(out[cols])

@@ -165,19 +165,25 @@ def test_retention_reproduces_the_papers_two_claims():
 
 
 def test_best_per_task_and_overview():
-    long = pd.DataFrame({"task": ["count-3"] * 4, "model": ["lstm", "jm-10", "lstm", "jm-10"],
-                         "freeze": ["none", "none", "m", "m"], "split": ["bin2"] * 4,
-                         "metric": ["accuracy"] * 4, "value": [0.5, 0.7, 0.7, 0.6]})
-    best = report.best_per_task(long, ["bin2"])
-    assert best.set_index("freeze")["model"].to_dict() == {"none": "jm-10", "m": "lstm"}
+    acc = pd.DataFrame({"task": ["count-3"] * 4, "model": ["lstm", "jm-10", "lstm", "jm-10"],
+                        "freeze": ["none", "none", "m", "m"], "split": ["bin2"] * 4,
+                        "metric": ["accuracy"] * 4, "value": [0.5, 0.7, 0.7, 0.6]})
+    # validation chooses: lstm lower in mode none, jm-10 lower in mode m (the test bin is not looked at)
+    valid = acc.assign(split="valid", metric="perplexity", value=[1.1, 1.3, 1.4, 1.2])
+    best = report.best_per_task(pd.concat([acc, valid]), ["bin2"])
+    assert best.set_index("freeze")["model"].to_dict() == {"none": "lstm", "m": "jm-10"}
+    with pytest.raises(ValueError, match="chooses models on validation"):
+        report.best_per_task(acc, ["bin2"])
     assert list(report.overview_table(best).columns) == [("none", "bin2"), ("m", "bin2")]
 
 
-def test_top_models_ranks_by_last_bin_and_breaks_ties_in_paper_order(root):
+def test_top_models_ranks_by_validation_and_breaks_ties_in_paper_order(root):
     df = report.formal_results("smoke", ["count-3"], ["lstm", "jm-10"], ["none", "m"], 3, root=root,
                                compute=False)
-    assert report.top_models(df, 1) == {"count-3": ["jm-10"]}
-    assert report.top_models(df, 5, modes=("none", "m")) == {"count-3": ["jm-10", "lstm"]}
+    ce = df[df["best"] & (df["split"] == "valid") & (df["metric"] == "cross_entropy") & (df["freeze"] == "none")]
+    lowest = ce.sort_values("value", kind="stable")["model"].iloc[0]
+    assert report.top_models(df, 1) == {"count-3": [lowest]}
+    assert sorted(report.top_models(df, 5, modes=("none", "m"))["count-3"]) == ["jm-10", "lstm"]
     assert report.top_models(df, 2, models=["lstm"]) == {"count-3": ["lstm"]}
 
 

@@ -40,38 +40,187 @@ def test_identical_by_construction():
     assert not V.identical_by_construction("lstm-256", "m", "none", "memory")  # the embedding freezes
 
 
-def test_bootstrap_flips_with_its_data_and_is_deterministic():
+def test_rule_flips_with_its_data_and_is_deterministic():
     rng = np.random.default_rng(1)
     b = 0.5 + 0.01 * rng.standard_normal((3, 12))
-    a = b + 0.1
-    better = V.paired_bootstrap(a, b)
-    assert better.verdict == V.HOLDS and better.lo > 0 and better.difference == pytest.approx(0.1)
-    assert V.paired_bootstrap(b, a).verdict == V.FAILS
-    assert V.paired_bootstrap(a, b) == better  # fixed seed
-    assert V.paired_bootstrap(a, b, higher=False).verdict == V.FAILS  # lower is better (perplexity)
-    same = V.paired_bootstrap(b, b)
-    assert (same.lo, same.hi, same.verdict) == (0.0, 0.0, V.FAILS)  # equal on every resample: not better
-    noisy = b + rng.choice([-0.2, 0.2], size=b.shape)  # differences of either sign: undecided
-    assert V.paired_bootstrap(noisy, b).verdict == V.UNSURE
+    a = b + 0.1 + 0.005 * rng.standard_normal((3, 1))  # a restart effect: the differences vary by restart
+    better = V.paired_restarts(a, b)
+    assert better.verdict == V.HOLDS and better.lo > 0 and better.difference == pytest.approx(0.1, abs=0.01)
+    assert V.paired_restarts(b, a).verdict == V.FAILS
+    assert V.paired_restarts(a, b) == better  # no randomness: the same data, the same verdict
+    assert V.paired_restarts(a, b, higher=False).verdict == V.FAILS  # lower is better (perplexity)
+    same = V.paired_restarts(b, b)
+    assert (same.lo, same.hi, same.verdict) == (0.0, 0.0, V.FAILS)  # equal on every restart: not better
+    noisy = b + np.array([[0.2], [-0.2], [0.2]])  # restarts that disagree: undecided
+    assert V.paired_restarts(noisy, b).verdict == V.UNSURE
 
 
-def test_bootstrap_weights_give_the_bin_accuracy_and_one_restart_decides_nothing():
+def test_the_interval_is_the_t_interval_over_restart_means():
+    # known answer: restart differences 0.18, 0.2, 0.22 -> mean 0.2, sd 0.02, t(2) = 4.3027
+    a = np.array([[0.68, 0.68], [0.7, 0.7], [0.72, 0.72]])
+    v = V.paired_restarts(a, np.full_like(a, 0.5))
+    half = 4.302652729749752 * 0.02 / math.sqrt(3)
+    assert (v.difference, v.lo, v.hi) == pytest.approx((0.2, 0.2 - half, 0.2 + half))
+    assert v.verdict == V.HOLDS and v.pairs == 3 and v.p == pytest.approx(0.25)  # the sign-flip floor at R = 3
+    # more lengths (or strings) at the same restart means never narrow it: only restarts do
+    wide = np.repeat(a, 40, axis=1) + np.tile([0.05, -0.05], (3, 40))
+    assert V.paired_restarts(wide, np.full_like(wide, 0.5)).lo == pytest.approx(v.lo)
+
+
+@pytest.mark.parametrize("df, t", [(1, 12.7062047), (2, 4.30265273), (4, 2.77644511), (9, 2.26215716)])
+def test_t_quantiles_known_answers(df, t):
+    assert V.t_quantile(0.95, df) == pytest.approx(t, rel=1e-7)
+    assert V.t_central(t, df) == pytest.approx(0.95, abs=1e-8)
+
+
+def test_sign_flip_floor_and_the_design_note():
+    assert V.sign_flip_p([0.1, 0.2, 0.3]) == pytest.approx(2 / 8)
+    assert V.sign_flip_p([0.1, 0.2, 0.3, 0.4, 0.5]) == pytest.approx(2 / 32)
+    assert V.sign_flip_p([0.1, -0.1]) == 1.0
+    assert "cannot go below p = 0.25" in V.design_note(3) and "4.30" in V.design_note(3)
+    assert "can reach p = 0.0156" in V.design_note(7)
+    assert "no interval" in V.design_note(1)
+    with pytest.raises(ValueError, match="finite restart differences"):
+        V.sign_flip_p([])
+
+
+def test_rule_weights_give_the_bin_accuracy_and_one_restart_decides_nothing():
     a, b = np.array([[1.0, 0.0], [1.0, 0.0]]), np.zeros((2, 2))
-    assert V.paired_bootstrap(a, b, weights=[3, 1]).difference == pytest.approx(0.75)
-    one = V.paired_bootstrap(a[:1] + 1, b[:1])
+    assert V.paired_restarts(a, b, weights=[3, 1]).difference == pytest.approx(0.75)
+    one = V.paired_restarts(a[:1] + 1, b[:1])
     assert one.verdict == V.UNSURE and "one restart" in one.method and "no interval" in one.text()
     with pytest.raises(ValueError, match="one shape"):
-        V.paired_bootstrap(np.zeros((2, 3)), np.zeros((2, 2)))
+        V.paired_restarts(np.zeros((2, 3)), np.zeros((2, 2)))
     with pytest.raises(ValueError, match="weights"):
-        V.paired_bootstrap(a, b, weights=[1, -1])
+        V.paired_restarts(a, b, weights=[1, -1])
 
 
-@pytest.mark.parametrize("a, b, expected", [(0.52, 0.50, V.HOLDS), (0.51, 0.50, V.UNSURE_PRINTED),
-                                            (0.50, 0.50, V.UNSURE_PRINTED),
-                                            (0.49, 0.50, V.FAILS)])
+# ---- calibration: the stated level is the level -----------------------------------------------------------
+# Noise of the sizes in the committed quick records (mode m - mode none, bin 51-100, median over the
+# (language, model) cells): the restart effect of the per-restart difference has sd ~0.03, the residual of
+# one length ~0.05, the fixed effect of a length ~0.015, over ~17 lengths. Simulated datasets: restart
+# effect + length effect (fixed: the same lengths in every restart) + residual.
+SIM, LENGTHS = 4000, 17
+RESTART_SD, RESIDUAL_SD, LENGTH_SD = 0.03, 0.05, 0.015
+EFFECT = 0.06  # the stated effect for the power check: about twice the restart sd
+
+
+def _simulate(restarts: int, effect: float, seed: int, sims: int = SIM):
+    rng = np.random.default_rng(seed)
+    weights = rng.integers(20, 200, LENGTHS).astype(float)  # symbols per length, fixed
+    length_effect = LENGTH_SD * rng.standard_normal(LENGTHS)  # fixed lengths: an effect, not noise
+    b = 0.5 + 0.1 * rng.standard_normal((sims, restarts, LENGTHS))
+    a = (b + effect + length_effect - (length_effect @ weights) / weights.sum()
+         + RESTART_SD * rng.standard_normal((sims, restarts, 1))
+         + RESIDUAL_SD * rng.standard_normal((sims, restarts, LENGTHS)))
+    return a, b, weights
+
+
+def _mc(rate: float, n: int = SIM) -> float:
+    """Three Monte Carlo standard errors of a rate."""
+    return 3 * math.sqrt(rate * (1 - rate) / n)
+
+
+def _false_holds(restarts: int) -> float:
+    a, b, w = _simulate(restarts, 0.0, seed=restarts)
+    _, lo, _ = V.restart_interval(a, b, w)
+    return float(np.mean(lo > 0))
+
+
+def _coverage(restarts: int) -> float:
+    a, b, w = _simulate(restarts, EFFECT, seed=10 + restarts)
+    _, lo, hi = V.restart_interval(a, b, w)
+    return float(np.mean((lo <= EFFECT) & (EFFECT <= hi)))
+
+
+def _power(restarts: int) -> float:
+    a, b, w = _simulate(restarts, EFFECT, seed=20 + restarts)
+    _, lo, _ = V.restart_interval(a, b, w)
+    return float(np.mean(lo > 0))
+
+
+NOMINAL_FALSE = (1 - V.LEVEL) / 2  # "holds" is a one-sided decision at 2.5%
+
+
+def _calibrated() -> list[str]:
+    """The calibration checks that fail (empty: all pass)."""
+    failed = []
+    for r in (3, 5):
+        if _false_holds(r) > NOMINAL_FALSE + _mc(NOMINAL_FALSE):
+            failed.append(f"false holds at {r} restarts")
+        if _coverage(r) < V.LEVEL - _mc(V.LEVEL):
+            failed.append(f"coverage at {r} restarts")
+    if _power(5) < 0.80:
+        failed.append("power at 5 restarts")
+    return failed
+
+
+def test_calibration_false_holds_coverage_and_power():
+    for r in (3, 5):
+        assert _false_holds(r) <= NOMINAL_FALSE + _mc(NOMINAL_FALSE)
+        assert _coverage(r) >= V.LEVEL - _mc(V.LEVEL)
+    assert _power(5) >= 0.80  # a true difference of 0.06 (twice the restart sd) is found with 5 restarts
+    assert _power(3) < _power(5)  # with 3 restarts less often (t with 2 df)
+    assert _calibrated() == []
+
+
+def test_calibration_catches_a_rule_that_ignores_restart_variance(monkeypatch):
+    """The mutant of issue 18: a bootstrap that resamples lengths only, with the restarts averaged first."""
+
+    def lengths_only(a, b, weights=None, *, higher=True, level=V.LEVEL, boot=200):
+        d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+        d = d.mean(axis=-2)  # restarts averaged: their spread is lost
+        w = np.ones(d.shape[-1]) if weights is None else np.asarray(weights, dtype=float)
+        rng = np.random.default_rng(0)
+        idx = rng.integers(0, d.shape[-1], (boot, d.shape[-1]))
+        stats_ = (d[..., idx] * w[idx]).sum(-1) / w[idx].sum(-1)  # (..., boot)
+        q = (1 - level) / 2
+        lo, hi = np.quantile(stats_, [q, 1 - q], axis=-1)
+        return (d @ w) / w.sum(), lo, hi
+
+    monkeypatch.setattr(V, "restart_interval", lengths_only)
+    failed = _calibrated()
+    assert any(f.startswith("false holds") for f in failed) and any(f.startswith("coverage") for f in failed)
+
+
+def test_calibration_of_equivalence():
+    """Two one-sided tests on the interval: a true gap exactly at the margin is called equal at most
+    2.5% of the time (each one-sided test at (1 - LEVEL) / 2); a true gap of 0 is called equal with 5
+    restarts when the noise allows."""
+    a, b, w = _simulate(5, V.MARGIN, seed=31)
+    _, lo, hi = V.restart_interval(a, b, w)
+    inside = (lo >= -V.MARGIN) & (hi <= V.MARGIN)
+    assert float(np.mean(inside)) <= NOMINAL_FALSE + _mc(NOMINAL_FALSE)
+    assert V.within(-0.01, 0.01) == V.HOLDS and V.within(0.03, 0.05) == V.FAILS
+    assert V.within(-0.01, 0.03) == V.UNSURE
+    assert V.within(0.85, 0.93, 0.895, 0.905, margin=0.05) == V.HOLDS
+    with pytest.raises(ValueError, match="margin >= 0"):
+        V.within(0, 1, margin=-1)
+
+
+def test_holm_known_answers():
+    adj = V.holm([0.01, 0.04, float("nan"), 0.03])
+    assert adj[0] == pytest.approx(0.03) and adj[1] == pytest.approx(0.06) and adj[3] == pytest.approx(0.06)
+    assert np.isnan(adj[2])
+    with pytest.raises(ValueError, match="p-values"):
+        V.holm([1.5])
+
+
+@pytest.mark.parametrize("a, b, expected", [(0.52, 0.50, V.HOLDS), (0.51, 0.50, V.HOLDS),
+                                            (0.50, 0.50, V.UNSURE_PRINTED), (0.49, 0.50, V.FAILS)])
 def test_paper_numbers_keep_their_rounding(a, b, expected):
+    # rounding is monotone: two printed values that differ are ordered; equal ones cannot be told apart
     v = V.rounded(a, b)
-    assert v.verdict == expected and v.hi - v.lo == pytest.approx(4 * V.ACC_HALF)
+    assert v.verdict == expected and "rounding range" in v.method and "best of 10 restarts" in v.method
+    assert v.lo <= v.difference <= v.hi and v.hi - v.lo <= 4 * V.ACC_HALF + 1e-12
+
+
+@pytest.mark.parametrize("a, x, expected", [(0.51, 0.50, V.HOLDS), (0.505, 0.50, V.UNSURE_PRINTED),
+                                            (0.50, 0.5049, V.UNSURE_PRINTED), (0.49, 0.4999, V.FAILS)])
+def test_a_printed_number_against_an_exact_one(a, x, expected):
+    assert V.printed_vs_exact(a, x).verdict == expected  # margin: half a unit (0.005)
+    assert V.printed_within(0.50, 0.49) == V.HOLDS and V.printed_within(0.55, 0.50) == V.FAILS
+    assert V.printed_within(0.52, 0.50) == V.UNSURE_PRINTED
 
 
 def test_count_flips_with_the_verdicts():
@@ -89,14 +238,16 @@ def _store(tmp_path, cells: dict[tuple[str, str], list[tuple[float, float, float
     """Records of ``task``: cells[(model, mode)] = one accuracy triple per restart."""
     for (model, mode), accs in cells.items():
         for seed, acc in enumerate(accs):
-            store.save_record(fake_formal(formal_config(task, model, mode, seed, "smoke"), 0.5 + 0.01 * seed,
-                                          acc), tmp_path)
+            valid = 0.5 + 0.01 * seed + (0.1 if model == "lstm" else 0.0)  # jm-10 is chosen on validation
+            store.save_record(fake_formal(formal_config(task, model, mode, seed, "smoke"), valid, acc), tmp_path)
     return report.formal_results("smoke", tasks=[task], models=sorted({m for m, _ in cells}),
-                                 modes=sorted({f for _, f in cells}), restarts=2, root=str(tmp_path),
+                                 modes=sorted({f for _, f in cells}), restarts=max(map(len, cells.values())),
+                                 root=str(tmp_path),
                                  compute=False)
 
 
-HIGH, LOW = [(0.9, 0.8, 0.8), (0.9, 0.85, 0.75)], [(0.9, 0.5, 0.4), (0.9, 0.45, 0.35)]
+HIGH = [(0.9, 0.8, 0.8), (0.9, 0.85, 0.75), (0.9, 0.82, 0.78)]
+LOW = [(0.9, 0.5, 0.4), (0.9, 0.45, 0.35), (0.9, 0.48, 0.38)]
 
 
 @pytest.mark.parametrize("m, none, expected", [(HIGH, LOW, V.HOLDS), (LOW, HIGH, V.FAILS)])
@@ -110,6 +261,23 @@ def test_pages_verdicts_flip_with_the_records(tmp_path, m, none, expected):
     # fake references: best trivial 0.5, ceiling 0.9 (exact)
     assert pos["vs trivial"].iloc[0] == ("above" if expected == V.HOLDS else "not above")
     assert pos["ceiling"].iloc[0] == "0.90"
+
+
+def test_models_are_chosen_on_validation_not_on_the_test_bin(tmp_path):
+    # lstm has the higher test accuracy in both modes, jm-10 the lower validation cross-entropy: jm-10 is chosen
+    df = _store(tmp_path, {("jm-10", "m"): LOW, ("jm-10", "none"): LOW, ("lstm", "m"): HIGH, ("lstm", "none"): HIGH})
+    table1 = V.mode_verdicts(df, "m", "none", "bin2")
+    assert table1[["model (m)", "model (none)"]].iloc[0].tolist() == ["jm-10", "jm-10"]
+    assert report.top_models(df, 1, modes=("none", "m")) == {"count-3": ["jm-10"]}
+    with pytest.raises(ValueError, match="chooses models on validation"):
+        report.best_per_task(report.ours_long(df, ["accuracy"]), ["bin2"])
+
+
+def test_language_counts_use_one_effect_per_language(tmp_path):
+    df = _store(tmp_path, {("jm-10", "m"): HIGH, ("jm-10", "none"): LOW, ("lstm", "m"): LOW, ("lstm", "none"): LOW})
+    langs = V.language_verdicts(df, [("count-3", "jm-10"), ("count-3", "lstm")], "m", "none", "bin2")
+    assert len(langs) == 1 and langs["models"].iloc[0] == "jm-10"  # lstm: identical by construction, left out
+    assert langs["verdict"].iloc[0] == V.HOLDS and V.count(langs.attrs["verdicts"]).total == 1
 
 
 def test_an_upper_bound_ceiling_is_labelled(tmp_path):
@@ -160,8 +328,8 @@ def _ptb(tmp_path, m_ppls, none_ppls):
                               root=str(tmp_path), compute=False)
 
 
-@pytest.mark.parametrize("m, none, expected", [((250.0, 260.0), (300.0, 320.0), V.HOLDS),
-                                               ((300.0, 320.0), (250.0, 260.0), V.FAILS)])
+@pytest.mark.parametrize("m, none, expected", [((250.0, 260.0, 255.0), (300.0, 320.0, 310.0), V.HOLDS),
+                                               ((300.0, 320.0, 310.0), (250.0, 260.0, 255.0), V.FAILS)])
 def test_ptb_verdicts_flip_and_need_to_beat_the_references(tmp_path, m, none, expected):
     df = _ptb(tmp_path, m, none)
     low_refs, high_refs = pd.Series({"unigram": 100.0}), pd.Series({"unigram": 1000.0})
