@@ -15,8 +15,15 @@ workers, replicas, restarts and epochs >= 1, the device exists on this
 machine, the scheduler address is well formed and answers within 3 s, the PTB
 files match their checksums): a bad one exits with status 2 and one line
 naming what is wrong and what is accepted. Ctrl-C at any moment prints one
-line and exits with status 130 (a second Ctrl-C exits at once). Progress bars
-go to stderr (``TQDM_DISABLE=1`` silences them).
+line and exits with status 130 (a second Ctrl-C exits at once).
+
+While training, every command writes one line per finished epoch to stderr
+(:mod:`marnn.train.epochlog`: perplexities or accuracies, learning rate,
+seconds) and shows progress bars; ``--quiet`` or ``TQDM_DISABLE=1`` silences
+both. ``train`` and ``ptb`` keep the run's state after every epoch in
+``<results>/.state/`` (:mod:`marnn.train.resume`), like ``grid``: an
+interrupted run continues from its last finished epoch, with the numbers an
+uninterrupted run gives; the state is removed once the record is written.
 """
 from __future__ import annotations
 
@@ -72,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
         q.add_argument("--threads", type=POSITIVE, default=None,
                        help="torch threads (default: 1 for formal languages, torch's default for PTB)")
+        q.add_argument("--quiet", action="store_true",
+                       help="no progress bars and no line per finished epoch on stderr")
 
     t = sub.add_parser("train", help="train (or load) one formal-language run")
     t.add_argument("--task", required=True)
@@ -227,10 +236,13 @@ def _train_one(config: dict, args, threads: int | None) -> None:
     if store.load_record(config, args.results) is not None:
         print("loaded from the store (trained meanwhile by another process):")
         return
-    from .train import train
+    from .train import resume, train
 
-    (rec,) = train([config], progress=True, device=args.device, threads=threads)
+    folder = resume.state_dir(args.results)  # resumable after every epoch, as in the grid
+    (rec,) = train([config], progress=not args.quiet, epoch_lines=not args.quiet, device=args.device,
+                   threads=threads, state_dir=folder)
     store.save_record(rec, args.results)
+    resume.remove([config], folder)
     print("trained and stored:")
 
 
@@ -320,7 +332,7 @@ def cmd_grid(args) -> int:
     scheduler = check_scheduler(args.scheduler)
     if args.ptb and store.missing(configs, args.results):
         check_ptb_files()
-    summary = grid.run_grid(configs, args.results, scheduler=scheduler, workers=args.workers,
+    summary = grid.run_grid(configs, args.results, scheduler=scheduler, workers=args.workers, progress=not args.quiet,
                             max_replicas=args.max_replicas, torch_threads=args.threads or 1,
                             train_kwargs={"device": args.device} if args.device else None)
     elsewhere = f", {summary['elsewhere']} trained by another process" if summary["elsewhere"] else ""

@@ -54,7 +54,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from . import store
 from .scales import Scale, get_scale
-from .train import formal_config, formal_models, freeze_modes, progress_disabled, ptb_config, ptb_models
+from .train import epochlog, formal_config, formal_models, freeze_modes, progress_disabled, ptb_config, ptb_models
 
 # relative cost per replica (measured at quick scale on a 2-core CPU), used only
 # to start the expensive groups first so that they do not finish last
@@ -318,6 +318,8 @@ def run_grid(configs: list[dict], root: str | None = None, *, scheduler: str | N
              train_kwargs: dict | None = None, poll_s: float = 1.0) -> dict:
     """Run every missing config of ``configs`` in batched groups; returns a summary.
 
+    ``progress``: a bar over the runs, and one line per finished epoch of each
+    group on stderr (:mod:`marnn.train.epochlog`; from dask workers too).
     ``client``: an existing ``distributed.Client``; else ``scheduler``: an
     address (``tcp://...``), ``"sync"`` (in this process, no dask) or None (a
     fresh LocalCluster with ``workers`` processes). Failed groups are reported
@@ -336,7 +338,9 @@ def run_grid(configs: list[dict], root: str | None = None, *, scheduler: str | N
     summary = {"planned": len(configs), "existing": len(configs) - len(todo), "groups": 0,
                "written": 0, "elsewhere": 0, "failed": [], "root": root}
     bar = tqdm(total=len(todo), desc="runs", unit="run", disable=progress_disabled(progress))
-    kwargs = {"torch_threads": torch_threads, "train_kwargs": train_kwargs}
+    # each group writes one line per finished epoch to stderr while the bar is on (marnn.train.epochlog)
+    kwargs = {"torch_threads": torch_threads,
+              "train_kwargs": {"epoch_lines": not progress_disabled(progress), **(train_kwargs or {})}}
     failed_keys: set[str] = set()
 
     def done(group, keys):
@@ -402,6 +406,9 @@ def run_grid(configs: list[dict], root: str | None = None, *, scheduler: str | N
                         own_client = client = Client(own_cluster)
             from distributed import as_completed
 
+            if kwargs["train_kwargs"]["epoch_lines"]:  # the workers' epoch lines, written here above the bar
+                client.subscribe_topic(epochlog.TOPIC, _write_line)
+
             def run_dask(groups):
                 futures = {}
                 for g in groups:
@@ -421,6 +428,9 @@ def run_grid(configs: list[dict], root: str | None = None, *, scheduler: str | N
         finally:
             if own_client is not None or own_cluster is not None:
                 with _quiet_dask():
+                    if client is not None and kwargs["train_kwargs"]["epoch_lines"]:
+                        with contextlib.suppress(Exception):  # not subscribed, or the client is gone
+                            client.unsubscribe_topic(epochlog.TOPIC)
                     if own_client is not None:
                         own_client.close()
                     if own_cluster is not None:
@@ -428,6 +438,11 @@ def run_grid(configs: list[dict], root: str | None = None, *, scheduler: str | N
     bar.close()
     summary["wall_time_s"] = round(time.perf_counter() - t0, 2)
     return summary
+
+
+def _write_line(event: tuple) -> None:
+    """A dask event ``(timestamp, line)`` of :data:`marnn.train.epochlog.TOPIC`: one epoch line."""
+    epochlog.write(str(event[1]))
 
 
 def _failure(group: list[dict], err: BaseException) -> dict:

@@ -52,6 +52,7 @@ from . import (
     scale_from_config,
     set_threads,
 )
+from .epochlog import formal_epoch, lines_enabled, resumed
 from .evaluate import evaluate_bins, split_metrics, token_stats
 from .optim import BatchedAdam, ReplicaOptimizer
 
@@ -258,7 +259,8 @@ def check_group(configs: list[dict], shared: tuple[str, ...]) -> dict:
 
 def train_formal(configs: list[dict], *, build: Callable | None = None, device=None, progress: bool = False,
                  desc: str | None = None, threads: int | None = None, compact: bool = True,
-                 return_model: bool = False, state_dir=None, after_epoch: Callable[[int], None] | None = None):
+                 return_model: bool = False, state_dir=None, after_epoch: Callable[[int], None] | None = None,
+                 epoch_lines: bool = False):
     """Train a group of formal-language runs as one replica-batched model.
 
     ``configs`` come from :func:`marnn.train.formal_config` and must share
@@ -271,7 +273,8 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
     model holding every replica's best weights in config order (eval mode).
     ``state_dir``: save the group's state there after every epoch and resume
     from it (:mod:`marnn.train.resume`); ``after_epoch(epoch)`` is called once
-    that state is written (tests interrupt a run from it).
+    that state is written (tests interrupt a run from it). ``epoch_lines``: one
+    line for the group on stderr after every epoch (:mod:`marnn.train.epochlog`).
     """
     from ..tasks import get as get_task
     from ..tasks.data import make_task_data
@@ -313,6 +316,9 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
     if saved is not None:
         start, step, curves, wall0, cpu0 = resume.restore(tracker, saved, make_model)
         t0, c0 = t0 - wall0, c0 - cpu0
+    lines = lines_enabled(epoch_lines)
+    if lines and saved is not None:
+        resumed(configs, start - 1)
     bar = tqdm(range(start, scale.max_epochs + 1), desc=desc or f"{task.name}/{first['model']} x{R}",
                disable=progress_disabled(progress), leave=False)
     for epoch in bar:
@@ -359,6 +365,8 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
         if state_dir is not None:
             resume.save(configs, state_dir, tracker, epoch=epoch, step=step, curves=curves,
                         wall=time.perf_counter() - t0, cpu=time.process_time() - c0)
+        if lines:
+            formal_epoch(configs, tracker, running, curves, epoch, scale.max_epochs, time.perf_counter() - t_epoch)
         if after_epoch is not None:
             after_epoch(epoch)
         if progress:

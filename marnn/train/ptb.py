@@ -35,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import default_device, environment, hyperparameters, progress_disabled, resume, scale_from_config, set_threads
+from .epochlog import lines_enabled, ptb_epoch, resumed
 from .evaluate import stream_cross_entropy, token_stats
 from .formal import RecordParts, Tracker, _num, _per_replica_counts, check_group, guarded_step
 from .optim import BatchedSGD, ReplicaOptimizer
@@ -57,12 +58,13 @@ def _cut(tokens: torch.Tensor, limit: int | None) -> torch.Tensor:
 def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None, detach: Callable | None = None,
               device=None, progress: bool = False, desc: str | None = None,
               threads: int | None = None, compact: bool = True, state_dir=None,
-              after_epoch: Callable[[int], None] | None = None) -> list[dict]:
+              after_epoch: Callable[[int], None] | None = None, epoch_lines: bool = False) -> list[dict]:
     """Train a group of PTB runs (same model, scale, embedding group) as one batched model.
 
     ``state_dir`` / ``after_epoch``: as in :func:`marnn.train.formal.train_formal`
     (the state is saved after every epoch; the next epoch starts a fresh
-    hidden state, so nothing else is needed to resume).
+    hidden state, so nothing else is needed to resume). ``epoch_lines``: one
+    line per replica on stderr after every epoch (:mod:`marnn.train.epochlog`).
     """
     from ..ptb import batchify, chunks, load_corpus, num_chunks
 
@@ -104,6 +106,9 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
     if saved is not None:
         start, step, curves, wall0, cpu0 = resume.restore(tracker, saved, make_model)
         t0, c0 = t0 - wall0, c0 - cpu0
+    lines = lines_enabled(epoch_lines)
+    if lines and saved is not None:
+        resumed(configs, start - 1)
     n_chunks = num_chunks(train, T)
     for epoch in range(start, scale.ptb_max_epochs + 1):
         running = tracker.running()
@@ -150,6 +155,8 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
         if state_dir is not None:
             resume.save(configs, state_dir, tracker, epoch=epoch, step=step, curves=curves,
                         wall=time.perf_counter() - t0, cpu=time.process_time() - c0)
+        if lines:
+            ptb_epoch(configs, tracker, running, curves, epoch, scale.ptb_max_epochs)
         if after_epoch is not None:
             after_epoch(epoch)
     model = tracker.finish()
