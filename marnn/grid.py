@@ -339,8 +339,9 @@ def run_grid(configs: list[dict], root: str | None = None, *, scheduler: str | N
                "written": 0, "elsewhere": 0, "failed": [], "root": root}
     bar = tqdm(total=len(todo), desc="runs", unit="run", disable=progress_disabled(progress))
     # each group writes one line per finished epoch to stderr while the bar is on (marnn.train.epochlog)
-    kwargs = {"torch_threads": torch_threads,
-              "train_kwargs": {"epoch_lines": not progress_disabled(progress), **(train_kwargs or {})}}
+    train_kwargs = {"epoch_lines": not progress_disabled(progress), **(train_kwargs or {})}
+    lines = bool(train_kwargs["epoch_lines"])
+    kwargs = {"torch_threads": torch_threads, "train_kwargs": train_kwargs}
     failed_keys: set[str] = set()
 
     def done(group, keys):
@@ -406,7 +407,7 @@ def run_grid(configs: list[dict], root: str | None = None, *, scheduler: str | N
                         own_client = client = Client(own_cluster)
             from distributed import as_completed
 
-            if kwargs["train_kwargs"]["epoch_lines"]:  # the workers' epoch lines, written here above the bar
+            if lines:  # the workers' epoch lines, written here above the bar
                 client.subscribe_topic(epochlog.TOPIC, _write_line)
 
             def run_dask(groups):
@@ -428,7 +429,7 @@ def run_grid(configs: list[dict], root: str | None = None, *, scheduler: str | N
         finally:
             if own_client is not None or own_cluster is not None:
                 with _quiet_dask():
-                    if client is not None and kwargs["train_kwargs"]["epoch_lines"]:
+                    if client is not None and lines:
                         with contextlib.suppress(Exception):  # not subscribed, or the client is gone
                             client.unsubscribe_topic(epochlog.TOPIC)
                     if own_client is not None:
