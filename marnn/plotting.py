@@ -487,3 +487,124 @@ def findings_figure(paper_best: pd.DataFrame, paper_refs: pd.DataFrame, paper_sp
                columnspacing=1.0, handletextpad=0.4)
     fig.tight_layout(rect=(0, 1.0 / (0.55 * len(tasks) + 2.3), 1, 1))
     return fig
+
+
+# ---- learning curves and stopping epochs (marnn.curves) ----------------------------------------------
+STATUS_COLORS: dict[str, str] = {"early-stop": OKABE_ITO["green"], "max-epochs": OKABE_ITO["blue"],
+                                 "diverged": OKABE_ITO["vermillion"]}
+STATUS_LABELS: dict[str, str] = {"early-stop": "early stop", "max-epochs": "at the epoch cap",
+                                 "diverged": "diverged"}
+
+
+def ptb_curve_grid(curves: pd.DataFrame, models: Sequence[str] | None = None, modes: Sequence[str] = MODES,
+                   ncols: int = 3):
+    """Validation perplexity against epoch, one panel per PTB model, legend last.
+
+    ``curves``: :func:`marnn.curves.ptb_curves`. One line per run, colour, marker
+    and dash by freeze mode; the best restart of each mode thick, the other
+    restarts thin; a ring marks the epoch whose weights each best restart kept.
+    Logarithmic perplexity axis. Returns the figure.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    present = list(dict.fromkeys(curves["model"]))
+    models = [m for m in (models or present) if m in present]
+    fig, axes = _panel_grid(len(models), ncols, width=3.4, height=2.8)
+    for ax, model in zip(axes, models, strict=False):  # the grid has spare panels
+        part = curves[curves["model"] == model]
+        for mode in modes:
+            for _, run in part[part["freeze"] == mode].groupby("key", sort=False):
+                run = run.sort_values("epoch")
+                best = bool(run["best"].iloc[0])
+                ax.plot(run["epoch"], run["valid_perplexity"], color=MODE_COLORS[mode], markersize=4 if best else 2.5,
+                        linewidth=1.6 if best else 0.8, alpha=1.0 if best else 0.45, zorder=3 if best else 2,
+                        **mode_style(mode))
+                kept = run[run["selected"]]
+                if best and len(kept):
+                    ax.plot(kept["epoch"], kept["valid_perplexity"], marker="o", markersize=9, linestyle="",
+                            markerfacecolor="none", markeredgecolor=MODE_COLORS[mode], markeredgewidth=1.3, zorder=4)
+        _log_ticks(ax, part["valid_perplexity"])
+        ax.set_title(model, fontsize="small")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation perplexity" if ax in axes[::ncols] else "")
+        last = int(part["epoch"].max()) if len(part) else 1
+        ax.set_xlim(0.5, last + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    for ax in axes[len(models):]:
+        ax.axis("off")
+    handles: dict[str, Artist] = {MODE_LABELS[m]: Line2D([], [], color=MODE_COLORS[m], markersize=5, linewidth=1.6,
+                                                         **mode_style(m)) for m in modes}
+    handles["best restart (thick)"] = Line2D([], [], color="0.3", linewidth=1.6)
+    handles["other restarts"] = Line2D([], [], color="0.3", linewidth=0.8, alpha=0.45)
+    handles["epoch kept (best validation)"] = Line2D([], [], marker="o", linestyle="", markersize=9,
+                                                     markerfacecolor="none", markeredgecolor="0.3")
+    axes[-1].legend(handles.values(), handles.keys(), loc="center", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def _log_ticks(ax, values: pd.Series) -> None:
+    """A logarithmic y axis labelled with plain numbers: 1-2-5 steps over a decade or more,
+    finer steps over a narrower range (so a panel always shows a few labels)."""
+    import numpy as np
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    finite = values[np.isfinite(values.to_numpy(dtype=float))]
+    narrow = len(finite) > 0 and float(finite.max()) < 4 * float(finite.min())
+    ax.yaxis.set_major_locator(LogLocator(subs=(1, 1.2, 1.5, 2, 3, 4, 5, 7) if narrow else (1, 2, 5)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def stop_epoch_panel(ax, stops: pd.DataFrame, models: Sequence[str], jitter: float = 0.28):
+    """Where the runs of one scale and kind stopped: one row per model, one dot per run at
+    its last epoch (colour: how it ended), a black bar at the model's epoch cap and, at
+    the right, the number of runs that ended each way. Returns ``ax``."""
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+
+    for i, model in enumerate(models):
+        part = stops[stops["model"] == model]
+        offsets = np.linspace(-jitter, jitter, len(part)) if len(part) > 1 else np.zeros(1)
+        ax.scatter(part["epochs"].to_numpy(dtype=float), i + offsets, s=24 if len(part) <= 20 else 10, linewidths=0,
+                   alpha=0.75, zorder=3, c=[STATUS_COLORS.get(s, "0.5") for s in part["status"]])
+        for cap in sorted(set(part["cap"].dropna())):
+            ax.plot([cap, cap], [i - 0.45, i + 0.45], color="black", linewidth=1.2, zorder=2)
+        counts = part["status"].value_counts()
+        text = " / ".join(str(int(counts.get(s, 0))) for s in STATUS_COLORS)
+        ax.annotate(text, xy=(1.01, i), xycoords=("axes fraction", "data"), va="center", fontsize="small")
+    ax.set_yticks(range(len(models)), labels=list(models), fontsize="small")
+    ax.set_ylim(len(models) - 0.5, -0.5)
+    last = max([1.0, *stops["epochs"].dropna().astype(float), *stops["cap"].dropna().astype(float)])
+    ax.set_xlim(0.5, last + 0.5)
+    ax.annotate("early / cap / diverged", xy=(1.01, 1.0), xycoords="axes fraction", va="bottom", fontsize="small",
+                color="0.35")
+    ax.set_xlabel("epoch at which the run stopped")
+    ax.grid(axis="y", visible=False)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    return ax
+
+
+def stop_epoch_grid(stops: pd.DataFrame, panels: Sequence[tuple[str, str]], kind_labels: dict[str, str]):
+    """One :func:`stop_epoch_panel` per (scale, kind) of ``panels``, stacked, legend on top.
+
+    ``stops``: :func:`marnn.curves.stop_epochs`. Returns the figure."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    rows = [[m for m in dict.fromkeys(stops[(stops["scale"] == s) & (stops["kind"] == k)]["model"])]
+            for s, k in panels]
+    heights = [0.32 * len(r) + 0.9 for r in rows]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7.2, sum(heights) + 0.9), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, (scale, kind), models in zip(axes[:, 0], panels, rows, strict=True):
+        stop_epoch_panel(ax, stops[(stops["scale"] == scale) & (stops["kind"] == kind)], models)
+        ax.set_title(f"{scale}: {kind_labels.get(kind, kind)}", fontsize="small", loc="left")
+    handles = [Line2D([], [], marker="o", linestyle="", color=c, markersize=6, label=STATUS_LABELS[s])
+               for s, c in STATUS_COLORS.items()]
+    handles.append(Line2D([], [], color="black", linewidth=1.6, label="epoch cap"))
+    fig.legend(handles=handles, loc="upper center", ncol=4, fontsize="small", bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0, 0.9, 1 - 0.45 / (sum(heights) + 0.9)))
+    return fig

@@ -1,0 +1,124 @@
+"""Learning curves and stopping epochs, read from the records for the pages.
+
+Every record keeps its run's learning curve (``curve``: one row per trained
+epoch with the learning rate and the training and validation numbers, see
+:mod:`marnn.store`) and how its training ended (``status``: ``"early-stop"``,
+``"max-epochs"`` or ``"diverged"``; ``epochs``: the last epoch trained). The
+Table 3 page draws the Penn Treebank curves (:func:`ptb_curves`,
+:func:`marnn.plotting.ptb_curve_grid`); the provenance page shows where the
+runs of every scale in the store stopped (:func:`stop_epochs`,
+:func:`stop_summary`, :func:`marnn.plotting.stop_epoch_grid`). Nothing here
+trains: runs without a record are left out.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pandas as pd
+
+from . import store
+from .scales import SCALES
+
+STATUSES = ("early-stop", "max-epochs", "diverged")
+KIND_LABELS = {"formal": "formal languages", "ptb": "Penn Treebank"}
+CURVE_COLUMNS = ["key", "model", "freeze", "embedding_group", "seed", "best", "status", "best_epoch", "epoch",
+                 "lr", "train_perplexity", "valid_perplexity", "selected"]
+STOP_COLUMNS = ["scale", "kind", "task", "model", "freeze", "embedding_group", "seed", "status", "epochs",
+                "best_epoch", "cap"]
+
+
+def ptb_curves(scale: str, models: Iterable[str] | None = None, restarts: int | None = None,
+               embedding_groups: Iterable[str] = ("controller",), root: str | None = None) -> pd.DataFrame:
+    """Validation (and training) perplexity against epoch of the stored PTB runs of the
+    Table 3 grid (the runs of :func:`marnn.report.ptb_results` with the same arguments).
+
+    One row per run and trained epoch; ``best``: the run is the best restart of
+    its (model, mode, embedding group) cell (lowest validation cross-entropy,
+    diverged runs excluded, as in the tables); ``selected``: the epoch whose
+    weights the run kept (its best validation epoch).
+    """
+    from .report import order, ptb_configs
+
+    records = [rec for c in ptb_configs(scale, models, None, restarts, embedding_groups)
+               if (rec := store.load_record(c, root)) is not None]
+    best = {rec["key"] for rec in store.best_records(records, ("model", "freeze", "embedding_group")).values()}
+    rows = []
+    for rec in records:
+        c = rec["config"]
+        for row in rec.get("curve", []):
+            rows.append({"key": rec["key"], "model": c["model"], "freeze": c["freeze"],
+                         "embedding_group": c["embedding_group"], "seed": c["seed"], "best": rec["key"] in best,
+                         "status": rec["status"], "best_epoch": rec["best_epoch"], "epoch": row["epoch"],
+                         "lr": row.get("lr"), "train_perplexity": _num(row.get("train_perplexity")),
+                         "valid_perplexity": _num(row.get("valid_perplexity")),
+                         "selected": row["epoch"] == rec["best_epoch"]})
+    frame = pd.DataFrame(rows, columns=CURVE_COLUMNS)
+    return order(frame).reset_index(drop=True) if len(frame) else frame
+
+
+def _num(x) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def _cap(config: dict) -> int | None:
+    """The epoch cap the run trained under (its scale's, for its model)."""
+    fields = config.get("scale_fields", {})
+    cap = fields.get("ptb_max_epochs" if config["kind"] == "ptb" else "max_epochs")
+    return int(cap) if cap is not None else None
+
+
+def stop_epochs(root: str | None = None) -> pd.DataFrame:
+    """One row per record in the store: where its training ended.
+
+    ``epochs``: the last epoch trained; ``cap``: the epoch cap of its scale and
+    model; ``status``: how it ended: ``early-stop`` (``early_stop`` epochs
+    without improvement; this can happen at the cap itself), ``max-epochs``
+    (trained to the cap) or ``diverged``.
+    """
+    from .report import order
+
+    rows = []
+    for _, rec in store.iter_records(root):
+        c = rec["config"]
+        rows.append({"scale": c["scale"], "kind": c["kind"], "task": c.get("task", "ptb"), "model": c["model"],
+                     "freeze": c["freeze"], "embedding_group": c.get("embedding_group"), "seed": c["seed"],
+                     "status": rec["status"], "epochs": int(rec["epochs"]), "best_epoch": rec.get("best_epoch"),
+                     "cap": _cap(c)})
+    frame = pd.DataFrame(rows, columns=STOP_COLUMNS)
+    if frame.empty:
+        return frame
+    frame = order(frame)  # tasks, models, modes, seeds as in the paper; then scales as in marnn.scales, kinds
+    rank = {name: i for i, name in enumerate(SCALES)}
+    frame["_scale"] = frame["scale"].map(lambda s: rank.get(s, len(rank)))
+    frame["_kind"] = frame["kind"].map(lambda k: list(KIND_LABELS).index(k) if k in KIND_LABELS else 9)
+    return frame.sort_values(["_scale", "_kind"], kind="stable").drop(columns=["_scale", "_kind"]).reset_index(
+        drop=True)
+
+
+def stop_summary(stops: pd.DataFrame) -> pd.DataFrame:
+    """Per scale, kind and model: runs, how many ended by each status, the epoch cap, and the
+    median and range of the epochs at which the runs stopped."""
+    if stops.empty:
+        return pd.DataFrame(columns=["scale", "kind", "model", "runs", *STATUSES, "cap", "median stop",
+                                     "first stop", "last stop"])
+    g = stops.groupby(["scale", "kind", "model"], sort=False)
+    out = g.size().rename("runs").to_frame()
+    for status in STATUSES:
+        out[status] = g["status"].apply(lambda s, st=status: int((s == st).sum()))
+    caps = g["cap"].agg(lambda s: "/".join(str(int(v)) for v in sorted(set(s.dropna()))) or "-")
+    out["cap"] = caps
+    out["median stop"] = g["epochs"].median()
+    out["first stop"] = g["epochs"].min()
+    out["last stop"] = g["epochs"].max()
+    out = out.reset_index()
+    out["kind"] = out["kind"].map(KIND_LABELS).fillna(out["kind"])
+    return out
+
+
+def panels(stops: pd.DataFrame) -> list[tuple[str, str]]:
+    """The (scale, kind) pairs present, in the store's order: one panel of the stop figure each."""
+    seen: list[tuple[str, str]] = []
+    for scale, kind in zip(stops["scale"], stops["kind"], strict=True):
+        if (scale, kind) not in seen:
+            seen.append((scale, kind))
+    return seen
