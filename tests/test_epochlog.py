@@ -120,6 +120,9 @@ def test_the_commands_write_lines_unless_quiet_or_tqdm_disable(monkeypatch, caps
     lines = _lines(capsys.readouterr().err)
     (path,) = (tmp_path / "c").rglob("*.json")
     assert [p["epoch"] for p in lines] == list(range(1, store.read_record(path)["epochs"] + 1))
+    assert main(["grid", "--scale", "smoke", "--tasks", "count-3", "--models", "lstm", "--modes", "none",
+                 "--restarts", "1", "--scheduler", "sync", "--quiet", "--results", str(tmp_path / "g")]) == 0
+    assert capsys.readouterr().err == ""
     cfgs = grid.formal_grid("smoke", tasks=["count-3"], models=["lstm"], modes=["none", "m"], restarts=1)
     grid.run_grid(cfgs, tmp_path / "d", scheduler="sync", progress=False)
     assert _lines(capsys.readouterr().err) == []

@@ -73,7 +73,8 @@ def _dask_worker():
 def emit(line: str) -> None:
     """Write one line to stderr; in a dask worker, send it to the process that started
     the grid instead (event topic :data:`TOPIC`, which :func:`marnn.grid.run_grid`
-    writes to its own stderr, above its bar, wherever the worker runs)."""
+    writes to its own stderr, above its bar, wherever the worker runs; with no
+    subscriber the lines stay in the scheduler's event log, ``client.get_events(TOPIC)``)."""
     worker = _dask_worker()
     if worker is not None:
         worker.log_event(TOPIC, line)
