@@ -19,11 +19,11 @@ import pandas as pd
 from . import store
 from .scales import SCALES
 
-STATUSES = ("early-stop", "max-epochs", "diverged")
+STATUSES = ("early-stop", "max-epochs", "pruned", "diverged")
 KIND_LABELS = {"formal": "formal languages", "ptb": "Penn Treebank"}
 CURVE_COLUMNS = ["key", "model", "freeze", "embedding_group", "seed", "best", "status", "best_epoch", "epoch",
                  "lr", "train_perplexity", "valid_perplexity", "selected"]
-STOP_COLUMNS = ["scale", "kind", "task", "model", "freeze", "embedding_group", "seed", "status", "epochs",
+STOP_COLUMNS = ["scale", "phase", "kind", "task", "model", "freeze", "embedding_group", "seed", "status", "epochs",
                 "best_epoch", "cap"]
 
 
@@ -67,58 +67,73 @@ def _cap(config: dict) -> int | None:
     return int(cap) if cap is not None else None
 
 
+def _phases(root: str | None) -> dict[str, int]:
+    """Config key -> phase number, for the runs of the ``paper-2core`` campaign (:mod:`marnn.campaign`)."""
+    from . import campaign
+
+    return {store.config_key(c): n for n in campaign.PHASES for c in campaign.runs(n, root)}
+
+
+def _phase_label(kind: str, number: int | None) -> str:
+    what = KIND_LABELS.get(kind, kind)
+    return what if number is None else f"phase {number} ({what})"
+
+
 def stop_epochs(root: str | None = None) -> pd.DataFrame:
     """One row per record in the store: where its training ended.
 
-    ``epochs``: the last epoch trained; ``cap``: the epoch cap of its scale and
-    model; ``status``: how it ended: ``early-stop`` (``early_stop`` epochs
-    without improvement; this can happen at the cap itself), ``max-epochs``
-    (trained to the cap) or ``diverged``.
+    ``phase``: the phase of the scale the run belongs to: for ``paper-2core``
+    the phase of its campaign (:mod:`marnn.campaign`: ``"phase 1 (Penn
+    Treebank)"`` ...), else its kind (``"formal languages"``, ``"Penn
+    Treebank"``); ``epochs``: the last epoch trained; ``cap``: the epoch cap of
+    its scale and model; ``status``: how it ended: ``early-stop``
+    (``early_stop`` epochs without improvement; this can happen at the cap
+    itself), ``max-epochs`` (trained to the cap), ``pruned`` (dropped by a
+    learning-rate search) or ``diverged``. Rows: scales in the order of
+    :mod:`marnn.scales`, then phases, then the paper's order of tasks, models
+    and modes.
     """
+    from .campaign import SCALE as CAMPAIGN
     from .report import order
 
+    records = [rec for _, rec in store.iter_records(root)]
+    phases = _phases(root) if any(r["config"]["scale"] == CAMPAIGN for r in records) else {}
     rows = []
-    for _, rec in store.iter_records(root):
+    for rec in records:
         c = rec["config"]
-        rows.append({"scale": c["scale"], "kind": c["kind"], "task": c.get("task", "ptb"), "model": c["model"],
-                     "freeze": c["freeze"], "embedding_group": c.get("embedding_group"), "seed": c["seed"],
-                     "status": rec["status"], "epochs": int(rec["epochs"]), "best_epoch": rec.get("best_epoch"),
-                     "cap": _cap(c)})
-    frame = pd.DataFrame(rows, columns=STOP_COLUMNS)
+        number = phases.get(rec["key"]) if c["scale"] == CAMPAIGN else None
+        rows.append({"scale": c["scale"], "phase": _phase_label(c["kind"], number),
+                     "phase_rank": (number or 0, list(KIND_LABELS).index(c["kind"]) if c["kind"] in KIND_LABELS else 9),
+                     "kind": c["kind"], "task": c.get("task", "ptb"), "model": c["model"], "freeze": c["freeze"],
+                     "embedding_group": c.get("embedding_group"), "seed": c["seed"], "status": rec["status"],
+                     "epochs": int(rec["epochs"]), "best_epoch": rec.get("best_epoch"), "cap": _cap(c)})
+    frame = pd.DataFrame(rows, columns=[*STOP_COLUMNS, "phase_rank"])
     if frame.empty:
-        return frame
-    frame = order(frame)  # tasks, models, modes, seeds as in the paper; then scales as in marnn.scales, kinds
+        return frame.drop(columns="phase_rank")
+    frame = order(frame)  # tasks, models, modes, seeds as in the paper; then scales as in marnn.scales, phases
     rank = {name: i for i, name in enumerate(SCALES)}
-    frame["_scale"] = frame["scale"].map(lambda s: rank.get(s, len(rank)))
-    frame["_kind"] = frame["kind"].map(lambda k: list(KIND_LABELS).index(k) if k in KIND_LABELS else 9)
-    return frame.sort_values(["_scale", "_kind"], kind="stable").drop(columns=["_scale", "_kind"]).reset_index(
-        drop=True)
+    frame["_scale"] = frame["scale"].map(lambda name: rank.get(name, len(rank)))
+    frame = frame.sort_values(["_scale", "phase_rank"], kind="stable")
+    return frame.drop(columns=["_scale", "phase_rank"]).reset_index(drop=True)
 
 
 def stop_summary(stops: pd.DataFrame) -> pd.DataFrame:
-    """Per scale, kind and model: runs, how many ended by each status, the epoch cap, and the
+    """Per scale, phase and model: runs, how many ended by each status, the epoch cap, and the
     median and range of the epochs at which the runs stopped."""
+    cols = ["scale", "phase", "model", "runs", *STATUSES, "cap", "median stop", "first stop", "last stop"]
     if stops.empty:
-        return pd.DataFrame(columns=["scale", "kind", "model", "runs", *STATUSES, "cap", "median stop",
-                                     "first stop", "last stop"])
-    g = stops.groupby(["scale", "kind", "model"], sort=False)
+        return pd.DataFrame(columns=cols)
+    g = stops.groupby(["scale", "phase", "model"], sort=False)
     out = g.size().rename("runs").to_frame()
     for status in STATUSES:
         out[status] = g["status"].apply(lambda s, st=status: int((s == st).sum()))
-    caps = g["cap"].agg(lambda s: "/".join(str(int(v)) for v in sorted(set(s.dropna()))) or "-")
-    out["cap"] = caps
+    out["cap"] = g["cap"].agg(lambda s: "/".join(str(int(v)) for v in sorted(set(s.dropna()))) or "-")
     out["median stop"] = g["epochs"].median()
     out["first stop"] = g["epochs"].min()
     out["last stop"] = g["epochs"].max()
-    out = out.reset_index()
-    out["kind"] = out["kind"].map(KIND_LABELS).fillna(out["kind"])
-    return out
+    return out.reset_index()[cols]
 
 
 def panels(stops: pd.DataFrame) -> list[tuple[str, str]]:
-    """The (scale, kind) pairs present, in the store's order: one panel of the stop figure each."""
-    seen: list[tuple[str, str]] = []
-    for scale, kind in zip(stops["scale"], stops["kind"], strict=True):
-        if (scale, kind) not in seen:
-            seen.append((scale, kind))
-    return seen
+    """The (scale, phase) pairs present, in the frame's order: one panel of the stop figure each."""
+    return list(dict.fromkeys(zip(stops["scale"], stops["phase"], strict=True)))

@@ -491,9 +491,9 @@ def findings_figure(paper_best: pd.DataFrame, paper_refs: pd.DataFrame, paper_sp
 
 # ---- learning curves and stopping epochs (marnn.curves) ----------------------------------------------
 STATUS_COLORS: dict[str, str] = {"early-stop": OKABE_ITO["green"], "max-epochs": OKABE_ITO["blue"],
-                                 "diverged": OKABE_ITO["vermillion"]}
+                                 "pruned": OKABE_ITO["orange"], "diverged": OKABE_ITO["vermillion"]}
 STATUS_LABELS: dict[str, str] = {"early-stop": "early stop", "max-epochs": "at the epoch cap",
-                                 "diverged": "diverged"}
+                                 "pruned": "pruned (lr search)", "diverged": "diverged"}
 
 
 def ptb_curve_grid(curves: pd.DataFrame, models: Sequence[str] | None = None, modes: Sequence[str] = MODES,
@@ -579,7 +579,7 @@ def stop_epoch_panel(ax, stops: pd.DataFrame, models: Sequence[str], jitter: flo
     ax.set_ylim(len(models) - 0.5, -0.5)
     last = max([1.0, *stops["epochs"].dropna().astype(float), *stops["cap"].dropna().astype(float)])
     ax.set_xlim(0.5, last + 0.5)
-    ax.annotate("early / cap / diverged", xy=(1.01, 1.0), xycoords="axes fraction", va="bottom", fontsize="small",
+    ax.annotate("early / cap / pruned / div.", xy=(1.01, 1.0), xycoords="axes fraction", va="bottom", fontsize="small",
                 color="0.35")
     ax.set_xlabel("epoch at which the run stopped")
     ax.grid(axis="y", visible=False)
@@ -587,24 +587,24 @@ def stop_epoch_panel(ax, stops: pd.DataFrame, models: Sequence[str], jitter: flo
     return ax
 
 
-def stop_epoch_grid(stops: pd.DataFrame, panels: Sequence[tuple[str, str]], kind_labels: dict[str, str]):
-    """One :func:`stop_epoch_panel` per (scale, kind) of ``panels``, stacked, legend on top.
+def stop_epoch_grid(stops: pd.DataFrame, panels: Sequence[tuple[str, str]]):
+    """One :func:`stop_epoch_panel` per (scale, phase) of ``panels``, stacked, legend on top.
 
-    ``stops``: :func:`marnn.curves.stop_epochs`. Returns the figure."""
+    ``stops``: :func:`marnn.curves.stop_epochs`; ``panels``: :func:`marnn.curves.panels`.
+    Returns the figure."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    rows = [[m for m in dict.fromkeys(stops[(stops["scale"] == s) & (stops["kind"] == k)]["model"])]
-            for s, k in panels]
+    rows = [list(dict.fromkeys(stops[(stops["scale"] == s) & (stops["phase"] == p)]["model"])) for s, p in panels]
     heights = [0.32 * len(r) + 0.9 for r in rows]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(7.2, sum(heights) + 0.9), squeeze=False,
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7.2, sum(heights) + 1.1), squeeze=False,
                              gridspec_kw={"height_ratios": heights})
-    for ax, (scale, kind), models in zip(axes[:, 0], panels, rows, strict=True):
-        stop_epoch_panel(ax, stops[(stops["scale"] == scale) & (stops["kind"] == kind)], models)
-        ax.set_title(f"{scale}: {kind_labels.get(kind, kind)}", fontsize="small", loc="left")
+    for ax, (scale, phase), models in zip(axes[:, 0], panels, rows, strict=True):
+        stop_epoch_panel(ax, stops[(stops["scale"] == scale) & (stops["phase"] == phase)], models)
+        ax.set_title(f"{scale}: {phase}", fontsize="small", loc="left")
     handles = [Line2D([], [], marker="o", linestyle="", color=c, markersize=6, label=STATUS_LABELS[s])
                for s, c in STATUS_COLORS.items()]
     handles.append(Line2D([], [], color="black", linewidth=1.6, label="epoch cap"))
-    fig.legend(handles=handles, loc="upper center", ncol=4, fontsize="small", bbox_to_anchor=(0.5, 1.0))
-    fig.tight_layout(rect=(0, 0, 0.9, 1 - 0.45 / (sum(heights) + 0.9)))
+    fig.legend(handles=handles, loc="upper center", ncol=3, fontsize="small", bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0, 0.88, 1 - 0.7 / (sum(heights) + 1.1)))
     return fig

@@ -71,6 +71,7 @@ def test_stop_epochs_say_where_every_run_ended(root):
     stops = curves.stop_epochs(root)
     assert list(stops.columns) == curves.STOP_COLUMNS and len(stops) == 4 + 2
     assert stops["kind"].tolist() == ["formal"] * 2 + ["ptb"] * 4  # formal languages first
+    assert stops["phase"].tolist() == ["formal languages"] * 2 + ["Penn Treebank"] * 4
     for rec in _records(root, "ptb") + _records(root, "formal"):
         row = stops[(stops["kind"] == rec["config"]["kind"]) & (stops["freeze"] == rec["config"]["freeze"])
                     & (stops["seed"] == rec["config"]["seed"])].iloc[0]
@@ -78,8 +79,8 @@ def test_stop_epochs_say_where_every_run_ended(root):
         assert row["cap"] == (3 if rec["config"]["kind"] == "ptb" else SMOKE.max_epochs)
     summary = curves.stop_summary(stops)
     assert (summary[list(curves.STATUSES)].sum(axis=1) == summary["runs"]).all()
-    assert set(summary["kind"]) == {"formal languages", "Penn Treebank"}
-    assert curves.panels(stops) == [("smoke", "formal"), ("smoke", "ptb")]
+    assert summary["phase"].tolist() == ["formal languages", "Penn Treebank"]
+    assert curves.panels(stops) == [("smoke", "formal languages"), ("smoke", "Penn Treebank")]
     assert curves.stop_epochs(root / "empty").empty and curves.stop_summary(curves.stop_epochs(root / "empty")).empty
 
 
@@ -91,9 +92,20 @@ def test_the_figures_fit_the_column_with_9pt_text(root):
         mp.setitem(SCALES, "smoke", SMOKE.with_(ptb_max_epochs=3, ptb_early_stop=1))
         frame = curves.ptb_curves("smoke", models=["lstm-256"], restarts=2, root=root)
     stops = curves.stop_epochs(root)
-    for fig in (plotting.ptb_curve_grid(frame), plotting.stop_epoch_grid(stops, curves.panels(stops),
-                                                                         curves.KIND_LABELS)):
+    for fig in (plotting.ptb_curve_grid(frame), plotting.stop_epoch_grid(stops, curves.panels(stops))):
         plotting.fit_to_column(fig)
         assert fig.get_tightbbox().width * plotting.DPI <= plotting.COLUMN_PX
         assert min(plotting.text_sizes_at_page(fig)) >= plotting.MIN_TEXT_PT
         plt.close(fig)
+
+
+def test_a_campaign_scale_is_shown_per_phase(root, monkeypatch):
+    # the store's smoke runs stand in for a campaign: PTB as its phase 1, formal languages as its phase 2
+    import marnn.campaign
+
+    keys = {rec["key"]: 1 if rec["config"]["kind"] == "ptb" else 2 for _, rec in store.iter_records(root)}
+    monkeypatch.setattr(marnn.campaign, "SCALE", "smoke")
+    monkeypatch.setattr(curves, "_phases", lambda root: keys)
+    stops = curves.stop_epochs(root)
+    assert stops["phase"].tolist() == ["phase 1 (Penn Treebank)"] * 4 + ["phase 2 (formal languages)"] * 2
+    assert [p for _, p in curves.panels(stops)] == ["phase 1 (Penn Treebank)", "phase 2 (formal languages)"]

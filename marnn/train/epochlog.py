@@ -6,9 +6,10 @@ A Penn Treebank group writes one line per replica that trained in the epoch::
 
 (``emb memory`` follows the mode when the embedding is not in the default
 group; the last field, present only when it applies, is ``best`` for a new
-best validation perplexity, ``early-stop`` when the replica stops there, or
-``diverged``). A formal-language group, often dozens of replicas, writes one
-line for all of them::
+best validation perplexity, ``early-stop`` when the replica stops there,
+``pruned`` when a learning-rate search drops it there, or ``diverged``). A
+formal-language group, often dozens of replicas, writes one line for all of
+them::
 
     marked-copy jm-10 | epoch 3/100 | running 14/16 | valid acc best 0.9512 median 0.8810 | 2.1 s
 
@@ -36,7 +37,7 @@ import sys
 from ..registry import DEFAULT_EMBEDDING_GROUP
 from . import progress_disabled
 
-NOTES = ("best", "early-stop", "diverged")
+NOTES = ("best", "early-stop", "pruned", "diverged")
 
 
 def lines_enabled(asked: bool) -> bool:
@@ -135,7 +136,7 @@ def ptb_epoch(configs: list[dict], tracker, trained: list[int], curves: list[lis
     """Emit the lines of the replicas ``trained`` in ``epoch`` (after ``tracker.end_epoch``)."""
     for r in trained:
         status = tracker.status[r]
-        note = ("diverged" if status == "diverged" else "best" if tracker.best_epoch[r] == epoch
+        note = (status if status in ("diverged", "pruned") else "best" if tracker.best_epoch[r] == epoch
                 else "early-stop" if status == "early-stop" else "")
         emit(ptb_line(configs[r], epoch, max_epochs, curves[r][-1], note))
 
