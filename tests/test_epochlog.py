@@ -204,3 +204,15 @@ def test_marnn_train_continues_after_an_interruption(talk, monkeypatch, capsys, 
     argv = [*_TRAIN[:-1], "5"]
     rec = _interrupted_then_resumed(argv, formal, "train_formal", monkeypatch, capsys, tmp_path, 2)
     assert len(rec["curve"]) == rec["epochs"] > 2
+
+
+def test_a_learning_rate_search_marks_its_pruned_draws(talk, capsys):
+    from marnn.train.ptb import train_ptb
+
+    scale = SMOKE.with_(ptb_max_epochs=2, ptb_early_stop=2, ptb_halving=(1,))
+    cfgs = [ptb_config("lstm-256", "none", s, scale) for s in range(4)]
+    recs = train_ptb(cfgs, corpus=_Corpus(), build=_small, epoch_lines=True)
+    lines = _lines(capsys.readouterr().err)
+    pruned = {p["seed"] for p in lines if p["note"] == "pruned"}
+    assert pruned == {r["seed"] for r in recs if r["status"] == "pruned"} and len(pruned) == 2
+    assert all(p["epoch"] == 1 for p in lines if p["seed"] in pruned)  # no line after a draw is pruned
