@@ -12,9 +12,11 @@ ends the command with a non-zero exit status.
 
 A page is executed again only when one of its inputs changed since the copy in
 ``DIR`` was made: the notebook, the package's code (``marnn/**/*.py``), the
-records of its scale in the result store, the paper's numbers and the
-parameters. The fingerprint of those inputs is kept in ``DIR/<name>.inputs.json``
-(``--force`` ignores it).
+records of its scale in the result store, the paper's numbers, the Penn
+Treebank files (``data/ptb/``: the files and their checksums) for a page that
+reads them (:data:`PTB_PAGES`, :data:`MIXED_PAGES`) and the parameters. The
+fingerprint of those inputs is kept in ``DIR/<name>.inputs.json`` (``--force``
+ignores it).
 
 The executed copy is edited for the book (:func:`_tidy`): every code cell's
 source is folded (one click shows it), the parameters cells are removed, the
@@ -35,6 +37,7 @@ import time
 from pathlib import Path
 
 from .paths import NOTEBOOKS as NOTEBOOK_DIR
+from .paths import PTB_DATA
 from .paths import REPO as ROOT
 
 KERNEL_NAME = "marnn"
@@ -347,7 +350,7 @@ def fingerprint(name: str, scale: str, params: dict) -> dict[str, str]:
                if p.is_file()] if store.is_dir() else []
     package = [p for p in (ROOT / "marnn").rglob("*.py") if "__pycache__" not in p.parts]
     data = [PAPER_CSV] if PAPER_CSV.is_file() else []
-    return {
+    prints = {
         "notebook": _digest([NOTEBOOK_DIR / f"{name}.ipynb"], ROOT),
         "package": _digest(package, ROOT),
         "records": _digest(records, store) if records else "none",
@@ -355,6 +358,10 @@ def fingerprint(name: str, scale: str, params: dict) -> dict[str, str]:
         "parameters": json.dumps(params, sort_keys=True),
         "store": str(store.resolve()),
     }
+    if name in PTB_PAGES | MIXED_PAGES:  # the corpus and its checksums (a page reads both through marnn.ptb)
+        ptb = [p for p in PTB_DATA.rglob("*") if p.is_file()] if PTB_DATA.is_dir() else []
+        prints["ptb"] = _digest(ptb, PTB_DATA) if ptb else "none"
+    return prints
 
 
 def _stamp(out: Path, name: str) -> Path:

@@ -136,6 +136,33 @@ def test_fingerprint_follows_notebook_records_and_parameters(tmp_path, monkeypat
         "records"]
 
 
+def test_fingerprint_of_a_page_that_reads_ptb_follows_the_ptb_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("MARNN_RESULTS", str(tmp_path / "store"))
+    ptb = tmp_path / "ptb"
+    ptb.mkdir()
+    (ptb / "ptb.test.txt.gz").write_bytes(b"some words")
+    (ptb / "SHA256SUMS.txt").write_text("0" * 64 + "  ptb.test.txt\n")
+    monkeypatch.setattr(book, "PTB_DATA", ptb)
+    params = {"scale": "smoke", "threads": 1}
+    readers = sorted(book.PTB_PAGES | book.MIXED_PAGES)
+    before = {name: book.fingerprint(name, "smoke", params) for name in readers + ["table1"]}
+    assert "ptb" not in before["table1"]  # a page on the formal languages does not read the corpus
+    (ptb / "SHA256SUMS.txt").write_text("1" * 64 + "  ptb.test.txt\n")  # a checksum changes
+    after = {name: book.fingerprint(name, "smoke", params) for name in readers + ["table1"]}
+    for name in readers:
+        assert after[name]["ptb"] != before[name]["ptb"], name
+        assert {k: v for k, v in after[name].items() if k != "ptb"} == \
+               {k: v for k, v in before[name].items() if k != "ptb"}
+    assert after["table1"] == before["table1"]
+    (ptb / "ptb.test.txt.gz").write_bytes(b"other words")  # a data file changes
+    assert book.fingerprint("table3", "smoke", params)["ptb"] != after["table3"]["ptb"]
+    stamp = tmp_path / "out"
+    stamp.mkdir()
+    (stamp / "table3.ipynb").write_text("{}")
+    (stamp / "table3.inputs.json").write_text(json.dumps(after["table3"]))
+    assert not book.up_to_date("table3", stamp, book.fingerprint("table3", "smoke", params))
+
+
 def test_execute_keeps_a_page_whose_inputs_did_not_change(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MARNN_RESULTS", str(tmp_path / "store"))
     params = {"scale": "smoke", "threads": 1}
