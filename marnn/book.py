@@ -32,6 +32,7 @@ import hashlib
 import inspect
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -139,9 +140,23 @@ def frame_html(df) -> str:
         elif shown[col].dtype == object and shown[col].map(lambda v: isinstance(v, bool)).any():
             shown[col] = shown[col].map(lambda v: "yes" if v is True else "no" if v is False else v)
     plain = isinstance(shown.index, pd.RangeIndex) and shown.index.name is None
-    return shown.to_html(na_rep="–", float_format=number, index=not plain, notebook=True,
-                         max_rows=pd.get_option("display.max_rows"),
-                         max_cols=pd.get_option("display.max_columns"))
+    return header_breaks(shown.to_html(na_rep="–", float_format=number, index=not plain, notebook=True,
+                                       max_rows=pd.get_option("display.max_rows"),
+                                       max_cols=pd.get_option("display.max_columns")))
+
+
+def header_breaks(html: str) -> str:
+    """Column headers of a table in ``html`` may break after ``_`` and ``/`` (a ``<wbr>``), never inside
+    a word: the book's CSS (``book/_static/marnn.css``) keeps header words whole, so names like
+    ``accuracy_first`` need these places to wrap and still fit the column.
+
+    >>> header_breaks("<thead><tr><th>a_b/c</th><th>none</th></tr></thead><tbody><td>x_y</td></tbody>")
+    '<thead><tr><th>a_<wbr>b/<wbr>c</th><th>none</th></tr></thead><tbody><td>x_y</td></tbody>'
+    """
+    def text(m: re.Match) -> str:
+        return ">" + re.sub(r"([_/])(?=\S)", r"\1<wbr>", m.group(1)) + "<"
+
+    return re.sub(r"<thead>.*?</thead>", lambda m: re.sub(r">([^<]+)<", text, m.group(0)), html, flags=re.S)
 
 
 def _show_frames_for_readers() -> None:

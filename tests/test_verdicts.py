@@ -95,6 +95,20 @@ def test_rule_weights_give_the_bin_accuracy_and_one_restart_decides_nothing():
         V.paired_restarts(a, b, weights=[1, -1])
 
 
+def test_a_run_equal_to_a_reference_at_every_restart_is_not_above_it():
+    # count-3 at 51-100: per length (L + 1 - 3) / (L + 1) correct, weighted by symbols; the reference is the bin's
+    # exact value. The weighted sum leaves a float residue of ~1e-17 that a zero-spread interval must not decide.
+    lengths = np.arange(51, 100, 3)
+    per = (lengths + 1 - 3) / (lengths + 1)
+    ref = float((per * (lengths + 1)).sum() / (lengths + 1).sum())
+    runs = np.tile(per, (3, 1))
+    assert V.restart_differences(runs, np.full_like(runs, ref), lengths + 1).tolist() == [0.0, 0.0, 0.0]
+    v = V.paired_restarts(runs, np.full_like(runs, ref), lengths + 1)
+    assert (v.difference, v.lo, v.hi, v.verdict) == (0.0, 0.0, 0.0, V.FAILS)  # not above: exactly at it
+    up = V.paired_restarts(runs + 1e-3, np.full_like(runs, ref), lengths + 1)
+    assert up.verdict == V.HOLDS  # a real constant gap is still decided
+
+
 # ---- calibration: the stated level is the level -----------------------------------------------------------
 # Noise of the sizes in the committed quick records (mode m - mode none, bin 51-100, median over the
 # (language, model) cells): the restart effect of the per-restart difference has sd ~0.03, the residual of
