@@ -10,8 +10,11 @@ Every check puts three things side by side for one statement of Das & Mali
 * ``ours``: what our runs give at one scale (the committed records).
 
 and turns each comparison into a ``verdict`` (about the paper's numbers) and an
-``ours_verdict`` (about our runs), with the tolerance it uses written next to
-it. Nothing here trains: the audit reads what the other chapters computed.
+``ours_verdict`` (about our runs) by the book's one rule (:mod:`marnn.verdicts`):
+the paper's printed numbers by their rounding, ours by a t interval over
+restarts, equality and stated magnitudes by two one-sided tests within a stated
+margin (:func:`margins` lists them). Nothing here trains: the audit reads what
+the other chapters computed.
 
     inputs = audit.load("quick")        # the paper's tables + our records at one scale
     findings = audit.run_checks(inputs)  # one Finding per claim (row, numbers, evidence tables)
@@ -34,7 +37,7 @@ import pandas as pd
 from .. import report, verdicts
 from ..scales import PAPER, get_scale
 
-# ---- tolerances ---------------------------------------------------------------------------
+# ---- rounding of printed numbers, margins of two one-sided tests ------------------------------------
 ACC_HALF = 0.005  # the paper prints accuracies with two decimals: the true value is within half a unit
 PPL_HALF = 0.05  # Table 3 prints perplexities with one decimal
 PCT_HALF = 0.00005  # "1.73%" is given to a hundredth of a percent
@@ -898,8 +901,10 @@ def _ours_lengths(inp: Inputs) -> int:
     return int(min(counts)) if counts else 0
 
 
-def tolerances() -> pd.DataFrame:
-    """Every tolerance the checks use, with its value and meaning (for the page)."""
+def margins() -> pd.DataFrame:
+    """Every rounding half-unit, margin and level the checks use, with its value and meaning (for the page).
+    None decides a verdict on one number: a half-unit is the range a printed number stands for, a margin is
+    that of two one-sided tests on a range or an interval."""
     rows = [
         ("ACC_HALF", ACC_HALF, "half a unit of the paper's two-decimal accuracies"),
         ("PPL_HALF", PPL_HALF, "half a unit of Table 3's one-decimal perplexities"),
