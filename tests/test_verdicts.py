@@ -389,3 +389,22 @@ def test_pages_never_put_two_ranges_under_one_label():
     assert pages.fmt(float("nan")) == pages.DASH and pages.fmt_ppl(1234.5) == "1,234"
     flags = pages.readable(pd.DataFrame({"x": [0.123456, np.nan], "ok": [True, False]}))
     assert flags.to_dict("list") == {"x": ["0.12", pages.DASH], "ok": ["yes", "no"]}
+
+
+def test_stable_cells_are_judged_over_all_their_restarts(tmp_path):
+    from marnn.analysis import stability as st
+
+    at_repeat = [(0.9, 0.5, 0.5), (0.9, 0.5, 0.505), (0.9, 0.5, 0.495)]  # repeat-previous scores 0.5 here
+    df = _store(tmp_path, {("jm-10", "m"): HIGH, ("jm-10", "none"): at_repeat, ("lstm", "none"): LOW})
+    table = pd.DataFrame({"task": "count-3", "model": ["jm-10"] * 6 + ["lstm"] * 3,
+                          "freeze": ["m"] * 3 + ["none"] * 3 + ["none"] * 3, "seed": [0, 1, 2] * 3,
+                          "verdict": ["stable", "unstable", "undecided", "unstable", "stable", "stable"]
+                          + ["unstable"] * 3})
+    cells = st.stable_cells(table, df, "bin2").set_index("freeze")
+    assert list(cells.index) == ["none", "m"] and set(cells["model"]) == {"jm-10"}  # lstm: no stable run
+    assert cells["stable"].to_dict() == {"none": "2 of 3", "m": "1 of 3"}
+    assert cells.loc["m", "vs trivial"] == "above" and cells.loc["m", "at repeat-previous"] == "above"
+    assert cells.loc["none", "vs trivial"] == "cannot tell"
+    assert cells.loc["none", "at repeat-previous"] == V.AT_BASELINE  # within MARGIN by two one-sided tests
+    table["verdict"] = "unstable"
+    assert st.stable_cells(table, df, "bin2").empty
