@@ -483,7 +483,8 @@ def check_retention(inp: Inputs, claimed_mode: str = "m") -> Finding:
         facts.update({f"ours_{m}": v for m, v in oi["mean"].items()})
     evidence = {"mean accuracy ratio, last bin / first bin, per mode (paper: rounding range; ours: 95% t "
                 "interval over restarts)": pd.DataFrame({"paper": pr["mean"], "paper lo": pr["lo"],
-                                                         "paper hi": pr["hi"]}).join(oi, how="outer")}
+                                                         "paper hi": pr["hi"]}).join(oi, how="outer")
+                .reindex([m for m in report.MODES if m in set(pr.index) | set(oi.index)])}
     fmt = lambda s: ", ".join(f"{m} {v:.2f}" for m, v in s.items())  # noqa: E731
     if not len(oi):
         ours, ours_verdict = "-", NO_RUNS
