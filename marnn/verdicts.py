@@ -433,9 +433,11 @@ def against_value(df: pd.DataFrame, split: str, cell: dict, value: float, metric
 def verdict_frame(rows: Sequence[dict]) -> pd.DataFrame:
     """Rows of ``{..., "verdict": Verdict}`` as a table: the keys, difference [interval], verdict."""
     out = []
+    printed = any(r["verdict"].method.startswith("as printed") for r in rows)  # an excluded row joins its frame's
     for r in rows:
         v: Verdict = r["verdict"]
-        label = "difference [rounding range]" if v.method.startswith("as printed") else "difference [95% interval]"
+        rounding = v.method.startswith("as printed") or (printed and v.verdict == EXCLUDED)
+        label = "difference [rounding range]" if rounding else "difference [95% interval]"
         out.append({**{k: x for k, x in r.items() if k != "verdict"}, label: v.text(), "verdict": v.verdict})
     return pd.DataFrame(out)
 

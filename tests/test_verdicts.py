@@ -408,3 +408,12 @@ def test_stable_cells_are_judged_over_all_their_restarts(tmp_path):
     assert cells.loc["none", "at repeat-previous"] == V.AT_BASELINE  # within MARGIN by two one-sided tests
     table["verdict"] = "unstable"
     assert st.stable_cells(table, df, "bin2").empty
+
+
+def test_an_excluded_row_joins_its_frames_single_difference_column():
+    printed = V.verdict_frame([{"task": "a", "verdict": V.rounded(0.51, 0.50)}, {"task": "b", "verdict": V.excluded()}])
+    assert [c for c in printed.columns if c.startswith("difference")] == ["difference [rounding range]"]
+    assert printed["difference [rounding range]"].tolist() == ["+0.01 [+0.00, +0.02]", "excluded (identical runs)"]
+    ours = V.verdict_frame([{"task": "a", "verdict": V.paired_restarts(np.ones((3, 1)), np.zeros((3, 1)))},
+                            {"task": "b", "verdict": V.excluded()}])
+    assert [c for c in ours.columns if c.startswith("difference")] == ["difference [95% interval]"]
