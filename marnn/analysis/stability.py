@@ -36,7 +36,7 @@ makes it pass:
                    chance) is *degradation*.
 (d) growth rate    fit ``E(n) ~ a n^b + c`` by least squares: ``b`` on a grid
                    (0.1 ... 6, step 0.01) with ``a >= 0`` and ``c`` solved
-                   exactly for each ``b``. Classes, with tolerance 0.2 on ``b``:
+                   exactly for each ``b``. Classes (a definition of this project, band 0.2 around b = 1):
                    ``flat`` (``a = 0``, or the fitted rise over the test range
                    is under 0.05 nats per symbol of the longest string),
                    ``sub-linear`` (b < 0.8), ``linear`` (0.8 <= b <= 1.2),
