@@ -12,9 +12,11 @@ ends the command with a non-zero exit status.
 
 A page is executed again only when one of its inputs changed since the copy in
 ``DIR`` was made: the notebook, the package's code (``marnn/**/*.py``), the
-records of its scale in the result store, the paper's numbers and the
-parameters. The fingerprint of those inputs is kept in ``DIR/<name>.inputs.json``
-(``--force`` ignores it).
+records of its scale in the result store, the paper's numbers, the Penn
+Treebank files (``data/ptb/``: the files and their checksums) for a page that
+reads them (:data:`PTB_PAGES`, :data:`MIXED_PAGES`) and the parameters. The
+fingerprint of those inputs is kept in ``DIR/<name>.inputs.json`` (``--force``
+ignores it).
 
 The executed copy is edited for the book (:func:`_tidy`): every code cell's
 source is folded (one click shows it), the parameters cells are removed, the
@@ -30,11 +32,13 @@ import hashlib
 import inspect
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
 from .paths import NOTEBOOKS as NOTEBOOK_DIR
+from .paths import PTB_DATA
 from .paths import REPO as ROOT
 
 KERNEL_NAME = "marnn"
@@ -136,9 +140,23 @@ def frame_html(df) -> str:
         elif shown[col].dtype == object and shown[col].map(lambda v: isinstance(v, bool)).any():
             shown[col] = shown[col].map(lambda v: "yes" if v is True else "no" if v is False else v)
     plain = isinstance(shown.index, pd.RangeIndex) and shown.index.name is None
-    return shown.to_html(na_rep="–", float_format=number, index=not plain, notebook=True,
-                         max_rows=pd.get_option("display.max_rows"),
-                         max_cols=pd.get_option("display.max_columns"))
+    return header_breaks(shown.to_html(na_rep="–", float_format=number, index=not plain, notebook=True,
+                                       max_rows=pd.get_option("display.max_rows"),
+                                       max_cols=pd.get_option("display.max_columns")))
+
+
+def header_breaks(html: str) -> str:
+    """Column headers of a table in ``html`` may break after ``_`` and ``/`` (a ``<wbr>``), never inside
+    a word: the book's CSS (``book/_static/marnn.css``) keeps header words whole, so names like
+    ``accuracy_first`` need these places to wrap and still fit the column.
+
+    >>> header_breaks("<thead><tr><th>a_b/c</th><th>none</th></tr></thead><tbody><td>x_y</td></tbody>")
+    '<thead><tr><th>a_<wbr>b/<wbr>c</th><th>none</th></tr></thead><tbody><td>x_y</td></tbody>'
+    """
+    def text(m: re.Match) -> str:
+        return ">" + re.sub(r"([_/])(?=\S)", r"\1<wbr>", m.group(1)) + "<"
+
+    return re.sub(r"<thead>.*?</thead>", lambda m: re.sub(r">([^<]+)<", text, m.group(0)), html, flags=re.S)
 
 
 def _show_frames_for_readers() -> None:
@@ -347,7 +365,7 @@ def fingerprint(name: str, scale: str, params: dict) -> dict[str, str]:
                if p.is_file()] if store.is_dir() else []
     package = [p for p in (ROOT / "marnn").rglob("*.py") if "__pycache__" not in p.parts]
     data = [PAPER_CSV] if PAPER_CSV.is_file() else []
-    return {
+    prints = {
         "notebook": _digest([NOTEBOOK_DIR / f"{name}.ipynb"], ROOT),
         "package": _digest(package, ROOT),
         "records": _digest(records, store) if records else "none",
@@ -355,6 +373,10 @@ def fingerprint(name: str, scale: str, params: dict) -> dict[str, str]:
         "parameters": json.dumps(params, sort_keys=True),
         "store": str(store.resolve()),
     }
+    if name in PTB_PAGES | MIXED_PAGES:  # the corpus and its checksums (a page reads both through marnn.ptb)
+        ptb = [p for p in PTB_DATA.rglob("*") if p.is_file()] if PTB_DATA.is_dir() else []
+        prints["ptb"] = _digest(ptb, PTB_DATA) if ptb else "none"
+    return prints
 
 
 def _stamp(out: Path, name: str) -> Path:

@@ -38,7 +38,6 @@ from .scales import get_scale
 MODE_TABLE: dict[str, str] = {"none": "Table 4", "c": "Table 5", "m": "Table 6", "cm": "Table 7"}
 REFERENCES: tuple[str, ...] = ("ceiling", "ceiling upper bound", "most-frequent", "repeat-previous", "chance")
 UPPER_BOUND = "ceiling upper bound"  # the row of a ceiling known only as an upper bound (exact=False)
-TOL = 0.015  # accuracies closer than this are "equal": the paper prints two decimals
 
 
 # ---- names -------------------------------------------------------------------
@@ -619,22 +618,6 @@ def wall_time_by_model(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---- judgements: sentences computed from the data ------------------------------------------
-def beats_baseline(long: pd.DataFrame, refs: pd.DataFrame, split: str, tol: float = TOL) -> pd.DataFrame:
-    """Per task (and mode): the best model's accuracy on ``split``, the best trivial baseline there,
-    and whether the model is higher by more than ``tol``.
-
-    ``refs``: columns task, split, reference, accuracy (:func:`references_long` or
-    ``plotting.reference_frame``); the ceiling is not a baseline.
-    """
-    best = best_per_task(long, [split])
-    base = refs[(refs["split"] == split) & (refs["reference"] != "ceiling")]
-    base = base.groupby("task")["accuracy"].max().rename("best baseline").reset_index()
-    out = best.merge(base, on="task", how="left")
-    out["margin"] = out["value"] - out["best baseline"]
-    out["beats baseline"] = out["margin"] > tol
-    return order(out)
-
-
 def count_phrase(n: int, total: int, what: str) -> str:
     """'3 of 7 languages', 'none of the 7 languages', 'all 7 languages'."""
     if total == 0:
@@ -748,4 +731,40 @@ def nearest_baseline(long: pd.DataFrame, refs: pd.DataFrame, half: float | None 
     out["position"] = [verdicts.AT_BASELINE if r == verdicts.HOLDS else
                        ("cannot tell" if r == verdicts.UNSURE_PRINTED else ("above" if v > bb else "below"))
                        for r, v, bb in zip(rule, out["value"], out["best baseline"], strict=True)]
+    return order(out[cols])
+
+
+BELOW, ABOVE, PRINTED_UNSURE = "below", "above", "cannot tell from the printed numbers"
+
+
+def printed_positions(long: pd.DataFrame, refs: pd.DataFrame, half: float | None = None) -> pd.DataFrame:
+    """Per printed accuracy of ``long`` (the paper's): where it stands against the best trivial predictor
+    of its task and bin and against the ceiling, by the rounding rule (:func:`marnn.verdicts.printed_vs_exact`:
+    the printed value +- ``half``, default half a unit of two decimals, against an exact number).
+
+    ``long``: columns task, model, freeze, split, value; ``refs``: columns task, split, reference, accuracy
+    (``plotting.reference_frame`` or :func:`references_long`). Columns of the result: the keys, value,
+    best baseline, ceiling, ``vs best baseline`` and ``vs ceiling`` (``above``, ``below`` or ``cannot tell
+    from the printed numbers``: the rounding range holds the exact number). A ceiling that is only an upper
+    bound (row ``ceiling upper bound`` or ``exact`` False) still cannot be exceeded."""
+    from . import verdicts
+
+    half = verdicts.ACC_HALF if half is None else half
+    keys = ["task", "model", "freeze", "split"]
+    cols = keys + ["value", "best baseline", "ceiling", "vs best baseline", "vs ceiling"]
+    ceiling = refs["reference"].isin(["ceiling", UPPER_BOUND])
+    best = refs[~ceiling].groupby(["task", "split"])["accuracy"].max().rename("best baseline")
+    ceil = refs[ceiling].groupby(["task", "split"])["accuracy"].min().rename("ceiling")
+    out = long[keys + ["value"]].merge(best.reset_index(), on=["task", "split"]).merge(
+        ceil.reset_index(), on=["task", "split"], how="left")
+    if out.empty:
+        return pd.DataFrame(columns=cols)
+    word = {verdicts.HOLDS: ABOVE, verdicts.FAILS: BELOW}
+
+    def where(values, exact) -> list[str]:
+        return [word.get(verdicts.printed_vs_exact(float(v), float(x), half).verdict, PRINTED_UNSURE)
+                if np.isfinite(x) else PRINTED_UNSURE for v, x in zip(values, exact, strict=True)]
+
+    out["vs best baseline"] = where(out["value"], out["best baseline"])
+    out["vs ceiling"] = where(out["value"], out["ceiling"].fillna(np.nan))
     return order(out[cols])

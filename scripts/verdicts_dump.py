@@ -67,8 +67,68 @@ def main(scale: str) -> None:
         put(f"findings/position/{r['task']}/{r['freeze']}", r["vs trivial"], r["model"])
     kept = V.retention_comparison(df, "m", "none", "bin0", last)
     put("table2/retention m vs none", kept.verdict, kept.text(3))
+    languages(put)
+    stability(put, scale, df)
     for line in out:
         print(json.dumps(line))
+
+
+def languages(put) -> None:
+    """The languages page: each accuracy the paper prints against the trivial predictors and the ceiling of its
+    bin. A tree with ``report.TOL`` (before issue 18's last part) decided "below" and "above the ceiling" with
+    the page's fixed tolerances (0.015 and 0.005 on one number); later trees use the rounding rule."""
+    from marnn import paper, plotting, report, tasks
+    from marnn.scales import PAPER
+
+    reported = paper.lookup(paper.load(), dataset="formal", metric="accuracy")
+    reported = reported[reported["split"].isin(PAPER.bin_names)]
+    refs = plotting.reference_frame(tasks.names(), PAPER.test_bins, PAPER.bin_names)
+    keys = ["task", "model", "freeze", "split"]
+    for r in report.nearest_baseline(reported, refs).to_dict("records"):
+        put("languages/at a baseline/" + "/".join(str(r[k]) for k in keys), r["position"], r["reference"])
+    if hasattr(report, "printed_positions"):
+        placed = report.printed_positions(reported, refs)
+        vs_base, vs_ceil = placed["vs best baseline"], placed["vs ceiling"]
+    else:
+        tol = report.TOL
+        best = refs[refs["reference"] != "ceiling"].groupby(["task", "split"])["accuracy"].max().rename("best baseline")
+        ceil = refs[refs["reference"] == "ceiling"].groupby(["task", "split"])["accuracy"].min().rename("ceiling")
+        placed = reported.merge(best.reset_index(), on=["task", "split"])
+        placed = placed.merge(ceil.reset_index(), on=["task", "split"])
+        vs_base = (placed["value"] < placed["best baseline"] - tol).map({True: "below", False: "not below"})
+        vs_ceil = (placed["value"] > placed["ceiling"] + 0.005).map({True: "above", False: "not above"})
+    for r, b, c in zip(placed.to_dict("records"), vs_base, vs_ceil, strict=True):
+        key = "/".join(str(r[k]) for k in keys)
+        put(f"languages/vs best baseline/{key}", b, r["value"])
+        put(f"languages/vs ceiling/{key}", c, r["value"])
+
+
+def stability(put, scale: str, df) -> None:
+    """The stability page's stable runs against the trivial predictors of the last bin: per run with the
+    page's fixed tolerance (a tree with ``report.TOL``), per cell over restarts by the rule (later trees)."""
+    from marnn import report
+    from marnn.analysis import stability as st
+
+    recs = st.load_records(scale)
+    table = st.run_table(recs, st.untrained_losses(recs))
+    for r in table.to_dict("records"):
+        put(f"stability/run/{r['task']}/{r['model']}/{r['freeze']}/{r['seed']}", r["verdict"])
+    stable = table[table["verdict"] == "stable"]
+    if hasattr(st, "stable_cells"):
+        for r in st.stable_cells(table, df, report.last_bin(df)).to_dict("records"):
+            key = f"{r['task']}/{r['model']}/{r['freeze']}"
+            put(f"stability/stable cell vs trivial/{key}", r["vs trivial"],
+                r["mean − trivial [95% interval over restarts]"])
+            put(f"stability/stable cell at repeat-previous/{key}", r["at repeat-previous"],
+                r["mean − repeat-previous [95% interval]"])
+    else:
+        tol = report.TOL
+        for r in stable.to_dict("records"):
+            key = f"{r['task']}/{r['model']}/{r['freeze']}/{r['seed']}"
+            beats = r["last_accuracy"] - r["trivial_accuracy"] > tol
+            put(f"stability/stable run vs trivial/{key}", "beats by more than TOL" if beats else "not by more than TOL")
+            put(f"stability/stable run at repeat-previous/{key}",
+                "within TOL" if abs(r["last_accuracy"] - r["repeat_accuracy"]) <= tol else "not within TOL")
 
 
 if __name__ == "__main__":

@@ -170,6 +170,24 @@ def test_nearest_baseline_positions():
     assert near.loc["a", "reference"] == "repeat-previous" and near.loc["c", "reference"] == "chance"
 
 
+def test_printed_positions_use_the_rounding_rule_against_exact_references():
+    refs = pd.DataFrame({"task": ["t"] * 3, "split": ["bin0"] * 3,
+                         "reference": ["ceiling", "chance", "repeat-previous"], "accuracy": [0.9, 0.25, 0.5]})
+    # printed 0.49: the true value is at most 0.495 < 0.5, below; 0.496 -> printed 0.50 could be 0.495-0.505
+    values = {"a": 0.49, "b": 0.50, "c": 0.51, "d": 0.905, "e": 0.91, "f": 0.494}
+    long = pd.DataFrame({"task": "t", "model": list(values), "freeze": "m", "split": "bin0",
+                         "value": list(values.values())})
+    pos = report.printed_positions(long, refs).set_index("model")
+    assert pos["vs best baseline"].to_dict() == {"a": "below", "b": report.PRINTED_UNSURE, "c": "above",
+                                                 "d": "above", "e": "above", "f": "below"}
+    assert pos["vs ceiling"].to_dict() == {"a": "below", "b": "below", "c": "below", "d": report.PRINTED_UNSURE,
+                                           "e": "above", "f": "below"}
+    assert (pos["best baseline"] == 0.5).all() and (pos["ceiling"] == 0.9).all()
+    wider = report.printed_positions(long, refs, half=0.05).set_index("model")  # one decimal: less is decided
+    assert wider.loc["a", "vs best baseline"] == report.PRINTED_UNSURE
+    assert report.printed_positions(long.iloc[:0], refs).empty
+
+
 # ---- the theory -------------------------------------------------------------------------------------
 def test_theorem_predictions(paper_only):
     f = audit.check_thm34(paper_only)

@@ -136,6 +136,33 @@ def test_fingerprint_follows_notebook_records_and_parameters(tmp_path, monkeypat
         "records"]
 
 
+def test_fingerprint_of_a_page_that_reads_ptb_follows_the_ptb_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("MARNN_RESULTS", str(tmp_path / "store"))
+    ptb = tmp_path / "ptb"
+    ptb.mkdir()
+    (ptb / "ptb.test.txt.gz").write_bytes(b"some words")
+    (ptb / "SHA256SUMS.txt").write_text("0" * 64 + "  ptb.test.txt\n")
+    monkeypatch.setattr(book, "PTB_DATA", ptb)
+    params = {"scale": "smoke", "threads": 1}
+    readers = sorted(book.PTB_PAGES | book.MIXED_PAGES)
+    before = {name: book.fingerprint(name, "smoke", params) for name in readers + ["table1"]}
+    assert "ptb" not in before["table1"]  # a page on the formal languages does not read the corpus
+    (ptb / "SHA256SUMS.txt").write_text("1" * 64 + "  ptb.test.txt\n")  # a checksum changes
+    after = {name: book.fingerprint(name, "smoke", params) for name in readers + ["table1"]}
+    for name in readers:
+        assert after[name]["ptb"] != before[name]["ptb"], name
+        assert {k: v for k, v in after[name].items() if k != "ptb"} == \
+               {k: v for k, v in before[name].items() if k != "ptb"}
+    assert after["table1"] == before["table1"]
+    (ptb / "ptb.test.txt.gz").write_bytes(b"other words")  # a data file changes
+    assert book.fingerprint("table3", "smoke", params)["ptb"] != after["table3"]["ptb"]
+    stamp = tmp_path / "out"
+    stamp.mkdir()
+    (stamp / "table3.ipynb").write_text("{}")
+    (stamp / "table3.inputs.json").write_text(json.dumps(after["table3"]))
+    assert not book.up_to_date("table3", stamp, book.fingerprint("table3", "smoke", params))
+
+
 def test_execute_keeps_a_page_whose_inputs_did_not_change(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MARNN_RESULTS", str(tmp_path / "store"))
     params = {"scale": "smoke", "threads": 1}
@@ -146,6 +173,47 @@ def test_execute_keeps_a_page_whose_inputs_did_not_change(tmp_path, monkeypatch,
     assert book.execute("smoke", tmp_path, only=["table1"]) == []
     assert "inputs unchanged" in capsys.readouterr().out
     assert not book.up_to_date("table1", tmp_path, book.fingerprint("table1", "smoke", {**params, "threads": 2}))
+
+
+# ---- what a reader sees: table headers, figure numbers -----------------------------------------------
+def _css_rules(text: str) -> dict[str, dict[str, str]]:
+    """{selector: {property: value}} of a flat stylesheet (comments dropped; later rules add to earlier)."""
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    rules: dict[str, dict[str, str]] = {}
+    for selectors, body in re.findall(r"([^{}]+)\{([^}]*)\}", text):
+        props = dict(tuple(x.strip() for x in p.split(":", 1)) for p in body.split(";") if ":" in p)
+        for sel in selectors.split(","):
+            rules.setdefault(" ".join(sel.split()), {}).update(props)
+    return rules
+
+
+def test_table_headers_never_break_inside_a_word():
+    rules = _css_rules((ROOT / "book" / "_static" / "marnn.css").read_text())
+    for sel in (".cell_output table thead th", "table.marnn-findings th"):
+        assert rules[sel].get("word-break") == "keep-all" and rules[sel].get("overflow-wrap") == "normal", sel
+    assert not [s for s, p in rules.items() if s.split()[-1] == "th" and "anywhere" in p.get("overflow-wrap", "")]
+    import pandas as pd
+
+    html = book.frame_html(pd.DataFrame({"model (none)": ["jm-10"], "none": [0.5], "accuracy_first": [0.9],
+                                         "last/first": [1.0], "x_y": ["a_b"]}))
+    head, body = html.split("</thead>")
+    assert "<th>none</th>" in head and "<th>model (none)</th>" in head  # whole words, nothing inserted
+    assert "<th>accuracy_<wbr>first</th>" in head and "<th>last/<wbr>first</th>" in head  # places to wrap
+    assert "<wbr>" not in body and "a_b" in body  # cells are left alone
+
+
+def test_figure_captions_carry_the_papers_numbers_and_the_book_numbers_none():
+    cfg = yaml.safe_load((ROOT / "book" / "_config.yml").read_text())
+    assert cfg["sphinx"]["config"]["numfig"] is False  # Sphinx would number across the book: "Fig. 9"
+    captions = {}
+    for name in book.NOTEBOOKS:
+        nb = json.loads((ROOT / "notebooks" / f"{name}.ipynb").read_text())
+        captions[name] = [c["metadata"]["mystnb"]["figure"]["caption"] for c in nb["cells"]
+                          if "figure" in c.get("metadata", {}).get("mystnb", {})]
+    for n in (1, 2, 3):
+        assert captions[f"fig{n}"] and all(c.startswith(f"Figure {n} ") for c in captions[f"fig{n}"]), n
+    others = [c for name, cs in captions.items() if not re.fullmatch(r"fig\d", name) for c in cs]
+    assert others and not [c for c in others if re.match(r"(Fig\.|Figure) ?\d", c)]
 
 
 # ---- the repository address, Binder ---------------------------------------------------------------

@@ -7,8 +7,10 @@ fails on an image that did not load, math that MathJax did not typeset (or raw
 TeX / MyST roles left in the text), an internal link whose target does not
 answer 200, a resource fetched from another host (the book must work offline),
 or a severe console error. It also checks what a reader sees at a 1400 px
-window: no table wider than the text column, every figure of a chapter inside a
-numbered, captioned ``<figure>``, no code visible before a click, and (on every
+window: no table wider than the text column, no table header broken inside a
+word, every figure of a chapter inside a captioned ``<figure>`` (unnumbered: a
+page that redraws the paper's Figure N says "Figure N" in its caption), no code
+visible before a click, and (on every
 executed chapter) the note stating the scale above the fold. Screenshots of
 some pages go to ``build/screenshots/`` (kept) for a human to look at; they are
 not compared.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -175,11 +178,30 @@ const tables = Array.from(article.querySelectorAll("table")).filter(visible)
   .filter(t => t.width > column + 1);
 const images = Array.from(article.querySelectorAll(".cell_output img, figure img")).filter(visible);
 const uncaptioned = images.filter(i => { const f = i.closest("figure");
-  return !(f && f.querySelector("figcaption") && f.querySelector(".caption-number")); })
+  return !(f && f.querySelector("figcaption")); })
   .map(i => i.src.split("/").pop());
+const captions = Array.from(article.querySelectorAll("figure figcaption")).filter(visible)
+  .map(c => c.textContent.trim());
+const numbers = Array.from(article.querySelectorAll("figcaption .caption-number")).map(c => c.textContent.trim());
+// a header word (between spaces, hyphens, "_" and "/") whose characters sit on more than one line is broken
+const broken = [];
+for (const th of Array.from(article.querySelectorAll("table thead th")).filter(visible)) {
+  const walker = document.createTreeWalker(th, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    for (const m of node.textContent.matchAll(/[^\s\-_\/]+/g)) {
+      const range = document.createRange();
+      range.setStart(node, m.index);
+      range.setEnd(node, m.index + m[0].length);
+      const tops = new Set(Array.from(range.getClientRects()).filter(r => r.width > 0)
+        .map(r => Math.round(r.top)));
+      if (tops.size > 1) broken.push(m[0]);
+    }
+  }
+}
 const code = Array.from(article.querySelectorAll(".cell_input")).filter(visible).length;
 const note = article.querySelector(".admonition.marnn-scale");
-return {column: column, wide: tables, uncaptioned: uncaptioned, code: code,
+return {column: column, wide: tables, uncaptioned: uncaptioned, captions: captions, numbers: numbers,
+        broken: broken, code: code,
         scaleTop: note ? note.getBoundingClientRect().top : null, fold: window.innerHeight};
 """
 
@@ -230,7 +252,13 @@ def test_page_renders(page, site, driver):
     seen = driver.execute_script(READER)
     problems += [f"table [{t['head']}] is {t['width']} px wide in a {seen['column']} px column"
                  for t in seen["wide"]]
-    problems += [f"figure without a numbered caption: {src}" for src in seen["uncaptioned"]]
+    problems += [f"table header word broken across lines: {w!r}" for w in seen["broken"]]
+    problems += [f"figure without a caption: {src}" for src in seen["uncaptioned"]]
+    problems += [f"figure numbered by the book ({n!r}), not by the paper" for n in seen["numbers"]]
+    paper_figure = re.fullmatch(r"generated/fig(\d)\.html", page)
+    if paper_figure:
+        problems += [f"caption does not name the paper's Figure {paper_figure.group(1)}: {c[:60]!r}"
+                     for c in seen["captions"] if not c.startswith(f"Figure {paper_figure.group(1)} ")]
     if seen["code"]:
         problems.append(f"{seen['code']} code cell(s) visible without a click")
     if page.startswith("generated/"):

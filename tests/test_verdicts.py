@@ -95,6 +95,20 @@ def test_rule_weights_give_the_bin_accuracy_and_one_restart_decides_nothing():
         V.paired_restarts(a, b, weights=[1, -1])
 
 
+def test_a_run_equal_to_a_reference_at_every_restart_is_not_above_it():
+    # count-3 at 51-100: per length (L + 1 - 3) / (L + 1) correct, weighted by symbols; the reference is the bin's
+    # exact value. The weighted sum leaves a float residue of ~1e-17 that a zero-spread interval must not decide.
+    lengths = np.arange(51, 100, 3)
+    per = (lengths + 1 - 3) / (lengths + 1)
+    ref = float((per * (lengths + 1)).sum() / (lengths + 1).sum())
+    runs = np.tile(per, (3, 1))
+    assert V.restart_differences(runs, np.full_like(runs, ref), lengths + 1).tolist() == [0.0, 0.0, 0.0]
+    v = V.paired_restarts(runs, np.full_like(runs, ref), lengths + 1)
+    assert (v.difference, v.lo, v.hi, v.verdict) == (0.0, 0.0, 0.0, V.FAILS)  # not above: exactly at it
+    up = V.paired_restarts(runs + 1e-3, np.full_like(runs, ref), lengths + 1)
+    assert up.verdict == V.HOLDS  # a real constant gap is still decided
+
+
 # ---- calibration: the stated level is the level -----------------------------------------------------------
 # Noise of the sizes in the committed quick records (mode m - mode none, bin 51-100, median over the
 # (language, model) cells): the restart effect of the per-restart difference has sd ~0.03, the residual of
@@ -375,3 +389,31 @@ def test_pages_never_put_two_ranges_under_one_label():
     assert pages.fmt(float("nan")) == pages.DASH and pages.fmt_ppl(1234.5) == "1,234"
     flags = pages.readable(pd.DataFrame({"x": [0.123456, np.nan], "ok": [True, False]}))
     assert flags.to_dict("list") == {"x": ["0.12", pages.DASH], "ok": ["yes", "no"]}
+
+
+def test_stable_cells_are_judged_over_all_their_restarts(tmp_path):
+    from marnn.analysis import stability as st
+
+    at_repeat = [(0.9, 0.5, 0.5), (0.9, 0.5, 0.505), (0.9, 0.5, 0.495)]  # repeat-previous scores 0.5 here
+    df = _store(tmp_path, {("jm-10", "m"): HIGH, ("jm-10", "none"): at_repeat, ("lstm", "none"): LOW})
+    table = pd.DataFrame({"task": "count-3", "model": ["jm-10"] * 6 + ["lstm"] * 3,
+                          "freeze": ["m"] * 3 + ["none"] * 3 + ["none"] * 3, "seed": [0, 1, 2] * 3,
+                          "verdict": ["stable", "unstable", "undecided", "unstable", "stable", "stable"]
+                          + ["unstable"] * 3})
+    cells = st.stable_cells(table, df, "bin2").set_index("freeze")
+    assert list(cells.index) == ["none", "m"] and set(cells["model"]) == {"jm-10"}  # lstm: no stable run
+    assert cells["stable"].to_dict() == {"none": "2 of 3", "m": "1 of 3"}
+    assert cells.loc["m", "vs trivial"] == "above" and cells.loc["m", "at repeat-previous"] == "above"
+    assert cells.loc["none", "vs trivial"] == "cannot tell"
+    assert cells.loc["none", "at repeat-previous"] == V.AT_BASELINE  # within MARGIN by two one-sided tests
+    table["verdict"] = "unstable"
+    assert st.stable_cells(table, df, "bin2").empty
+
+
+def test_an_excluded_row_joins_its_frames_single_difference_column():
+    printed = V.verdict_frame([{"task": "a", "verdict": V.rounded(0.51, 0.50)}, {"task": "b", "verdict": V.excluded()}])
+    assert [c for c in printed.columns if c.startswith("difference")] == ["difference [rounding range]"]
+    assert printed["difference [rounding range]"].tolist() == ["+0.01 [+0.00, +0.02]", "excluded (identical runs)"]
+    ours = V.verdict_frame([{"task": "a", "verdict": V.paired_restarts(np.ones((3, 1)), np.zeros((3, 1)))},
+                            {"task": "b", "verdict": V.excluded()}])
+    assert [c for c in ours.columns if c.startswith("difference")] == ["difference [95% interval]"]

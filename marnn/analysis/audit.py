@@ -10,8 +10,11 @@ Every check puts three things side by side for one statement of Das & Mali
 * ``ours``: what our runs give at one scale (the committed records).
 
 and turns each comparison into a ``verdict`` (about the paper's numbers) and an
-``ours_verdict`` (about our runs), with the tolerance it uses written next to
-it. Nothing here trains: the audit reads what the other chapters computed.
+``ours_verdict`` (about our runs) by the book's one rule (:mod:`marnn.verdicts`):
+the paper's printed numbers by their rounding, ours by a t interval over
+restarts, equality and stated magnitudes by two one-sided tests within a stated
+margin (:func:`margins` lists them). Nothing here trains: the audit reads what
+the other chapters computed.
 
     inputs = audit.load("quick")        # the paper's tables + our records at one scale
     findings = audit.run_checks(inputs)  # one Finding per claim (row, numbers, evidence tables)
@@ -34,7 +37,7 @@ import pandas as pd
 from .. import report, verdicts
 from ..scales import PAPER, get_scale
 
-# ---- tolerances ---------------------------------------------------------------------------
+# ---- rounding of printed numbers, margins of two one-sided tests ------------------------------------
 ACC_HALF = 0.005  # the paper prints accuracies with two decimals: the true value is within half a unit
 PPL_HALF = 0.05  # Table 3 prints perplexities with one decimal
 PCT_HALF = 0.00005  # "1.73%" is given to a hundredth of a percent
@@ -51,9 +54,6 @@ STATED_BEFORE, STATED_AFTER = 123.5, 120.5  # best PTB perplexity without / with
 STATED_BEST = 120.5  # "state of the art 120.5"
 STATED_DROP = 0.60  # fully trained models lose "up to 60%" on long strings
 STATED_KEEP = 0.90  # frozen memory retains "close to 90%" of the accuracy
-# the retention claim's evidence: per mode, the paper's mean ratio with its rounding range (paper lo / hi)
-# and ours with its 95% t interval over restarts (ours lo / hi)
-RETENTION_EVIDENCE = "mean accuracy ratio, last bin / first bin, per mode"
 # The predictions of the stability theory (Section 3, Appendix C; docs: book/reference/claims.md).
 GROWTH_PARAMETERS = 3  # Thm 3.6: unstable loss ~ a|x|^b + c has three free parameters
 
@@ -481,10 +481,10 @@ def check_retention(inp: Inputs, claimed_mode: str = "m") -> Finding:
     oi = ours_retention_intervals(inp.formal, _ours_last(inp)) if len(ours_acc) else pd.DataFrame()
     if len(oi):
         facts.update({f"ours_{m}": v for m, v in oi["mean"].items()})
-    ratios = pd.DataFrame({"paper": pr["mean"], "paper lo": pr["lo"], "paper hi": pr["hi"]})
-    if len(oi):
-        ratios = ratios.join(oi.rename(columns={"mean": "ours", "lo": "ours lo", "hi": "ours hi"}), how="outer")
-    evidence = {RETENTION_EVIDENCE: ratios}
+    evidence = {"mean accuracy ratio, last bin / first bin, per mode (paper: rounding range; ours: 95% t "
+                "interval over restarts)": pd.DataFrame({"paper": pr["mean"], "paper lo": pr["lo"],
+                                                         "paper hi": pr["hi"]}).join(oi, how="outer")
+                .reindex([m for m in report.MODES if m in set(pr.index) | set(oi.index)])}
     fmt = lambda s: ", ".join(f"{m} {v:.2f}" for m, v in s.items())  # noqa: E731
     if not len(oi):
         ours, ours_verdict = "-", NO_RUNS
@@ -902,8 +902,10 @@ def _ours_lengths(inp: Inputs) -> int:
     return int(min(counts)) if counts else 0
 
 
-def tolerances() -> pd.DataFrame:
-    """Every tolerance the checks use, with its value and meaning (for the page)."""
+def margins() -> pd.DataFrame:
+    """Every rounding half-unit, margin and level the checks use, with its value and meaning (for the page).
+    None decides a verdict on one number: a half-unit is the range a printed number stands for, a margin is
+    that of two one-sided tests on a range or an interval."""
     rows = [
         ("ACC_HALF", ACC_HALF, "half a unit of the paper's two-decimal accuracies"),
         ("PPL_HALF", PPL_HALF, "half a unit of Table 3's one-decimal perplexities"),

@@ -36,7 +36,7 @@ makes it pass:
                    chance) is *degradation*.
 (d) growth rate    fit ``E(n) ~ a n^b + c`` by least squares: ``b`` on a grid
                    (0.1 ... 6, step 0.01) with ``a >= 0`` and ``c`` solved
-                   exactly for each ``b``. Classes, with tolerance 0.2 on ``b``:
+                   exactly for each ``b``. Classes (a definition of this project, band 0.2 around b = 1):
                    ``flat`` (``a = 0``, or the fitted rise over the test range
                    is under 0.05 nats per symbol of the longest string),
                    ``sub-linear`` (b < 0.8), ``linear`` (0.8 <= b <= 1.2),
@@ -528,6 +528,43 @@ def theorem_checks(table: pd.DataFrame) -> pd.DataFrame:
         deg["tail_accuracy"] <= deg["chance_accuracy"], "tail_accuracy - chance",
         deg["tail_accuracy"] - deg["chance_accuracy"])
     return pd.DataFrame(rows).set_index("check")
+
+
+def stable_cells(table: pd.DataFrame, df: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The (task, model, freeze) cells with at least one run the criteria call stable, each judged over
+    *all* its restarts on ``split`` (the last test bin) by the book's one rule (:mod:`marnn.verdicts`):
+    above the best trivial predictor (95% t interval over restarts, :func:`marnn.verdicts.positions`) and
+    equal to repeat-previous (two one-sided tests within :data:`marnn.verdicts.MARGIN`,
+    :func:`marnn.verdicts.baseline_equality`). A run is one restart, so no verdict is drawn per run.
+
+    ``table``: :func:`run_table`; ``df``: the store's tidy rows of the same runs (``report.formal_results``).
+    Columns: task, model, freeze, stable (stable runs of the cell's restarts), mean - trivial [interval],
+    vs trivial (above / not above / cannot tell), repeat-previous [interval] (mean - repeat-previous),
+    at repeat-previous (at a baseline / above / below / cannot tell)."""
+    from .. import report, verdicts
+
+    keys = ["task", "model", "freeze"]
+    cols = keys + ["stable", "mean − trivial [95% interval over restarts]", "vs trivial",
+                   "mean − repeat-previous [95% interval]", "at repeat-previous"]
+    stable = table[table["verdict"] == "stable"]
+    if stable.empty:
+        return pd.DataFrame(columns=cols)
+    runs = table.groupby(keys)["seed"].nunique()
+    cells = stable.groupby(keys)["seed"].nunique()
+    pos = verdicts.positions(df, [dict(zip(keys, c, strict=True)) for c in cells.index], split)
+    refs = report.references_long(df)
+    repeat = refs[(refs["reference"] == "repeat-previous") & (refs["split"] == split)]
+    rows = []
+    for r in pos.to_dict("records"):
+        cell = {k: r[k] for k in keys}
+        eq = verdicts.baseline_equality(df, repeat, cell)
+        eq = eq[eq["split"] == split]
+        rows.append({**cell, "stable": f"{cells[tuple(cell.values())]} of {runs[tuple(cell.values())]}",
+                     "mean − trivial [95% interval over restarts]": r["mean − trivial [95% interval over restarts]"],
+                     "vs trivial": r["vs trivial"],
+                     "mean − repeat-previous [95% interval]": eq["interval"].iloc[0] if len(eq) else "-",
+                     "at repeat-previous": eq["position"].iloc[0] if len(eq) else "no reference"})
+    return report.order(pd.DataFrame(rows, columns=cols))
 
 
 def _paired(table: pd.DataFrame, a: str, b: str, col: str = "long_rho") -> pd.DataFrame:
