@@ -158,6 +158,19 @@ def plan(root: Root = None) -> list[dict]:
     return rows
 
 
+def plan_frame(root: Root = None):
+    """:func:`plan` as the provenance page shows it: one row per phase."""
+    import pandas as pd
+
+    rows = [{"phase": f"{r['phase']}: {r['what'].split(':')[0].split(' (')[0]}",
+             "runs stored / known": f"{r['stored']} / {r['runs']}" + (" (+ cells after the search)"
+                                                                    if r["waits_for_search"] else ""),
+             "CPU-h spent": round(r["spent_cpu_h"], 2), "CPU-h estimated": round(r["estimate_cpu_h"], 1),
+             "early stop": r["early_stop"], "at the cap": r["at_cap"], "pruned": r["pruned"],
+             "diverged": r["diverged"], "machines": ", ".join(r["machines"]) or "-"} for r in plan(root)]
+    return pd.DataFrame(rows).set_index("phase")
+
+
 def plan_text(root: Root = None) -> str:
     lines, total = [], 0.0
     for row in plan(root):

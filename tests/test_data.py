@@ -137,3 +137,6 @@ def test_campaign_plan_on_an_empty_store(tmp_path):
     # the search: 8 draws for epoch 1, 4 for epoch 2, 2 for epochs 3-4, then one on to epoch 15
     assert campaign.search_hours(tmp_path) == pytest.approx((8 + 4 + 2 * 2 + 11) * 7.6 / 60)
     assert "PTB draw: not chosen yet" in campaign.plan_text(tmp_path)
+    frame = campaign.plan_frame(tmp_path)
+    assert list(frame.index.str[0]) == ["1", "2", "3", "4"]
+    assert frame.loc[frame.index[1], "runs stored / known"] == "0 / 560"
