@@ -113,11 +113,37 @@ Shapes (N = batch with replicas flattened, K = Q*S)::
 """
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import torch
 
 Tensor = torch.Tensor
+_NP = {torch.float32: np.float32, torch.float64: np.float64}
 
 __all__ = ["RNSCore", "RNSState", "rns_readings", "BOTTOM_LAYOUTS"]
+
+
+def _kernels():
+    """The compiled step (:mod:`marnn.models.rns_compiled`) or None (no Numba, or this file
+    loaded on its own, outside the package)."""
+    try:
+        from . import rns_compiled
+    except ImportError:  # pragma: no cover - standalone load or no numba
+        return None
+    return rns_compiled if rns_compiled.AVAILABLE else None
+
+
+def compiled_default() -> bool:
+    """Whether cores built with ``compiled=None`` use the compiled step where it applies:
+    yes unless ``$MARNN_FUSED_BACKEND`` / ``superposition.FUSED_BACKEND`` asks for a
+    reference backend ("numpy" or "torch"), the same switch as the fused LSTM kernel."""
+    try:
+        from .superposition import FUSED_BACKEND
+    except ImportError:  # pragma: no cover - standalone load
+        import os
+        FUSED_BACKEND = os.environ.get("MARNN_FUSED_BACKEND", "auto")
+    return FUSED_BACKEND == "auto"
 
 
 def _lo(t: int, window: int | None) -> int:
@@ -227,6 +253,7 @@ class _Tape:
         self.cap = 0
         self.buf: Tensor | None = None  # (N, S, cap, Q, cap, K): buf[:, y, c, u, j, a] = Ĝ[j, c][a, (u, y)]
         self.rec: dict[int, dict] = {}  # T -> saved tensors of step T
+        self.kern = core.kernels(device, dtype)  # the compiled step, or None: the torch reference
         self.reset_backward()
 
     def reset_backward(self):
@@ -268,6 +295,8 @@ class _Tape:
     # --------------------------------------------------------------- forward
     def forward_step(self, E: Tensor, v: Tensor | None, record: bool):
         """Advance by one step. E: (N, K, 2K+Q) weights (any positive per-row scale)."""
+        if self.kern is not None:
+            return self._forward_compiled(E, v, record)
         core = self.core
         K, Q, S, N = core.K, core.Q, core.S, self.N
         tiny = torch.finfo(self.dtype).tiny
@@ -336,6 +365,8 @@ class _Tape:
         if self.bwd_T is not None and T >= self.bwd_T:
             self.reset_backward()                                 # a new backward pass
         self.bwd_T = T
+        if self.kern is not None:
+            return self._backward_compiled(T, dR)
         r = self.rec[T]
         tiny = torch.finfo(self.dtype).tiny
         t = T - 1
@@ -421,6 +452,107 @@ class _Tape:
             self.dalpha[t] = dalpha
         self.dcol[t] = dcol
         dE = dW * alpha[:, :, None]
+        return dE, dv
+
+    # ------------------------------------------------------- compiled step
+    def _insert_column(self, col, t, lo):
+        """Column t of the triangle (needed by the pop term from step t+2 on) into the buffer."""
+        core = self.core
+        lo2 = _lo(t + 2, core.window)
+        if t >= lo2:
+            self._ensure(t + 1, lo2)
+            assert self.buf is not None  # _ensure allocated it
+            r0 = max(lo2, lo)
+            N, S, cap, Q = self.N, core.S, self.cap, core.Q
+            self.kern._insert(col.numpy(), r0 - lo, self.buf.view(N, S, cap, Q, cap * core.K).numpy(),
+                              t - self.base, r0 - self.base)
+
+    def _forward_compiled(self, E: Tensor, v: Tensor | None, record: bool):
+        """:meth:`forward_step` by the compiled kernel (same state, same records' meaning)."""
+        core = self.core
+        K, Q, S, N, m = core.K, core.Q, core.S, self.N, core.m or 0
+        t, lo = self.t, self.lo
+        T = t + 1
+        loT = _lo(T, core.window)
+        d = loT - lo
+        Lw = t - loT + 1
+        Lr = Lw - 1
+        E = E.detach().contiguous()
+        new = functools.partial(torch.empty, dtype=self.dtype, device=self.device)
+        newcol, a, s, Z0 = new(N, Lw + 1, K, K), new(N, K), new(N), new(N)
+        alphaT, ahat = new(N, K), new(N, K)
+        PhT = new(N, S, Q, max(Lr, 0) * Q)
+        if m:
+            assert v is not None, "forward_step: a stack with vectors needs the pushed vector v"
+            vec, w, reading = new(N, Lw + 1, m), new(N, Lw + 1, K), new(N, K * m)
+            vold, vin = self.vec.contiguous(), v.detach().to(self.dtype).contiguous()
+        else:
+            vec = w = vold = vin = new(0, 0, 0)
+            reading = new(N, K)
+        buf, base, cap = self.buf, self.base, self.cap
+        bufv = buf.view(N, S, cap * Q, cap * K) if buf is not None else new(N, S, 0, 0)
+        tiny = np.array(torch.finfo(self.dtype).tiny, dtype=_NP[self.dtype]).item()
+        self.kern._forward(E.numpy(), self.alpha.numpy(), self.col.numpy(), d, bufv.numpy(), loT - base, Lw,
+                           vold.numpy(), vin.numpy() if m else vin.view(0, 0).numpy(), m, newcol.numpy(),
+                           a.numpy(), s.numpy(), Z0.numpy(), alphaT.numpy(), ahat.numpy(), PhT.numpy(),
+                           w.numpy(), vec.numpy(), reading.numpy(), _NP[self.dtype](tiny))
+        if record:
+            self.rec[T] = dict(E=E, alpha=self.alpha, col=self.col, d=d, PhT=PhT, buf=buf, base=base, cap=cap,
+                               Z0=Z0, a=a, s=s, alphaT=alphaT, ahat=ahat, newcol=newcol,
+                               vec=vec if m else None, w=w, reading=reading.clone() if m else None)
+        self._insert_column(self.col, t, lo)
+        self.t, self.lo, self.alpha, self.col, self.vec = T, loT, alphaT, newcol, (vec if m else None)
+        return reading
+
+    def _backward_compiled(self, T: int, dR: Tensor):
+        """:meth:`backward_step` by the compiled kernel (called by it, after the new-pass check)."""
+        core = self.core
+        K, Q, S, N, m = core.K, core.Q, core.S, self.N, core.m or 0
+        r = self.rec[T]
+        t = T - 1
+        loT = _lo(T, core.window)
+        Lw = t - loT + 1
+        Tend = max(self.rec)
+        if self.DP is None:
+            self._alloc_backward(Tend)
+        new = functools.partial(torch.empty, dtype=self.dtype, device=self.device)
+        dalphaT = self.dalpha.pop(T, None)
+        dM = self.dcol.pop(T, None)
+        b = self.base
+        lo3 = max(_lo(T + 2, core.window), b)
+        adj = Tend >= T + 2 and T >= lo3
+        adj_lo, adj_hi = (T + 2 - b, Tend + 1 - b) if adj else (0, 0)
+        col = r["col"]
+        dE, dcol, dalpha = new(N, K, 2 * K + Q), new(col.shape), new(N, K)
+        empty = new(0, 0)
+        rb_buf = r["buf"]
+        cap = r["cap"]
+        bufv = rb_buf.view(N, S, cap * Q, cap * K) if rb_buf is not None else new(N, S, 0, 0)
+        if m:
+            dV, j0 = self.dV, loT - self.vbase
+        else:
+            dV, j0 = new(0, 0, 0), 0
+        tiny = np.array(torch.finfo(self.dtype).tiny, dtype=_NP[self.dtype]).item()
+        vec = r["vec"] if m else new(0, 0, 0)
+        self.kern._backward(
+            r["E"].numpy(), r["alpha"].numpy(), col.numpy(), r["d"], bufv.numpy(), loT - r["base"], Lw,
+            r["PhT"].numpy(), r["Z0"].numpy(), r["a"].numpy(), r["s"].numpy(), r["alphaT"].numpy(),
+            r["ahat"].numpy(), r["newcol"].numpy(), vec.numpy(), r["w"].numpy(),
+            (r["reading"] if m else empty).numpy(), m, dR.detach().contiguous().numpy(),
+            (empty if dalphaT is None else dalphaT.contiguous()).numpy(), dalphaT is not None,
+            (new(0, 0, 0, 0) if dM is None else dM.contiguous()).numpy(), dM is not None,
+            self.DP.view(N, S, self.Tn * Q, self.Jn * K).numpy(), self.PH.numpy(), T - b, loT - b,
+            adj_lo, adj_hi, lo3 - b, dV.numpy(), j0, dE.numpy(), dcol.numpy(), dalpha.numpy(),
+            _NP[self.dtype](tiny))
+        dv = None
+        if m:
+            dv = self.dV[:, T - self.vbase].clone()
+            self.dV[:, T - self.vbase] = 0
+        if t in self.dalpha:
+            self.dalpha[t] = self.dalpha[t] + dalpha
+        else:
+            self.dalpha[t] = dalpha
+        self.dcol[t] = dcol
         return dE, dv
 
     def _alloc_backward(self, Tend: int):
@@ -523,7 +655,7 @@ class RNSCore:
     """RNS (``m=None``) or VRNS (``m`` = vector size); optional window ``D``."""
 
     def __init__(self, Q: int, S: int, m: int | None = None, window: int | None = None,
-                 bottom: str = "equations"):
+                 bottom: str = "equations", compiled: bool | None = None):
         if Q < 1 or S < 1:
             raise ValueError("Q and S must be positive")
         if bottom not in BOTTOM_LAYOUTS or (bottom == "published" and not m):
@@ -535,10 +667,19 @@ class RNSCore:
         if m is not None and m < 1:
             raise ValueError("m must be positive")
         self.Q, self.S, self.m, self.window = Q, S, m, window
+        self.compiled = compiled  # None: compiled_default(); False: always the torch reference
         self.K = Q * S
         self.num_actions = self.K * (2 * self.K + Q)
         self.reading_size = self.K * (m if m else 1)
         self.pushed_size = m if m else 0
+
+    def kernels(self, device, dtype):
+        """The compiled step module for a tape on ``device`` / ``dtype``, or None (torch reference)."""
+        use = compiled_default() if self.compiled is None else self.compiled
+        if not use:
+            return None
+        kern = _kernels()
+        return kern if kern is not None and kern.usable(device, dtype) else None
 
     # ------------------------------------------------------------------ state
     def initial_state(self, N, device=None, dtype=torch.float32, bottom=None) -> RNSState:
