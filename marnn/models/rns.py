@@ -254,12 +254,18 @@ class _Tape:
         self.buf: Tensor | None = None  # (N, S, cap, Q, cap, K): buf[:, y, c, u, j, a] = Ĝ[j, c][a, (u, y)]
         self.rec: dict[int, dict] = {}  # T -> saved tensors of step T
         self.kern = core.kernels(device, dtype)  # the compiled step, or None: the torch reference
+        # compiled step: the triangle packed row block after row block (rns_compiled._row_start)
+        self.pk: Tensor | None = None            # (N, S, P)
+        self.roff = np.zeros(0, dtype=np.int64)  # row table: offset and first push time of the
+        self.rj0 = np.zeros(0, dtype=np.int64)   # row block of push time pbase + index
+        self.pbase = self.nrows = self.pused = 0
         self.reset_backward()
 
     def reset_backward(self):
         self.dalpha, self.dcol = {}, {}
         self.DP = self.PH = self.dV = None
         self.bwd_T = None
+        self.bwd_top = 0
 
     # --------------------------------------------------------------- buffer
     def _ensure(self, hi: int, keep_lo: int):
@@ -455,17 +461,62 @@ class _Tape:
         return dE, dv
 
     # ------------------------------------------------------- compiled step
+    def _pk_grow(self, need: int, keep_lo: int):
+        """Room for ``need`` more elements and one more row in the packed triangle. Without
+        recorded steps, rows older than ``keep_lo`` and push times before it are dropped
+        (a long no-grad stream keeps O(D) rows); with them nothing moves (records refer
+        to the rows by offset; the old arrays stay valid for them)."""
+        N, S, K = self.N, self.core.S, self.core.K
+        k0 = 0
+        if not self.rec and self.nrows:
+            k0 = min(max(keep_lo - self.pbase, 0), self.nrows)
+        rows = max(2 * (self.nrows - k0 + 1), 16)
+        roff, rj0 = np.zeros(rows, dtype=np.int64), np.zeros(rows, dtype=np.int64)
+        if k0 or self.pk is None:  # compact (or start): rows [pbase + k0, ...) restricted to j >= keep_lo
+            live = 0
+            P = max(2 * need + 1024, self.core.pk_hint)  # the size earlier tapes of this core reached
+            if self.pk is not None and self.nrows > k0:
+                jlo = max(keep_lo, int(self.rj0[k0]))
+                est = self.pused  # upper bound of what is kept
+                P = max(P, 2 * (est + need))
+                pk = torch.empty(N, S, P, dtype=self.dtype, device=self.device)
+                c0 = self.pbase + k0
+                live = int(self.kern._pk_copy(self.pk.numpy(), self.roff, self.rj0, self.pbase, c0,
+                                              self.pbase + self.nrows, jlo, pk.numpy(), roff, rj0, K))
+            else:
+                pk = torch.empty(N, S, P, dtype=self.dtype, device=self.device)
+            self.pbase += k0
+            self.nrows -= k0
+            self.pused = live
+        else:                      # grow in place of nothing: copy the prefix
+            P = max(2 * (self.pused + need), 1024)
+            assert self.pk is not None
+            pk = torch.empty(N, S, P, dtype=self.dtype, device=self.device)
+            pk[:, :, :self.pused] = self.pk[:, :, :self.pused]
+            roff[:self.nrows], rj0[:self.nrows] = self.roff[:self.nrows], self.rj0[:self.nrows]
+        self.pk, self.roff, self.rj0 = pk, roff, rj0
+        self.core.pk_hint = max(self.core.pk_hint, pk.shape[2])
+
     def _insert_column(self, col, t, lo):
-        """Column t of the triangle (needed by the pop term from step t+2 on) into the buffer."""
+        """Column t of the triangle (needed by the pop term from step t+2 on) as the next packed row block."""
         core = self.core
         lo2 = _lo(t + 2, core.window)
-        if t >= lo2:
-            self._ensure(t + 1, lo2)
-            assert self.buf is not None  # _ensure allocated it
-            r0 = max(lo2, lo)
-            N, S, cap, Q = self.N, core.S, self.cap, core.Q
-            self.kern._insert(col.numpy(), r0 - lo, self.buf.view(N, S, cap, Q, cap * core.K).numpy(),
-                              t - self.base, r0 - self.base)
+        if t < lo2:
+            return
+        r0 = max(lo2, lo)
+        ln = t - r0 + 1
+        need = core.Q * ln * core.K
+        if self.nrows == 0:
+            self.pbase = t
+        if self.pk is None or self.pused + need > self.pk.shape[2] or self.nrows >= len(self.roff):
+            self._pk_grow(need, lo2)
+            if self.nrows == 0:
+                self.pbase = t
+        assert self.pk is not None and t == self.pbase + self.nrows
+        self.roff[self.nrows], self.rj0[self.nrows] = self.pused, r0
+        self.kern._pk_insert(col.numpy(), r0 - lo, self.pk.numpy(), self.pused, ln)
+        self.nrows += 1
+        self.pused += need
 
     def _forward_compiled(self, E: Tensor, v: Tensor | None, record: bool):
         """:meth:`forward_step` by the compiled kernel (same state, same records' meaning)."""
@@ -489,15 +540,16 @@ class _Tape:
         else:
             vec = w = vold = vin = new(0, 0, 0)
             reading = new(N, K)
-        buf, base, cap = self.buf, self.base, self.cap
-        bufv = buf.view(N, S, cap * Q, cap * K) if buf is not None else new(N, S, 0, 0)
+        pk = self.pk if self.pk is not None else new(N, S, 0)
         tiny = np.array(torch.finfo(self.dtype).tiny, dtype=_NP[self.dtype]).item()
-        self.kern._forward(E.numpy(), self.alpha.numpy(), self.col.numpy(), d, bufv.numpy(), loT - base, Lw,
+        self.kern._forward(E.numpy(), self.alpha.numpy(), self.col.numpy(), d, pk.numpy(), self.roff, self.rj0,
+                           self.pbase, loT, Lw,
                            vold.numpy(), vin.numpy() if m else vin.view(0, 0).numpy(), m, newcol.numpy(),
                            a.numpy(), s.numpy(), Z0.numpy(), alphaT.numpy(), ahat.numpy(), PhT.numpy(),
                            w.numpy(), vec.numpy(), reading.numpy(), _NP[self.dtype](tiny))
         if record:
-            self.rec[T] = dict(E=E, alpha=self.alpha, col=self.col, d=d, PhT=PhT, buf=buf, base=base, cap=cap,
+            self.rec[T] = dict(E=E, alpha=self.alpha, col=self.col, d=d, PhT=PhT, pk=pk, roff=self.roff,
+                               rj0=self.rj0, pbase=self.pbase,
                                Z0=Z0, a=a, s=s, alphaT=alphaT, ahat=ahat, newcol=newcol,
                                vec=vec if m else None, w=w, reading=reading.clone() if m else None)
         self._insert_column(self.col, t, lo)
@@ -514,20 +566,20 @@ class _Tape:
         Lw = t - loT + 1
         Tend = max(self.rec)
         if self.DP is None:
-            self._alloc_backward(Tend)
+            self._alloc_backward(Tend, fill=False)  # the kernel writes every entry it reads
+            self.bwd_top = T                        # the last step of this pass
         new = functools.partial(torch.empty, dtype=self.dtype, device=self.device)
         dalphaT = self.dalpha.pop(T, None)
         dM = self.dcol.pop(T, None)
         b = self.base
         lo3 = max(_lo(T + 2, core.window), b)
-        adj = Tend >= T + 2 and T >= lo3
-        adj_lo, adj_hi = (T + 2 - b, Tend + 1 - b) if adj else (0, 0)
+        # later steps t' whose pop term used column T: t' in [T + 2, top], lo_t' <= T
+        top = self.bwd_top if core.window is None else min(self.bwd_top, T + core.window - 1)
+        adj = top >= T + 2 and T >= lo3
+        adj_lo, adj_hi = (T + 2 - b, top + 1 - b) if adj else (0, 0)
         col = r["col"]
         dE, dcol, dalpha = new(N, K, 2 * K + Q), new(col.shape), new(N, K)
         empty = new(0, 0)
-        rb_buf = r["buf"]
-        cap = r["cap"]
-        bufv = rb_buf.view(N, S, cap * Q, cap * K) if rb_buf is not None else new(N, S, 0, 0)
         if m:
             dV, j0 = self.dV, loT - self.vbase
         else:
@@ -535,7 +587,8 @@ class _Tape:
         tiny = np.array(torch.finfo(self.dtype).tiny, dtype=_NP[self.dtype]).item()
         vec = r["vec"] if m else new(0, 0, 0)
         self.kern._backward(
-            r["E"].numpy(), r["alpha"].numpy(), col.numpy(), r["d"], bufv.numpy(), loT - r["base"], Lw,
+            r["E"].numpy(), r["alpha"].numpy(), col.numpy(), r["d"], r["pk"].numpy(), r["roff"], r["rj0"],
+            r["pbase"], loT, Lw,
             r["PhT"].numpy(), r["Z0"].numpy(), r["a"].numpy(), r["s"].numpy(), r["alphaT"].numpy(),
             r["ahat"].numpy(), r["newcol"].numpy(), vec.numpy(), r["w"].numpy(),
             (r["reading"] if m else empty).numpy(), m, dR.detach().contiguous().numpy(),
@@ -555,14 +608,15 @@ class _Tape:
         self.dcol[t] = dcol
         return dE, dv
 
-    def _alloc_backward(self, Tend: int):
+    def _alloc_backward(self, Tend: int, fill: bool = True):
         core = self.core
         N, S, K, Q = self.N, core.S, core.K, core.Q
         n = Tend + 1 - self.base
         self.Jn = self.Tn = n
         # DP[:, y, t', r, j, a] = dpop_t'[j][a, (r, y)];  PH[:, y, c, u, t', r] = P̂_t'[c+1][(u, y), r]
-        self.DP = torch.zeros(N, S, n, Q, n, K, device=self.device, dtype=self.dtype)
-        self.PH = torch.zeros(N, S, n, Q, n, Q, device=self.device, dtype=self.dtype)
+        make = torch.zeros if fill else torch.empty
+        self.DP = make(N, S, n, Q, n, K, device=self.device, dtype=self.dtype)
+        self.PH = make(N, S, n, Q, n, Q, device=self.device, dtype=self.dtype)
         if core.m:
             self.vbase = self.t0_lo                  # vectors of push times >= t0_lo live here
             self.dV = torch.zeros(N, Tend + 1 - self.vbase, core.m, device=self.device, dtype=self.dtype)
@@ -668,6 +722,7 @@ class RNSCore:
             raise ValueError("m must be positive")
         self.Q, self.S, self.m, self.window = Q, S, m, window
         self.compiled = compiled  # None: compiled_default(); False: always the torch reference
+        self.pk_hint = 0  # compiled step: packed-triangle size (per string and symbol) a tape reached
         self.K = Q * S
         self.num_actions = self.K * (2 * self.K + Q)
         self.reading_size = self.K * (m if m else 1)
@@ -731,11 +786,20 @@ class RNSCore:
         lo1 = _lo(t + 1, self.window)
         new = _Tape(self, tape.N, tape.device, tape.dtype, tape.alpha.detach(), tape.col.detach(),
                     None if tape.vec is None else tape.vec.detach(), t, lo1)
+        new.kern = tape.kern  # a continuation keeps its path (the two keep the triangle differently)
         if tape.buf is not None and t - 1 >= lo1:
             new._ensure(t, lo1)
             assert new.buf is not None  # _ensure allocated it
             new.buf[:, :, :t - lo1, :, :t - lo1] = tape.buf[
                 :, :, lo1 - tape.base:t - tape.base, :, lo1 - tape.base:t - tape.base]  # same layout
+        if tape.pk is not None and t - 1 >= lo1:  # compiled: rows [lo1, t) from push time lo1 on
+            rows = max(2 * (t - lo1 + 1), 16)
+            new.roff, new.rj0 = np.zeros(rows, dtype=np.int64), np.zeros(rows, dtype=np.int64)
+            size = self.Q * self.K * sum(c - lo1 + 1 for c in range(lo1, t))
+            new.pk = torch.empty(tape.N, self.S, max(2 * size, 1024), dtype=tape.dtype, device=tape.device)
+            new.pused = int(tape.kern._pk_copy(tape.pk.numpy(), tape.roff, tape.rj0, tape.pbase, lo1, t, lo1,
+                                               new.pk.numpy(), new.roff, new.rj0, self.K))
+            new.pbase, new.nrows = lo1, t - lo1
         published = None if state.published is None else state.published.detached()
         return RNSState(new, t, None, None, published)
 

@@ -2,8 +2,10 @@ r"""Compiled (Numba) form of one RNS / VRNS stack step, forward and backward.
 
 The same step as the torch code of :class:`marnn.models.rns._Tape`
 (``forward_step`` / ``backward_step``, kept as the reference these kernels are
-tested against), with the same tape layout (the triangle buffer ``buf``, the
-deferred pop-term adjoint ``DP`` / ``PH``, the column ``col``), but each string
+tested against), with the same tape state (the column ``col``, the deferred pop-term adjoint
+``DP`` / ``PH``) except the triangle, which is packed (:func:`_row_start`:
+each column's rows stored one after the other, only the push times still in
+the window, so that the pop term's sweeps read memory in order), but each string
 of the batch runs through the whole step inside one compiled function: no
 per-operation dispatch, no permuting copies between the products, and the pop
 term touches only the lower triangle ``j <= c`` of each symbol's block, one row
@@ -17,9 +19,11 @@ times ``[lo, t]`` (its first ``d = loT - lo`` rows leave the window).
 
 Arithmetic: the same sums as the reference, in a fixed order per string
 (deterministic; the only difference from torch is rounding). ``fastmath``
-allows FMA contraction and re-association (vectorised dot products): the
-results are the same from run to run and do not depend on how the strings are
-split over threads.
+allows FMA contraction, and re-association only inside the dot products of
+:func:`_tri_dots` (vector lanes; allowed everywhere it loses precision on
+extreme logits: a float64 step differed from the reference by 1e-9 relative
+after cancellations). The results are the same from run to run and do not
+depend on how the strings are split over threads.
 
 Array arguments are NumPy views of the tape's torch tensors (zero copy). Used
 on the CPU for float32 / float64 when Numba is installed (``AVAILABLE``).
@@ -37,16 +41,33 @@ except ImportError:  # pragma: no cover - exercised only without numba
     AVAILABLE = False
 
 if AVAILABLE:
-    _JIT: dict[str, Any] = dict(nogil=True, cache=True, error_model="numpy", fastmath={"contract", "reassoc"})
+    _JIT: dict[str, Any] = dict(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
+    # dot products only: re-association lets LLVM keep the partial sums in vector lanes (15x faster
+    # than one scalar chain); a dot's value changes only by its summation order
+    _DOT: dict[str, Any] = dict(_JIT, fastmath={"contract", "reassoc"})
+
+    @njit(inline="always", **_JIT)
+    def _row_start(roff, rj0, pbase, loT, c, u, K, Q):
+        """Start of row (c, u) of the packed triangle from push time loT on (c relative to loT).
+
+        Packed layout: row block of push time ``ca`` (absolute; index ``ca - pbase`` in the row
+        table) at ``roff``, holding push times ``j >= rj0`` (``ln = ca - rj0 + 1`` of them) for
+        each u: element (u, j, a) at ``roff + (u*ln + j - rj0)*K + a``. Rows are appended as
+        the columns arrive, so a sweep over the triangle reads memory in order."""
+        ri = loT + c - pbase
+        j0 = rj0[ri]
+        lenc = loT + c - j0 + 1
+        return np.uint64(roff[ri] + (u * lenc + loT - j0) * K)
 
     @njit(**_JIT)
-    def _forward(E, alpha, col, d, buf, rb, Lw, vec_old, v, m, newcol, a_out, s_out, z0_out, alphaT, ahat,
+    def _forward(E, alpha, col, d, pk, roff, rj0, pbase, loT, Lw, vec_old, v, m, newcol, a_out, s_out, z0_out,
+                 alphaT, ahat,
                  PhT, w, vec_new, reading, tiny):
         """One step for every string.
 
         Inputs: E (N,K,A) weights, alpha (N,K), col (N,Lc,K,K) (rows d.. are push
-        times loT..t), buf (N,S,cap*Q,cap*K) the triangle (row (c,u), column (j,a),
-        buffer index of push time loT = rb), vec_old (N,Lc,m) and v (N,m) (VRNS, m > 0).
+        times loT..t), the packed triangle pk (N,S,P) with its row table roff / rj0 / pbase
+        (see :func:`_row_start`), vec_old (N,Lc,m) and v (N,m) (VRNS, m > 0).
         Outputs: newcol (N,Lw+1,K,K), a_out (N,K) (the normalised column sums),
         s_out, z0_out (N), alphaT, ahat (N,K), PhT (N,S,Q,Lr*Q) = P̂[c+1][(u,y), r]
         at [y, r, c*Q+u], w (N,Lw+1,K), vec_new (N,Lw+1,m), reading (N,K) or (N,K*m).
@@ -59,7 +80,6 @@ if AVAILABLE:
         dt = E.dtype
         W = np.empty((K, A), dt)
         acc = np.empty((Q, max(Lr, 1) * K), dt)
-        off = np.uint64(rb * K)
         zero = tiny - tiny  # 0 and 1 in the arrays' dtype (a float literal would promote float32 sums)
         one = tiny / tiny
         for i in range(N):
@@ -98,11 +118,11 @@ if AVAILABLE:
                     for c in range(Lr):
                         ln = np.uint64((c + 1) * K)
                         for u in range(Q):
-                            row = (rb + c) * Q + u
+                            st = _row_start(roff, rj0, pbase, loT, c, u, K, Q)
                             for r in range(Q):
                                 p = PhT[i, y, r, c * Q + u]
                                 for e in range(ln):
-                                    acc[r, e] += p * buf[i, y, row, off + e]
+                                    acc[r, e] += p * pk[i, y, st + e]
                     for j in range(Lr):
                         for a in range(K):
                             for r in range(Q):
@@ -156,8 +176,22 @@ if AVAILABLE:
                     for b in range(uK):
                         C[j, a, b] = C[j, a, b] / ahat[i, b]
 
+    @njit(**_DOT)
+    def _tri_dots(dpop, pk, roff, rj0, pbase, loT, i, y, Lr, K, Q, dPh, zero):
+        """dPh[y, r, c*Q+u] = sum_{j <= c, a} dpop[r, (j,a)] tri[y][(c,u), (j,a)] (rows of the triangle
+        dotted with the Q rows of dpop; the only re-associated sums: each dot in vector lanes)."""
+        for c in range(Lr):
+            ln = np.uint64((c + 1) * K)
+            for u in range(Q):
+                st = _row_start(roff, rj0, pbase, loT, c, u, K, Q)
+                for r in range(Q):
+                    x = zero
+                    for e in range(ln):
+                        x += dpop[r, e] * pk[i, y, st + e]
+                    dPh[y, r, c * Q + u] = x
+
     @njit(**_JIT)
-    def _backward(E, alpha, col, d, buf, rb, Lw, PhT, z0, a_in, s_in, alphaT, ahat, newcol, vec, w, reading, m,
+    def _backward(E, alpha, col, d, pk, roff, rj0, pbase, loT, Lw, PhT, z0, a_in, s_in, alphaT, ahat, newcol, vec, w, reading, m,
                   dR, dalphaT, has_dalpha, dM, has_dM, DP, PH, tb, jb, adj_lo, adj_hi, adj_j, dV, j0,
                   dE, dcol, dalpha, tiny):
         """Reverse of :func:`_forward` at step T (same arrays as recorded there), for every string.
@@ -182,12 +216,13 @@ if AVAILABLE:
         dC = np.empty((Lw + 1, K, K), dt)
         dMe = np.empty((Lw + 1, K, K), dt)
         dW = np.empty((K, A), dt)
+        WreT = np.empty((K, K), dt)
+        dWre = np.empty((K, K), dt)
         da = np.empty(K, dt)
         dpop = np.empty((Q, max(Lr, 1) * K), dt)
         dPh = np.empty((S, Q, max(Lr, 1) * Q), dt)
         L3 = Lw + 1 - (adj_j - jb)   # deferred rows: push times adj_j..T (buffer index)
         accu = np.empty((Q, max(L3, 1) * K), dt)
-        off = np.uint64(rb * K)
         adj = adj_hi > adj_lo
         zero = tiny - tiny
         one = tiny / tiny
@@ -292,33 +327,36 @@ if AVAILABLE:
                 for a in range(K):
                     for c in range(uK):
                         dcol[i, j, a, c] = 0
-            for j in range(Lw):
+            for c in range(K):  # WreT[b, c] = W[c, K + b]; dWre (K, K)
+                for b in range(K):
+                    WreT[b, c] = W[c, K + b]
+                    dWre[c, b] = 0
+            for j in range(Lw):  # dcol[j] = dC[j] @ Wre^T, dWre += col[j]^T @ dC[j] (contiguous inner loops)
                 for a in range(K):
+                    for c in range(uK):
+                        dcol[i, d + j, a, c] = 0
+                    for b in range(K):
+                        g = dC[j, a, b]
+                        for c in range(uK):
+                            dcol[i, d + j, a, c] += g * WreT[b, c]
                     for c in range(K):
-                        x = zero
                         y0 = col[i, d + j, a, c]
                         for b in range(uK):
-                            g = dC[j, a, b]
-                            x += g * W[c, uK + b]
-                            dW[c, uK + b] += y0 * g
-                        dcol[i, d + j, a, c] = x
+                            dWre[c, b] += y0 * dC[j, a, b]
+            for c in range(K):
+                for b in range(K):
+                    dW[c, K + b] = dWre[c, b]
             if Lr > 0:
                 for y in range(S):
                     for j in range(Lr):  # dpop[r, (j,a)] = dC[j][a, (r,y)]
                         for a in range(K):
                             for r in range(Q):
                                 dpop[r, j * K + a] = dC[j, a, r * S + y]
-                    for c in range(Lr):
-                        ln = np.uint64((c + 1) * K)
-                        for u in range(Q):
-                            row = (rb + c) * Q + u
-                            for r in range(Q):
-                                x = zero
-                                for e in range(ln):
-                                    x += dpop[r, e] * buf[i, y, row, off + e]
-                                dPh[y, r, c * Q + u] = x
+                    _tri_dots(dpop, pk, roff, rj0, pbase, loT, i, y, Lr, K, Q, dPh, zero)
                     # store dpop_T and P̂_T for the deferred adjoint of the triangle
                     for r in range(Q):
+                        for e in range(np.uint64(jb * K)):  # push times before the window: zero
+                            DP[i, y, tb * Q + r, e] = 0
                         for e in range(np.uint64(Lr * K)):
                             DP[i, y, tb * Q + r, np.uint64(jb * K) + e] = dpop[r, e]
                     for c in range(Lr):
@@ -348,18 +386,45 @@ if AVAILABLE:
                 dalpha[i, a] = x
 
     @njit(**_JIT)
-    def _insert(col, r0, buf, tc, jc):
-        """buf[:, y, tc, u, jc + j, a] = col[:, r0 + j, a, (u, y)] (column t of the triangle);
-        buf as (N, S, cap, Q, cap*K)."""
-        N, Lc, K, _ = col.shape
-        S = buf.shape[1]
+    def _pk_insert(col, r0, pk, off, ln):
+        """Append column t of the triangle as one packed row block at ``off``:
+        pk[:, y, off + (u*ln + j)*K + a] = col[:, r0 + j, a, (u, y)], j < ln."""
+        N, _, K, _ = col.shape
+        S = pk.shape[1]
         Q = K // S
         for i in range(N):
-            for j in range(Lc - r0):
-                for a in range(K):
+            for y in range(S):
+                for u in range(Q):
+                    for j in range(ln):
+                        o = off + (u * ln + j) * K
+                        for a in range(K):
+                            pk[i, y, o + a] = col[i, r0 + j, a, u * S + y]
+
+    @njit(**_JIT)
+    def _pk_copy(src, roff, rj0, pbase, c0, c1, jlo, dst, droff, drj0, K):
+        """Rows c in [c0, c1) of a packed triangle, restricted to push times j >= jlo (or their own
+        first, if later), one after
+        the other into ``dst`` (row table droff / drj0 from index 0); returns the elements used."""
+        N, S, _ = src.shape
+        Q = K // S
+        o = 0
+        for c in range(c0, c1):
+            ri = c - pbase
+            j0 = rj0[ri]
+            jl = max(jlo, j0)
+            lenc = c - j0 + 1
+            ln = c - jl + 1
+            droff[c - c0] = o
+            drj0[c - c0] = jl
+            for i in range(N):
+                for y in range(S):
                     for u in range(Q):
-                        for y in range(S):
-                            buf[i, y, tc, u, (jc + j) * K + a] = col[i, r0 + j, a, u * S + y]
+                        a0 = roff[ri] + (u * lenc + jl - j0) * K
+                        b0 = o + u * ln * K
+                        for e in range(ln * K):
+                            dst[i, y, b0 + e] = src[i, y, a0 + e]
+            o += Q * ln * K
+        return o
 
 
 def usable(device, dtype) -> bool:
