@@ -191,8 +191,8 @@ if AVAILABLE:
                     dPh[y, r, c * Q + u] = x
 
     @njit(**_JIT)
-    def _backward(E, alpha, col, d, pk, roff, rj0, pbase, loT, Lw, PhT, z0, a_in, s_in, alphaT, ahat, newcol, vec, w, reading, m,
-                  dR, dalphaT, has_dalpha, dM, has_dM, DP, PH, tb, jb, adj_lo, adj_hi, adj_j, dV, j0,
+    def _backward(E, alpha, col, d, pk, roff, rj0, pbase, loT, Lw, PhT, z0, a_in, s_in, alphaT, ahat, newcol, vec,
+                  w, reading, m, dR, dalphaT, has_dalpha, dM, has_dM, DP, PH, tb, jb, adj_lo, adj_hi, adj_j, dV, j0,
                   dE, dcol, dalpha, tiny):
         """Reverse of :func:`_forward` at step T (same arrays as recorded there), for every string.
 
@@ -202,8 +202,8 @@ if AVAILABLE:
         ``adj_j..`` (push times, buffer index) from steps t' (buffer index) in
         ``[adj_lo, adj_hi)`` of DP (N,S,n,Q,n*K) and PH (N,S,n,Q,n,Q); this step's
         pop gradient and P̂ are stored in DP[:, :, tb] and PH[..., tb, :] at push
-        time index jb. VRNS: dV (N,nv,m) gets the pushed vectors' gradients at
-        index j0... Outputs: dE (N,K,A) (w.r.t. E), dcol (N,Lc,K,K), dalpha (N,K)
+        time index jb (and zeros before it). VRNS: dV (N,nv,m) gets the pushed vectors'
+        gradients from index j0 on. Outputs: dE (N,K,A) (w.r.t. E), dcol (N,Lc,K,K), dalpha (N,K)
         (w.r.t. alpha[t]).
         """
         N, K, A = E.shape
