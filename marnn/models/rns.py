@@ -568,6 +568,7 @@ class _Tape:
         if self.DP is None:
             self._alloc_backward(Tend, fill=False)  # the kernel writes every entry it reads
             self.bwd_top = T                        # the last step of this pass
+            self._pack_dp(T)
         new = functools.partial(torch.empty, dtype=self.dtype, device=self.device)
         dalphaT = self.dalpha.pop(T, None)
         dM = self.dcol.pop(T, None)
@@ -594,7 +595,7 @@ class _Tape:
             (r["reading"] if m else empty).numpy(), m, dR.detach().contiguous().numpy(),
             (empty if dalphaT is None else dalphaT.contiguous()).numpy(), dalphaT is not None,
             (new(0, 0, 0, 0) if dM is None else dM.contiguous()).numpy(), dM is not None,
-            self.DP.view(N, S, self.Tn * Q, self.Jn * K).numpy(), self.PH.numpy(), T - b, loT - b,
+            self.DP.numpy(), self.doff, self.dj0, self.dlen, self.PH.numpy(), T - b, loT - b,
             adj_lo, adj_hi, lo3 - b, dV.numpy(), j0, dE.numpy(), dcol.numpy(), dalpha.numpy(),
             _NP[self.dtype](tiny))
         dv = None
@@ -608,6 +609,20 @@ class _Tape:
         self.dcol[t] = dcol
         return dE, dv
 
+    def _pack_dp(self, top: int):
+        """Compiled backward: DP packed, the row block of step t' (Q rows of its Lr push times
+        from lo_t') for t' = top, top - 1, ... one after the other (the order they are written)."""
+        core = self.core
+        b, n = self.base, self.Tn
+        self.doff, self.dj0, self.dlen = (np.zeros(n, dtype=np.int64) for _ in range(3))
+        off = 0
+        for tq in range(top, b - 1, -1):
+            lo = _lo(tq, core.window)
+            Lr = max(tq - 1 - lo, 0)
+            self.doff[tq - b], self.dj0[tq - b], self.dlen[tq - b] = off, lo - b, Lr
+            off += core.Q * Lr * core.K
+        self.DP = torch.empty(self.N, core.S, max(off, 1), device=self.device, dtype=self.dtype)
+
     def _alloc_backward(self, Tend: int, fill: bool = True):
         core = self.core
         N, S, K, Q = self.N, core.S, core.K, core.Q
@@ -615,7 +630,8 @@ class _Tape:
         self.Jn = self.Tn = n
         # DP[:, y, t', r, j, a] = dpop_t'[j][a, (r, y)];  PH[:, y, c, u, t', r] = P̂_t'[c+1][(u, y), r]
         make = torch.zeros if fill else torch.empty
-        self.DP = make(N, S, n, Q, n, K, device=self.device, dtype=self.dtype)
+        if fill:  # (the compiled backward packs DP: _pack_dp)
+            self.DP = torch.zeros(N, S, n, Q, n, K, device=self.device, dtype=self.dtype)
         self.PH = make(N, S, n, Q, n, Q, device=self.device, dtype=self.dtype)
         if core.m:
             self.vbase = self.t0_lo                  # vectors of push times >= t0_lo live here

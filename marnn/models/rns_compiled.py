@@ -192,7 +192,8 @@ if AVAILABLE:
 
     @njit(**_JIT)
     def _backward(E, alpha, col, d, pk, roff, rj0, pbase, loT, Lw, PhT, z0, a_in, s_in, alphaT, ahat, newcol, vec,
-                  w, reading, m, dR, dalphaT, has_dalpha, dM, has_dM, DP, PH, tb, jb, adj_lo, adj_hi, adj_j, dV, j0,
+                  w, reading, m, dR, dalphaT, has_dalpha, dM, has_dM, DP, doff, dj0, dlen, PH, tb, jb, adj_lo,
+                  adj_hi, adj_j, dV, j0,
                   dE, dcol, dalpha, tiny):
         """Reverse of :func:`_forward` at step T (same arrays as recorded there), for every string.
 
@@ -200,9 +201,11 @@ if AVAILABLE:
         and dM (N,Lw+1,K,K) (``has_dM``) the gradients of alpha[T] and of the new
         column from later steps. Deferred pop-term adjoint of column T: rows
         ``adj_j..`` (push times, buffer index) from steps t' (buffer index) in
-        ``[adj_lo, adj_hi)`` of DP (N,S,n,Q,n*K) and PH (N,S,n,Q,n,Q); this step's
-        pop gradient and P̂ are stored in DP[:, :, tb] and PH[..., tb, :] at push
-        time index jb (and zeros before it). VRNS: dV (N,nv,m) gets the pushed vectors'
+        ``[adj_lo, adj_hi)`` of DP and PH (N,S,n,Q,n,Q); this step's pop gradient and
+        P̂ are stored in DP's row block ``tb`` and PH[..., tb, :] at push time index jb.
+        DP (N,S,P) is packed: row block of step index tq at ``doff[tq]``, Q rows (r) of
+        ``dlen[tq]`` push times from index ``dj0[tq]``, K numbers each (the blocks in
+        the order the backward pass writes them, so a step's reads are one sweep). VRNS: dV (N,nv,m) gets the pushed vectors'
         gradients from index j0 on. Outputs: dE (N,K,A) (w.r.t. E), dcol (N,Lc,K,K), dalpha (N,K)
         (w.r.t. alpha[t]).
         """
@@ -271,19 +274,22 @@ if AVAILABLE:
                         for b in range(uK):
                             dMe[j, a, b] = dM[i, j, a, b] if has_dM else zero
             if adj:
-                aoff = np.uint64(adj_j * K)
                 ln = np.uint64(L3 * K)
                 for y in range(S):
                     for u in range(Q):
                         for e in range(ln):
                             accu[u, e] = 0
                     for tq in range(adj_lo, adj_hi):
+                        j0q = dj0[tq]
+                        jlo = max(adj_j, j0q)  # push times before the window of step tq: zero there
+                        cnt = np.uint64((tb - jlo + 1) * K)
+                        dst = np.uint64((jlo - adj_j) * K)
                         for r in range(Q):
-                            dprow = tq * Q + r
+                            src = np.uint64(doff[tq] + (r * dlen[tq] + jlo - j0q) * K)
                             for u in range(Q):
                                 p = PH[i, y, tb, u, tq, r]
-                                for e in range(ln):
-                                    accu[u, e] += p * DP[i, y, dprow, aoff + e]
+                                for e in range(cnt):
+                                    accu[u, dst + e] += p * DP[i, y, src + e]
                     jr = adj_j - jb
                     for j in range(L3):
                         for a in range(K):
@@ -355,10 +361,9 @@ if AVAILABLE:
                     _tri_dots(dpop, pk, roff, rj0, pbase, loT, i, y, Lr, K, Q, dPh, zero)
                     # store dpop_T and P̂_T for the deferred adjoint of the triangle
                     for r in range(Q):
-                        for e in range(np.uint64(jb * K)):  # push times before the window: zero
-                            DP[i, y, tb * Q + r, e] = 0
+                        o = np.uint64(doff[tb] + r * Lr * K)
                         for e in range(np.uint64(Lr * K)):
-                            DP[i, y, tb * Q + r, np.uint64(jb * K) + e] = dpop[r, e]
+                            DP[i, y, o + e] = dpop[r, e]
                     for c in range(Lr):
                         for u in range(Q):
                             for r in range(Q):
