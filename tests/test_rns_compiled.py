@@ -216,3 +216,18 @@ def test_models_fused_false_take_the_reference_with_equal_numbers(name, setting)
         torch.testing.assert_close(a, b, **TOL)
     for k in got[0][1]:
         torch.testing.assert_close(got[0][1][k], got[1][1][k], **TOL)
+
+
+@pytest.mark.parametrize("m,window", [(None, None), (3, 4)])
+def test_strings_split_over_threads_give_the_same_numbers(monkeypatch, m, window):
+    """With several torch threads the kernels run blocks of strings in parallel threads:
+    bitwise the same readings and gradients as one thread."""
+    monkeypatch.setattr(rns, "_SPLIT_WORK", 0)
+    res = []
+    for threads in (1, 2, 3):
+        torch.set_num_threads(threads)
+        res.append(_both(2, 3, m, window, 5, 10, seed=6)[0])
+    for out, grads in res[1:]:
+        assert torch.equal(out, res[0][0])
+        for a, b in zip(grads, res[0][1], strict=True):
+            assert torch.equal(a, b)

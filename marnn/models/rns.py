@@ -120,6 +120,7 @@ import torch
 
 Tensor = torch.Tensor
 _NP = {torch.float32: np.float32, torch.float64: np.float64}
+_SPLIT_WORK = 200_000  # N (L+1)^2 K Q below this: one thread (a hand-off costs more than it saves)
 
 __all__ = ["RNSCore", "RNSState", "rns_readings", "BOTTOM_LAYOUTS"]
 
@@ -461,6 +462,23 @@ class _Tape:
         return dE, dv
 
     # ------------------------------------------------------- compiled step
+    def _rows(self, kernel, L: int, args: tuple, per_row: frozenset):
+        """Call a compiled kernel on all N strings, or on blocks of them in parallel threads (the
+        kernels release the GIL; strings never interact, so the split changes no number) when
+        torch may use several threads and the step is large enough to pay for the hand-off."""
+        N, core = self.N, self.core
+        n = min(torch.get_num_threads(), N)
+        if n < 2 or N * (L + 1) ** 2 * core.K * core.Q < _SPLIT_WORK:
+            kernel(*args)
+            return
+        from .superposition import _parallel
+
+        edges = [round(k * N / n) for k in range(n + 1)]
+
+        def part(a, b):
+            kernel(*(x[a:b] if k in per_row else x for k, x in enumerate(args)))
+        _parallel(part, list(zip(edges[:-1], edges[1:], strict=True)))
+
     def _pk_grow(self, need: int, keep_lo: int):
         """Room for ``need`` more elements and one more row in the packed triangle. Without
         recorded steps, rows older than ``keep_lo`` and push times before it are dropped
@@ -542,11 +560,11 @@ class _Tape:
             reading = new(N, K)
         pk = self.pk if self.pk is not None else new(N, S, 0)
         tiny = np.array(torch.finfo(self.dtype).tiny, dtype=_NP[self.dtype]).item()
-        self.kern._forward(E.numpy(), self.alpha.numpy(), self.col.numpy(), d, pk.numpy(), self.roff, self.rj0,
-                           self.pbase, loT, Lw,
-                           vold.numpy(), vin.numpy() if m else vin.view(0, 0).numpy(), m, newcol.numpy(),
-                           a.numpy(), s.numpy(), Z0.numpy(), alphaT.numpy(), ahat.numpy(), PhT.numpy(),
-                           w.numpy(), vec.numpy(), reading.numpy(), _NP[self.dtype](tiny))
+        self._rows(self.kern._forward, Lw, (
+            E.numpy(), self.alpha.numpy(), self.col.numpy(), d, pk.numpy(), self.roff, self.rj0, self.pbase, loT, Lw,
+            vold.numpy(), vin.numpy() if m else vin.view(0, 0).numpy(), m, newcol.numpy(),
+            a.numpy(), s.numpy(), Z0.numpy(), alphaT.numpy(), ahat.numpy(), PhT.numpy(),
+            w.numpy(), vec.numpy(), reading.numpy(), _NP[self.dtype](tiny)), self.kern.FORWARD_ROWS)
         if record:
             self.rec[T] = dict(E=E, alpha=self.alpha, col=self.col, d=d, PhT=PhT, pk=pk, roff=self.roff,
                                rj0=self.rj0, pbase=self.pbase,
@@ -559,7 +577,7 @@ class _Tape:
     def _backward_compiled(self, T: int, dR: Tensor):
         """:meth:`backward_step` by the compiled kernel (called by it, after the new-pass check)."""
         core = self.core
-        K, Q, S, N, m = core.K, core.Q, core.S, self.N, core.m or 0
+        K, Q, N, m = core.K, core.Q, self.N, core.m or 0
         r = self.rec[T]
         t = T - 1
         loT = _lo(T, core.window)
@@ -587,7 +605,7 @@ class _Tape:
             dV, j0 = new(0, 0, 0), 0
         tiny = np.array(torch.finfo(self.dtype).tiny, dtype=_NP[self.dtype]).item()
         vec = r["vec"] if m else new(0, 0, 0)
-        self.kern._backward(
+        self._rows(self.kern._backward, Lw, (
             r["E"].numpy(), r["alpha"].numpy(), col.numpy(), r["d"], r["pk"].numpy(), r["roff"], r["rj0"],
             r["pbase"], loT, Lw,
             r["PhT"].numpy(), r["Z0"].numpy(), r["a"].numpy(), r["s"].numpy(), r["alphaT"].numpy(),
@@ -597,7 +615,7 @@ class _Tape:
             (new(0, 0, 0, 0) if dM is None else dM.contiguous()).numpy(), dM is not None,
             self.DP.numpy(), self.doff, self.dj0, self.dlen, self.PH.numpy(), T - b, loT - b,
             adj_lo, adj_hi, lo3 - b, dV.numpy(), j0, dE.numpy(), dcol.numpy(), dalpha.numpy(),
-            _NP[self.dtype](tiny))
+            _NP[self.dtype](tiny)), self.kern.BACKWARD_ROWS)
         dv = None
         if m:
             dv = self.dV[:, T - self.vbase].clone()

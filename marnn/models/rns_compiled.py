@@ -30,6 +30,7 @@ on the CPU for float32 / float64 when Numba is installed (``AVAILABLE``).
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -205,8 +206,8 @@ if AVAILABLE:
         P̂ are stored in DP's row block ``tb`` and PH[..., tb, :] at push time index jb.
         DP (N,S,P) is packed: row block of step index tq at ``doff[tq]``, Q rows (r) of
         ``dlen[tq]`` push times from index ``dj0[tq]``, K numbers each (the blocks in
-        the order the backward pass writes them, so a step's reads are one sweep). VRNS: dV (N,nv,m) gets the pushed vectors'
-        gradients from index j0 on. Outputs: dE (N,K,A) (w.r.t. E), dcol (N,Lc,K,K), dalpha (N,K)
+        the order the backward pass writes them, so a step's reads are one sweep).
+        VRNS: dV (N,nv,m) gets the pushed vectors' gradients from index j0 on. Outputs: dE (N,K,A) (w.r.t. E), dcol (N,Lc,K,K), dalpha (N,K)
         (w.r.t. alpha[t]).
         """
         N, K, A = E.shape
@@ -430,6 +431,19 @@ if AVAILABLE:
                             dst[i, y, b0 + e] = src[i, y, a0 + e]
             o += Q * ln * K
         return o
+
+
+def _positions(kernel, names: str) -> frozenset:
+    params = list(inspect.signature(kernel.py_func).parameters)
+    return frozenset(params.index(n) for n in names.split())
+
+
+if AVAILABLE:
+    # the per-string arguments (first axis N): a block of strings is these sliced, the rest as is
+    FORWARD_ROWS = _positions(_forward, "E alpha col pk vec_old v newcol a_out s_out z0_out alphaT ahat PhT w "
+                                        "vec_new reading")
+    BACKWARD_ROWS = _positions(_backward, "E alpha col pk PhT z0 a_in s_in alphaT ahat newcol vec w reading dR "
+                                          "dalphaT dM DP PH dV dE dcol dalpha")
 
 
 def usable(device, dtype) -> bool:
