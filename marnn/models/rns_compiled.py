@@ -207,7 +207,8 @@ if AVAILABLE:
         DP (N,S,P) is packed: row block of step index tq at ``doff[tq]``, Q rows (r) of
         ``dlen[tq]`` push times from index ``dj0[tq]``, K numbers each (the blocks in
         the order the backward pass writes them, so a step's reads are one sweep).
-        VRNS: dV (N,nv,m) gets the pushed vectors' gradients from index j0 on. Outputs: dE (N,K,A) (w.r.t. E), dcol (N,Lc,K,K), dalpha (N,K)
+        VRNS: dV (N,nv,m) gets the pushed vectors' gradients from index j0 on.
+        Outputs: dE (N,K,A) (w.r.t. E), dcol (N,Lc,K,K), dalpha (N,K)
         (w.r.t. alpha[t]).
         """
         N, K, A = E.shape
