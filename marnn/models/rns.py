@@ -104,6 +104,18 @@ small problems are bound by Python/dispatch overhead (~25 ops per step).
 On a shared 2-core CPU, ``torch.set_num_threads(1)`` is usually faster (OpenMP
 spin-waiting when cores are oversubscribed); that choice is left to the caller.
 
+Compiled step (CPU)
+-------------------
+On the CPU in float32 / float64 with Numba installed, ``forward_step`` and
+``backward_step`` run as two compiled kernels (:mod:`marnn.models.rns_compiled`):
+each string goes through the whole step in one loop nest, the triangle is kept
+*packed* (each column's rows one after the other, only the push times still in
+the window) instead of in ``buf``, DP likewise, and blocks of strings run in
+parallel threads when torch may use several. The torch code above stays as the
+reference it is tested against (``tests/test_rns_compiled.py``: values and every
+gradient equal to float64 rounding); ``RNSCore(compiled=False)``, the model
+option ``fused=False`` or ``$MARNN_FUSED_BACKEND`` = ``numpy`` / ``torch`` select it.
+
 Shapes (N = batch with replicas flattened, K = Q*S)::
 
     action_logits (N, K*(2K+Q)) -> view (N, Q, S, 2K+Q) -> (N, K, 2K+Q)
