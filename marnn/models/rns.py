@@ -500,7 +500,7 @@ class _Tape:
         k0 = 0
         if not self.rec and self.nrows:
             k0 = min(max(keep_lo - self.pbase, 0), self.nrows)
-        rows = max(2 * (self.nrows - k0 + 1), 16)
+        rows = max(2 * (self.nrows - k0 + 1), 64)
         roff, rj0 = np.zeros(rows, dtype=np.int64), np.zeros(rows, dtype=np.int64)
         if k0 or self.pk is None:  # compact (or start): rows [pbase + k0, ...) restricted to j >= keep_lo
             live = 0
@@ -538,10 +538,14 @@ class _Tape:
         need = core.Q * ln * core.K
         if self.nrows == 0:
             self.pbase = t
-        if self.pk is None or self.pused + need > self.pk.shape[2] or self.nrows >= len(self.roff):
+        if self.pk is None or self.pused + need > self.pk.shape[2]:
             self._pk_grow(need, lo2)
             if self.nrows == 0:
                 self.pbase = t
+        if self.nrows >= len(self.roff):  # a longer row table (the triangle itself stays)
+            rows = max(2 * len(self.roff), 64)
+            self.roff = np.concatenate([self.roff[:self.nrows], np.zeros(rows - self.nrows, dtype=np.int64)])
+            self.rj0 = np.concatenate([self.rj0[:self.nrows], np.zeros(rows - self.nrows, dtype=np.int64)])
         assert self.pk is not None and t == self.pbase + self.nrows
         self.roff[self.nrows], self.rj0[self.nrows] = self.pused, r0
         self.kern._pk_insert(col.numpy(), r0 - lo, self.pk.numpy(), self.pused, ln)
