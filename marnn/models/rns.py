@@ -507,8 +507,9 @@ class _Tape:
             P = max(2 * need + 1024, self.core.pk_hint)  # the size earlier tapes of this core reached
             if self.pk is not None and self.nrows > k0:
                 jlo = max(keep_lo, int(self.rj0[k0]))
-                est = self.pused  # upper bound of what is kept
-                P = max(P, 2 * (est + need))
+                c = np.arange(self.pbase + k0, self.pbase + self.nrows)
+                kept = int((c - np.maximum(jlo, self.rj0[k0:self.nrows]) + 1).sum()) * self.core.Q * K
+                P = max(P, 2 * (kept + need))
                 pk = torch.empty(N, S, P, dtype=self.dtype, device=self.device)
                 c0 = self.pbase + k0
                 live = int(self.kern._pk_copy(self.pk.numpy(), self.roff, self.rj0, self.pbase, c0,
