@@ -132,6 +132,7 @@ import torch
 
 Tensor = torch.Tensor
 _NP = {torch.float32: np.float32, torch.float64: np.float64}
+_GEMM_MIN = 4  # compiled step: push times from which the replace products go to torch.bmm
 _SPLIT_WORK = 200_000  # N (L+1)^2 K Q below this: one thread (a hand-off costs more than it saves)
 
 __all__ = ["RNSCore", "RNSState", "rns_readings", "BOTTOM_LAYOUTS"]
@@ -577,9 +578,17 @@ class _Tape:
             reading = new(N, K)
         pk = self.pk if self.pk is not None else new(N, S, 0)
         tiny = np.array(torch.finfo(self.dtype).tiny, dtype=_NP[self.dtype]).item()
+        if Lw >= _GEMM_MIN:  # replace term and P̂ as batched GEMMs (faster than the loops for long columns)
+            W = self.alpha[:, :, None] * E[..., K:]
+            Cre = torch.bmm(self.col[:, d:].reshape(N, Lw * K, K), W[..., :K]).view(N, Lw, K, K)
+            if Lr > 0:  # PhT[:, y, r, c*Q + u] = P̂[c+1][(u,y), r]
+                Ph = torch.bmm(self.col[:, d + 1:].reshape(N, Lr * K, K), W[..., K:]).view(N, Lr, Q, S, Q)
+                PhT.view(N, S, Q, Lr, Q).copy_(Ph.permute(0, 3, 4, 1, 2))
+        else:
+            Cre = new(0, 0, 0, 0)
         self._rows(self.kern._forward, Lw, (
             E.numpy(), self.alpha.numpy(), self.col.numpy(), d, pk.numpy(), self.roff, self.rj0, self.pbase, loT, Lw,
-            vold.numpy(), vin.numpy() if m else vin.view(0, 0).numpy(), m, newcol.numpy(),
+            Cre.numpy(), vold.numpy(), vin.numpy() if m else vin.view(0, 0).numpy(), m, newcol.numpy(),
             a.numpy(), s.numpy(), Z0.numpy(), alphaT.numpy(), ahat.numpy(), PhT.numpy(),
             w.numpy(), vec.numpy(), reading.numpy(), _NP[self.dtype](tiny)), self.kern.FORWARD_ROWS)
         if record:

@@ -61,14 +61,16 @@ if AVAILABLE:
         return np.uint64(roff[ri] + (u * lenc + loT - j0) * K)
 
     @njit(**_JIT)
-    def _forward(E, alpha, col, d, pk, roff, rj0, pbase, loT, Lw, vec_old, v, m, newcol, a_out, s_out, z0_out,
+    def _forward(E, alpha, col, d, pk, roff, rj0, pbase, loT, Lw, Cre, vec_old, v, m, newcol, a_out, s_out, z0_out,
                  alphaT, ahat,
                  PhT, w, vec_new, reading, tiny):
         """One step for every string.
 
         Inputs: E (N,K,A) weights, alpha (N,K), col (N,Lc,K,K) (rows d.. are push
         times loT..t), the packed triangle pk (N,S,P) with its row table roff / rj0 / pbase
-        (see :func:`_row_start`), vec_old (N,Lc,m) and v (N,m) (VRNS, m > 0).
+        (see :func:`_row_start`), vec_old (N,Lc,m) and v (N,m) (VRNS, m > 0). Cre (N,Lw,K,K):
+        the replace term col[j] @ Wre, when computed outside (a batched GEMM; an empty
+        array: computed here); then PhT is given too (an input).
         Outputs: newcol (N,Lw+1,K,K), a_out (N,K) (the normalised column sums),
         s_out, z0_out (N), alphaT, ahat (N,K), PhT (N,S,Q,Lr*Q) = P̂[c+1][(u,y), r]
         at [y, r, c*Q+u], w (N,Lw+1,K), vec_new (N,Lw+1,m), reading (N,K) or (N,K*m).
@@ -89,20 +91,26 @@ if AVAILABLE:
                 for e in range(A):
                     W[a, e] = al * E[i, a, e]
             C = newcol[i]  # built in place: C, then C / Z0, then C / ahat
-            for j in range(Lw):  # replace: C[j] = col[j] @ Wre
-                for a in range(K):
-                    for b in range(uK):
-                        C[j, a, b] = 0
-                    for c in range(K):
-                        x = col[i, d + j, a, c]
+            if Cre.shape[0] == N:  # replace term given
+                for j in range(Lw):
+                    for a in range(K):
                         for b in range(uK):
-                            C[j, a, b] += x * W[c, uK + b]
+                            C[j, a, b] = Cre[i, j, a, b]
+            else:
+                for j in range(Lw):  # replace: C[j] = col[j] @ Wre
+                    for a in range(K):
+                        for b in range(uK):
+                            C[j, a, b] = 0
+                        for c in range(K):
+                            x = col[i, d + j, a, c]
+                            for b in range(uK):
+                                C[j, a, b] += x * W[c, uK + b]
             for a in range(K):  # push at time T
                 for b in range(uK):
                     C[Lw, a, b] = W[a, b]
             if Lr > 0:
-                # P̂[c+1][(u,y), r] = sum_c' col[c+1][(u,y), c'] Wpop[c', r]
-                for c in range(Lr):
+                # P̂[c+1][(u,y), r] = sum_c' col[c+1][(u,y), c'] Wpop[c', r] (unless given, with Cre)
+                for c in range(Lr if Cre.shape[0] != N else 0):
                     for u in range(Q):
                         for y in range(S):
                             ab = u * S + y
@@ -441,7 +449,7 @@ def _positions(kernel, names: str) -> frozenset:
 
 if AVAILABLE:
     # the per-string arguments (first axis N): a block of strings is these sliced, the rest as is
-    FORWARD_ROWS = _positions(_forward, "E alpha col pk vec_old v newcol a_out s_out z0_out alphaT ahat PhT w "
+    FORWARD_ROWS = _positions(_forward, "E alpha col pk Cre vec_old v newcol a_out s_out z0_out alphaT ahat PhT w "
                                         "vec_new reading")
     BACKWARD_ROWS = _positions(_backward, "E alpha col pk PhT z0 a_in s_in alphaT ahat newcol vec w reading dR "
                                           "dalphaT dM DP PH dV dE dcol dalpha")
