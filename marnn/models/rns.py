@@ -624,6 +624,8 @@ class _Tape:
         adj_lo, adj_hi = (T + 2 - b, top + 1 - b) if adj else (0, 0)
         col = r["col"]
         dE, dcol, dalpha = new(N, K, 2 * K + Q), new(col.shape), new(N, K)
+        gemm = Lw >= _GEMM_MIN
+        dCre = new(N, Lw, K, K) if gemm else new(0, 0, 0, 0)
         empty = new(0, 0)
         if m:
             dV, j0 = self.dV, loT - self.vbase
@@ -640,8 +642,16 @@ class _Tape:
             (empty if dalphaT is None else dalphaT.contiguous()).numpy(), dalphaT is not None,
             (new(0, 0, 0, 0) if dM is None else dM.contiguous()).numpy(), dM is not None,
             self.DP.numpy(), self.doff, self.dj0, self.dlen, self.PH.numpy(), T - b, loT - b,
-            adj_lo, adj_hi, lo3 - b, dV.numpy(), j0, dE.numpy(), dcol.numpy(), dalpha.numpy(),
+            adj_lo, adj_hi, lo3 - b, dV.numpy(), j0, dE.numpy(), dcol.numpy(), dalpha.numpy(), dCre.numpy(),
             _NP[self.dtype](tiny)), self.kern.BACKWARD_ROWS)
+        if gemm:  # the replace products as batched GEMMs: dcol += dC Wre^T, dWre = col^T dC
+            E, alpha, d = r["E"], r["alpha"], r["d"]
+            Wre = alpha[:, :, None] * E[..., K:2 * K]
+            dC2 = dCre.view(N, Lw * K, K)
+            dcol[:, d:].view(N, Lw * K, K).add_(torch.bmm(dC2, Wre.transpose(1, 2)))
+            dWre = torch.bmm(col[:, d:].reshape(N, Lw * K, K).transpose(1, 2), dC2)
+            dE[..., K:2 * K] = dWre * alpha[:, :, None]
+            dalpha += (dWre * E[..., K:2 * K]).sum(-1)
         dv = None
         if m:
             dv = self.dV[:, T - self.vbase].clone()

@@ -203,7 +203,7 @@ if AVAILABLE:
     def _backward(E, alpha, col, d, pk, roff, rj0, pbase, loT, Lw, PhT, z0, a_in, s_in, alphaT, ahat, newcol, vec,
                   w, reading, m, dR, dalphaT, has_dalpha, dM, has_dM, DP, doff, dj0, dlen, PH, tb, jb, adj_lo,
                   adj_hi, adj_j, dV, j0,
-                  dE, dcol, dalpha, tiny):
+                  dE, dcol, dalpha, dCout, tiny):
         """Reverse of :func:`_forward` at step T (same arrays as recorded there), for every string.
 
         dR (N,K) or (N,K*m) the reading's gradient; dalphaT (N,K) (``has_dalpha``)
@@ -217,7 +217,9 @@ if AVAILABLE:
         the order the backward pass writes them, so a step's reads are one sweep).
         VRNS: dV (N,nv,m) gets the pushed vectors' gradients from index j0 on.
         Outputs: dE (N,K,A) (w.r.t. E), dcol (N,Lc,K,K), dalpha (N,K)
-        (w.r.t. alpha[t]).
+        (w.r.t. alpha[t]). dCout (N,Lw,K,K), unless empty: the replace term's adjoint
+        goes there instead, and its products (dcol += dCout @ Wre^T, the replace part
+        of dE and dalpha) are the caller's.
         """
         N, K, A = E.shape
         Q = A - 2 * K
@@ -347,10 +349,15 @@ if AVAILABLE:
                 for b in range(K):
                     WreT[b, c] = W[c, K + b]
                     dWre[c, b] = 0
+            gemm = dCout.shape[0] == N  # replace products left to the caller (batched GEMMs on dCout)
             for j in range(Lw):  # dcol[j] = dC[j] @ Wre^T, dWre += col[j]^T @ dC[j] (contiguous inner loops)
                 for a in range(K):
                     for c in range(uK):
                         dcol[i, d + j, a, c] = 0
+                    if gemm:
+                        for b in range(uK):
+                            dCout[i, j, a, b] = dC[j, a, b]
+                        continue
                     for b in range(K):
                         g = dC[j, a, b]
                         for c in range(uK):
@@ -452,7 +459,7 @@ if AVAILABLE:
     FORWARD_ROWS = _positions(_forward, "E alpha col pk Cre vec_old v newcol a_out s_out z0_out alphaT ahat PhT w "
                                         "vec_new reading")
     BACKWARD_ROWS = _positions(_backward, "E alpha col pk PhT z0 a_in s_in alphaT ahat newcol vec w reading dR "
-                                          "dalphaT dM DP PH dV dE dcol dalpha")
+                                          "dalphaT dM DP PH dV dE dcol dalpha dCout")
 
 
 def usable(device, dtype) -> bool:
