@@ -111,7 +111,10 @@ On the CPU in float32 / float64 with Numba installed, ``forward_step`` and
 each string goes through the whole step in one loop nest, the triangle is kept
 *packed* (each column's rows one after the other, only the push times still in
 the window) instead of in ``buf``, DP likewise, and blocks of strings run in
-parallel threads when torch may use several. The torch code above stays as the
+parallel threads when torch may use several. The replace products and ``P̂``
+(``O(L K^3)``, small GEMMs) stay batched ``torch.bmm`` calls once a column holds
+``_GEMM_MIN`` push times; the kernels do the pop term (sweeps of the packed
+triangle, the lower half only), the normalisation and their adjoints. The torch code above stays as the
 reference it is tested against (``tests/test_rns_compiled.py``: values and every
 gradient equal to float64 rounding); ``RNSCore(compiled=False)``, the model
 option ``fused=False`` or ``$MARNN_FUSED_BACKEND`` = ``numpy`` / ``torch`` select it.
