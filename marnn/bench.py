@@ -20,19 +20,26 @@ every thread count of ``--threads`` (default 1 and 2):
   ``torch-lstm-256``: embedding + ``nn.LSTM`` + linear on a PTB chunk, SGD,
   next to ``lstm-256``).
 
-Every row states its limit: ``gflop`` is the step's analytic count
-(:mod:`marnn.flops`: 1 multiply-add = 2 FLOP, training step = 3 x forward;
-``torch`` rows carry the count of the marnn model doing the same step),
+Every row states its limit, from two bounds: ``gflop`` is the step's analytic
+count (:mod:`marnn.flops`: 1 multiply-add = 2 FLOP, training step = 3 x forward;
+``torch`` rows carry the count of the marnn model doing the same step) and
 ``peak_gflops`` the machine's fp32 rate on a large square matrix product
-(2048 x 2048 x 2048, best of 5) measured in this run at the row's thread
-count, ``bound_ms`` = FLOPs / peak (no implementation can be faster) and
-``x_limit`` = measured wall time / bound. ``x_limit_cpu`` = process CPU time /
-(threads x bound): the same ratio with the time spent waiting for a core
-left out, the steadier figure when other work shares the machine.
+(2048 x 2048 x 2048, best of 5), so ``flop_ms`` = FLOPs / peak; ``gbyte`` is
+the bytes the step must move at least (:func:`marnn.flops.step_bytes`) and
+``bandwidth_gbs`` the rate of a STREAM-like triad ``a = b + s c`` on arrays
+far larger than the caches (best of 5), so ``mem_ms`` = bytes / bandwidth.
+Both rates are measured in this run at the row's thread count. ``bound_ms``
+is the larger of the two (no implementation can be faster), ``binds`` says
+which (``flop`` or ``memory``), and ``x_limit`` = measured wall time / bound.
+``x_limit_cpu`` = process CPU time / (threads x bound): the same ratio with
+the time spent waiting for a core left out, the steadier figure when other
+work shares the machine.
 
-``--backend`` picks how the fused LSTM / superposition kernel runs on the CPU
-(``auto``: the compiled loop for formal-size models; ``numpy``: the NumPy array
-loop, e.g. to compare the two; ``torch``), via ``$MARNN_FUSED_BACKEND``.
+``--backend`` picks how the fused LSTM / superposition kernel and the RNS / VRNS
+stack step run on the CPU (``auto``: the compiled loops, :mod:`marnn.models.compiled`
+for formal-size models and :mod:`marnn.models.rns_compiled`; ``numpy``: the NumPy
+array loop, e.g. to compare the two, and the torch RNS step; ``torch``), via
+``$MARNN_FUSED_BACKEND``.
 
 Times are medians of wall-clock repeats after warm-up; ``cpu_ms`` is the
 process CPU time (the two differ when other work shares the cores). Memory is
@@ -80,6 +87,27 @@ def _peak(threads: int, size: int = PEAK_SIZE, repeats: int = 5) -> float:
         torch.mm(a, b, out=out)
         best = min(best, time.perf_counter() - t)
     return 2.0 * size ** 3 / best / 1e9
+
+
+BANDWIDTH_SIZE = 1 << 24  # float32 numbers per triad array (64 MiB each: beyond the last-level cache)
+
+
+def _bandwidth(threads: int, size: int = BANDWIDTH_SIZE, repeats: int = 5) -> float:
+    """GB/s of a STREAM-like triad ``a = b + 3 c`` (float32, one pass: torch.add with alpha) at
+    ``threads``, counted as STREAM does: 3 arrays x size x 4 bytes per pass (best of ``repeats``)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    b, c = torch.rand(size, generator=g), torch.rand(size, generator=g)
+    a = torch.empty(size)
+    torch.add(b, c, alpha=3.0, out=a)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.add(b, c, alpha=3.0, out=a)
+        best = min(best, time.perf_counter() - t)
+    return 3.0 * 4 * size / best / 1e9
 
 
 def _torch_twin(spec: dict):
@@ -178,6 +206,18 @@ def step_gflop(kind: str, config, batch: int, n: int, R: int = 1) -> float:
     return R * flops.train_flops(config, batch, n, fresh=not carried, start=PTB_START if carried else 0) / 1e9
 
 
+def step_gbyte(kind: str, config, batch: int, n: int, R: int = 1) -> float:
+    """The least GB one row's timed unit moves (:func:`marnn.flops.step_bytes`): a training
+    step of ``R`` replicas (Adam; PTB: SGD, state carried), or (``eval``) one string's forward pass."""
+    from . import flops
+
+    if kind == "eval":
+        return flops.step_bytes(config, 1, n, train=False)["total"] / 1e9
+    carried = kind == "ptb" or (kind == "torch" and config.embedding)
+    return R * flops.step_bytes(config, batch, n, fresh=not carried, start=PTB_START if carried else 0,
+                                optimizer="sgd" if carried else "adam")["total"] / 1e9
+
+
 def _samples(step, reps: int) -> tuple[list[float], list[float]]:
     """Wall and process-CPU seconds of ``reps`` calls of ``step``."""
     walls, cpus = [], []
@@ -198,7 +238,7 @@ def _measure(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     if spec["kind"] == "peak":
-        return dict(spec, peak_gflops=_peak(spec["threads"]))
+        return dict(spec, peak_gflops=_peak(spec["threads"]), bandwidth_gbs=_bandwidth(spec["threads"]))
     if spec["kind"] == "unit":
         return _measure_unit(spec)
     kind, n, reps = spec["kind"], spec["n"], spec["repeats"]
@@ -215,6 +255,7 @@ def _measure(spec: dict) -> dict:
     return dict(kind=kind, model=spec["model"], n=n, R=spec["R"], threads=spec["threads"],
                 backend=superposition.FUSED_BACKEND, batch=B, ms=1000 * _median(walls) / per,
                 cpu_ms=1000 * _median(cpus) / per, gflop=step_gflop(kind, cfg, B, n, spec["R"]),
+                gbyte=step_gbyte(kind, cfg, B, n, spec["R"]),
                 peak_mib=max(rss1 - rss0, 0) / 1024, repeats=reps)
 
 
@@ -262,38 +303,49 @@ def _run_one(ctx, spec: dict) -> dict:
 def run(specs: list[dict], threads: int = 1, backend: str | None = None, peak: bool = True) -> list[dict]:
     """Measure every spec, each in a fresh single-use child process (``backend``: the
     fused kernel's backend, see the module docstring). ``peak``: measure the GEMM peak
-    at each thread count before and after its rows (the better of the two is the
-    limit) and add ``peak_gflops``, ``bound_ms`` and ``x_limit`` to every row."""
+    and the triad bandwidth at each thread count before and after its rows (the better
+    of the two is the limit) and add them, ``bound_ms``, ``binds`` and ``x_limit`` to every row."""
     ctx = mp.get_context("spawn")
     if backend is not None:
         os.environ["MARNN_FUSED_BACKEND"] = backend  # read by the child at import
     from tqdm.auto import tqdm
 
     specs = [dict(s, threads=s.get("threads", threads)) for s in specs]
-    rows, peaks = [], {}
+    rows, peaks, bws = [], {}, {}
     bar = tqdm(total=len(specs), desc="bench", leave=False)  # TQDM_DISABLE=1 silences it
     for t in dict.fromkeys(s["threads"] for s in specs):
         if peak:
-            peaks[t] = _run_one(ctx, dict(kind="peak", threads=t)).get("peak_gflops")
+            first = _run_one(ctx, dict(kind="peak", threads=t))
+            peaks[t], bws[t] = first.get("peak_gflops"), first.get("bandwidth_gbs")
         for s in specs:
             if s["threads"] == t:
                 bar.set_postfix_str(f"{s['kind']} {s['model']} n={s['n']} R={s['R']} threads={t}")
                 rows.append(_run_one(ctx, s))
                 bar.update()
         if peak:
-            again = _run_one(ctx, dict(kind="peak", threads=t)).get("peak_gflops")
+            last = _run_one(ctx, dict(kind="peak", threads=t))
+            again = last.get("peak_gflops")
             peaks[t] = max(p for p in (peaks[t], again) if p) if (peaks[t] or again) else None
+            bw = last.get("bandwidth_gbs")
+            bws[t] = max(b for b in (bws[t], bw) if b) if (bws[t] or bw) else None
     bar.close()
     for r in rows:
-        add_limit(r, peaks.get(r["threads"]))
+        add_limit(r, peaks.get(r["threads"]), bws.get(r["threads"]))
     return rows
 
 
-def add_limit(row: dict, peak_gflops: float | None) -> dict:
-    """Add ``peak_gflops``, ``bound_ms`` (FLOPs / peak) and ``x_limit`` (wall / bound) to a row."""
-    row["peak_gflops"] = peak_gflops
-    if peak_gflops and row.get("gflop") is not None:
-        row["bound_ms"] = 1000.0 * row["gflop"] / peak_gflops
+def add_limit(row: dict, peak_gflops: float | None, bandwidth_gbs: float | None = None) -> dict:
+    """Add ``peak_gflops``, ``bandwidth_gbs``, the two bounds ``flop_ms`` (FLOPs / peak) and
+    ``mem_ms`` (bytes / bandwidth), ``bound_ms`` (the larger), ``binds`` (``flop`` | ``memory``)
+    and ``x_limit`` (wall / bound) to a row."""
+    row["peak_gflops"], row["bandwidth_gbs"] = peak_gflops, bandwidth_gbs
+    row["flop_ms"] = 1000.0 * row["gflop"] / peak_gflops if peak_gflops and row.get("gflop") is not None else None
+    row["mem_ms"] = (1000.0 * row["gbyte"] / bandwidth_gbs
+                     if bandwidth_gbs and row.get("gbyte") is not None else None)
+    bounds = {k: v for k, v in (("flop", row["flop_ms"]), ("memory", row["mem_ms"])) if v is not None}
+    row["binds"] = max(bounds, key=lambda k: bounds[k]) if bounds else None
+    if bounds:
+        row["bound_ms"] = bounds[row["binds"]]
         row["x_limit"] = row["ms"] / row["bound_ms"] if row.get("ms") else None
         row["x_limit_cpu"] = (row["cpu_ms"] / (row["threads"] * row["bound_ms"])
                               if row.get("cpu_ms") and row.get("threads") else None)
@@ -317,19 +369,21 @@ TARGETS += [("train", "rns-3-3", 60, 1, 2, 8.0), ("eval", "rns-3-3", 400, 1, 2, 
 
 def table(rows: list[dict]) -> str:
     lines = ["| kind | model | n | R | threads | ms (wall) | ms (cpu) | ms / replica | GFLOP | peak GFLOP/s | "
-             "bound | x limit | x limit (cpu) | peak MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "MB | triad GB/s | bound | binds | x limit | x limit (cpu) | peak MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         mem = "-" if r.get("peak_mib") is None else f"{r['peak_mib']:.0f}"
         unit = " /string" if r["kind"] == "eval" else ""
         per = _fmt_ms(r["ms"] / r["R"]) if r.get("ms") and r["R"] > 1 else "-"
         gf = "-" if r.get("gflop") is None else f"{r['gflop']:.3g}"
         pk = "-" if not r.get("peak_gflops") else f"{r['peak_gflops']:.0f}"
+        mb = "-" if r.get("gbyte") is None else f"{1000 * r['gbyte']:.3g}"
+        bw = "-" if not r.get("bandwidth_gbs") else f"{r['bandwidth_gbs']:.1f}"
         xl = "-" if r.get("x_limit") is None else f"{r['x_limit']:.1f}x"
         xc = "-" if r.get("x_limit_cpu") is None else f"{r['x_limit_cpu']:.1f}x"
         lines.append(f"| {r['kind']} | {r['model']} | {r['n']} | {r['R']} | {r.get('threads', '-')} | "
                      f"{_fmt_ms(r.get('ms'))}{unit} | {_fmt_ms(r.get('cpu_ms'))} | {per} | {gf} | {pk} | "
-                     f"{_fmt_ms(r.get('bound_ms'))} | {xl} | {xc} | {mem} |"
+                     f"{mb} | {bw} | {_fmt_ms(r.get('bound_ms'))} | {r.get('binds') or '-'} | {xl} | {xc} | {mem} |"
                      + (f" {r['note']}" if r.get("note") else ""))
     ok = {(r["kind"], r["model"], r["n"], r["R"], r.get("threads", 1)): r for r in rows if r.get("ms")}
     ratios = []
@@ -357,7 +411,8 @@ def table(rows: list[dict]) -> str:
         got = ok.get((kind, name, n, R, threads))
         if got is not None and got.get("x_limit") is not None:
             goals.append(f"{kind} {name} n={n} R={R}, {threads} threads: {got['x_limit']:.1f}x its limit "
-                         f"(cpu {got['x_limit_cpu']:.1f}x; target <= {limit:g}x: "
+                         f"({got.get('binds') or 'flop'} bound; "
+                         f"cpu {got['x_limit_cpu']:.1f}x; target <= {limit:g}x: "
                          f"{'met' if got['x_limit'] <= limit else 'missed'})")
     if goals:
         lines += ["", "Targets:"] + [f"- {s}" for s in goals]
@@ -696,9 +751,12 @@ def main(argv=None) -> int:
     else:
         backends = ", ".join(sorted({r["backend"] for r in rows if "backend" in r})) or "-"
         peaks = {r["threads"]: r["peak_gflops"] for r in rows if r.get("peak_gflops")}
+        bws = {r["threads"]: r["bandwidth_gbs"] for r in rows if r.get("bandwidth_gbs")}
         print(f"fused kernel backend: {backends}; memory: ru_maxrss growth per child process; fp32 GEMM peak "
               f"({PEAK_SIZE}^3): " + ", ".join(f"{v:.0f} GFLOP/s at {t} thread{'s' if t > 1 else ''}"
-                                               for t, v in peaks.items()))
+                                               for t, v in peaks.items())
+              + "; triad bandwidth: " + ", ".join(f"{v:.1f} GB/s at {t} thread{'s' if t > 1 else ''}"
+                                                  for t, v in bws.items()))
         print(table(rows))
     return 0
 

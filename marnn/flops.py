@@ -142,3 +142,92 @@ def rns_pop_share(config, batch: int, steps: int, fresh: bool = True, start: int
     pop = sum(rns_step_flops(config.states, config.symbols, m, config.window, t)["pop"]
               for t in range(t0, t0 + updates)) * batch
     return pop / forward_flops(config, batch, steps, fresh, start)["total"]
+
+
+# ----------------------------------------------------------------------------- memory traffic
+WORD = 4  # bytes per number (float32)
+OPT_PASSES = {"adam": 7, "sgd": 3}  # optimiser: Adam reads p, g, m, v and writes p, m, v; SGD reads p, g, writes p
+
+
+def num_parameters(config) -> int:
+    """Parameters of one replica (the layers of :class:`marnn.models.StackRNN`), analytically."""
+    H, G = config.hidden_size, 4 * config.hidden_size
+    x = H if config.embedding else config.input_size
+    M, actions, pushed = _stack_sizes(config)
+    n = G * (x + M + H) + 2 * G                       # controller: W_ih (input + reading), W_hh, two biases
+    n += (H + 1) * config.output_size                 # classifier
+    if config.embedding:
+        n += config.input_size * H
+    n += (H + 1) * actions                            # action layer
+    if pushed and not (config.memory == "superposition" and config.push == "hidden"):
+        n += (H + 1) * pushed                         # push layer
+    if config.memory == "vrns":
+        n += pushed                                   # bottom vector
+    return n
+
+
+def _stack_sizes(config) -> tuple[int, int, int]:
+    """(reading size, actions per step, pushed size) of the stack (zeros without one)."""
+    if config.memory == "superposition":
+        M = config.hidden_size if config.push == "hidden" else sum(config.stack_sizes)
+        k = 1 if config.push == "hidden" else len(config.stack_sizes)
+        return M, 3 * k, M
+    if config.memory in ("rns", "vrns"):
+        K = config.states * config.symbols
+        m = config.vector_size if config.memory == "vrns" else 0
+        return K * (m or 1), K * (2 * K + config.states), m
+    return 0, 0, 0
+
+
+def step_bytes(config, batch: int, steps: int, fresh: bool = True, start: int = 0, train: bool = True,
+               optimizer: str = "adam") -> dict[str, float]:
+    """The bytes one step of one replica must move at least, by component (``total``).
+
+    The memory-traffic counterpart of :func:`forward_flops` (``marnn bench`` divides it by
+    the bandwidth of a STREAM-like triad measured in the same run): what the generic
+    formulation moves *between its passes*, each tensor once, as if every pass ran
+    from a cache that holds its own working set but nothing across passes:
+
+    * ``params``: every parameter read once; training also writes its gradient once and
+      runs the optimiser over it (:data:`OPT_PASSES` parameter-sized arrays);
+    * ``logits``: the classifier's output written and read by the loss (training: its
+      gradient written and read too);
+    * ``saved`` (training only): the state the backward pass needs, written once in the
+      forward pass and read once in the backward pass: per string and step the LSTM's
+      gates, cell and hidden state (6H) and the stack reading, plus the stack's own state
+      -- the kept superposition cells, or the RNS column ``Ĝ[., t]`` (``L K^2``) and
+      ``alpha``;
+    * ``inputs``: token ids and targets (8 bytes each).
+
+    Not counted: re-reading a state within a pass (the RNS pop term sweeps its whole
+    triangle at every step, about 1.5 FLOP per byte: a kernel that keeps one string's
+    triangle in cache need not re-read it from memory). So the count is a lower bound
+    on the traffic, and ``bytes / bandwidth`` a lower bound on time. Numbers are
+    float32 (:data:`WORD` bytes).
+    """
+    from .models.superposition import stack_heights
+
+    B, T, H = int(batch), int(steps), config.hidden_size
+    rows = T + 1 if config.include_initial else T
+    out = dict.fromkeys(("params", "logits", "saved", "inputs"), 0.0)
+    P = num_parameters(config)
+    out["params"] = WORD * P * ((2 + OPT_PASSES[optimizer]) if train else 1)
+    out["logits"] = WORD * rows * B * config.output_size * (4 if train else 2)
+    out["inputs"] = 8.0 * B * (T + rows)
+    if train:
+        M = _stack_sizes(config)[0]
+        per = (6 * H + M) * T * B                      # controller state and readings
+        updates = T - 1 if fresh else T
+        if config.memory == "superposition":
+            heights = stack_heights(T, start=0 if fresh else int(start), fresh=fresh,
+                                    prune=config.prune and fresh, depth=config.depth)
+            per += sum(max(h, 1) for t, h in enumerate(heights) if not (fresh and t == 0)) * B * M
+        elif config.memory in ("rns", "vrns"):
+            K = config.states * config.symbols
+            t0 = 0 if fresh else int(start)
+            for t in range(t0, t0 + updates):
+                lw = t - _lo(t + 1, config.window) + 1
+                per += ((lw + 1) * K * K + K) * B
+        out["saved"] = 2.0 * WORD * per
+    out["total"] = sum(out.values())
+    return out

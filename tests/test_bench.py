@@ -30,7 +30,19 @@ def test_limit_fields():
     assert row["bound_ms"] == pytest.approx(207.28, abs=0.01)
     assert row["x_limit"] == pytest.approx(800.0 / 207.28, rel=1e-4)
     assert row["x_limit_cpu"] == pytest.approx(1200.0 / (2 * 207.28), rel=1e-4)
+    assert row["binds"] == "flop" and row["mem_ms"] is None
     assert bench.add_limit(dict(row), None)["x_limit"] is None
+    # the memory bound: bytes / triad bandwidth, the larger bound is the limit
+    gbyte = bench.step_gbyte("ptb", cfg, 32, 35)
+    assert gbyte > 0.1  # logits 32 x 35 x 10001 floats, 4 passes, alone are 0.18 GB
+    both = bench.add_limit(dict(row, gbyte=gbyte), 100.0, 10.0)
+    assert both["mem_ms"] == pytest.approx(100 * gbyte) and both["flop_ms"] == pytest.approx(207.28, abs=0.01)
+    assert both["binds"] == ("memory" if both["mem_ms"] > both["flop_ms"] else "flop")
+    assert both["bound_ms"] == max(both["mem_ms"], both["flop_ms"])
+    slow_mem = bench.add_limit(dict(row, gbyte=gbyte), 100.0, 0.01)
+    assert slow_mem["binds"] == "memory" and slow_mem["x_limit"] == pytest.approx(800.0 / slow_mem["mem_ms"])
+    only_mem = bench.add_limit(dict(row, gbyte=gbyte), None, 10.0)
+    assert only_mem["binds"] == "memory" and only_mem["x_limit"] is not None
     formal = models.make_config("jm-10", task="marked-copy")
     assert bench.step_gflop("replicas", formal, 10, 60, R=40) == pytest.approx(40 * bench.step_gflop(
         "train", formal, 10, 60))
@@ -51,7 +63,7 @@ def test_table_reports_ratios_twins_and_targets():
     assert "per replica 10.0x faster than one at a time" in text  # 40 x 10 ms / 40 ms
     assert "ValueError: boom" in text
     assert "lstm vs nn.LSTM, 1 thread, n=60: 3.0 ms vs 4.0 ms wall (0.75x" in text
-    assert "ptb rns-4-5 n=35 R=1, 2 threads: 3.0x its limit (cpu 1.7x; target <= 3x: met)" in text
+    assert "ptb rns-4-5 n=35 R=1, 2 threads: 3.0x its limit (flop bound; cpu 1.7x; target <= 3x: met)" in text
     assert "| 2.0 ms |" in text  # per replica: 80 ms / 40
 
 

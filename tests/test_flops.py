@@ -83,3 +83,33 @@ def test_bad_sizes():
     cfg = models.make_config("lstm", task="marked-copy")
     with pytest.raises(ValueError, match="batch and steps must be positive"):
         flops.forward_flops(cfg, 0, 5)
+
+
+@pytest.mark.parametrize("name,kw", [("lstm", dict(task="marked-copy")), ("jm-3.3.3", dict(task="marked-copy")),
+                                     ("jm-hidden", dict(task="marked-copy")), ("vrns-2-3-3", dict(task="marked-copy")),
+                                     ("rns-3-3", dict(task="marked-copy")), ("lstm-256", dict(vocab_size=101)),
+                                     ("vrns-3-3-5", dict(vocab_size=101))])
+def test_parameter_count_and_step_bytes(name, kw):
+    from marnn import flops, models
+
+    cfg = models.make_config(name, **kw)
+    assert flops.num_parameters(cfg) == models.build(name, **kw).num_parameters()
+    train = flops.step_bytes(cfg, 10, 30)
+    ev = flops.step_bytes(cfg, 10, 30, train=False)
+    assert train["total"] == pytest.approx(sum(v for k, v in train.items() if k != "total"))
+    assert ev["saved"] == 0 and ev["total"] < train["total"]
+    assert ev["params"] == flops.WORD * flops.num_parameters(cfg)
+    assert train["params"] == flops.WORD * flops.num_parameters(cfg) * (2 + flops.OPT_PASSES["adam"])
+    assert flops.step_bytes(cfg, 20, 30)["saved"] == pytest.approx(2 * train["saved"])  # linear in the batch
+
+
+def test_rns_saved_state_is_the_columns():
+    """Training saves each RNS column (L K^2 numbers per string and step), written once and read once."""
+    from marnn import flops, models
+
+    rns = models.make_config("rns-3-3", task="marked-copy")
+    lstm = models.make_config("lstm", task="marked-copy")
+    B, n, K = 2, 12, 9
+    cols = sum((t + 2) * K * K + K for t in range(n - 1))  # step t + 1 keeps push times 0..t+1
+    extra = flops.step_bytes(rns, B, n)["saved"] - flops.step_bytes(lstm, B, n)["saved"]
+    assert extra == pytest.approx(2 * flops.WORD * B * (cols + n * K))  # + the reading (K per step)

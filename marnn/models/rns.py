@@ -104,6 +104,21 @@ small problems are bound by Python/dispatch overhead (~25 ops per step).
 On a shared 2-core CPU, ``torch.set_num_threads(1)`` is usually faster (OpenMP
 spin-waiting when cores are oversubscribed); that choice is left to the caller.
 
+Compiled step (CPU)
+-------------------
+On the CPU in float32 / float64 with Numba installed, ``forward_step`` and
+``backward_step`` run as two compiled kernels (:mod:`marnn.models.rns_compiled`):
+each string goes through the whole step in one loop nest, the triangle is kept
+*packed* (each column's rows one after the other, only the push times still in
+the window) instead of in ``buf``, DP likewise, and blocks of strings run in
+parallel threads when torch may use several. The replace products and ``P̂``
+(``O(L K^3)``, small GEMMs) stay batched ``torch.bmm`` calls once a column holds
+``_GEMM_MIN`` push times; the kernels do the pop term (sweeps of the packed
+triangle, the lower half only), the normalisation and their adjoints. The torch code above stays as the
+reference it is tested against (``tests/test_rns_compiled.py``: values and every
+gradient equal to float64 rounding); ``RNSCore(compiled=False)``, the model
+option ``fused=False`` or ``$MARNN_FUSED_BACKEND`` = ``numpy`` / ``torch`` select it.
+
 Shapes (N = batch with replicas flattened, K = Q*S)::
 
     action_logits (N, K*(2K+Q)) -> view (N, Q, S, 2K+Q) -> (N, K, 2K+Q)
@@ -113,11 +128,39 @@ Shapes (N = batch with replicas flattened, K = Q*S)::
 """
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import torch
 
 Tensor = torch.Tensor
+_NP = {torch.float32: np.float32, torch.float64: np.float64}
+_GEMM_MIN = 4  # compiled step: push times from which the replace products go to torch.bmm
+_SPLIT_WORK = 200_000  # N (L+1)^2 K Q below this: one thread (a hand-off costs more than it saves)
 
 __all__ = ["RNSCore", "RNSState", "rns_readings", "BOTTOM_LAYOUTS"]
+
+
+def _kernels():
+    """The compiled step (:mod:`marnn.models.rns_compiled`) or None (no Numba, or this file
+    loaded on its own, outside the package)."""
+    try:
+        from . import rns_compiled
+    except ImportError:  # pragma: no cover - standalone load or no numba
+        return None
+    return rns_compiled if rns_compiled.AVAILABLE else None
+
+
+def compiled_default() -> bool:
+    """Whether cores built with ``compiled=None`` use the compiled step where it applies:
+    yes unless ``$MARNN_FUSED_BACKEND`` / ``superposition.FUSED_BACKEND`` asks for a
+    reference backend ("numpy" or "torch"), the same switch as the fused LSTM kernel."""
+    try:
+        from .superposition import FUSED_BACKEND
+    except ImportError:  # pragma: no cover - standalone load
+        import os
+        FUSED_BACKEND = os.environ.get("MARNN_FUSED_BACKEND", "auto")
+    return FUSED_BACKEND == "auto"
 
 
 def _lo(t: int, window: int | None) -> int:
@@ -227,12 +270,19 @@ class _Tape:
         self.cap = 0
         self.buf: Tensor | None = None  # (N, S, cap, Q, cap, K): buf[:, y, c, u, j, a] = Ĝ[j, c][a, (u, y)]
         self.rec: dict[int, dict] = {}  # T -> saved tensors of step T
+        self.kern = core.kernels(device, dtype)  # the compiled step, or None: the torch reference
+        # compiled step: the triangle packed row block after row block (rns_compiled._row_start)
+        self.pk: Tensor | None = None            # (N, S, P)
+        self.roff = np.zeros(0, dtype=np.int64)  # row table: offset and first push time of the
+        self.rj0 = np.zeros(0, dtype=np.int64)   # row block of push time pbase + index
+        self.pbase = self.nrows = self.pused = 0
         self.reset_backward()
 
     def reset_backward(self):
         self.dalpha, self.dcol = {}, {}
         self.DP = self.PH = self.dV = None
         self.bwd_T = None
+        self.bwd_top = 0
 
     # --------------------------------------------------------------- buffer
     def _ensure(self, hi: int, keep_lo: int):
@@ -268,6 +318,8 @@ class _Tape:
     # --------------------------------------------------------------- forward
     def forward_step(self, E: Tensor, v: Tensor | None, record: bool):
         """Advance by one step. E: (N, K, 2K+Q) weights (any positive per-row scale)."""
+        if self.kern is not None:
+            return self._forward_compiled(E, v, record)
         core = self.core
         K, Q, S, N = core.K, core.Q, core.S, self.N
         tiny = torch.finfo(self.dtype).tiny
@@ -336,6 +388,8 @@ class _Tape:
         if self.bwd_T is not None and T >= self.bwd_T:
             self.reset_backward()                                 # a new backward pass
         self.bwd_T = T
+        if self.kern is not None:
+            return self._backward_compiled(T, dR)
         r = self.rec[T]
         tiny = torch.finfo(self.dtype).tiny
         t = T - 1
@@ -423,14 +477,219 @@ class _Tape:
         dE = dW * alpha[:, :, None]
         return dE, dv
 
-    def _alloc_backward(self, Tend: int):
+    # ------------------------------------------------------- compiled step
+    def _rows(self, kernel, L: int, args: tuple, per_row: frozenset):
+        """Call a compiled kernel on all N strings, or on blocks of them in parallel threads (the
+        kernels release the GIL; strings never interact, so the split changes no number) when
+        torch may use several threads and the step is large enough to pay for the hand-off."""
+        N, core = self.N, self.core
+        n = min(torch.get_num_threads(), N)
+        if n < 2 or N * (L + 1) ** 2 * core.K * core.Q < _SPLIT_WORK:
+            kernel(*args)
+            return
+        from .superposition import _parallel
+
+        edges = [round(k * N / n) for k in range(n + 1)]
+
+        def part(a, b):
+            kernel(*(x[a:b] if k in per_row else x for k, x in enumerate(args)))
+        _parallel(part, list(zip(edges[:-1], edges[1:], strict=True)))
+
+    def _pk_grow(self, need: int, keep_lo: int):
+        """Room for ``need`` more elements and one more row in the packed triangle. Without
+        recorded steps, rows older than ``keep_lo`` and push times before it are dropped
+        (a long no-grad stream keeps O(D) rows); with them nothing moves (records refer
+        to the rows by offset; the old arrays stay valid for them)."""
+        N, S, K = self.N, self.core.S, self.core.K
+        k0 = 0
+        if not self.rec and self.nrows:
+            k0 = min(max(keep_lo - self.pbase, 0), self.nrows)
+        rows = max(2 * (self.nrows - k0 + 1), 64)
+        roff, rj0 = np.zeros(rows, dtype=np.int64), np.zeros(rows, dtype=np.int64)
+        if k0 or self.pk is None:  # compact (or start): rows [pbase + k0, ...) restricted to j >= keep_lo
+            live = 0
+            P = max(2 * need + 1024, self.core.pk_hint)  # the size earlier tapes of this core reached
+            if self.pk is not None and self.nrows > k0:
+                jlo = max(keep_lo, int(self.rj0[k0]))
+                c = np.arange(self.pbase + k0, self.pbase + self.nrows)
+                kept = int((c - np.maximum(jlo, self.rj0[k0:self.nrows]) + 1).sum()) * self.core.Q * K
+                P = max(P, 2 * (kept + need))
+                pk = torch.empty(N, S, P, dtype=self.dtype, device=self.device)
+                c0 = self.pbase + k0
+                live = int(self.kern._pk_copy(self.pk.numpy(), self.roff, self.rj0, self.pbase, c0,
+                                              self.pbase + self.nrows, jlo, pk.numpy(), roff, rj0, K))
+            else:
+                pk = torch.empty(N, S, P, dtype=self.dtype, device=self.device)
+            self.pbase += k0
+            self.nrows -= k0
+            self.pused = live
+        else:                      # grow in place of nothing: copy the prefix
+            P = max(2 * (self.pused + need), 1024)
+            assert self.pk is not None
+            pk = torch.empty(N, S, P, dtype=self.dtype, device=self.device)
+            pk[:, :, :self.pused] = self.pk[:, :, :self.pused]
+            roff[:self.nrows], rj0[:self.nrows] = self.roff[:self.nrows], self.rj0[:self.nrows]
+        self.pk, self.roff, self.rj0 = pk, roff, rj0
+        self.core.pk_hint = max(self.core.pk_hint, pk.shape[2])
+
+    def _insert_column(self, col, t, lo):
+        """Column t of the triangle (needed by the pop term from step t+2 on) as the next packed row block."""
+        core = self.core
+        lo2 = _lo(t + 2, core.window)
+        if t < lo2:
+            return
+        r0 = max(lo2, lo)
+        ln = t - r0 + 1
+        need = core.Q * ln * core.K
+        if self.nrows == 0:
+            self.pbase = t
+        if self.pk is None or self.pused + need > self.pk.shape[2]:
+            self._pk_grow(need, lo2)
+            if self.nrows == 0:
+                self.pbase = t
+        if self.nrows >= len(self.roff):  # a longer row table (the triangle itself stays)
+            rows = max(2 * len(self.roff), 64)
+            self.roff = np.concatenate([self.roff[:self.nrows], np.zeros(rows - self.nrows, dtype=np.int64)])
+            self.rj0 = np.concatenate([self.rj0[:self.nrows], np.zeros(rows - self.nrows, dtype=np.int64)])
+        assert self.pk is not None and t == self.pbase + self.nrows
+        self.roff[self.nrows], self.rj0[self.nrows] = self.pused, r0
+        self.kern._pk_insert(col.numpy(), r0 - lo, self.pk.numpy(), self.pused, ln)
+        self.nrows += 1
+        self.pused += need
+
+    def _forward_compiled(self, E: Tensor, v: Tensor | None, record: bool):
+        """:meth:`forward_step` by the compiled kernel (same state, same records' meaning)."""
+        core = self.core
+        K, Q, S, N, m = core.K, core.Q, core.S, self.N, core.m or 0
+        t, lo = self.t, self.lo
+        T = t + 1
+        loT = _lo(T, core.window)
+        d = loT - lo
+        Lw = t - loT + 1
+        Lr = Lw - 1
+        E = E.detach().contiguous()
+        new = functools.partial(torch.empty, dtype=self.dtype, device=self.device)
+        newcol, a, s, Z0 = new(N, Lw + 1, K, K), new(N, K), new(N), new(N)
+        alphaT, ahat = new(N, K), new(N, K)
+        PhT = new(N, S, Q, max(Lr, 0) * Q)
+        if m:
+            assert v is not None, "forward_step: a stack with vectors needs the pushed vector v"
+            vec, w, reading = new(N, Lw + 1, m), new(N, Lw + 1, K), new(N, K * m)
+            vold, vin = self.vec.contiguous(), v.detach().to(self.dtype).contiguous()
+        else:
+            vec = w = vold = vin = new(0, 0, 0)
+            reading = new(N, K)
+        pk = self.pk if self.pk is not None else new(N, S, 0)
+        tiny = np.array(torch.finfo(self.dtype).tiny, dtype=_NP[self.dtype]).item()
+        if Lw >= _GEMM_MIN:  # replace term and P̂ as batched GEMMs (faster than the loops for long columns)
+            W = self.alpha[:, :, None] * E[..., K:]
+            Cre = torch.bmm(self.col[:, d:].reshape(N, Lw * K, K), W[..., :K]).view(N, Lw, K, K)
+            if Lr > 0:  # PhT[:, y, r, c*Q + u] = P̂[c+1][(u,y), r]
+                Ph = torch.bmm(self.col[:, d + 1:].reshape(N, Lr * K, K), W[..., K:]).view(N, Lr, Q, S, Q)
+                PhT.view(N, S, Q, Lr, Q).copy_(Ph.permute(0, 3, 4, 1, 2))
+        else:
+            Cre = new(0, 0, 0, 0)
+        self._rows(self.kern._forward, Lw, (
+            E.numpy(), self.alpha.numpy(), self.col.numpy(), d, pk.numpy(), self.roff, self.rj0, self.pbase, loT, Lw,
+            Cre.numpy(), vold.numpy(), vin.numpy() if m else vin.view(0, 0).numpy(), m, newcol.numpy(),
+            a.numpy(), s.numpy(), Z0.numpy(), alphaT.numpy(), ahat.numpy(), PhT.numpy(),
+            w.numpy(), vec.numpy(), reading.numpy(), _NP[self.dtype](tiny)), self.kern.FORWARD_ROWS)
+        if record:
+            self.rec[T] = dict(E=E, alpha=self.alpha, col=self.col, d=d, PhT=PhT, pk=pk, roff=self.roff,
+                               rj0=self.rj0, pbase=self.pbase,
+                               Z0=Z0, a=a, s=s, alphaT=alphaT, ahat=ahat, newcol=newcol,
+                               vec=vec if m else None, w=w, reading=reading.clone() if m else None)
+        self._insert_column(self.col, t, lo)
+        self.t, self.lo, self.alpha, self.col, self.vec = T, loT, alphaT, newcol, (vec if m else None)
+        return reading
+
+    def _backward_compiled(self, T: int, dR: Tensor):
+        """:meth:`backward_step` by the compiled kernel (called by it, after the new-pass check)."""
+        core = self.core
+        K, Q, N, m = core.K, core.Q, self.N, core.m or 0
+        r = self.rec[T]
+        t = T - 1
+        loT = _lo(T, core.window)
+        Lw = t - loT + 1
+        Tend = max(self.rec)
+        if self.DP is None:
+            self._alloc_backward(Tend, fill=False)  # the kernel writes every entry it reads
+            self.bwd_top = T                        # the last step of this pass
+            self._pack_dp(T)
+        new = functools.partial(torch.empty, dtype=self.dtype, device=self.device)
+        dalphaT = self.dalpha.pop(T, None)
+        dM = self.dcol.pop(T, None)
+        b = self.base
+        lo3 = max(_lo(T + 2, core.window), b)
+        # later steps t' whose pop term used column T: t' in [T + 2, top], lo_t' <= T
+        top = self.bwd_top if core.window is None else min(self.bwd_top, T + core.window - 1)
+        adj = top >= T + 2 and T >= lo3
+        adj_lo, adj_hi = (T + 2 - b, top + 1 - b) if adj else (0, 0)
+        col = r["col"]
+        dE, dcol, dalpha = new(N, K, 2 * K + Q), new(col.shape), new(N, K)
+        gemm = Lw >= _GEMM_MIN
+        dCre = new(N, Lw, K, K) if gemm else new(0, 0, 0, 0)
+        empty = new(0, 0)
+        if m:
+            dV, j0 = self.dV, loT - self.vbase
+        else:
+            dV, j0 = new(0, 0, 0), 0
+        tiny = np.array(torch.finfo(self.dtype).tiny, dtype=_NP[self.dtype]).item()
+        vec = r["vec"] if m else new(0, 0, 0)
+        self._rows(self.kern._backward, Lw, (
+            r["E"].numpy(), r["alpha"].numpy(), col.numpy(), r["d"], r["pk"].numpy(), r["roff"], r["rj0"],
+            r["pbase"], loT, Lw,
+            r["PhT"].numpy(), r["Z0"].numpy(), r["a"].numpy(), r["s"].numpy(), r["alphaT"].numpy(),
+            r["ahat"].numpy(), r["newcol"].numpy(), vec.numpy(), r["w"].numpy(),
+            (r["reading"] if m else empty).numpy(), m, dR.detach().contiguous().numpy(),
+            (empty if dalphaT is None else dalphaT.contiguous()).numpy(), dalphaT is not None,
+            (new(0, 0, 0, 0) if dM is None else dM.contiguous()).numpy(), dM is not None,
+            self.DP.numpy(), self.doff, self.dj0, self.dlen, self.PH.numpy(), T - b, loT - b,
+            adj_lo, adj_hi, lo3 - b, dV.numpy(), j0, dE.numpy(), dcol.numpy(), dalpha.numpy(), dCre.numpy(),
+            _NP[self.dtype](tiny)), self.kern.BACKWARD_ROWS)
+        if gemm:  # the replace products as batched GEMMs: dcol += dC Wre^T, dWre = col^T dC
+            E, alpha, d = r["E"], r["alpha"], r["d"]
+            Wre = alpha[:, :, None] * E[..., K:2 * K]
+            dC2 = dCre.view(N, Lw * K, K)
+            dcol[:, d:].view(N, Lw * K, K).add_(torch.bmm(dC2, Wre.transpose(1, 2)))
+            dWre = torch.bmm(col[:, d:].reshape(N, Lw * K, K).transpose(1, 2), dC2)
+            dE[..., K:2 * K] = dWre * alpha[:, :, None]
+            dalpha += (dWre * E[..., K:2 * K]).sum(-1)
+        dv = None
+        if m:
+            dv = self.dV[:, T - self.vbase].clone()
+            self.dV[:, T - self.vbase] = 0
+        if t in self.dalpha:
+            self.dalpha[t] = self.dalpha[t] + dalpha
+        else:
+            self.dalpha[t] = dalpha
+        self.dcol[t] = dcol
+        return dE, dv
+
+    def _pack_dp(self, top: int):
+        """Compiled backward: DP packed, the row block of step t' (Q rows of its Lr push times
+        from lo_t') for t' = top, top - 1, ... one after the other (the order they are written)."""
+        core = self.core
+        b, n = self.base, self.Tn
+        self.doff, self.dj0, self.dlen = (np.zeros(n, dtype=np.int64) for _ in range(3))
+        off = 0
+        for tq in range(top, b - 1, -1):
+            lo = _lo(tq, core.window)
+            Lr = max(tq - 1 - lo, 0)
+            self.doff[tq - b], self.dj0[tq - b], self.dlen[tq - b] = off, lo - b, Lr
+            off += core.Q * Lr * core.K
+        self.DP = torch.empty(self.N, core.S, max(off, 1), device=self.device, dtype=self.dtype)
+
+    def _alloc_backward(self, Tend: int, fill: bool = True):
         core = self.core
         N, S, K, Q = self.N, core.S, core.K, core.Q
         n = Tend + 1 - self.base
         self.Jn = self.Tn = n
         # DP[:, y, t', r, j, a] = dpop_t'[j][a, (r, y)];  PH[:, y, c, u, t', r] = P̂_t'[c+1][(u, y), r]
-        self.DP = torch.zeros(N, S, n, Q, n, K, device=self.device, dtype=self.dtype)
-        self.PH = torch.zeros(N, S, n, Q, n, Q, device=self.device, dtype=self.dtype)
+        make = torch.zeros if fill else torch.empty
+        if fill:  # (the compiled backward packs DP: _pack_dp)
+            self.DP = torch.zeros(N, S, n, Q, n, K, device=self.device, dtype=self.dtype)
+        self.PH = make(N, S, n, Q, n, Q, device=self.device, dtype=self.dtype)
         if core.m:
             self.vbase = self.t0_lo                  # vectors of push times >= t0_lo live here
             self.dV = torch.zeros(N, Tend + 1 - self.vbase, core.m, device=self.device, dtype=self.dtype)
@@ -523,7 +782,7 @@ class RNSCore:
     """RNS (``m=None``) or VRNS (``m`` = vector size); optional window ``D``."""
 
     def __init__(self, Q: int, S: int, m: int | None = None, window: int | None = None,
-                 bottom: str = "equations"):
+                 bottom: str = "equations", compiled: bool | None = None):
         if Q < 1 or S < 1:
             raise ValueError("Q and S must be positive")
         if bottom not in BOTTOM_LAYOUTS or (bottom == "published" and not m):
@@ -535,10 +794,20 @@ class RNSCore:
         if m is not None and m < 1:
             raise ValueError("m must be positive")
         self.Q, self.S, self.m, self.window = Q, S, m, window
+        self.compiled = compiled  # None: compiled_default(); False: always the torch reference
+        self.pk_hint = 0  # compiled step: packed-triangle size (per string and symbol) a tape reached
         self.K = Q * S
         self.num_actions = self.K * (2 * self.K + Q)
         self.reading_size = self.K * (m if m else 1)
         self.pushed_size = m if m else 0
+
+    def kernels(self, device, dtype):
+        """The compiled step module for a tape on ``device`` / ``dtype``, or None (torch reference)."""
+        use = compiled_default() if self.compiled is None else self.compiled
+        if not use:
+            return None
+        kern = _kernels()
+        return kern if kern is not None and kern.usable(device, dtype) else None
 
     # ------------------------------------------------------------------ state
     def initial_state(self, N, device=None, dtype=torch.float32, bottom=None) -> RNSState:
@@ -590,11 +859,20 @@ class RNSCore:
         lo1 = _lo(t + 1, self.window)
         new = _Tape(self, tape.N, tape.device, tape.dtype, tape.alpha.detach(), tape.col.detach(),
                     None if tape.vec is None else tape.vec.detach(), t, lo1)
+        new.kern = tape.kern  # a continuation keeps its path (the two keep the triangle differently)
         if tape.buf is not None and t - 1 >= lo1:
             new._ensure(t, lo1)
             assert new.buf is not None  # _ensure allocated it
             new.buf[:, :, :t - lo1, :, :t - lo1] = tape.buf[
                 :, :, lo1 - tape.base:t - tape.base, :, lo1 - tape.base:t - tape.base]  # same layout
+        if tape.pk is not None and t - 1 >= lo1:  # compiled: rows [lo1, t) from push time lo1 on
+            rows = max(2 * (t - lo1 + 1), 16)
+            new.roff, new.rj0 = np.zeros(rows, dtype=np.int64), np.zeros(rows, dtype=np.int64)
+            size = self.Q * self.K * sum(c - lo1 + 1 for c in range(lo1, t))
+            new.pk = torch.empty(tape.N, self.S, max(2 * size, 1024), dtype=tape.dtype, device=tape.device)
+            new.pused = int(tape.kern._pk_copy(tape.pk.numpy(), tape.roff, tape.rj0, tape.pbase, lo1, t, lo1,
+                                               new.pk.numpy(), new.roff, new.rj0, self.K))
+            new.pbase, new.nrows = lo1, t - lo1
         published = None if state.published is None else state.published.detached()
         return RNSState(new, t, None, None, published)
 

@@ -54,7 +54,7 @@ class ModelConfig:
     embedding: bool = False  # PTB: learned input embedding of size hidden_size
     include_initial: bool = True  # formal: logits from h_0 .. h_n; PTB: h_1 .. h_n
     init: str = "formal"  # "formal" (per group) | "ptb" (all U(-0.05, 0.05)); docs: book/reference/models.md
-    fused: bool = True  # use the fused kernel where available (tests compare both)
+    fused: bool = True  # use the fused / compiled kernels where available (tests compare both)
     bottom: str = "equations"  # VRNS: bottom vector at (q0, ⊥) only, or "published" (rns.py, _PublishedBottom)
 
 
@@ -102,9 +102,11 @@ def make_core(config: ModelConfig):
         sizes = (config.hidden_size,) if config.push == "hidden" else config.stack_sizes
         return SuperpositionCore(sizes, config.push, config.depth)
     from . import rns  # written alongside; imported lazily
+    compiled = None if config.fused else False  # fused=False: the torch reference step (rns.py)
     if config.memory == "rns":
-        return rns.RNSCore(config.states, config.symbols, window=config.window)
-    return rns.RNSCore(config.states, config.symbols, m=config.vector_size, window=config.window, bottom=config.bottom)
+        return rns.RNSCore(config.states, config.symbols, window=config.window, compiled=compiled)
+    return rns.RNSCore(config.states, config.symbols, m=config.vector_size, window=config.window, bottom=config.bottom,
+                       compiled=compiled)
 
 
 class StackRNN(nn.Module):
