@@ -77,8 +77,17 @@ def _static_changed(app, env, added, changed, removed):
     return []
 
 
+def _no_figure_numbers(app, config):
+    """``numfig: false`` as _config.yml says: sphinx-jupyterbook-latex, which Jupyter Book loads,
+    turns it back on in its own config-inited handler; this one runs after it. Sphinx would number
+    figures across the whole book (the Figure 2 page said "Fig. 9"); the pages name the paper's
+    figures in their captions instead."""
+    config.numfig = False
+
+
 def setup(app):
     _figure_for_images_only()
+    app.connect("config-inited", _no_figure_numbers, priority=900)
     app.connect("env-get-outdated", _static_changed)
     # after sphinx-book-theme's launch / source buttons (priority 501)
     app.connect("html-page-context", _fix_page, priority=900)
