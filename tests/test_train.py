@@ -474,6 +474,16 @@ def test_ptb_run_resumes_bitwise_after_an_interruption(tmp_path):
     _resumed_equals_uninterrupted(train_ptb, cfgs, tmp_path, 1, corpus=_Corpus(vocab=11, n=600), build=small)
 
 
+def test_ptb_search_resumes_bitwise_after_its_halving(tmp_path):
+    from marnn.train.ptb import train_ptb
+
+    scale = SMOKE.with_(ptb_max_epochs=4, ptb_early_stop=4, ptb_draws=4, ptb_halving=(1, 2))
+    cfgs = [ptb_config("lstm-256", "none", s, scale) for s in range(4)]
+    straight, _ = _resumed_equals_uninterrupted(train_ptb, cfgs, tmp_path, 1, corpus=_Corpus(),
+                                                build=toy_builder(), detach=lambda s: s.detach())
+    assert [r["status"] for r in straight].count("pruned") == 3
+
+
 def test_grid_group_keeps_its_state_until_its_records_are_written(tmp_path):
     from marnn import grid, store
     from marnn.train import resume
