@@ -13,6 +13,8 @@ import torch
 from marnn import models
 from marnn.models import rns, rns_compiled, superposition
 
+from test_rns import run_steps
+
 pytestmark = pytest.mark.skipif(not rns_compiled.AVAILABLE, reason="numba not installed")
 
 f64 = torch.float64
@@ -38,16 +40,7 @@ def _inputs(core, N, n, seed, dtype=f64, scale=1.0):
 
 
 def _run(core, logits, pushed, bottom, state=None):
-    N, n = logits.shape[:2]
-    if state is None:
-        state = core.initial_state(N, None, logits.dtype, bottom)
-        out = [core.initial_reading(state)]
-    else:
-        out = []
-    for t in range(n):
-        r, state = core.step(state, logits[:, t], None if pushed is None else pushed[:, t])
-        out.append(r)
-    return torch.stack(out, 1), state
+    return run_steps(core, logits, pushed, bottom, state)
 
 
 def _both(Q, S, m, window, N, n, seed=0, bottom="equations", dtype=f64, scale=1.0):
