@@ -12,6 +12,7 @@ import torch
 from marnn import report, tasks
 from marnn.analysis import stability as st
 from marnn.analysis.checkpoints import Group
+from marnn.verdicts import FAILS, HOLDS, UNSURE
 
 CHANCE = math.log(4)  # alphabet of three symbols + EOS
 TRAIN = (10, 20)
@@ -161,12 +162,13 @@ def test_run_table_summary_and_theorem_checks():
     s = st.summary(table)
     assert s.loc[("jm-10", "none"), "unstable"] == 3 and s.loc[("jm-10", "c"), "undecided"] == 3
     checks = st.theorem_checks(table)
-    assert checks.loc["c_beats_none", "runs"] == 3 and checks.loc["c_beats_none", "share"] == 1.0
-    assert checks.loc["c_beats_none", "holds"]
-    assert not checks.loc["full_stable", "holds"]
-    assert checks.loc["deg_tail_ce", "share"] == 1.0  # 0.05 (n - 22) per symbol passes chance's excess by n = 100
-    assert checks.loc["deg_near_zero_past", "share"] == 1.0
-    assert checks.loc["c_at_most_linear", "share"] == 1.0
+    assert checks.loc["c_beats_none", "runs"] == 3 and checks.loc["c_beats_none", "share (descriptive)"] == 1.0
+    assert checks.loc["c_beats_none", "restarts"] == 3 and checks.loc["c_beats_none", "cells"] == 1
+    assert checks.loc["c_beats_none", "verdict"] == HOLDS
+    assert checks.loc["full_stable", "verdict"] == FAILS
+    assert checks.loc["deg_tail_ce", "verdict"] == HOLDS  # 0.05 (n - 22) per symbol passes chance's by n = 100
+    assert checks.loc["deg_near_zero_past", "verdict"] == HOLDS
+    assert checks.loc["c_at_most_linear", "verdict"] == HOLDS  # a constant loss: a = 0, exponent 0
     with pytest.raises(ValueError, match="no records"):
         st.run_table([])
 
@@ -175,6 +177,95 @@ def test_rules_name_every_threshold():
     text = st.rules().to_string()
     for v in (st.BOUND_RHO, st.STD_RHO, st.DEGRADES, st.LEARNED):
         assert f"{v:g}" in text
+
+
+# ---- the theorems' predictions, decided over restarts ---------------------------------------------
+BASE = {"long_short": 1.0, "long_rho": 2.0, "long_rho_untrained": 2.0, "a": 1.0, "b": 1.0, "b_onset": 1.0,
+        "just_past_rho": 0.5, "tail_rho": 2.0, "tail_accuracy": 0.3, "chance_accuracy": 0.25}
+FROZEN = {**BASE, "long_short": 0.0, "long_rho": 0.5}  # mode c: flat, below the fully trained runs
+Z = [-1.0, 1.0, -0.5, 0.5, -0.2, 0.2, 0.0, 0.0]  # fixed restart offsets (mean 0 for 1, 2, 4, 6 and 8 restarts)
+
+
+def check_table(restarts: int, freeze: str | None = None, col: str | None = None, value: float = 0.0,
+                spread: float = 0.0, offsets=Z) -> pd.DataFrame:
+    """Runs of 2 languages x 2 memory models x modes none and c: ``col`` of the ``freeze`` runs is ``value`` plus
+    a restart offset (``spread`` times ``offsets[seed]``, shared by the restart's cells) and a small residual."""
+    rows = []
+    for k, (task, model) in enumerate([(t, m) for t in ("count-3", "marked-copy") for m in ("jm-10", "jm-hidden")]):
+        for mode in ("none", "c"):
+            for s in range(restarts):
+                row = {"task": task, "model": model, "freeze": mode, "seed": s,
+                       **(BASE if mode == "none" else FROZEN)}
+                if mode == freeze:
+                    row[col] = value + spread * offsets[s] + 0.1 * spread * (((s + k) % 3) - 1)
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# (check, freeze, column, value where it holds, spread, value where it fails, spread)
+CLAIMS = [
+    ("full_stable", "none", "long_short", 0.0, 0.025, 1.0, 0.2),
+    ("deg_near_chance", "none", "long_rho", 1.0, 0.05, 3.0, 0.2),
+    ("deg_near_untrained", "none", "long_rho_untrained", 1.0, 0.05, 3.0, 0.2),
+    ("deg_superlinear", "none", "b", 2.0, 0.2, 1.0, 0.05),
+    ("deg_superlinear_onset", "none", "b_onset", 2.0, 0.2, 1.0, 0.05),
+    ("c_at_most_linear", "c", "b", 1.0, 0.05, 2.0, 0.2),
+    ("c_beats_none", "c", "long_rho", 1.0, 0.2, 3.0, 0.2),
+    ("deg_near_zero_past", "none", "just_past_rho", 0.0, 0.025, 0.5, 0.1),
+    ("deg_tail_ce", "none", "tail_rho", 2.0, 0.2, 0.3, 0.05),
+    ("deg_tail_accuracy", "none", "tail_accuracy", 0.2, 0.015, 0.5, 0.05),
+]
+
+
+@pytest.mark.parametrize("check, freeze, col, good, good_spread, bad, bad_spread", CLAIMS, ids=[c[0] for c in CLAIMS])
+def test_each_prediction_holds_fails_or_cannot_tell_by_its_restarts(check, freeze, col, good, good_spread, bad,
+                                                                   bad_spread):
+    def verdict(restarts, value, spread):
+        row = st.theorem_checks(check_table(restarts, freeze, col, value, spread)).loc[check]
+        return row["verdict"], row["note"], row["restarts"]
+
+    assert verdict(6, good, good_spread)[0] == HOLDS
+    assert verdict(6, bad, bad_spread)[0] == FAILS
+    for restarts in (2, 1):  # the same effect, too few restarts to reach the level
+        v, note, r = verdict(restarts, good, good_spread)
+        assert v == UNSURE and f"With {restarts} " in note
+        if r == 2:
+            assert "reaches both sides" in note
+
+
+def test_a_majority_of_runs_past_the_margin_is_not_a_verdict():
+    # every run of every restart is near zero just past the training length (rho <= 0.1), so the old rule (the
+    # share of runs >= 0.5) says "holds"; but the restart means differ (0.09, 0.095, 0.02): 3 restarts cannot tell
+    def table(restarts):
+        t = check_table(restarts)
+        none = t["freeze"] == "none"
+        t.loc[none, "just_past_rho"] = t.loc[none, "seed"].map(lambda s: (0.09, 0.095, 0.02)[s % 3])
+        return t
+
+    row = st.theorem_checks(table(3)).loc["deg_near_zero_past"]
+    assert row["share (descriptive)"] == 1.0  # what the majority rule decided on
+    assert row["verdict"] == UNSURE and row["hi"] > st.NEAR_ZERO > row["mean"]
+    assert st.theorem_checks(table(12)).loc["deg_near_zero_past", "verdict"] == HOLDS  # same spread, more restarts
+
+
+def test_cells_degrade_only_when_their_restarts_agree():
+    table = check_table(3, "none", "long_short", 1.0, 0.05)
+    trends = st.cell_trends(table).set_index(["task", "model", "freeze"])["trend"]
+    assert set(trends.xs("none", level="freeze")) == {st.DEGRADING}
+    assert set(trends.xs("c", level="freeze")) == {st.NOT_RISING}
+    wild = check_table(3, "none", "long_short", 1.0, 2.0)  # restarts at -1, 3 and 0: mean 1, no agreement
+    assert set(st.cell_trends(wild).query("freeze == 'none'")["trend"]) == {"cannot tell"}
+    assert st.theorem_checks(wild).loc["deg_near_zero_past", "verdict"] == st.NO_CELL
+
+
+def test_restart_claim_known_answers_and_bad_kind():
+    assert st.restart_claim(np.array([0.5, 0.5, 0.5]), "above", 0.4)["verdict"] == HOLDS
+    assert st.restart_claim(np.array([0.5, 0.5, 0.5]), "below", 0.4)["verdict"] == FAILS
+    assert st.restart_claim(np.array([0.1, -0.1, 0.0]), "within", 0.5)["verdict"] == HOLDS  # t 4.30 x 0.058
+    assert st.restart_claim(np.array([0.1, -0.1, 0.0]), "within", 0.2)["verdict"] == UNSURE
+    assert st.restart_claim(np.array([]), "above", 0.0)["verdict"] == st.NO_CELL
+    with pytest.raises(ValueError, match="kind must be"):
+        st.restart_claim(np.array([1.0, 2.0]), "near", 0.0)
 
 
 # ---- perturbations ------------------------------------------------------------------------------
@@ -239,6 +330,7 @@ def test_smoke_records_end_to_end():
         assert row["runs"] == int((table["task"] == task).sum())
     checks = st.theorem_checks(table)
     judged = checks[checks["runs"] > 0]
-    assert ((judged["share"] >= 0) & (judged["share"] <= 1)).all()
-    assert (judged["holds"] == (judged["share"] >= 0.5)).all()
+    assert ((judged["share (descriptive)"] >= 0) & (judged["share (descriptive)"] <= 1)).all()
+    assert set(checks["verdict"]) <= {HOLDS, FAILS, UNSURE, st.NO_CELL}
+    assert ((checks["lo"] <= checks["mean"]) & (checks["mean"] <= checks["hi"]))[judged.index].all()
     assert (checks["runs"] <= len(table)).all()

@@ -60,7 +60,9 @@ makes it pass:
                    ``long_rho_untrained <= 0.5``: the model is closer to the
                    bound than to an untrained model.
 
-Verdict per run (this project's rules, not the paper's):
+Label per run (this project's rules, not the paper's; a description of one
+run, since one restart carries no measure of how much restarts differ; the
+column is called ``verdict`` for compatibility):
 
 * **stable**: all five criteria pass;
 * **unstable**: the loss degrades with length: ``long_short >= 0.25``, or the
@@ -69,6 +71,12 @@ Verdict per run (this project's rules, not the paper's):
   an untrained one (it passes (a)-(d) and fails (e)); ``reason`` names the
   criteria that failed. A run with fewer than four finite per-length losses
   (a diverged run) is undecided too.
+
+The theorems' predictions are not decided on these labels nor by a majority
+of runs: :func:`theorem_checks` decides each over restarts, the independent
+unit, with the thresholds above as margins of a t interval over restarts
+(:mod:`marnn.verdicts`), and says ``cannot tell`` when the restarts do not
+reach its level.
 
 Perturbation robustness (Appendix C's last criterion) and unseen patterns are
 :func:`perturbation_table`'s job; its operationalisation is documented there.
@@ -84,20 +92,25 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-# ---- thresholds (the rules above) ------------------------------------------------
+# ---- thresholds of the per-run labels (the rules above); margins of the theorem checks -------------------
 BOUND_RHO = 1.0  # (a) never worse than uniform guessing
 STD_RHO = 0.1  # (b) spread of rho over lengths
-NO_RISE = 0.1  # (c) long - short at most this: passes
-DEGRADES = 0.25  # (c) long - short at least this: degradation (unstable)
+NO_RISE = 0.1  # (c) long - short at most this: passes; a cell does not rise: upper limit over restarts below it
+DEGRADES = 0.25  # (c) long - short at least this: degradation; a cell degrades: lower limit over restarts above it
 GROWTH_TOL = 0.2  # (d) |b - 1| within this: linear
 FLAT_RISE = 0.05  # (d) fitted rise under this many nats per symbol of the longest string: flat
 LEARNED = 0.5  # (e) long-range excess at most half that of chance / the untrained model
-NEAR_ZERO = 0.1  # Thm 3.7: "near-zero loss" just past the training length, as a share of chance's excess
-CLOSE = 0.25  # Thm 3.4: "close to" a random model's loss = excess ratio within 1 -/+ this
+# Thm 3.7's "near-zero loss" just past the training length: the restart mean of rho there has its upper limit
+# below a tenth of chance's excess (a margin, not a per-run cut-off)
+NEAR_ZERO = 0.1
+# Equivalence margin of "close to" a random model's loss (Thm 3.4): the excess ratio within a factor 1 + CLOSE
+# either way, by two one-sided tests on the restart mean of its log. A quarter of chance's excess is the step
+# criterion (c) calls degradation: a gap smaller than what we call getting worse is not claimed as a difference.
+CLOSE = 0.25
 B_GRID = np.round(np.arange(0.1, 6.0 + 1e-9, 0.01), 2)
 MIN_LENGTHS = 4  # fewer finite per-length losses than this: no verdict
 
-VERDICTS = ("stable", "unstable", "undecided")
+VERDICTS = ("stable", "unstable", "undecided")  # the per-run labels (descriptive)
 GROWTH_CLASSES = ("flat", "sub-linear", "linear", "super-linear", "none")  # none: too few lengths to fit
 LENGTH_KEYS = ("length", "bin", "cross_entropy", "lower_bound", "ce_diff", "accuracy")
 
@@ -469,65 +482,160 @@ def untrained_losses(records: Iterable[dict], models: Iterable[str] | None = Non
     return out
 
 
-# ---- the paper's theorems, checked ------------------------------------------------------------
-def _share(mask: pd.Series) -> float:
-    return float(mask.mean()) if len(mask) else float("nan")
+# ---- the paper's theorems, checked over restarts ------------------------------------------------------
+# A prediction is decided over restarts, the independent unit: the runs of one restart share its seed and
+# learning rate across languages and models, and its lengths share one model. Per restart, a run quantity is
+# averaged over the cells the prediction is about (fixed, like the lengths of a bin); then the t interval over
+# restarts (:func:`marnn.verdicts.t_limits`) is set against the prediction's margin.
+CLOSE_LOG = math.log(1 + CLOSE)  # "close to": a ratio within a factor 1 + CLOSE either way, |log ratio| <= this
+DEGRADING, NOT_RISING = "degrades", "does not rise"
+NO_CELL = "no cell applies"
+
+
+def cell_trends(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, model, freeze) cell: the restart mean of ``long_short`` with its t interval over restarts,
+    and the cell's trend: ``degrades`` (lower limit above :data:`DEGRADES`), ``does not rise`` (upper limit
+    below :data:`NO_RISE`) or ``cannot tell`` (one restart: always). Runs without ``long_short`` (diverged)
+    are left out."""
+    from .. import verdicts
+
+    rows = []
+    for (task, model, freeze), g in table.groupby(["task", "model", "freeze"], sort=False):
+        vals = g["long_short"].to_numpy(dtype=float)
+        vals = vals[np.isfinite(vals)]
+        if not len(vals):
+            continue
+        mean, lo, hi = (float(x) for x in verdicts.t_limits(vals))
+        trend = DEGRADING if lo > DEGRADES else (NOT_RISING if hi < NO_RISE else "cannot tell")
+        rows.append({"task": task, "model": model, "freeze": freeze, "restarts": len(vals), "long_short": mean,
+                     "lo": lo, "hi": hi, "trend": trend})
+    return pd.DataFrame(rows, columns=["task", "model", "freeze", "restarts", "long_short", "lo", "hi", "trend"])
+
+
+def restart_means(runs: pd.DataFrame, col: str) -> tuple[np.ndarray, int]:
+    """Per restart (seed), ``col`` averaged over the (task, model, freeze) cells of ``runs``; cells without a
+    finite value at every restart are left out (a diverged run). Returns (means, cells used)."""
+    if runs.empty:
+        return np.array([]), 0
+    wide = runs.assign(_v=runs[col].astype(float)).pivot_table(
+        index="seed", columns=["task", "model", "freeze"], values="_v", aggfunc="first", dropna=False)
+    wide = wide.loc[:, np.isfinite(wide.to_numpy()).all(axis=0)]
+    if wide.shape[1] == 0:
+        return np.array([]), 0
+    return wide.to_numpy().mean(axis=1), wide.shape[1]
+
+
+def restart_claim(per_restart: np.ndarray, kind: str, bound: float) -> dict:
+    """Decide one prediction on its restart values (:func:`restart_means`) by the book's one rule.
+
+    ``kind``: ``above`` (holds when the lower limit of the t interval over restarts is above ``bound``, does
+    not when the upper limit is at or below it), ``below`` (the mirror image) or ``within`` (two one-sided
+    tests, :func:`marnn.verdicts.within`: holds when the interval lies inside ``+-bound``, does not when it
+    lies wholly outside). Otherwise, and with fewer than two restarts, ``cannot tell``, with the reason and
+    what the design can reach (:func:`marnn.verdicts.design_note`). Returns mean, lo, hi, restarts, verdict,
+    note."""
+    from .. import verdicts
+
+    if kind not in ("above", "below", "within"):
+        raise ValueError(f"kind must be 'above', 'below' or 'within', got {kind!r}")
+    d = np.asarray(per_restart, dtype=float)
+    r = len(d)
+    if r == 0:
+        return {"mean": np.nan, "lo": np.nan, "hi": np.nan, "restarts": 0, "verdict": NO_CELL, "note": ""}
+    mean, lo, hi = (float(x) for x in verdicts.t_limits(d))
+    if kind == "above":
+        v = verdicts.decide(lo, hi, bound)
+    elif kind == "below":
+        v = verdicts.decide(-hi, -lo, -bound)
+    else:
+        v = verdicts.within(lo, hi, -bound, bound, 0.0)
+    note = ""
+    if v == verdicts.UNSURE:
+        side = f"±{bound:.3g}" if kind == "within" else f"{bound:.3g}"
+        why = ("one restart gives no interval" if r < 2 else
+               f"the {verdicts.LEVEL:.0%} interval over {r} restarts reaches both sides of {side}")
+        note = f"{why}. {verdicts.design_note(r)}"
+    return {"mean": mean, "lo": lo, "hi": hi, "restarts": r, "verdict": v, "note": note}
+
+
+CHECK_COLUMNS = ["theorem", "prediction", "measure", "decided by", "cells", "restarts", "mean", "lo", "hi",
+                 "verdict", "note", "runs", "share (descriptive)"]
 
 
 def theorem_checks(table: pd.DataFrame) -> pd.DataFrame:
-    """The predictions of Thm 3.4-3.7 that our records can test, each with the measured share.
+    """The predictions of Thm 3.4-3.7 that our records can test, each decided over restarts.
 
-    One row per check (index ``check``, a short name used by the book page).
-    Columns: theorem, prediction, runs (how many runs it is judged on), share
-    (the fraction of those runs where it holds), median (of the quantity
-    named in ``measure``), measure, holds (share >= 0.5; None when no run
-    qualifies). "Degrading" runs are the fully trained runs with
-    ``long_short >= DEGRADES`` (criterion (c) alone, so that the growth checks
-    are not circular); "memory models" exclude the plain LSTM.
+    One row per check (index ``check``, a short name used by the book page). The unit is a restart: per
+    restart the ``measure`` of each run is averaged over the cells the prediction is about, and the t interval
+    over restarts (``mean``, ``lo``, ``hi``) is set against the margin in ``decided by``
+    (:func:`restart_claim`); ``verdict`` is holds / does not hold / cannot tell (``note`` says why) / no cell
+    applies. *Degrading* cells are the fully trained cells whose ``long_short`` degrades by
+    :func:`cell_trends` (criterion (c) alone, so that the growth checks are not circular); memory models
+    exclude the plain LSTM. ``runs`` and ``share (descriptive)``: how many runs of those cells there are and
+    the share where the prediction holds run by run against the same number (a description, not a verdict).
+    A flat growth fit (``a = 0``) counts as exponent 0.
     """
-    full = table[table["freeze"] == "none"]
-    deg = full[full["long_short"] >= DEGRADES]
-    memory = table[table["model"] != "lstm"]
+    from ..verdicts import MARGIN, UNSURE, design_note
+
+    t = table.copy()
+    t["b"] = t["b"].where(~(t["a"] == 0), 0.0)  # a constant fit: no growth
+    for col in ("long_rho", "long_rho_untrained", "tail_rho"):  # ratios to a reference: judged in logs
+        v = t[col].astype(float)
+        t[f"log_{col}"] = np.log(v.where(v > 0))
+    t["tail_gap"] = t["tail_accuracy"] - t["chance_accuracy"]
+    cells = cell_trends(t)
+    deg_cells = cells[(cells["freeze"] == "none") & (cells["trend"] == DEGRADING)]
+    keys = ["task", "model", "freeze"]
+    deg = t.merge(deg_cells[keys], on=keys) if len(deg_cells) else t.iloc[:0]
+    full = t[t["freeze"] == "none"]
+    memory = t[t["model"] != "lstm"]
+    cm = memory[memory["freeze"] == "c"]
+    pair = _paired(memory, "c", "none").reset_index() if len(memory) else pd.DataFrame()
+    pair = (pair.assign(freeze="c - none", diff=pair["c"] - pair["none"]) if len(pair) else
+            pd.DataFrame(columns=["task", "model", "seed", "freeze", "diff"]))
+    restarts = int(t["seed"].nunique())
     rows = []
 
-    def add(check, thm, prediction, subset, holds_mask, measure, values):
-        n = len(subset)
-        share = _share(holds_mask) if n else float("nan")
-        values = np.asarray(values, dtype=float)
-        rows.append({"check": check, "theorem": thm, "prediction": prediction, "runs": n, "share": share,
-                     "median": float(np.nanmedian(values)) if np.isfinite(values).any() else float("nan"),
-                     "measure": measure, "holds": (bool(share >= 0.5) if n else None)})
+    def add(check, thm, prediction, runs, col, kind, bound, decided, measure, run_holds):
+        per, used = restart_means(runs, col)
+        out = restart_claim(per, kind, bound)
+        if out["verdict"] == NO_CELL and restarts < 2:  # no cell could be called degrading with one restart
+            out.update(verdict=UNSURE, note=f"the cells cannot be selected. {design_note(restarts)}")
+        n = len(runs)
+        rows.append({"check": check, "theorem": thm, "prediction": prediction, "measure": measure,
+                     "decided by": decided, "cells": used, **out, "runs": n,
+                     "share (descriptive)": float(np.mean(run_holds)) if n else float("nan")})
 
-    add("full_stable", "3.5", "a fully trained run is stable", full, full["verdict"] == "stable", "long_rho",
-        full["long_rho"])
-    if deg["long_rho_untrained"].notna().any():
-        add("deg_near_untrained", "3.4/3.5",
-            f"a degrading run's long-range loss is close to its untrained model's (ratio {1 - CLOSE:g}-"
-            f"{1 + CLOSE:g})", deg, (deg["long_rho_untrained"] - 1).abs() <= CLOSE, "long_rho_untrained",
-            deg["long_rho_untrained"])
-    add("deg_near_chance", "3.4/3.5",
-        f"a degrading run's long-range loss is close to chance's (ratio {1 - CLOSE:g}-{1 + CLOSE:g})", deg,
-        (deg["long_rho"] - 1).abs() <= CLOSE, "long_rho", deg["long_rho"])
-    add("deg_superlinear", "3.6", f"a degrading run grows super-linearly (b > {1 + GROWTH_TOL:g})", deg,
-        deg["growth"] == "super-linear", "b", deg["b"])
-    add("deg_superlinear_onset", "3.7",
-        f"a degrading run grows super-linearly over the onset range (b_onset > {1 + GROWTH_TOL:g})", deg,
-        deg["growth_onset"] == "super-linear", "b_onset", deg["b_onset"])
-    cm = memory[memory["freeze"] == "c"]
-    add("c_at_most_linear", "3.6", "a controller-frozen memory model grows at most linearly", cm,
-        cm["growth"] != "super-linear", "b", cm["b"])
-    pair = _paired(memory, "c", "none")
-    add("c_beats_none", "3.6", "controller-frozen beats fully trained on the long range (same task, model, seed)",
-        pair, pair["c"] < pair["none"], "long_rho (c - none)", pair["c"] - pair["none"])
-    add("deg_near_zero_past", "3.7",
-        f"a degrading run is near zero just past the training length (rho <= {NEAR_ZERO:g})", deg,
-        deg["just_past_rho"] <= NEAR_ZERO, "just_past_rho", deg["just_past_rho"])
-    add("deg_tail_ce", "3.7", "a degrading run's loss on the longest strings is at least chance's (rho >= 1)", deg,
-        deg["tail_rho"] >= 1, "tail_rho", deg["tail_rho"])
-    add("deg_tail_accuracy", "3.7", "a degrading run's accuracy on the longest strings is at most chance's", deg,
-        deg["tail_accuracy"] <= deg["chance_accuracy"], "tail_accuracy - chance",
-        deg["tail_accuracy"] - deg["chance_accuracy"])
-    return pd.DataFrame(rows).set_index("check")
+    lim = f"{1 + GROWTH_TOL:g}"
+    add("full_stable", "3.5", "fully trained models are stable: no rise of the loss from the training lengths "
+        "to 2-4x them", full, "long_short", "below", NO_RISE, f"upper limit < {NO_RISE:g}", "long_short",
+        full["long_short"] <= NO_RISE)
+    if t["long_rho_untrained"].notna().any():  # computed (untrained models evaluated)
+        add("deg_near_untrained", "3.4/3.5", "a degrading model's long-range loss is close to its untrained "
+            "model's", deg, "log_long_rho_untrained", "within", CLOSE_LOG,
+            f"interval within ±log {1 + CLOSE:g}", "log long_rho_untrained",
+            deg["log_long_rho_untrained"].abs() <= CLOSE_LOG)
+    add("deg_near_chance", "3.4/3.5", "a degrading model's long-range loss is close to chance's", deg,
+        "log_long_rho", "within", CLOSE_LOG, f"interval within ±log {1 + CLOSE:g}", "log long_rho",
+        deg["log_long_rho"].abs() <= CLOSE_LOG)
+    add("deg_superlinear", "3.6", "a degrading model grows super-linearly", deg, "b", "above", 1 + GROWTH_TOL,
+        f"lower limit > {lim}", "b", deg["b"] > 1 + GROWTH_TOL)
+    add("deg_superlinear_onset", "3.7", "a degrading model grows super-linearly over the onset range", deg,
+        "b_onset", "above", 1 + GROWTH_TOL, f"lower limit > {lim}", "b_onset", deg["b_onset"] > 1 + GROWTH_TOL)
+    add("c_at_most_linear", "3.6", "a controller-frozen memory model grows at most linearly", cm, "b", "below",
+        1 + GROWTH_TOL, f"upper limit < {lim}", "b", cm["b"] <= 1 + GROWTH_TOL)
+    add("c_beats_none", "3.6", "controller-frozen beats fully trained on the long range (paired by task, model "
+        "and restart)", pair, "diff", "below", 0.0, "upper limit < 0", "long_rho (c - none)", pair["diff"] < 0)
+    add("deg_near_zero_past", "3.7", "a degrading model is near zero just past the training length", deg,
+        "just_past_rho", "below", NEAR_ZERO, f"upper limit < {NEAR_ZERO:g}", "just_past_rho",
+        deg["just_past_rho"] <= NEAR_ZERO)
+    add("deg_tail_ce", "3.7", "a degrading model's loss on the longest strings is at least chance's", deg,
+        "log_tail_rho", "above", -CLOSE_LOG, f"lower limit > -log {1 + CLOSE:g}", "log tail_rho",
+        deg["log_tail_rho"] > -CLOSE_LOG)
+    add("deg_tail_accuracy", "3.7", "a degrading model's accuracy on the longest strings is at most chance's",
+        deg, "tail_gap", "below", MARGIN, f"upper limit < {MARGIN:g}", "tail_accuracy - chance",
+        deg["tail_gap"] < MARGIN)
+    return pd.DataFrame(rows, columns=["check", *CHECK_COLUMNS]).set_index("check")
 
 
 def stable_cells(table: pd.DataFrame, df: pd.DataFrame, split: str) -> pd.DataFrame:
@@ -742,7 +850,8 @@ def _flip(task, item: dict, p: int) -> str:
 
 # ---- tables and figures for the book page ------------------------------------------------------
 def rules() -> pd.DataFrame:
-    """The criteria, what each measures and when it passes, from the module's constants."""
+    """The criteria, what each measures and when it passes, from the module's constants: the per-run labels
+    (descriptive) and the cell trends over restarts that select the degrading cells."""
     rows = [
         ("(a) bounded", "max over test lengths of rho = e / (chance excess)", f"max_rho <= {BOUND_RHO:g}"),
         ("(b) low variance", "std of rho over test lengths", f"std_rho <= {STD_RHO:g}"),
@@ -752,9 +861,13 @@ def rules() -> pd.DataFrame:
          f"not super-linear (b <= {1 + GROWTH_TOL:g}, or flat)"),
         ("(e) not untrained (Thm 3.4)", "mean rho on [2 hi, 4 hi], against chance and the untrained model",
          f"long_rho <= {LEARNED:g} and long_rho_untrained <= {LEARNED:g}"),
-        ("verdict: stable", "", "(a)-(e) all pass"),
-        ("verdict: unstable", "", f"long_short >= {DEGRADES:g} or super-linear growth"),
-        ("verdict: undecided", "", "anything else"),
+        ("run label (descriptive): stable", "one run", "(a)-(e) all pass"),
+        ("run label (descriptive): unstable", "one run", f"long_short >= {DEGRADES:g} or super-linear growth"),
+        ("run label (descriptive): undecided", "one run", "anything else"),
+        ("cell over restarts: degrades", "restart mean of long_short, 95% t interval",
+         f"lower limit > {DEGRADES:g}"),
+        ("cell over restarts: does not rise", "restart mean of long_short, 95% t interval",
+         f"upper limit < {NO_RISE:g}"),
     ]
     return pd.DataFrame(rows, columns=["criterion", "measure", "passes when"]).set_index("criterion")
 
