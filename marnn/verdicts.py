@@ -209,6 +209,17 @@ def t_limits(d, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return mean, mean - half, mean + half
 
 
+def clipped(lo: float, hi: float, low: float = -np.inf, high: float = np.inf) -> tuple[float, float, str]:
+    """An interval cut to the range its quantity can take (a t interval knows no bounds: a drop of accuracy
+    of 70% +- 60% would reach 130%). Returns (lo, hi, note); the note names the cut limits, '' when none.
+    The true value lies in the range, so cutting keeps the interval's coverage and its decisions."""
+    if not low <= high:
+        raise ValueError(f"clipped needs low <= high, got {low} and {high}")
+    cut = [name for name, out in (("lower", lo < low), ("upper", hi > high)) if out]
+    lo, hi = float(min(max(lo, low), high)), float(max(min(hi, high), low))
+    return lo, hi, (f"{' and '.join(cut)} limit cut at the possible range" if cut else "")
+
+
 def restart_interval(a, b, weights=None, *, higher: bool = True, level: float = LEVEL):
     """(difference, lo, hi) of the rule for arrays (..., restarts, lengths): the t interval of the
     restart differences. The one place the interval is computed (the calibration tests check it)."""

@@ -248,3 +248,17 @@ def test_our_verdicts_come_from_our_records(tmp_path):
     assert f["ptb_gain"].ours_verdict == audit.AT_SCALE  # a magnitude: only the paper's scale can check it
     assert f["ptb_gain"].facts["ours"] == pytest.approx((280 - 250) / 280)
     assert f["retain"].verdict == audit.FAILS  # the paper's side does not depend on our runs
+
+
+def test_a_drop_interval_stays_within_what_a_drop_can_be(tmp_path):
+    # the two smoke restarts of one fully trained cell drop by 95% and 20%: the t interval over restarts
+    # (12.7 standard errors) reaches past 100%, which no drop can, and below 1 - 1 / 0.9 (the last bin perfect);
+    # it is cut at both and the text says so
+    for seed, last in ((0, 0.045), (1, 0.72)):
+        store.save_record(fake_formal(formal_config("count-3", "lstm", "none", seed, "smoke"), 0.5, (0.9, 0.5, last)),
+                          tmp_path)
+    f = audit.check_drop(audit.load("smoke", root=str(tmp_path)))
+    mean, lo, hi = (float(x) for x in verdicts.t_limits(1 - pd.Series([0.045, 0.72]).to_numpy() / 0.9))
+    assert hi > 1 and lo < 1 - 1 / 0.9 and f.facts["ours"] == pytest.approx(mean)
+    assert f.facts["ours_hi"] == 1.0 and f.facts["ours_lo"] == pytest.approx(1 - 1 / 0.9)
+    assert "100%]" in f.ours and "lower and upper limit cut" in f.ours

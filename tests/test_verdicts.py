@@ -73,6 +73,15 @@ def test_t_quantiles_known_answers(df, t):
     assert V.t_central(t, df) == pytest.approx(0.95, abs=1e-8)
 
 
+def test_clipped_cuts_an_interval_to_the_possible_range():
+    assert V.clipped(0.1, 1.3, 0.0, 1.0) == (0.1, 1.0, "upper limit cut at the possible range")
+    assert V.clipped(-0.2, 1.3, 0.0, 1.0) == (0.0, 1.0, "lower and upper limit cut at the possible range")
+    assert V.clipped(0.2, 0.4, 0.0, 1.0) == (0.2, 0.4, "")
+    assert V.clipped(-np.inf, np.inf, 0.0) == (0.0, np.inf, "lower limit cut at the possible range")
+    with pytest.raises(ValueError, match="low <= high"):
+        V.clipped(0.0, 1.0, 1.0, 0.0)
+
+
 def test_sign_flip_floor_and_the_design_note():
     assert V.sign_flip_p([0.1, 0.2, 0.3]) == pytest.approx(2 / 8)
     assert V.sign_flip_p([0.1, 0.2, 0.3, 0.4, 0.5]) == pytest.approx(2 / 32)

@@ -397,16 +397,21 @@ def check_drop(inp: Inputs) -> Finding:
                                  by=["task", "model", "freeze", "seed"]).dropna(subset=["ratio"])
         every["drop"] = 1 - every["ratio"]
         cell = every.groupby(["task", "model"])["drop"].mean().idxmax()  # the largest mean drop over restarts
-        drops = every.set_index(["task", "model"]).loc[[cell], "drop"].to_numpy()
+        runs = every.set_index(["task", "model"]).loc[[cell]]
+        drops = runs["drop"].to_numpy()
         odrop, lo, hi = (float(x) for x in verdicts.t_limits(drops))
-        ours = (f"{odrop:.0%} [{lo:.0%}, {hi:.0%}] over {len(drops)} restarts ({cell[1]}, {cell[0]}, "
-                f"{verdicts.bin_label(inp.scale, 'bin0')} -> {verdicts.bin_label(inp.scale, last)})")
+        # a drop is at most 100% (nothing left) and at least 1 - 1 / first (the last bin perfect)
+        lo, hi, cut = verdicts.clipped(lo, hi, float(np.mean(1 - 1 / runs["first"].to_numpy())), 1.0)
+        shown = f"[{lo:.0%}, {hi:.0%}] over {len(drops)} restarts" if len(drops) > 1 else "(one restart: no interval)"
+        ours = (f"{odrop:.0%} {shown} ({cell[1]}, {cell[0]}, "
+                f"{verdicts.bin_label(inp.scale, 'bin0')} -> {verdicts.bin_label(inp.scale, last)})"
+                + (f"; {cut} (a drop is at most 100%)" if cut and len(drops) > 1 else ""))
         if not verdicts.comparable(inp.scale):
             ours_verdict = NOT_COMPARABLE
         else:
             v = verdicts.within(lo, hi, STATED_DROP - WHOLE_PCT_HALF, STATED_DROP + WHOLE_PCT_HALF, MARGIN)
             ours_verdict = v if len(drops) > 1 else AT_SCALE
-        facts["ours"] = odrop
+        facts.update(ours=odrop, ours_lo=lo, ours_hi=hi)
     else:
         ours, ours_verdict = "-", NO_RUNS
     others = ", ".join(f"{m} {v:.0%}" for m, v in by_mode.items() if m != "none")
@@ -448,6 +453,7 @@ def ours_retention_intervals(df: pd.DataFrame, last: str) -> pd.DataFrame:
     for mode in [m for m in report.MODES if m in per.index.get_level_values(0)]:
         vals = per.loc[mode].to_numpy()
         mean, lo, hi = (float(x) for x in verdicts.t_limits(vals))
+        lo, hi, _ = verdicts.clipped(lo, hi, 0.0)  # a ratio of accuracies is never negative
         rows[mode] = {"mean": mean, "lo": lo, "hi": hi, "restarts": len(vals)}
     return pd.DataFrame.from_dict(rows, orient="index")
 
