@@ -334,3 +334,41 @@ def test_smoke_records_end_to_end():
     assert set(checks["verdict"]) <= {HOLDS, FAILS, UNSURE, st.NO_CELL}
     assert ((checks["lo"] <= checks["mean"]) & (checks["mean"] <= checks["hi"]))[judged.index].all()
     assert (checks["runs"] <= len(table)).all()
+
+
+def perturbed_frame(restarts: int, agree_c: float, follows_c: float, spread: float = 0.0) -> pd.DataFrame:
+    """perturbation_table rows of 2 languages x 2 models, modes none (agreement 0.8, follows 0.7) and c, whose
+    runs move with a restart offset (``spread`` times ``Z[seed]``)."""
+    rows = []
+    for task in ("marked-copy", "marked-reverse-and-copy"):
+        for model in ("lstm", "jm-10"):
+            for mode, agree, follows in (("none", 0.8, 0.7), ("c", agree_c, follows_c)):
+                for s in range(restarts):
+                    move = spread * Z[s] * (mode == "c")
+                    rows.append({"task": task, "model": model, "freeze": mode, "seed": s,
+                                 "agreement": agree + move, "follows": follows - move})
+    return pd.DataFrame(rows)
+
+
+def test_perturbation_claims_are_decided_over_restarts():
+    v = st.perturbation_claims(perturbed_frame(6, 0.95, 0.3, 0.02))["verdict"]
+    assert v.to_dict() == {"c_agrees_more": HOLDS, "c_follows_less": HOLDS, "none_follows_short": HOLDS,
+                           "none_changes_others": HOLDS}
+    v = st.perturbation_claims(perturbed_frame(6, 0.6, 0.9, 0.02))["verdict"]
+    assert v["c_agrees_more"] == FAILS and v["c_follows_less"] == FAILS
+    exact = perturbed_frame(6, 0.6, 0.9).assign(agreement=1.0, follows=1.0)  # the automaton: 1 and 1, every run
+    assert set(st.perturbation_claims(exact).loc[["none_follows_short", "none_changes_others"], "verdict"]) == {FAILS}
+    few = st.perturbation_claims(perturbed_frame(2, 0.95, 0.3, 0.2))  # the same effect, two restarts
+    assert set(few.loc[["c_agrees_more", "c_follows_less"], "verdict"]) == {UNSURE}
+    assert few.loc["c_agrees_more", "note"].startswith("the 95% interval over 2 restarts")
+
+
+def test_an_interval_is_cut_to_what_its_quantity_can_be():
+    wide = st.perturbation_claims(perturbed_frame(2, 0.95, 0.3, 0.2).assign(agreement=lambda d: d["agreement"]
+                                                                                          .clip(upper=1.0)))
+    assert (wide[["lo", "hi"]].loc[["none_follows_short", "none_changes_others"]] <= 1).all().all()
+    assert (wide[["lo", "hi"]].loc[["c_agrees_more", "c_follows_less"]].abs() <= 1).all().all()
+    raw = st.restart_claim(np.array([0.99, 0.7]), "below", 0.98)
+    cut = st.restart_claim(np.array([0.99, 0.7]), "below", 0.98, (0.0, 1.0))
+    assert raw["hi"] > 1 and raw["lo"] < 0 and (cut["lo"], cut["hi"]) == (0.0, 1.0)
+    assert raw["verdict"] == cut["verdict"] == UNSURE

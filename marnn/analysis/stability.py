@@ -525,15 +525,17 @@ def restart_means(runs: pd.DataFrame, col: str) -> tuple[np.ndarray, int]:
     return wide.to_numpy().mean(axis=1), wide.shape[1]
 
 
-def restart_claim(per_restart: np.ndarray, kind: str, bound: float) -> dict:
+def restart_claim(per_restart: np.ndarray, kind: str, bound: float,
+                  possible: tuple[float, float] = (-np.inf, np.inf)) -> dict:
     """Decide one prediction on its restart values (:func:`restart_means`) by the book's one rule.
 
     ``kind``: ``above`` (holds when the lower limit of the t interval over restarts is above ``bound``, does
     not when the upper limit is at or below it), ``below`` (the mirror image) or ``within`` (two one-sided
     tests, :func:`marnn.verdicts.within`: holds when the interval lies inside ``+-bound``, does not when it
     lies wholly outside). Otherwise, and with fewer than two restarts, ``cannot tell``, with the reason and
-    what the design can reach (:func:`marnn.verdicts.design_note`). Returns mean, lo, hi, restarts, verdict,
-    note."""
+    what the design can reach (:func:`marnn.verdicts.design_note`). ``possible``: the range the quantity can
+    take; the interval is cut to it after the decision (:func:`marnn.verdicts.clipped`), which the truth, inside
+    it, never changes. Returns mean, lo, hi, restarts, verdict, note."""
     from .. import verdicts
 
     if kind not in ("above", "below", "within"):
@@ -555,6 +557,7 @@ def restart_claim(per_restart: np.ndarray, kind: str, bound: float) -> dict:
         why = ("one restart gives no interval" if r < 2 else
                f"the {verdicts.LEVEL:.0%} interval over {r} restarts reaches both sides of {side}")
         note = f"{why}. {verdicts.design_note(r)}"
+    lo, hi, _ = verdicts.clipped(lo, hi, *possible)
     return {"mean": mean, "lo": lo, "hi": hi, "restarts": r, "verdict": v, "note": note}
 
 
@@ -596,9 +599,9 @@ def theorem_checks(table: pd.DataFrame) -> pd.DataFrame:
     restarts = int(t["seed"].nunique())
     rows = []
 
-    def add(check, thm, prediction, runs, col, kind, bound, decided, measure, run_holds):
+    def add(check, thm, prediction, runs, col, kind, bound, decided, measure, run_holds, possible=(-np.inf, np.inf)):
         per, used = restart_means(runs, col)
-        out = restart_claim(per, kind, bound)
+        out = restart_claim(per, kind, bound, possible)
         if out["verdict"] == NO_CELL and restarts < 2:  # no cell could be called degrading with one restart
             out.update(verdict=UNSURE, note=f"the cells cannot be selected. {design_note(restarts)}")
         n = len(runs)
@@ -634,7 +637,7 @@ def theorem_checks(table: pd.DataFrame) -> pd.DataFrame:
         deg["log_tail_rho"] > -CLOSE_LOG)
     add("deg_tail_accuracy", "3.7", "a degrading model's accuracy on the longest strings is at most chance's",
         deg, "tail_gap", "below", MARGIN, f"upper limit < {MARGIN:g}", "tail_accuracy - chance",
-        deg["tail_gap"] < MARGIN)
+        deg["tail_gap"] < MARGIN, (-1.0, 1.0))
     return pd.DataFrame(rows, columns=["check", *CHECK_COLUMNS]).set_index("check")
 
 
@@ -1006,3 +1009,40 @@ def perturbation_summary(perturbed: pd.DataFrame, table: pd.DataFrame | None = N
         for v in VERDICTS:
             out[v] = g["verdict"].apply(lambda s, v=v: int((s == v).sum()))
     return order(out.reset_index()).set_index(list(by))
+
+
+def perturbation_claims(perturbed: pd.DataFrame) -> pd.DataFrame:
+    """What the page says about robustness, each decided over restarts like :func:`theorem_checks`.
+
+    ``perturbed``: :func:`perturbation_table` of several groups (columns task, model, freeze, seed,
+    agreement, follows). Rows (index ``claim``): ``c_agrees_more`` / ``c_follows_less``: controller-frozen
+    runs keep more of their other predictions / copy the corruption less often than the fully trained run
+    of the same language, model and restart (paired, margin 0); ``none_follows_short`` /
+    ``none_changes_others``: fully trained runs copy the corruption less often / keep fewer of their other
+    predictions than the language's automaton does (1), by more than :data:`marnn.verdicts.MARGIN`.
+    Columns as :func:`theorem_checks`'."""
+    from ..verdicts import MARGIN
+
+    rows = []
+
+    def add(claim, text, runs, col, kind, bound, decided, measure=None):
+        per, used = restart_means(runs, col)
+        possible = (-1.0, 1.0) if col == "diff" else (0.0, 1.0)  # shares of targets, or their differences
+        rows.append({"claim": claim, "prediction": text, "measure": measure or col, "decided by": decided,
+                     "cells": used, **restart_claim(per, kind, bound, possible), "runs": len(runs)})
+
+    for col, claim, kind, text in (("agreement", "c_agrees_more", "above", "keep more of their other predictions"),
+                                   ("follows", "c_follows_less", "below", "copy the corrupted symbol less often")):
+        pair = _paired(perturbed, "c", "none", col).reset_index() if len(perturbed) else pd.DataFrame()
+        pair = (pair.assign(freeze="c - none", diff=pair["c"] - pair["none"]) if len(pair) else
+                pd.DataFrame(columns=["task", "model", "seed", "freeze", "diff"]))
+        add(claim, f"controller-frozen runs {text} than fully trained ones (paired)", pair, "diff", kind, 0.0,
+            f"{'lower' if kind == 'above' else 'upper'} limit {'>' if kind == 'above' else '<'} 0", f"{col} (c - none)")
+    full = perturbed[perturbed["freeze"] == "none"] if len(perturbed) else perturbed
+    add("none_follows_short", "fully trained runs copy the corruption less often than the automaton (1)", full,
+        "follows", "below", 1 - MARGIN, f"upper limit < {1 - MARGIN:g}")
+    add("none_changes_others", "fully trained runs change other predictions, which the automaton never does",
+        full, "agreement", "below", 1 - MARGIN, f"upper limit < {1 - MARGIN:g}")
+    cols = ["prediction", "measure", "decided by", "cells", "restarts", "mean", "lo", "hi", "verdict", "note",
+            "runs"]
+    return pd.DataFrame(rows, columns=["claim", *cols]).set_index("claim")
