@@ -12,10 +12,11 @@ import json
 import sys
 import warnings
 
+import pandas as pd
+
 
 def main(scale: str) -> None:
     warnings.simplefilter("ignore")
-    import pandas as pd
 
     from marnn import book, report
     from marnn import verdicts as V
@@ -129,6 +130,56 @@ def stability(put, scale: str, df) -> None:
             put(f"stability/stable run vs trivial/{key}", "beats by more than TOL" if beats else "not by more than TOL")
             put(f"stability/stable run at repeat-previous/{key}",
                 "within TOL" if abs(r["last_accuracy"] - r["repeat_accuracy"]) <= tol else "not within TOL")
+
+    theorems(put, st, table)
+    perturbations(put, st, scale, table)
+
+
+def _word(holds) -> str:
+    """A tree that decides by a majority of runs gives ``holds`` as True / False / None."""
+    return {True: "holds", False: "does not hold"}.get(None if holds is None or pd.isna(holds) else bool(holds),
+                                                       "no run applies")
+
+
+def theorems(put, st, table) -> None:
+    """The stability page's theorem checks: a majority of runs against per-run thresholds (a tree whose
+    ``theorem_checks`` has ``holds``), or the verdict over restarts (later trees)."""
+    checks = st.theorem_checks(table)
+    for check, r in checks.iterrows():
+        if "verdict" in checks.columns:
+            put(f"stability/theorem/{check}", r["verdict"],
+                f"{r['mean']:.3g} [{r['lo']:.3g}, {r['hi']:.3g}] over {r['restarts']} restarts x {r['cells']} cells")
+        else:
+            put(f"stability/theorem/{check}", _word(r["holds"]), f"share {r['share']:.3g} of {r['runs']} runs")
+
+
+def perturbations(put, st, scale: str, table) -> None:
+    """The stability page's robustness sentences, from the committed checkpoints (nothing trains): on the
+    means of the runs with a 0.95 cut (earlier trees) or over restarts (trees with ``perturbation_claims``)."""
+    import os
+
+    from marnn import report
+    from marnn.analysis.checkpoints import trained_group
+
+    os.environ[report.NO_TRAIN_ENV] = "1"
+    try:
+        groups = [trained_group(t, m, scale) for t in ("marked-reverse-and-copy", "marked-copy")
+                  for m in ("lstm", "jm-10", "jm-hidden")]
+    except Exception as err:  # noqa: BLE001 - no checkpoints at this scale: nothing to list
+        put("stability/perturbation", "", f"skipped: {err}")
+        return
+    perturbed = pd.concat([st.perturbation_table(g, 20) for g in groups], ignore_index=True)
+    if hasattr(st, "perturbation_claims"):
+        for claim, r in st.perturbation_claims(perturbed).iterrows():
+            put(f"stability/perturbation/{claim}", r["verdict"], f"{r['mean']:.3g} [{r['lo']:.3g}, {r['hi']:.3g}]")
+        return
+    by_mode = perturbed.groupby("freeze")[["agreement", "follows"]].mean()
+    a_none, a_c = by_mode.loc["none", "agreement"], by_mode.loc["c", "agreement"]
+    f_none, f_c = by_mode.loc["none", "follows"], by_mode.loc["c", "follows"]
+    put("stability/perturbation/c_agrees_more", _word(a_c > a_none), f"{a_c:.3g} vs {a_none:.3g}")
+    put("stability/perturbation/c_follows_less", _word(f_c < f_none), f"{f_c:.3g} vs {f_none:.3g}")
+    put("stability/perturbation/none_follows_short", _word(f_none < 0.95), f"{f_none:.3g}")
+    put("stability/perturbation/none_changes_others", _word(a_none < 0.95), f"{a_none:.3g}")
 
 
 if __name__ == "__main__":
