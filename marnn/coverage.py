@@ -312,3 +312,10 @@ def missing_sentence(cells: pd.DataFrame) -> str:
              for row in gone[keys].itertuples(index=False)]
     shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
     return f"*{NOT_TRAINED.capitalize()}* (not drawn; {count_text(cells)}): {shown}."
+
+
+def nothing_stored(cells: pd.DataFrame) -> str:
+    """The paragraph a section shows in place of our results while none of its cells is stored."""
+    return (f"**{NOT_TRAINED.capitalize()}.** None of the {len(cells)} cells of this section is stored at this "
+            f"scale; this page trains nothing, so our side stays empty and every verdict on it is "
+            f"*{CANNOT_TELL}*. What each cell needs:")
