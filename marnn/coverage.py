@@ -66,6 +66,20 @@ def formal_cells(scale: str, tasks: Iterable[str] | None = None, models: Iterabl
     return pd.DataFrame(rows, columns=["kind", "task", "model", "freeze", "restarts", "stored"])
 
 
+def stability_cells(scale: str, tasks: Iterable[str] | None = None, models: Iterable[str] | None = None,
+                    perturb_tasks: Iterable[str] = (), perturb_models: Iterable[str] = (),
+                    root: Root = None) -> pd.DataFrame:
+    """The stability chapter's cells: every record of ``tasks`` x ``models``, and for the groups it
+    perturbs (``perturb_tasks`` x ``perturb_models``) their kept weights too."""
+    cells = formal_cells(scale, tasks, models, root=root)
+    weighed = formal_cells(scale, list(perturb_tasks), list(perturb_models), root=root, weights=True) \
+        if list(perturb_tasks) and list(perturb_models) else cells.iloc[:0]
+    keys = ["task", "model", "freeze"]
+    merged = cells.merge(weighed[keys + ["stored"]].rename(columns={"stored": "weights"}), on=keys, how="left")
+    merged["stored"] = merged["stored"] & merged["weights"].fillna(True).astype(bool)
+    return merged.drop(columns=["weights"])
+
+
 def planned_ptb(scale: str) -> set[tuple[str, str, str]] | None:
     """The PTB (model, mode, embedding group) cells a scale's campaign trains; None: every cell asked for."""
     from . import campaign
@@ -123,8 +137,11 @@ def page_cells(name: str, scale: str, root: Root = None) -> pd.DataFrame:
         return formal(modes=["none", "m"])
     if name == "fig3":
         return formal(models=list(MEMORY_MODELS), modes=["none", "m"])
-    if name in ("table1", "table2", "stability"):
+    if name in ("table1", "table2"):
         return formal()
+    if name == "stability":  # the notebook's defaults
+        return stability_cells(scale, perturb_tasks=["marked-reverse-and-copy", "marked-copy"],
+                               perturb_models=["lstm", "jm-10", "jm-hidden"], root=root)
     if name in ("table3", "fig1"):
         return ptb_page_cells(scale, root)
     if name in ("findings", "audit", "provenance"):
@@ -135,8 +152,8 @@ def page_cells(name: str, scale: str, root: Root = None) -> pd.DataFrame:
     if name == "precision":
         from .analysis.precision import SETTINGS
 
-        sizes = SETTINGS.get(get_scale(scale).name, SETTINGS["quick"])
-        return formal(tasks=["marked-reverse-and-copy"], models=list(sizes.trained_models), weights=True)
+        return formal(tasks=["marked-reverse-and-copy"], models=list(SETTINGS[get_scale(scale).name].trained_models),
+                      weights=True)
     return pd.DataFrame(columns=["kind", "stored"])
 
 
