@@ -528,8 +528,15 @@ GLUE_REF = re.compile(r"\{glue(?::\w+)?\}`([^`:]+)")
 
 
 def _drop_unglued(nb: dict) -> None:
-    """Remove the markdown cells that cite a glued value the page did not glue (a finding on cells not
-    trained yet: its numbers do not exist, and a missing value would fail the build)."""
+    """Remove the cells after a page stopped for runs not trained yet (:func:`marnn.coverage.require`),
+    and the markdown cells that cite a glued value the page did not glue (a finding on cells not trained
+    yet: its numbers do not exist, and a missing value would fail the build)."""
+    from .coverage import STOP
+
+    stop = next((i for i, c in enumerate(nb["cells"]) for o in c.get("outputs", [])
+                 if o.get("metadata", {}).get(STOP)), None)
+    if stop is not None:  # the cells below did nothing (marnn.coverage.require)
+        nb["cells"] = nb["cells"][:stop + 1]
     glued = {o.get("metadata", {}).get("scrapbook", {}).get("name") for c in nb["cells"]
              for o in c.get("outputs", [])}
     nb["cells"] = [c for c in nb["cells"] if c["cell_type"] != "markdown"

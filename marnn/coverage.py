@@ -35,6 +35,7 @@ NOT_TRAINED = "not trained yet"
 CANNOT_TELL = "cannot tell (not trained yet)"
 SHARED_MODES = ("none", "cm")  # modes in which the embedding's group changes nothing
 ABLATION_MODEL = "lstm-256"
+STOP = "marnn-stop"  # metadata of the output after which a page has nothing to show (:func:`require`)
 
 Root = str | os.PathLike | None
 
@@ -168,12 +169,13 @@ def count_text(cells: pd.DataFrame) -> str:
     return f"{n} of {m} cells stored"
 
 
-def page_note(name: str, scale: str, root: Root = None) -> str | None:
+def page_note(name: str, scale: str, root: Root = None) -> str:
     """A MyST admonition for the top of page ``name`` built at a scale the book does not train: how many
-    of its cells the store holds and how the missing ones are shown; None for a page that needs no run."""
+    of its cells the store holds and how the missing ones are shown (or that the page needs no run)."""
     cells = page_cells(name, scale, root)
     if not len(cells):
-        return None
+        return "\n".join([":::{admonition} No trained run needed", ":class: note marnn-coverage", "",
+                          "Everything on this page is computed from the languages and the paper's numbers.", ":::"])
     n, m = counts(cells)
     sc = get_scale(scale).name
     if n == m:
@@ -188,7 +190,8 @@ def page_note(name: str, scale: str, root: Root = None) -> str | None:
 
 
 # ---- showing what is missing ------------------------------------------------------------------
-def missing_table(cells: pd.DataFrame, rows: str = "task", columns: Sequence[str] = ("model", "freeze")) -> pd.DataFrame:
+def missing_table(cells: pd.DataFrame, rows: str = "task",
+                  columns: Sequence[str] = ("model", "freeze")) -> pd.DataFrame:
     """Stored / :data:`NOT_TRAINED` per cell: ``rows`` down, ``columns`` across."""
     shown = cells.assign(status=cells["stored"].map({True: "stored", False: NOT_TRAINED}))
     wide = shown.pivot_table(index=rows, columns=list(columns), values="status", aggfunc="first", sort=False)
@@ -245,8 +248,8 @@ def ablation_results(scale: str, models: Sequence[str] = (ABLATION_MODEL,), rest
     group). Where ``scale`` does not train a memory-group cell of mode none or cm (it would repeat the
     controller group's run: in those modes the group changes nothing), that cell is the controller
     group's records, relabelled; ``.attrs["shared"]`` then says so in one sentence (else "")."""
-    df = report.ptb_results(scale, models=list(models), restarts=restarts,
-                            embedding_groups=["controller", "memory"], root=root, on_failure=on_failure)
+    df = report.ptb_results(scale, models=list(models), restarts=restarts, embedding_groups=["controller", "memory"],
+                            root=None if root is None else str(root), on_failure=on_failure)
     planned = planned_ptb(scale)
     shared = [] if planned is None else [(m, f) for m in models for f in SHARED_MODES
                                          if (m, f, "memory") not in planned]
@@ -305,7 +308,8 @@ def require(cells: pd.DataFrame, what: str, need: str = "all") -> bool:
 
     display(Markdown(f"**{NOT_TRAINED.capitalize()}.** {what} needs {'every one' if need == 'all' else 'one'} "
                      f"of its {m} cells at this scale and the store holds {n}; the rest of this page is left out "
-                     f"until they are trained, and every verdict below is *{CANNOT_TELL}*."))
+                     f"until they are trained, and every verdict below is *{CANNOT_TELL}*."),
+            metadata={STOP: True})  # marnn.book leaves the cells below out of the executed copy
     from .plotting import ipython_shell
 
     ip = ipython_shell()

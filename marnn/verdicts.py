@@ -785,7 +785,6 @@ def ptb_mode_verdicts(df: pd.DataFrame, refs: pd.Series, mode: str = "m", agains
     perplexities beat the cheap references every verdict is ``cannot tell``; otherwise the paired rule
     (one restart measures no noise, so also ``cannot tell``)."""
     from . import report
-
     from .coverage import planned_ptb, ptb_models
 
     part = df[df["embedding_group"] == embedding_group]

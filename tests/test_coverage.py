@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_report import fake_formal, fake_ptb
 
 from marnn import book, coverage, grid, report, store, verdicts
 from marnn.train import formal_config, ptb_config
+
+from test_report import fake_formal, fake_ptb
 
 SCALE = "paper-2core"
 
@@ -43,7 +44,7 @@ def test_an_empty_store_has_none_of_each_pages_cells(tmp_path):
                 "table3": 23, "fig1": 23}  # table3: 5 models x 4 modes + vrns-3-3-5 none + the ablation's m, c
     for name, m in expected.items():
         assert coverage.counts(coverage.page_cells(name, SCALE, tmp_path)) == (0, m), name
-    assert coverage.page_note("languages", SCALE, tmp_path) is None  # needs no run
+    assert "No trained run needed" in coverage.page_note("languages", SCALE, tmp_path)
     note = coverage.page_note("table4", SCALE, tmp_path)
     assert note.startswith(":::{admonition} 0 of 35 cells stored") and coverage.NOT_TRAINED in note
     ptb = coverage.page_cells("table3", SCALE, tmp_path)
@@ -90,7 +91,7 @@ def test_a_page_that_needs_what_is_not_stored_stops_and_says_so(tmp_path, read_o
     import IPython.display
 
     shown: list = []
-    monkeypatch.setattr(IPython.display, "display", lambda *objs: shown.extend(o.data for o in objs))
+    monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw: shown.extend(o.data for o in objs))
     cells = coverage.formal_cells(SCALE, ["count-3"], ["lstm"], root=tmp_path)
     assert coverage.require(cells, "This chapter") is False
     assert "of its 4 cells at this scale and the store holds 0" in shown[0] and verdicts.NOT_TRAINED in shown[0]
@@ -105,10 +106,13 @@ def test_prose_citing_a_value_the_page_did_not_glue_is_dropped():
     nb = {"cells": [
         {"cell_type": "markdown", "source": "Ours: {glue:text}`ours:.2f`."},
         {"cell_type": "markdown", "source": "Paper: {glue:text}`paper`, {glue}`paper`."},
-        {"cell_type": "code", "source": "", "outputs": [{"metadata": {"scrapbook": {"name": "paper"}}}]}]}
+        {"cell_type": "code", "source": "", "outputs": [{"metadata": {"scrapbook": {"name": "paper"}}}]},
+        {"cell_type": "code", "source": "require", "outputs": [{"metadata": {coverage.STOP: True}}]},
+        {"cell_type": "markdown", "source": "A caption of a figure that was not drawn."}]}
     book._drop_unglued(nb)
     assert [c["source"] for c in nb["cells"] if c["cell_type"] == "markdown"] == [
         "Paper: {glue:text}`paper`, {glue}`paper`."]
+    assert nb["cells"][-1]["source"] == "require"  # nothing after the stop
 
 
 # ---- executed pages ---------------------------------------------------------------------------------------
