@@ -308,7 +308,7 @@ def require(cells: pd.DataFrame, what: str, need: str = "all") -> bool:
 
     display(Markdown(f"**{NOT_TRAINED.capitalize()}.** {what} needs {'every one' if need == 'all' else 'one'} "
                      f"of its {m} cells at this scale and the store holds {n}; the rest of this page is left out "
-                     f"until they are trained, and every verdict below is *{CANNOT_TELL}*."),
+                     f"until they are trained, and every verdict it would give is *{CANNOT_TELL}*."),
             metadata={STOP: True})  # marnn.book leaves the cells below out of the executed copy
     from .plotting import ipython_shell
 
@@ -339,4 +339,4 @@ def nothing_stored(cells: pd.DataFrame) -> str:
     """The paragraph a section shows in place of our results while none of its cells is stored."""
     return (f"**{NOT_TRAINED.capitalize()}.** None of the {len(cells)} cells of this section is stored at this "
             f"scale; this page trains nothing, so our side stays empty and every verdict on it is "
-            f"*{CANNOT_TELL}*. What each cell needs:")
+            f"*{CANNOT_TELL}*. The cells:")
