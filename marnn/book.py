@@ -513,7 +513,34 @@ def _tidy(src: Path, dst: Path, scale: str | None = None) -> None:
         note = {"cell_type": "markdown", "id": "marnn-scale", "metadata": {"tags": ["marnn-scale"]},
                 "source": scale_admonition(scale, _page_kind(src.stem))}
         nb["cells"].insert(first + 1, note)
+        if scale not in TRAINING_SCALES:  # the runs are trained elsewhere: how many this page has
+            from .coverage import page_note
+
+            count = page_note(src.stem, scale) if src.stem in NOTEBOOKS else None
+            if count:
+                nb["cells"].insert(first + 2, {"cell_type": "markdown", "id": "marnn-coverage",
+                                               "metadata": {"tags": ["marnn-coverage"]}, "source": count})
+            _drop_unglued(nb)
     _write_atomic(dst, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
+GLUE_REF = re.compile(r"\{glue(?::\w+)?\}`([^`:]+)")
+
+
+def _drop_unglued(nb: dict) -> None:
+    """Remove the cells after a page stopped for runs not trained yet (:func:`marnn.coverage.require`),
+    and the markdown cells that cite a glued value the page did not glue (a finding on cells not trained
+    yet: its numbers do not exist, and a missing value would fail the build)."""
+    from .coverage import STOP
+
+    stop = next((i for i, c in enumerate(nb["cells"]) for o in c.get("outputs", [])
+                 if o.get("metadata", {}).get(STOP)), None)
+    if stop is not None:  # the cells below did nothing (marnn.coverage.require)
+        nb["cells"] = nb["cells"][:stop + 1]
+    glued = {o.get("metadata", {}).get("scrapbook", {}).get("name") for c in nb["cells"]
+             for o in c.get("outputs", [])}
+    nb["cells"] = [c for c in nb["cells"] if c["cell_type"] != "markdown"
+                   or set(GLUE_REF.findall("".join(c["source"]))) <= glued]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -94,13 +94,32 @@ def search_hours(root: Root = None) -> float:
     return PTB_EPOCH_MIN[grid.SEARCH_MODEL] * (epochs + max(uncapped_epochs(root) - done, 0)) / 60
 
 
+# The PTB cells of each phase, (models, modes, embedding group), all at the search's draw; the book
+# counts a PTB page's cells from this table (marnn.coverage)
+PTB_PHASE_CELLS: dict[int, tuple[tuple[tuple[str, ...], tuple[str, ...], str], ...]] = {
+    1: ((PTB_TABLE3, ("none", "m"), "controller"),),
+    4: ((PTB_TABLE3, ("c", "cm"), "controller"), (("lstm-256",), ("m", "c"), "memory"),
+        (("vrns-3-3-5",), ("none",), "controller")),
+}
+
+
+def _phase_cells(n: int, root: Root) -> list[dict]:
+    return [c for models, modes, group in PTB_PHASE_CELLS[n]
+            for c in _cells(root, models, modes, embedding_group=group)]
+
+
+def ptb_planned() -> set[tuple[str, str, str]]:
+    """Every PTB (model, freeze mode, embedding group) the campaign trains."""
+    return {(m, f, g) for cells in PTB_PHASE_CELLS.values() for models, modes, g in cells
+            for m in models for f in modes}
+
+
 def _phase1(root: Root) -> list[dict]:
-    return grid.ptb_search(SCALE) + _cells(root, PTB_TABLE3, ["none", "m"])
+    return grid.ptb_search(SCALE) + _phase_cells(1, root)
 
 
 def _phase4(root: Root) -> list[dict]:
-    return (_cells(root, PTB_TABLE3, ["c", "cm"]) + _cells(root, ["lstm-256"], ["m", "c"], embedding_group="memory")
-            + _cells(root, ["vrns-3-3-5"], ["none"]))
+    return _phase_cells(4, root)
 
 
 PHASES = {

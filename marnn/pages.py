@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from . import report, verdicts
+from . import coverage, report, verdicts
 from .scales import PAPER, get_scale
 
 DASH = "–"
@@ -144,7 +144,7 @@ def best_against_baseline(df: pd.DataFrame, theirs: pd.DataFrame, scale: str) ->
     perplexity against its bins' references, as printed (within half a unit of the exact reference)."""
     from . import plotting
 
-    last = report.last_bin(df)
+    last = report.last_bin(df, scale)
     best = report.best_per_task(report.ours_long(df, ["accuracy", "perplexity"]), [last])
     cells = [{"task": r.task, "model": r.model, "freeze": r.freeze} for r in best.itertuples()]
     pos = verdicts.positions(df, cells, last)
@@ -198,7 +198,12 @@ def mode_table(scale: str, mode: str, tasks: Sequence[str] | None = None, models
               f"{worst['ratio']:.2f}).")
 
     df = report.formal_results(scale, tasks=tasks, models=models, modes=[mode], restarts=restarts)
-    last = report.last_bin(df)
+    cells = coverage.formal_cells(scale, tasks, models, [mode])
+    if df.empty:
+        _show("## Our runs\n\n" + coverage.nothing_stored(cells))
+        _table(coverage.missing_table(cells, "task", ["model"]))
+        return
+    last = report.last_bin(df, scale)
     S = get_scale(scale)
     _show(f"## Our runs\n\n{df['key'].nunique()} runs: {df['task'].nunique()} languages x "
           f"{df['model'].nunique()} models x {df['seed'].nunique()} restarts in mode `{mode}`, test bins "
@@ -207,6 +212,8 @@ def mode_table(scale: str, mode: str, tasks: Sequence[str] | None = None, models
           "references of each bin: the ceiling (the Bayes predictor's accuracy; *upper bound* where only a "
           "bound is known) and the trivial predictors.")
     _table(accuracy_table(df, mode, scale))
+    if not cells["stored"].all():
+        _show(coverage.missing_sentence(cells).replace("(not drawn; ", "(not in the table; "))
     _show("Perplexity (the ceiling's is $e^H$ for the lower bound $H$ on the cross-entropy), then the gap of "
           "the cross-entropy to that bound in nats per symbol (0 for the ceiling). Accuracy alone can hide a "
           "model that merely repeats the last symbol:")
@@ -265,6 +272,11 @@ def length_figure(scale: str, freeze: str, top: int, pool: Sequence[str] | None,
     _table(readable(paper_cmp.set_index("task")))
 
     df = report.formal_results(scale, tasks=tasks, models=pool, modes=modes, restarts=restarts)
+    cells = coverage.formal_cells(scale, tasks, pool, modes)
+    if df.empty:
+        _show("## Our runs\n\n" + coverage.nothing_stored(cells))
+        _table(coverage.missing_table(cells, "task", ["model", "freeze"]))
+        return
     chosen = report.top_models(df, top, modes=modes, models=pool)
     _show("## Our runs\n\nThe models shown per language:")
     _table(pd.DataFrame({"models shown": [", ".join(v) for v in chosen.values()]},
@@ -276,8 +288,10 @@ def length_figure(scale: str, freeze: str, top: int, pool: Sequence[str] | None,
     fig = plotting.length_grid(report.length_curves(df), chosen, modes, get_scale(scale).test_bins)
     fig.suptitle(f"accuracy against length: {plotting.MODE_LABELS['none']} vs {plotting.MODE_LABELS[freeze]}", y=1.01)
     plt.show()
+    if not cells["stored"].all():
+        _show(coverage.missing_sentence(cells))
 
-    last = report.last_bin(df)
+    last = report.last_bin(df, scale)
     _show(f"## Spread over restarts\n\nAccuracy on {verdicts.bin_label(scale, last)} for the models shown, "
           "over the restarts that did not diverge:")
     pairs = pd.DataFrame([(t, m) for t, ms in chosen.items() for m in ms], columns=["task", "model"])

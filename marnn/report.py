@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from . import paper, store
-from .registry import FORMAL_MODELS, MEMORY_MODELS, MODES, PTB_MODELS, lookup  # noqa: F401 (re-exported)
+from .registry import FORMAL_MODELS, MEMORY_MODELS, MODES, PTB_MODELS, PTB_VARIANTS, lookup  # noqa: F401 (re-exported)
 from .scales import get_scale
 
 # The paper's table of each freeze mode on the formal languages (docs: book/reference/claims.md; marnn.paper).
@@ -59,9 +59,15 @@ def _names(kind: str, given: Iterable[str] | None, valid: Sequence[str]) -> list
     return out
 
 
-def last_bin(frame: pd.DataFrame) -> str:
-    """The longest test bin present in ``frame`` (column ``split``)."""
-    return max((s for s in frame["split"].unique() if str(s).startswith("bin")), key=split_rank)
+def last_bin(frame: pd.DataFrame, scale: str | None = None) -> str:
+    """The longest test bin present in ``frame`` (column ``split``); with none there (nothing stored
+    yet), the last bin of ``scale``."""
+    found = max((s for s in frame["split"].unique() if str(s).startswith("bin")), key=split_rank, default=None)
+    if found is None:
+        if scale is None:
+            raise ValueError("no test bin in the frame (no stored run); pass the scale to name its last bin")
+        return bin_names(scale)[-1]
+    return found
 
 
 def task_names() -> list[str]:
@@ -125,8 +131,9 @@ def results_frame(configs: list[dict], root: str | None = None, *, compute: bool
         if rec is not None:
             rows.extend(r for r in store.record_rows(rec) if lengths or r["length"] is None)
     cols = store.ID_COLUMNS + ["split", "length", "metric", "value", "best"]
-    if not rows:
-        df = pd.DataFrame(columns=cols)
+    if not rows:  # typed, so that filters such as df[df["best"]] select rows of an empty frame too
+        df = pd.DataFrame(columns=cols).astype({"length": "float64", "value": "float64", "best": bool,
+                                                "diverged": bool})
     else:
         df = pd.DataFrame(rows)
         df["length"] = df["length"].astype("float64")
@@ -179,15 +186,19 @@ def ptb_configs(scale: str, models: Iterable[str] | None = None, modes: Iterable
                 restarts: int | None = None, embedding_groups: Iterable[str] = ("controller",),
                 root: str | None = None) -> list[dict]:
     """Configs of the PTB grid (empty at a scale whose learning-rate search is not stored in
-    ``root`` yet: :func:`marnn.grid.ptb_seeds`)."""
-    from . import grid
+    ``root`` yet: :func:`marnn.grid.ptb_seeds`). At a scale with a campaign only the cells it trains
+    (:func:`marnn.coverage.planned_ptb`); ``models`` None: the models the scale shows
+    (:func:`marnn.coverage.ptb_models`)."""
+    from . import coverage, grid
     from .models.base import EMBEDDING_GROUPS
 
+    planned = coverage.planned_ptb(scale)
+    names = coverage.ptb_models(scale) if models is None else _names("model", models, PTB_MODELS + PTB_VARIANTS)
     configs = []
     for group in _names("embedding group", embedding_groups, EMBEDDING_GROUPS):
-        configs += grid.ptb_grid(scale, models=_names("model", models, PTB_MODELS),
-                                 modes=_names("freeze mode", modes, MODES), restarts=restarts,
-                                 embedding_group=group, root=root)
+        configs += [c for c in grid.ptb_grid(scale, models=names, modes=_names("freeze mode", modes, MODES),
+                                             restarts=restarts, embedding_group=group, root=root)
+                    if planned is None or (c["model"], c["freeze"], group) in planned]
     return configs
 
 
@@ -202,7 +213,9 @@ def ptb_results(scale: str, models: Iterable[str] | None = None, modes: Iterable
     """
     configs = ptb_configs(scale, models, modes, restarts, embedding_groups, root)
     df = results_frame(configs, root, compute=compute, lengths=False, on_failure=on_failure)
-    df.attrs["missing"] = missing_cells(configs, root)
+    # runs that failed to train; where the pages train nothing, a missing run is not trained yet instead
+    df.attrs["missing"] = missing_cells(configs if compute and may_train() else [], root)
+    df.attrs["scale"] = get_scale(scale).name
     return df
 
 
@@ -544,14 +557,18 @@ def ptb_table(df: pd.DataFrame, split: str = "test", embedding_group: str | None
     """Model x mode table of best-restart perplexities on ``split`` (``valid`` or ``test``)."""
     part = df if embedding_group is None else df[df["embedding_group"] == embedding_group]
     b = best_runs(part, [split], ["perplexity"])
+    if "perplexity" not in b.columns:  # nothing stored
+        return pd.DataFrame(index=pd.Index([], name="model"), columns=pd.Index([], name="freeze"), dtype=float)
     t = b.pivot_table(index="model", columns="freeze", values="perplexity", aggfunc="first")
     t = t.reindex(columns=[m for m in MODES if m in t.columns])
-    return t.reindex([m for m in PTB_MODELS if m in t.index])
+    return t.reindex([m for m in PTB_MODELS + PTB_VARIANTS if m in t.index])
 
 
 def ablation_table(df: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     """Embedding-group ablation: (model, mode) rows, one column per embedding group and their difference."""
     b = best_runs(df, [split], ["perplexity"])
+    if "perplexity" not in b.columns:  # nothing stored
+        return pd.DataFrame(index=pd.MultiIndex.from_tuples([], names=["model", "freeze"]), dtype=float)
     t = b.pivot_table(index=["model", "freeze"], columns="embedding_group", values="perplexity", aggfunc="first")
     groups = [g for g in ("controller", "memory", "trained") if g in t.columns]
     t = t[groups]

@@ -58,6 +58,7 @@ FAILS = "does not hold"
 UNSURE = "cannot tell at this scale"
 UNSURE_PRINTED = "cannot tell from the printed numbers"  # the paper's side: its rounding leaves both signs open
 EXCLUDED = "identical by construction"
+NOT_TRAINED = "cannot tell (not trained yet)"  # a cell the store does not hold yet (marnn.coverage)
 NOT_COMPARABLE = "not comparable at this scale"  # our bins are not the paper's: a magnitude cannot be compared
 VERDICTS = (HOLDS, FAILS, UNSURE, UNSURE_PRINTED, NOT_COMPARABLE)
 
@@ -99,6 +100,8 @@ class Verdict:
         """'+0.031 [-0.010, +0.072]' (no interval: the difference alone, flagged)."""
         if self.verdict == EXCLUDED:
             return "excluded (identical runs)"
+        if self.verdict == NOT_TRAINED:
+            return "not trained yet"
         if not np.isfinite(self.difference):
             return "no paired runs"
         if not np.isfinite(self.lo) or not np.isfinite(self.hi):
@@ -325,6 +328,11 @@ def excluded() -> Verdict:
     return Verdict(0.0, 0.0, 0.0, EXCLUDED, "identical by construction", 0)
 
 
+def not_trained() -> Verdict:
+    """The verdict on a comparison whose runs the store does not hold yet."""
+    return Verdict(float("nan"), -np.inf, np.inf, NOT_TRAINED, "not trained yet", 0)
+
+
 def holm(pvalues: Sequence[float]) -> np.ndarray:
     """Holm's step-down adjusted p-values (NaN entries stay NaN and do not count)."""
     p = np.asarray(pvalues, dtype=float)
@@ -380,7 +388,7 @@ def count(verdicts: Iterable[Verdict], alpha: float = ALPHA) -> Count:
     vs = list(verdicts)
     k = sum(v.verdict == HOLDS for v in vs)
     f = sum(v.verdict == FAILS for v in vs)
-    un = sum(v.verdict in (UNSURE, UNSURE_PRINTED) for v in vs)
+    un = sum(v.verdict in (UNSURE, UNSURE_PRINTED, NOT_TRAINED) for v in vs)
     ex = sum(v.verdict == EXCLUDED for v in vs)
     p, q = sign_test(k, k + f), sign_test(f, k + f)
     printed = any(v.verdict == UNSURE_PRINTED or v.method.startswith("as printed") for v in vs)
@@ -788,13 +796,26 @@ def ptb_mode_verdicts(df: pd.DataFrame, refs: pd.Series, mode: str = "m", agains
     perplexities beat the cheap references every verdict is ``cannot tell``; otherwise the paired rule
     (one restart measures no noise, so also ``cannot tell``)."""
     from . import report
+    from .coverage import planned_ptb, ptb_models
 
     part = df[df["embedding_group"] == embedding_group]
     table = report.ptb_table(part, "test") if len(part) else pd.DataFrame()
     informative = ptb_beats_references(table, refs) if len(table) else False
     rows, objs = [], []
-    for model in [m for m in report.PTB_MODELS if m in table.index]:
-        if mode not in table.columns or against not in table.columns:
+    planned = planned_ptb(df.attrs["scale"]) if "scale" in df.attrs else None
+    wanted = [] if report.may_train() or "scale" not in df.attrs else [
+        m for m in ptb_models(df.attrs["scale"])
+        if planned is None or {(m, mode, embedding_group), (m, against, embedding_group)} <= planned]
+    for model in [m for m in report.PTB_MODELS + report.PTB_VARIANTS if m in table.index or m in wanted]:
+        stored = model in table.index and all(
+            f in table.columns and np.isfinite(table.loc[model, f]) for f in (mode, against))
+        if not stored:
+            if model not in wanted:
+                continue
+            v = not_trained()
+            objs.append(v)
+            rows.append({"model": model, against: _at(table, model, against), mode: _at(table, model, mode),
+                         "verdict": v})
             continue
         if identical_by_construction(model, mode, against, embedding_group):
             v = excluded()
@@ -813,12 +834,18 @@ def ptb_mode_verdicts(df: pd.DataFrame, refs: pd.Series, mode: str = "m", agains
     return out
 
 
+def _at(table: pd.DataFrame, row, col) -> float:
+    return float(table.loc[row, col]) if row in table.index and col in table.columns else float("nan")
+
+
 def ptb_sentence(df: pd.DataFrame, refs: pd.Series, mode: str = "m") -> str:
     """What our PTB runs can say at this scale, against the cheap references."""
     from . import report
 
     table = report.ptb_table(df, "test") if len(df) else pd.DataFrame()
     if table.empty:
+        if not report.may_train():
+            return f"No Penn Treebank run of this scale is stored yet: every comparison is **{NOT_TRAINED}**."
         return "There are no PTB runs at this scale."
     best, ref = float(np.nanmin(table.to_numpy(dtype=float))), float(refs.min())
     name = refs.idxmin()

@@ -950,8 +950,17 @@ CHECKS: tuple[Callable[[Inputs], Finding], ...] = (
 def run_checks(inp: Inputs, chapters: Sequence[str] = ()) -> list[Finding]:
     """Every check, in the page's order (the untested predictions last); ``chapters``: the book's
     notebook names (``marnn.book.NOTEBOOKS``), to point at the chapters that measure what the paper does not.
-    Our decided verdicts are corrected together over the claims (:func:`correct`)."""
-    return correct([check(inp) for check in CHECKS] + check_untested(inp, chapters))
+    Our decided verdicts are corrected together over the claims (:func:`correct`). Where the pages
+    train nothing (``marnn.report.may_train``), a claim without runs is not trained yet."""
+    found = correct([check(inp) for check in CHECKS] + check_untested(inp, chapters))
+    from ..report import may_train
+
+    if may_train():
+        return found
+    import dataclasses
+
+    return [dataclasses.replace(f, ours_verdict=verdicts.NOT_TRAINED) if f.ours_verdict == NO_RUNS else f
+            for f in found]
 
 
 HOLM_NOTE = "not significant after Holm's correction over the {m} headline claims tested"
@@ -997,7 +1006,7 @@ def outcome(verdict: str) -> str:
         return "at a trivial baseline"
     if verdict == UNTESTED:
         return "not tested by the paper"
-    if verdict in (AT_SCALE, verdicts.UNSURE_PRINTED):
+    if verdict in (AT_SCALE, verdicts.UNSURE_PRINTED, verdicts.NOT_TRAINED):
         return "cannot tell"
     if verdict in (NO_RUNS, ELSEWHERE, PRECISION, NOT_RUN):
         return "not checked here"

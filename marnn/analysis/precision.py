@@ -112,13 +112,16 @@ SETTINGS: dict[str, PrecisionSettings] = {
     "smoke": PrecisionSettings(depths=(1, 2, 5, 10, 20, 40), rns_depths=(1, 2, 5, 10), trials=2,
                                drift_length=48, rns_drift_length=16, drift_batch=2),
     "quick": PrecisionSettings(depths=(1, 2, 5, 10, 20, 50, 100, 200, 400), rns_depths=(1, 2, 5, 10, 20, 50, 100)),
+    # (a) and (b) train nothing: quick's sizes; (c) reads the campaign's kept weights (marnn.coverage)
+    "paper-2core": PrecisionSettings(depths=(1, 2, 5, 10, 20, 50, 100, 200, 400),
+                                     rns_depths=(1, 2, 5, 10, 20, 50, 100)),
     "paper": PrecisionSettings(depths=(1, 2, 5, 10, 20, 50, 100, 200, 400),
                                rns_depths=(1, 2, 5, 10, 20, 50, 100, 200), trials=8, rns_drift_length=400),
 }
 
 
 def settings(scale: str) -> PrecisionSettings:
-    """The experiment sizes of ``scale`` (smoke, quick or paper)."""
+    """The experiment sizes of ``scale`` (smoke, quick, paper-2core or paper)."""
     return lookup("scale", getattr(scale, "name", scale), SETTINGS)
 
 
