@@ -113,7 +113,8 @@ def test_paper_2core_scale_keys_and_overrides():
     assert lstm["scale_fields"]["train_size"] == 10_000 and rns["scale_fields"]["train_size"] == 1_000
     assert "models" not in rns["scale_fields"] and rns["scale_fields"]["test_take"] == 2
     assert "test_take" not in lstm["scale_fields"]  # unset optional fields stay out of the key
-    assert scale_from_config(rns).max_epochs == 6 and scale_from_config(lstm).max_epochs == 200
+    assert scale_from_config(rns).max_epochs == 6 and scale_from_config(lstm).max_epochs == 60  # the cut
+    assert scale_from_config(formal_config("marked-copy", "lstm", "none", 0, get_scale("paper"))).max_epochs == 200
     assert scale_from_config(ptb_config("rns-4-5", "m", 0, sc)).ptb_max_epochs == 3
     assert scale_from_config(ptb_config("lstm-256", "m", 0, sc)).ptb_max_epochs == 100  # the paper's: no cut
     assert scale_from_config(ptb_config("jm-hidden-247", "m", 0, sc)).ptb_max_epochs == 6
