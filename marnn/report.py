@@ -181,7 +181,7 @@ def ptb_configs(scale: str, models: Iterable[str] | None = None, modes: Iterable
     """Configs of the PTB grid (empty at a scale whose learning-rate search is not stored in
     ``root`` yet: :func:`marnn.grid.ptb_seeds`)."""
     from . import grid
-    from .models.base import EMBEDDING_GROUPS
+    from .registry import EMBEDDING_GROUPS
 
     configs = []
     for group in _names("embedding group", embedding_groups, EMBEDDING_GROUPS):

@@ -17,7 +17,7 @@ def main(scale: str) -> None:
     warnings.simplefilter("ignore")
     import pandas as pd
 
-    from marnn import book, report
+    from marnn import book, registry, report
     from marnn import verdicts as V
     from marnn.analysis import audit
 
@@ -44,7 +44,7 @@ def main(scale: str) -> None:
             for r, v in zip(p.to_dict("records"), p.attrs["verdicts"], strict=True):
                 put(f"table1/paper/{mode}-vs-none/{split}/{r['task']}", v.verdict, v.text(3))
             put(f"table1/paper/{mode}-vs-none/{split}/count", V.count(p.attrs["verdicts"]).verdict)
-    for fig, pool, top in (("fig2", report.FORMAL_MODELS, 3), ("fig3", report.MEMORY_MODELS, 2)):
+    for fig, pool, top in (("fig2", registry.FORMAL_MODELS, 3), ("fig3", registry.MEMORY_MODELS, 2)):
         part = df[df["model"].isin(pool) & df["freeze"].isin(["none", "m"])]
         chosen = report.top_models(part, top, modes=["none", "m"], models=pool)
         theirs = paper[paper["freeze"].isin(["none", "m"]) & paper["model"].isin(pool)]

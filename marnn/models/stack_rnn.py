@@ -29,7 +29,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from .base import DEFAULT_EMBEDDING_GROUP, EMBEDDING_GROUPS, Output
+from ..registry import DEFAULT_EMBEDDING_GROUP, EMBEDDING_GROUPS, UnknownNameError
+from .base import Output
 from .lstm import ReplicaEmbedding, ReplicaLinear, ReplicaLSTM, init_replicas, replica_param
 from .superposition import SuperpositionCore, SuperpositionState, fused_stack_lstm, stack_heights
 
@@ -120,7 +121,6 @@ class StackRNN(nn.Module):
                  embedding_group: str = DEFAULT_EMBEDDING_GROUP):
         super().__init__()
         if embedding_group not in EMBEDDING_GROUPS:
-            from ..registry import UnknownNameError
             raise UnknownNameError("embedding group", embedding_group, EMBEDDING_GROUPS)
         R = int(replicas)
         seeds = list(range(R)) if seeds is None else [int(s) for s in seeds]
