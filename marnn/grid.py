@@ -167,7 +167,8 @@ def run_group(configs: list[dict], root: str | None = None, *, torch_threads: in
 
 def _train_and_store(todo: list[dict], root: str | None, progress: bool, train_kwargs: dict | None) -> list[str]:
     """Train ``todo`` (claimed by the caller) as one group, in halves if it does not fit; store the records."""
-    from .train import resume, train
+    from .train import resume
+    from .train.run import train
 
     train_kwargs = {"state_dir": resume.state_dir(root), **(train_kwargs or {})}  # resumable after every epoch
     keep = all(c["kind"] == "formal" for c in todo)  # formal runs keep their selected weights

@@ -12,6 +12,7 @@ import pytest
 
 from marnn import grid, store
 from marnn.scales import get_scale
+from marnn.train import run
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = get_scale("smoke")
@@ -40,7 +41,7 @@ def test_plan_and_groups():
 
 def test_sync_grid_runs_only_what_is_missing(tmp_path):
     cfgs = grid.formal_grid("smoke", tasks=["count-3"], models=["lstm"], modes=["none", "c"], restarts=2)
-    store.run_or_load(cfgs[0], tmp_path)  # one already there
+    run.run_or_load(cfgs[0], tmp_path)  # one already there
     before = store.record_path(cfgs[0], tmp_path).stat().st_mtime_ns
     s = grid.run_grid(cfgs, tmp_path, scheduler="sync", progress=False)
     assert (s["planned"], s["existing"], s["written"], s["failed"]) == (4, 1, 3, [])

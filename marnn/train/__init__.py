@@ -1,4 +1,6 @@
-"""Training engine: formal languages (:mod:`.formal`), Penn Treebank (:mod:`.ptb`).
+"""Training engine: what a run is (this module), the trainers of the formal languages
+(:mod:`.formal`) and of Penn Treebank (:mod:`.ptb`), and :mod:`.run`, which trains a group
+of runs (:func:`marnn.train.run.train`) or loads a stored one (:func:`marnn.train.run.run_or_load`).
 
 A *run* is one cell of the paper's grid, described by a small JSON-able
 *config* dict (the key of its record in :mod:`marnn.store`)::
@@ -208,17 +210,5 @@ def default_device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def train(configs: list[dict], **kwargs) -> list[dict]:
-    """Train a group of same-kind runs as one replica-batched model; one record each."""
-    kinds = {c["kind"] for c in configs}
-    if kinds == {"formal"}:
-        from .formal import train_formal
-        return train_formal(configs, **kwargs)
-    if kinds == {"ptb"}:
-        from .ptb import train_ptb
-        return train_ptb(configs, **kwargs)
-    raise ValueError(f"a group must be all formal or all ptb runs, got {sorted(kinds)}")
-
-
 __all__ = ["PROTOCOL", "formal_config", "ptb_config", "hyperparameters", "draw_seed", "epoch_order",
-           "scale_from_config", "train", "environment"]
+           "scale_from_config", "environment"]
