@@ -36,8 +36,8 @@ the time spent waiting for a core left out, the steadier figure when other
 work shares the machine.
 
 ``--backend`` picks how the fused LSTM / superposition kernel and the RNS / VRNS
-stack step run on the CPU (``auto``: the compiled loops, :mod:`marnn.models.compiled`
-for formal-size models and :mod:`marnn.models.rns_compiled`; ``numpy``: the NumPy
+stack step run on the CPU (``auto``: the compiled loops, :mod:`marnn.kernels.fused_lstm_numba`
+for formal-size models and :mod:`marnn.kernels.rns_numba`; ``numpy``: the NumPy
 array loop, e.g. to compare the two, and the torch RNS step; ``torch``), via
 ``$MARNN_FUSED_BACKEND``.
 
@@ -252,10 +252,10 @@ def _measure(spec: dict) -> dict:
     walls, cpus = _samples(step, reps)
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     per = B if kind == "eval" else 1
-    from .models import superposition
+    from .kernels import backend
 
     return dict(kind=kind, model=spec["model"], n=n, R=spec["R"], threads=spec["threads"],
-                backend=superposition.FUSED_BACKEND, batch=B, ms=1000 * _median(walls) / per,
+                backend=backend.FUSED_BACKEND, batch=B, ms=1000 * _median(walls) / per,
                 cpu_ms=1000 * _median(cpus) / per, gflop=step_gflop(kind, cfg, B, n, spec["R"]),
                 gbyte=step_gbyte(kind, cfg, B, n, spec["R"]),
                 peak_mib=max(rss1 - rss0, 0) / 1024, repeats=reps)
@@ -688,7 +688,7 @@ def measure_units(scale, threads: int = 1, backend: str | None = None) -> list[d
 
 def main(argv=None) -> int:
     from . import models
-    from .models.superposition import BACKENDS
+    from .kernels.backend import BACKENDS
     from .registry import UnknownNameError
     from .scales import SCALES, get_scale
 

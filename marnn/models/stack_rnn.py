@@ -18,7 +18,7 @@ layer ``memory.push`` (H -> pushed_size, sigmoid) unless the hidden state itself
 is pushed, and the VRNS bottom vector ``memory.bottom``.
 
 Plain LSTMs and superposition stacks take a fused path
-(:func:`marnn.models.superposition.fused_stack_lstm`, hand-written backward);
+(:func:`marnn.kernels.fused_lstm.fused_stack_lstm`, hand-written backward);
 everything else, and ``return_stack=True``, takes the generic per-step loop.
 """
 from __future__ import annotations
@@ -29,10 +29,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from ..kernels.fused_lstm import fused_stack_lstm
 from ..registry import DEFAULT_EMBEDDING_GROUP, EMBEDDING_GROUPS, UnknownNameError
 from .base import Output
 from .lstm import ReplicaEmbedding, ReplicaLinear, ReplicaLSTM, init_replicas, replica_param
-from .superposition import SuperpositionCore, SuperpositionState, fused_stack_lstm, stack_heights
+from .superposition import SuperpositionCore, SuperpositionState, stack_heights
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def make_core(config: ModelConfig):
         sizes = (config.hidden_size,) if config.push == "hidden" else config.stack_sizes
         return SuperpositionCore(sizes, config.push, config.depth)
     from . import rns  # written alongside; imported lazily
-    compiled = None if config.fused else False  # fused=False: the torch reference step (rns.py)
+    compiled = None if config.fused else False  # fused=False: the torch reference step (kernels/rns_tape.py)
     if config.memory == "rns":
         return rns.RNSCore(config.states, config.symbols, window=config.window, compiled=compiled)
     return rns.RNSCore(config.states, config.symbols, m=config.vector_size, window=config.window, bottom=config.bottom,

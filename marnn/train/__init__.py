@@ -172,7 +172,7 @@ def environment(device) -> dict:
     import torch
 
     from .. import __version__
-    from ..models import compiled, superposition
+    from ..kernels import backend, fused_lstm_numba
 
     return {
         "device": str(device),
@@ -184,8 +184,8 @@ def environment(device) -> dict:
         "numpy": np.__version__,
         "pandas": pandas.__version__,
         "marnn": __version__,
-        "numba": compiled.numba.__version__ if compiled.AVAILABLE else None,
-        "fused_backend": superposition.FUSED_BACKEND,  # "auto": compiled loop where it applies
+        "numba": fused_lstm_numba.numba.__version__ if fused_lstm_numba.AVAILABLE else None,
+        "fused_backend": backend.FUSED_BACKEND,  # "auto": compiled loop where it applies
         "git_commit": git_commit(),
         "code_modified": code_modified(),
         "pid": os.getpid(),
