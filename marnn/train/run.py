@@ -12,17 +12,16 @@ from __future__ import annotations
 import os
 
 from .. import store
-from .formal import train_formal
-from .ptb import train_ptb
+from . import formal, ptb
 
 
 def train(configs: list[dict], **kwargs) -> list[dict]:
     """Train a group of same-kind runs as one replica-batched model; one record each."""
     kinds = {c["kind"] for c in configs}
     if kinds == {"formal"}:
-        return train_formal(configs, **kwargs)
+        return formal.train_formal(configs, **kwargs)
     if kinds == {"ptb"}:
-        return train_ptb(configs, **kwargs)
+        return ptb.train_ptb(configs, **kwargs)
     raise ValueError(f"a group must be all formal or all ptb runs, got {sorted(kinds)}")
 
 
