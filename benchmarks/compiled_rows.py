@@ -1,6 +1,6 @@
 """Cost of the compiled LSTM / superposition loop per string and timestep.
 
-Times the Numba forward and backward of :mod:`marnn.models.compiled` alone (no
+Times the Numba forward and backward of :mod:`marnn.kernels.fused_lstm_numba` alone (no
 torch, no lookup, classifier or optimiser) on random weights: R replicas x 10
 strings x n steps, one thread, and prints milliseconds per call and
 nanoseconds per (string, timestep). This is the part of a replica-batched
@@ -15,7 +15,8 @@ import time
 import numpy as np
 
 from marnn import models, tasks
-from marnn.models import compiled, superposition
+from marnn.kernels import arrays
+from marnn.kernels import fused_lstm_numba as compiled
 from marnn.models.superposition import stack_heights
 
 
@@ -42,7 +43,7 @@ def _arrays(name: str, R: int, n: int, B: int = 10):
 def measure(name: str, R: int, n: int = 60, B: int = 10, repeats: int = 5) -> tuple[float, float]:
     """Best-of-``repeats`` forward and backward time (ms) of one call."""
     args, Hs, dHs, P = _arrays(name, R, n, B)
-    xp = superposition._Numpy(np.float32)
+    xp = arrays.Numpy(np.float32)
     W_h, W_ir, fresh, push_hidden = args[1], args[3], args[9], args[10]
     fwd = bwd = float("inf")
     for _ in range(repeats + 1):  # the first call may compile

@@ -36,8 +36,8 @@ the time spent waiting for a core left out, the steadier figure when other
 work shares the machine.
 
 ``--backend`` picks how the fused LSTM / superposition kernel and the RNS / VRNS
-stack step run on the CPU (``auto``: the compiled loops, :mod:`marnn.models.compiled`
-for formal-size models and :mod:`marnn.models.rns_compiled`; ``numpy``: the NumPy
+stack step run on the CPU (``auto``: the compiled loops, :mod:`marnn.kernels.fused_lstm_numba`
+for formal-size models and :mod:`marnn.kernels.rns_numba`; ``numpy``: the NumPy
 array loop, e.g. to compare the two, and the torch RNS step; ``torch``), via
 ``$MARNN_FUSED_BACKEND``.
 
@@ -59,6 +59,8 @@ import multiprocessing as mp
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+
+from .registry import FORMAL_MODELS, FREEZE_MODES, MODELS, PTB_MODELS
 
 TASK = "marked-copy"
 PEAK_SIZE = 2048  # square fp32 matrix product that measures the machine's peak
@@ -250,10 +252,10 @@ def _measure(spec: dict) -> dict:
     walls, cpus = _samples(step, reps)
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     per = B if kind == "eval" else 1
-    from .models import superposition
+    from .kernels import backend
 
     return dict(kind=kind, model=spec["model"], n=n, R=spec["R"], threads=spec["threads"],
-                backend=superposition.FUSED_BACKEND, batch=B, ms=1000 * _median(walls) / per,
+                backend=backend.FUSED_BACKEND, batch=B, ms=1000 * _median(walls) / per,
                 cpu_ms=1000 * _median(cpus) / per, gflop=step_gflop(kind, cfg, B, n, spec["R"]),
                 gbyte=step_gbyte(kind, cfg, B, n, spec["R"]),
                 peak_mib=max(rss1 - rss0, 0) / 1024, repeats=reps)
@@ -360,11 +362,8 @@ def _fmt_ms(v):
     return f"{v / 1000:.2f} s" if v >= 1000 else f"{v:.1f} ms" if v >= 1 else f"{v:.2f} ms"
 
 
-# Targets of the speed issue: (kind, model, n, R, threads, largest x limit)
-TARGETS = [("ptb", m, PTB_T, 1, 2, 3.0) for m in ("lstm-256", "jm-hidden-247", "jm-learned-22", "rns-4-5",
-                                                   "vrns-3-3-5")]
-TARGETS += [("train", "rns-3-3", 60, 1, 2, 8.0), ("eval", "rns-3-3", 400, 1, 2, 8.0),
-            ("replicas", "jm-10", 60, 40, 2, 8.0)]
+# Targets of the speed issue, from the registry's rows: (kind, model, n, R, threads, largest x limit)
+TARGETS = [(t.kind, name, t.n, t.replicas, t.threads, t.limit) for name, row in MODELS.items() for t in row.bench]
 
 
 def table(rows: list[dict]) -> str:
@@ -434,7 +433,6 @@ def _trainer_step(spec: dict):
     import torch
 
     from . import models, tasks
-    from .models import FREEZE_MODES
     from .train.evaluate import token_stats
     from .train.formal import guarded_step
     from .train.optim import BatchedAdam, BatchedSGD
@@ -504,7 +502,6 @@ def unit_specs(scale, threads: int = 1) -> list[dict]:
     shortest, middle and longest training length, every PTB model on one chunk, each
     at the size of a whole group (4 freeze modes x restarts; formal: at most
     :data:`UNIT_REPLICAS`, scaled per replica) as the grid trains it."""
-    from . import models
     from .scales import get_scale
 
     sc = get_scale(scale)
@@ -512,9 +509,9 @@ def unit_specs(scale, threads: int = 1) -> list[dict]:
     G = min(4 * sc.restarts, UNIT_REPLICAS)
     specs = [dict(kind="unit", setting="formal", model=m, n=n, R=G, batch=sc.batch_size, threads=threads,
                   repeats=2 if "rns" in m else 3)
-             for m in models.FORMAL_MODELS for n in sorted({lo, _mid(lo, hi), hi})]
+             for m in FORMAL_MODELS for n in sorted({lo, _mid(lo, hi), hi})]
     specs += [dict(kind="unit", setting="ptb", model=m, n=sc.ptb_bptt, R=4, batch=sc.ptb_streams, threads=threads,
-                   repeats=2) for m in models.PTB_MODELS]
+                   repeats=2) for m in PTB_MODELS]
     return specs
 
 
@@ -595,12 +592,12 @@ def project(scale, units: list[dict]) -> dict:
     ``scale``'s grid (``4 x restarts`` formal replicas per group trained for
     ``max_epochs``, ``ptb_restarts`` cells per PTB model, each for ``ptb_max_epochs``:
     an upper bound, early stopping only shortens it), from measured ``units``."""
-    from . import models, tasks
+    from . import tasks
     from .scales import get_scale
 
     sc = get_scale(scale)
-    groups = [_formal_group(sc, tasks.get(t), m, units) for t in tasks.names() for m in models.FORMAL_MODELS]
-    cells = [dict(_ptb_cell(sc, m, units), cells=sc.ptb_restarts) for m in models.PTB_MODELS]
+    groups = [_formal_group(sc, tasks.get(t), m, units) for t in tasks.names() for m in FORMAL_MODELS]
+    cells = [dict(_ptb_cell(sc, m, units), cells=sc.ptb_restarts) for m in PTB_MODELS]
     formal_s = sum(g["cpu_s"] for g in groups)
     ptb_s = sum(c["cpu_s"] * c["cells"] for c in cells)
     return dict(scale=sc.name, groups=groups, ptb=cells, formal_cpu_s=formal_s, ptb_cpu_s=ptb_s,
@@ -691,7 +688,7 @@ def measure_units(scale, threads: int = 1, backend: str | None = None) -> list[d
 
 def main(argv=None) -> int:
     from . import models
-    from .models.superposition import BACKENDS
+    from .kernels.backend import BACKENDS
     from .registry import UnknownNameError
     from .scales import SCALES, get_scale
 
@@ -735,16 +732,16 @@ def main(argv=None) -> int:
         return 0
     if args.from_json or args.check:
         p.error("--from-json and --check go with --plan SCALE")
-    formal = list(models.FORMAL_MODELS) + ["vrns-2-3-3"]
-    ptb = list(models.PTB_MODELS)
+    formal = list(FORMAL_MODELS) + ["vrns-2-3-3"]
+    ptb = list(PTB_MODELS)
     if args.models:
         for name in args.models:
             try:
                 models.parse_name(name)
             except ValueError as err:
                 p.error(str(err))
-        formal = [m for m in args.models if m not in models.PTB_MODELS]
-        ptb = [m for m in args.models if m in models.PTB_MODELS]
+        formal = [m for m in args.models if m not in PTB_MODELS]
+        ptb = [m for m in args.models if m in PTB_MODELS]
     rows = run(plan(formal, ptb, args.quick, tuple(args.threads or (1, 2))), backend=args.backend)
     if args.json:
         print(json.dumps(rows, indent=1))

@@ -419,7 +419,7 @@ def execute(scale: str, out: str | Path, threads: int = 1,
     out.mkdir(parents=True, exist_ok=True)
     os.environ["TQDM_DISABLE"] = "1"  # inherited by the kernels
     # the book never trains at the scales whose runs take hours: a missing cell shows as not trained yet
-    from .report import NO_TRAIN_ENV
+    from .store import NO_TRAIN_ENV
     os.environ[NO_TRAIN_ENV] = "1" if scale not in TRAINING_SCALES else os.environ.get(NO_TRAIN_ENV, "")
     params: dict[str, object] = {"scale": scale, "threads": int(threads or 1)}
     kernel = None

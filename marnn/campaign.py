@@ -19,7 +19,8 @@ The phases, most important first:
 Estimates are CPU-hours (hours of one core). PTB: each run to its epoch cap
 (``marnn/scales.py``), a run without a cap short of the paper's for
 :data:`UNCAPPED_EPOCHS` epochs, or for as many as the search's survivor took
-once it is stored; per epoch :data:`PTB_EPOCH_MIN`. Formal: the estimates
+once it is stored; per epoch its CPU-minutes in the registry
+(``ptb_epoch_min`` of :data:`marnn.registry.MODELS`). Formal: the estimates
 given in ``marnn/scales.py``.
 """
 from __future__ import annotations
@@ -29,17 +30,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import grid, store
+from .registry import MODELS, PTB_MODELS, PTB_TABLE3, PTB_VARIANTS
 from .scales import get_scale
 
 SCALE = "paper-2core"
-PTB_TABLE3 = ("lstm-256", "jm-hidden-247", "jm-learned-22", "rns-4-5", "vrns-3-3-5-published")
-# CPU-minutes per epoch of one PTB replica on the full streams (``marnn bench`` on the idle
-# development machine, one thread; marnn/scales.py)
-PTB_EPOCH_MIN = {"lstm-256": 7.6, "jm-hidden-247": 8.4, "jm-learned-22": 8.0, "rns-4-5": 21.0,
-                 "vrns-3-3-5": 14.0, "vrns-3-3-5-published": 14.0}
 UNCAPPED_EPOCHS = 15  # assumed epochs to the paper's early stopping, until the search's survivor shows its own
 
 Root = str | os.PathLike | None
+
+
+def _epoch_min(model: str) -> float:
+    """CPU-minutes per epoch of one PTB replica of ``model`` on the full streams (the registry)."""
+    minutes = MODELS[model].ptb_epoch_min
+    if minutes is None:
+        raise ValueError(f"{model}: the registry has no PTB CPU-minutes per epoch")
+    return minutes
 
 
 @dataclass(frozen=True)
@@ -80,7 +85,7 @@ def ptb_hours(pairs: list[tuple[str, str]], root: Root = None) -> float:
     """Projected CPU-hours of PTB runs ``(model, embedding group)``, each to its cap."""
     sc = get_scale(SCALE)
     free = uncapped_epochs(root)
-    return sum(PTB_EPOCH_MIN[m] * min(sc.for_model(m).ptb_max_epochs, free) / 60 for m, _ in pairs)
+    return sum(_epoch_min(m) * min(sc.for_model(m).ptb_max_epochs, free) / 60 for m, _ in pairs)
 
 
 def search_hours(root: Root = None) -> float:
@@ -91,7 +96,7 @@ def search_hours(root: Root = None) -> float:
     for rung in sc.ptb_halving:
         epochs += n * (rung - done)
         n, done = (n + 1) // 2, rung
-    return PTB_EPOCH_MIN[grid.SEARCH_MODEL] * (epochs + max(uncapped_epochs(root) - done, 0)) / 60
+    return _epoch_min(grid.SEARCH_MODEL) * (epochs + max(uncapped_epochs(root) - done, 0)) / 60
 
 
 # The PTB cells of each phase, (models, modes, embedding group), all at the search's draw; the book
@@ -203,3 +208,17 @@ def plan_text(root: Root = None) -> str:
     seeds = grid.ptb_seeds(SCALE, 1, root)
     lines.append(f"PTB draw: {'not chosen yet (the search is not stored)' if seeds is None else seeds[0]}")
     return "\n".join(lines)
+
+
+def planned_ptb(scale: str) -> set[tuple[str, str, str]] | None:
+    """The PTB (model, mode, embedding group) cells a scale's campaign trains; None: every cell asked for."""
+    return ptb_planned() if get_scale(scale).name == SCALE else None
+
+
+def ptb_models(scale: str) -> list[str]:
+    """The PTB models a page shows at ``scale``: the paper's five, and the variants the scale trains."""
+    planned = planned_ptb(scale)
+    if planned is None:
+        return list(PTB_MODELS)
+    names = {m for m, _, _ in planned}
+    return [m for m in PTB_MODELS + PTB_VARIANTS if m in names]

@@ -236,7 +236,8 @@ def _train_one(config: dict, args, threads: int | None) -> None:
     if store.load_record(config, args.results) is not None:
         print("loaded from the store (trained meanwhile by another process):")
         return
-    from .train import resume, train
+    from .train import resume
+    from .train.run import train
 
     folder = resume.state_dir(args.results)  # resumable after every epoch, as in the grid
     (rec,) = train([config], progress=not args.quiet, epoch_lines=not args.quiet, device=args.device,

@@ -13,7 +13,7 @@ cells the store holds (:func:`page_note`, added by ``marnn.book`` to the
 executed copy).
 
 At ``paper-2core`` the PTB cells are those of the campaign
-(:func:`marnn.campaign.ptb_planned`): Table 3's five models (the VRNS in its
+(:func:`marnn.campaign.planned_ptb`): Table 3's five models (the VRNS in its
 published layout) in every mode, ``vrns-3-3-5`` in mode none, and the
 embedding-group ablation in modes m and c only. In modes none and cm the
 embedding's group changes nothing (nothing is frozen, or the controller and
@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
-from . import report, store
+from . import campaign, report, store
 from .registry import FORMAL_MODELS, MEMORY_MODELS, MODES, PTB_MODELS
 from .scales import get_scale
 
@@ -81,35 +81,17 @@ def stability_cells(scale: str, tasks: Iterable[str] | None = None, models: Iter
     return merged.drop(columns=["weights"])
 
 
-def planned_ptb(scale: str) -> set[tuple[str, str, str]] | None:
-    """The PTB (model, mode, embedding group) cells a scale's campaign trains; None: every cell asked for."""
-    from . import campaign
-
-    return campaign.ptb_planned() if get_scale(scale).name == campaign.SCALE else None
-
-
-def ptb_models(scale: str) -> list[str]:
-    """The PTB models a page shows at ``scale``: the paper's five, and the variants the scale trains."""
-    planned = planned_ptb(scale)
-    if planned is None:
-        return list(PTB_MODELS)
-    names = {m for m, _, _ in planned}
-    from .registry import PTB_VARIANTS
-
-    return [m for m in PTB_MODELS + PTB_VARIANTS if m in names]
-
-
 def ptb_cells(scale: str, models: Iterable[str] | None = None, modes: Iterable[str] | None = None,
               embedding_groups: Iterable[str] = ("controller",), root: Root = None) -> pd.DataFrame:
     """One row per (model, freeze, embedding group) that ``scale`` trains, with ``restarts`` and ``stored``
     (False while the scale's learning-rate search is not stored: the cell's seed is not known yet)."""
     from . import grid
 
-    planned = planned_ptb(scale)
+    planned = campaign.planned_ptb(scale)
     restarts = get_scale(scale).ptb_restarts
     rows = []
     for group in embedding_groups:
-        for model in models or ptb_models(scale):
+        for model in models or campaign.ptb_models(scale):
             for mode in modes or MODES:
                 if planned is not None and (model, mode, group) not in planned:
                     continue
@@ -250,7 +232,7 @@ def ablation_results(scale: str, models: Sequence[str] = (ABLATION_MODEL,), rest
     group's records, relabelled; ``.attrs["shared"]`` then says so in one sentence (else "")."""
     df = report.ptb_results(scale, models=list(models), restarts=restarts, embedding_groups=["controller", "memory"],
                             root=None if root is None else str(root), on_failure=on_failure)
-    planned = planned_ptb(scale)
+    planned = campaign.planned_ptb(scale)
     shared = [] if planned is None else [(m, f) for m in models for f in SHARED_MODES
                                          if (m, f, "memory") not in planned]
     df.attrs["shared"] = ""
@@ -272,37 +254,13 @@ def ablation_results(scale: str, models: Sequence[str] = (ABLATION_MODEL,), rest
     return out
 
 
-def ablation_table(ablation: pd.DataFrame, scale: str, models: Sequence[str] = (ABLATION_MODEL,),
-                   split: str = "test") -> pd.DataFrame:
-    """``report.ablation_table`` with a :data:`NOT_TRAINED` row for every (model, mode) of the ablation
-    that has no stored run in some group (numbers as text then); unchanged when nothing is missing."""
-    table = report.ablation_table(ablation, split) if len(ablation) else pd.DataFrame()
-    wanted = [(m, f) for m in models for f in MODES]
-    complete = (not table.empty and all(w in table.index for w in wanted)
-                and {"controller", "memory"} <= set(table.columns)
-                and table[["controller", "memory"]].notna().all().all())
-    if complete or report.may_train():
-        return table
-    groups = ["controller", "memory", "memory - controller"]
-    from .pages import fmt_ppl
-
-    shown = table.reindex(columns=groups) if not table.empty else pd.DataFrame(columns=groups)
-    text = shown.astype(object).map(lambda v: fmt_ppl(v) if isinstance(v, float) and pd.notna(v) and v > 0
-                                    else (f"{v:+.3g}" if isinstance(v, float) and pd.notna(v) else NOT_TRAINED))
-    if not text.empty:
-        text.index = pd.MultiIndex.from_tuples(list(text.index), names=["model", "freeze"])
-    else:
-        text.index = pd.MultiIndex.from_tuples([], names=["model", "freeze"])
-    return mark_rows(text, wanted)
-
-
 # ---- a chapter that cannot run without its models --------------------------------------------------
 def require(cells: pd.DataFrame, what: str, need: str = "all") -> bool:
     """True when the page may go on: the store holds ``need`` ("all" or "any") of ``cells``, or the page
     may train what is missing. Otherwise shows why the rest of the page is empty, and (in IPython) every
     later cell of the notebook runs as a no-op: this page trains nothing and has nothing to show below."""
     n, m = counts(cells)
-    if report.may_train() or (n == m if need == "all" else n > 0):
+    if store.may_train() or (n == m if need == "all" else n > 0):
         return True
     from IPython.display import Markdown, display
 

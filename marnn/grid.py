@@ -52,29 +52,22 @@ import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 
-from . import store
+from . import registry, store
+from .registry import FORMAL_MODELS, MODES, PTB_MODELS, TASKS
 from .scales import Scale, get_scale
-from .train import epochlog, formal_config, formal_models, freeze_modes, progress_disabled, ptb_config, ptb_models
-
-# relative cost per replica (measured at quick scale on a 2-core CPU), used only
-# to start the expensive groups first so that they do not finish last
-COST = {"rns-3-3": 15.0, "jm-10": 1.8, "jm-3.3.3": 1.8, "jm-hidden": 1.8, "lstm": 1.0,
-        "rns-4-5": 100.0, "vrns-3-3-5": 150.0, "vrns-3-3-5-published": 150.0, "jm-hidden-247": 2.0,
-        "jm-learned-22": 2.0, "lstm-256": 1.0}
+from .train import epochlog, formal_config, progress_disabled, ptb_config
 
 
 def formal_grid(scale: str | Scale, tasks: Iterable[str] | None = None, models: Iterable[str] | None = None,
                 modes: Iterable[str] | None = None, restarts: int | None = None, data_seed: int = 0) -> list[dict]:
     """Configs of the formal-language grid: tasks x models x modes x restarts (seeds 0..N-1)."""
-    from . import tasks as task_registry
-
     sc = get_scale(scale)
     if restarts is not None and int(restarts) < 1:
         raise ValueError(f"restarts must be at least 1, got {restarts}")
     return [formal_config(t, m, f, s, sc, data_seed)
-            for t in (tasks or task_registry.names())
-            for m in (models or formal_models())
-            for f in (modes or freeze_modes())
+            for t in (tasks or TASKS)
+            for m in (models or FORMAL_MODELS)
+            for f in (modes or MODES)
             for s in range(sc.for_model(m).restarts if restarts is None else int(restarts))]
 
 
@@ -94,7 +87,7 @@ def ptb_grid(scale: str | Scale, models: Iterable[str] | None = None, modes: Ite
         raise ValueError(f"restarts must be at least 1, got {restarts}")
     seeds = ptb_seeds(sc, restarts, root)
     return [ptb_config(m, f, s, sc, embedding_group)
-            for m in (models or ptb_models()) for f in (modes or freeze_modes()) for s in seeds or ()]
+            for m in (models or PTB_MODELS) for f in (modes or MODES) for s in seeds or ()]
 
 
 SEARCH_MODEL, SEARCH_MODE = "lstm-256", "none"  # the model and mode a PTB learning-rate search trains
@@ -174,7 +167,8 @@ def run_group(configs: list[dict], root: str | None = None, *, torch_threads: in
 
 def _train_and_store(todo: list[dict], root: str | None, progress: bool, train_kwargs: dict | None) -> list[str]:
     """Train ``todo`` (claimed by the caller) as one group, in halves if it does not fit; store the records."""
-    from .train import resume, train
+    from .train import resume
+    from .train.run import train
 
     train_kwargs = {"state_dir": resume.state_dir(root), **(train_kwargs or {})}  # resumable after every epoch
     keep = all(c["kind"] == "formal" for c in todo)  # formal runs keep their selected weights
@@ -203,7 +197,7 @@ def replica_state(model, r: int) -> dict:
 
 
 def _cost(group: list[dict]) -> float:
-    return COST.get(group[0]["model"], 1.0) * len(group)
+    return registry.cost(group[0]["model"]) * len(group)
 
 
 def local_cluster(workers: int | None = None, threads_per_worker: int = 1):

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from . import coverage, report, verdicts
+from . import coverage, registry, report, store, verdicts
 from .scales import PAPER, get_scale
 
 DASH = "–"
@@ -405,3 +405,26 @@ def ceiling_sentence(refs: pd.DataFrame, random_word: Sequence[str], count_task:
             f"ceiling of {count_task} is {c3.min():.3f} to {c3.max():.3f}, and repeating the previous symbol "
             f"already scores {rep.min():.3f} to {rep.max():.3f} there, because a string $a^n b^n c^n$ changes "
             "symbol only twice.")
+
+
+def ablation_table(ablation: pd.DataFrame, scale: str, models: Sequence[str] = (coverage.ABLATION_MODEL,),
+                   split: str = "test") -> pd.DataFrame:
+    """``report.ablation_table`` with a :data:`marnn.coverage.NOT_TRAINED` row for every (model, mode) of the ablation
+    that has no stored run in some group (numbers as text then); unchanged when nothing is missing."""
+    table = report.ablation_table(ablation, split) if len(ablation) else pd.DataFrame()
+    wanted = [(m, f) for m in models for f in registry.MODES]
+    complete = (not table.empty and all(w in table.index for w in wanted)
+                and {"controller", "memory"} <= set(table.columns)
+                and table[["controller", "memory"]].notna().all().all())
+    if complete or store.may_train():
+        return table
+    groups = ["controller", "memory", "memory - controller"]
+    shown = table.reindex(columns=groups) if not table.empty else pd.DataFrame(columns=groups)
+    text = shown.astype(object).map(lambda v: fmt_ppl(v) if isinstance(v, float) and pd.notna(v) and v > 0
+                                    else (f"{v:+.3g}" if isinstance(v, float) and pd.notna(v)
+                                          else coverage.NOT_TRAINED))
+    if not text.empty:
+        text.index = pd.MultiIndex.from_tuples(list(text.index), names=["model", "freeze"])
+    else:
+        text.index = pd.MultiIndex.from_tuples([], names=["model", "freeze"])
+    return coverage.mark_rows(text, wanted)

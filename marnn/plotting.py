@@ -29,30 +29,17 @@ import pandas as pd
 if TYPE_CHECKING:
     from matplotlib.artist import Artist
 
-from .registry import FORMAL_MODELS, MODES, PTB_MODELS, lookup  # noqa: F401 (re-exported)
+from .registry import FORMAL_MODELS, MODELS, MODES, PTB_MODELS, lookup
 
 # ---- palette --------------------------------------------------------------
-# Formal-language models, then the Penn Treebank models (docs: book/reference/models.md).
-# Grey and black are kept free for reference lines.
+# Each model's colour is named in its row of the registry (marnn.registry.MODELS), one of these;
+# grey and black are kept free for reference lines.
 # Okabe & Ito (2008), "Color universal design": distinct under protanopia,
 # deuteranopia and tritanopia. Colours are unique within each of the two families.
 OKABE_ITO: dict[str, str] = {
     "blue": "#0072B2", "orange": "#E69F00", "green": "#009E73", "vermillion": "#D55E00",
     "purple": "#CC79A7", "sky": "#56B4E9", "yellow": "#F0E442", "black": "#000000",
 }
-MODEL_COLORS: dict[str, str] = {
-    "lstm": OKABE_ITO["blue"],
-    "jm-10": OKABE_ITO["orange"],
-    "jm-3.3.3": OKABE_ITO["green"],
-    "jm-hidden": OKABE_ITO["vermillion"],
-    "rns-3-3": OKABE_ITO["purple"],
-    "lstm-256": OKABE_ITO["blue"],
-    "jm-hidden-247": OKABE_ITO["vermillion"],
-    "jm-learned-22": OKABE_ITO["orange"],
-    "rns-4-5": OKABE_ITO["purple"],
-    "vrns-3-3-5": OKABE_ITO["green"],
-}
-
 # Freeze modes (docs: book/reference/models.md, "Freeze modes"): what stays at its random initial value.
 MODE_LABELS: dict[str, str] = {
     "none": "none (all trained)",
@@ -86,8 +73,9 @@ UPPER_BOUND_STYLE: dict[str, Any] = {"alpha": 0.5, "linewidth": 1.0}  # a ceilin
 
 
 def color(model: str) -> str:
-    """The colour of ``model``; an unknown name lists the known ones."""
-    return lookup("model", model, MODEL_COLORS)
+    """The colour of ``model`` (its row of :data:`marnn.registry.MODELS`); an unknown name lists the known ones."""
+    colours = {name: row.colour for name, row in MODELS.items() if row.colour is not None}
+    return OKABE_ITO[lookup("model", model, colours)]
 
 
 def mode_style(mode: str) -> dict[str, Any]:
@@ -223,7 +211,7 @@ def accuracy_vs_length(ax, frame: pd.DataFrame, x: str = "length", y: str = "acc
     sideways by the factor ``exp(dodge * (i - (n - 1) / 2))`` so that equal
     values stay visible on a log axis. Returns ``ax``.
     """
-    order = list(models) if models is not None else [m for m in MODEL_COLORS if m in set(frame["model"])]
+    order = list(models) if models is not None else [m for m in FORMAL_MODELS + PTB_MODELS if m in set(frame["model"])]
     for i, model in enumerate(order):
         shift = math.exp(dodge * (i - (len(order) - 1) / 2))
         for mode in MODES:
@@ -411,7 +399,7 @@ def length_grid(curves: pd.DataFrame, top: dict[str, list[str]], modes: Sequence
         ax.set_ylabel("accuracy")
     for ax in axes[len(top):]:
         ax.axis("off")
-    order = [m for m in MODEL_COLORS if m in used]
+    order = [m for m in FORMAL_MODELS + PTB_MODELS if m in used]
     handles = legend_handles(models=order, modes=modes)
     axes[-1].legend(handles.values(), handles.keys(), loc="center", fontsize="small", ncol=2)
     fig.tight_layout()

@@ -81,16 +81,6 @@ def bin_names(scale: str) -> list[str]:
 
 
 # ---- load or compute -----------------------------------------------------------
-NO_TRAIN_ENV = "MARNN_PAGES_READ_ONLY"  # "1": the pages read the store and train nothing (set by `make book`)
-
-
-def may_train() -> bool:
-    """Whether a page may train its missing runs: yes, unless ``$MARNN_PAGES_READ_ONLY`` is 1
-    (``marnn.book execute`` sets it for the scales whose runs take hours, so ``make book``
-    shows a missing cell as not trained yet instead of training it)."""
-    import os
-
-    return os.environ.get(NO_TRAIN_ENV, "") not in ("1", "true", "yes")
 
 
 def results_frame(configs: list[dict], root: str | None = None, *, compute: bool = True,
@@ -108,7 +98,7 @@ def results_frame(configs: list[dict], root: str | None = None, *, compute: bool
     """
     if on_failure not in ("raise", "warn"):
         raise ValueError(f"on_failure must be 'raise' or 'warn', got {on_failure!r}")
-    compute = compute and may_train()
+    compute = compute and store.may_train()
     summary = None
     if compute and store.missing(configs, root):
         from . import grid
@@ -187,13 +177,13 @@ def ptb_configs(scale: str, models: Iterable[str] | None = None, modes: Iterable
                 root: str | None = None) -> list[dict]:
     """Configs of the PTB grid (empty at a scale whose learning-rate search is not stored in
     ``root`` yet: :func:`marnn.grid.ptb_seeds`). At a scale with a campaign only the cells it trains
-    (:func:`marnn.coverage.planned_ptb`); ``models`` None: the models the scale shows
-    (:func:`marnn.coverage.ptb_models`)."""
-    from . import coverage, grid
-    from .models.base import EMBEDDING_GROUPS
+    (:func:`marnn.campaign.planned_ptb`); ``models`` None: the models the scale shows
+    (:func:`marnn.campaign.ptb_models`)."""
+    from . import campaign, grid
+    from .registry import EMBEDDING_GROUPS
 
-    planned = coverage.planned_ptb(scale)
-    names = coverage.ptb_models(scale) if models is None else _names("model", models, PTB_MODELS + PTB_VARIANTS)
+    planned = campaign.planned_ptb(scale)
+    names = campaign.ptb_models(scale) if models is None else _names("model", models, PTB_MODELS + PTB_VARIANTS)
     configs = []
     for group in _names("embedding group", embedding_groups, EMBEDDING_GROUPS):
         configs += [c for c in grid.ptb_grid(scale, models=names, modes=_names("freeze mode", modes, MODES),
@@ -214,7 +204,7 @@ def ptb_results(scale: str, models: Iterable[str] | None = None, modes: Iterable
     configs = ptb_configs(scale, models, modes, restarts, embedding_groups, root)
     df = results_frame(configs, root, compute=compute, lengths=False, on_failure=on_failure)
     # runs that failed to train; where the pages train nothing, a missing run is not trained yet instead
-    df.attrs["missing"] = missing_cells(configs if compute and may_train() else [], root)
+    df.attrs["missing"] = missing_cells(configs if compute and store.may_train() else [], root)
     df.attrs["scale"] = get_scale(scale).name
     return df
 

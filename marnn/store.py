@@ -507,26 +507,6 @@ def missing(configs: Iterable[dict], root: str | os.PathLike | None = None) -> l
     return [c for c in configs if load_record(c, root) is None]
 
 
-def run_or_load(config: dict, root: str | os.PathLike | None = None, *, progress: bool = False, **train_kwargs) -> dict:
-    """The stored record of ``config``, or train it alone (``R = 1``), store it and return it.
-
-    The run is claimed first (:func:`hold`); if another process is training
-    it, this waits for that record instead of training it twice."""
-    rec = load_record(config, root)
-    if rec is not None:
-        return rec
-    with hold([config], root, wait=True):
-        if load_record(config, root) is None:
-            from .train import train
-
-            (rec,) = train([config], progress=progress, **train_kwargs)
-            save_record(rec, root)
-    rec = load_record(config, root)
-    if rec is None:
-        raise RuntimeError(f"the record of {config_key(config)} is missing or invalid right after it was stored")
-    return rec
-
-
 def iter_records(root: str | os.PathLike | None = None) -> Iterator[tuple[Path, dict]]:
     """Every valid record under ``root`` (temporary, lock and ``invalid/`` files skipped)."""
     root = results_dir(root)
@@ -537,6 +517,17 @@ def iter_records(root: str | os.PathLike | None = None) -> Iterator[tuple[Path, 
             rec = read_record(path)
             if rec is not None:
                 yield path, rec
+
+
+# ---- may a reader train what is missing? ------------------------------------------------------
+NO_TRAIN_ENV = "MARNN_PAGES_READ_ONLY"  # "1": the pages read the store and train nothing (set by `make book`)
+
+
+def may_train() -> bool:
+    """Whether a page may train its missing runs: yes, unless ``$MARNN_PAGES_READ_ONLY`` is 1
+    (``marnn.book execute`` sets it for the scales whose runs take hours, so ``make book``
+    shows a missing cell as not trained yet instead of training it)."""
+    return os.environ.get(NO_TRAIN_ENV, "") not in ("1", "true", "yes")
 
 
 # ---- claims: lock files that die with their process -------------------------------

@@ -53,6 +53,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from . import store
+
 HOLDS = "holds"
 FAILS = "does not hold"
 UNSURE = "cannot tell at this scale"
@@ -796,14 +798,14 @@ def ptb_mode_verdicts(df: pd.DataFrame, refs: pd.Series, mode: str = "m", agains
     perplexities beat the cheap references every verdict is ``cannot tell``; otherwise the paired rule
     (one restart measures no noise, so also ``cannot tell``)."""
     from . import report
-    from .coverage import planned_ptb, ptb_models
+    from .campaign import planned_ptb, ptb_models
 
     part = df[df["embedding_group"] == embedding_group]
     table = report.ptb_table(part, "test") if len(part) else pd.DataFrame()
     informative = ptb_beats_references(table, refs) if len(table) else False
     rows, objs = [], []
     planned = planned_ptb(df.attrs["scale"]) if "scale" in df.attrs else None
-    wanted = [] if report.may_train() or "scale" not in df.attrs else [
+    wanted = [] if store.may_train() or "scale" not in df.attrs else [
         m for m in ptb_models(df.attrs["scale"])
         if planned is None or {(m, mode, embedding_group), (m, against, embedding_group)} <= planned]
     for model in [m for m in report.PTB_MODELS + report.PTB_VARIANTS if m in table.index or m in wanted]:
@@ -844,7 +846,7 @@ def ptb_sentence(df: pd.DataFrame, refs: pd.Series, mode: str = "m") -> str:
 
     table = report.ptb_table(df, "test") if len(df) else pd.DataFrame()
     if table.empty:
-        if not report.may_train():
+        if not store.may_train():
             return f"No Penn Treebank run of this scale is stored yet: every comparison is **{NOT_TRAINED}**."
         return "There are no PTB runs at this scale."
     best, ref = float(np.nanmin(table.to_numpy(dtype=float))), float(refs.min())

@@ -18,7 +18,7 @@ import pandas as pd
 def main(scale: str) -> None:
     warnings.simplefilter("ignore")
 
-    from marnn import book, report
+    from marnn import book, registry, report
     from marnn import verdicts as V
     from marnn.analysis import audit
 
@@ -45,7 +45,7 @@ def main(scale: str) -> None:
             for r, v in zip(p.to_dict("records"), p.attrs["verdicts"], strict=True):
                 put(f"table1/paper/{mode}-vs-none/{split}/{r['task']}", v.verdict, v.text(3))
             put(f"table1/paper/{mode}-vs-none/{split}/count", V.count(p.attrs["verdicts"]).verdict)
-    for fig, pool, top in (("fig2", report.FORMAL_MODELS, 3), ("fig3", report.MEMORY_MODELS, 2)):
+    for fig, pool, top in (("fig2", registry.FORMAL_MODELS, 3), ("fig3", registry.MEMORY_MODELS, 2)):
         part = df[df["model"].isin(pool) & df["freeze"].isin(["none", "m"])]
         chosen = report.top_models(part, top, modes=["none", "m"], models=pool)
         theirs = paper[paper["freeze"].isin(["none", "m"]) & paper["model"].isin(pool)]
@@ -158,10 +158,9 @@ def perturbations(put, st, scale: str, table) -> None:
     means of the runs with a 0.95 cut (earlier trees) or over restarts (trees with ``perturbation_claims``)."""
     import os
 
-    from marnn import report
     from marnn.analysis.checkpoints import trained_group
 
-    os.environ[report.NO_TRAIN_ENV] = "1"
+    os.environ["MARNN_PAGES_READ_ONLY"] = "1"  # (by name: older trees keep it in marnn.report)
     try:
         groups = [trained_group(t, m, scale) for t in ("marked-reverse-and-copy", "marked-copy")
                   for m in ("lstm", "jm-10", "jm-hidden")]

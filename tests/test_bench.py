@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from marnn import bench, models, scales
+from marnn import bench, models, registry, scales
 
 
 def test_plan_has_rows_per_thread_count(monkeypatch):
@@ -89,8 +89,8 @@ def fake_units(scale):
 def test_plan_covers_every_scale(name):
     sc = scales.get_scale(name)
     proj = bench.project(name, fake_units(name))
-    assert len(proj["groups"]) == 7 * len(models.FORMAL_MODELS)
-    assert [c["model"] for c in proj["ptb"]] == list(models.PTB_MODELS)
+    assert len(proj["groups"]) == 7 * len(registry.FORMAL_MODELS)
+    assert [c["model"] for c in proj["ptb"]] == list(registry.PTB_MODELS)
     g = proj["groups"][0]
     G = 4 * sc.restarts
     steps = sc.train_size // sc.batch_size

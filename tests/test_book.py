@@ -12,7 +12,7 @@ import yaml
 
 matplotlib.use("Agg")
 
-from marnn import book, plotting, report  # noqa: E402
+from marnn import book, plotting, registry, report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -266,8 +266,9 @@ def test_wide_figures_are_shrunk_to_the_column_and_keep_9pt_text():
 
 def test_palette_is_colour_blind_safe_and_unique_per_family():
     okabe = set(plotting.OKABE_ITO.values())
-    assert set(plotting.MODEL_COLORS.values()) <= okabe and set(plotting.MODE_COLORS.values()) <= okabe
-    for family in (plotting.FORMAL_MODELS, plotting.PTB_MODELS):
+    models = registry.FORMAL_MODELS + registry.PTB_MODELS
+    assert {plotting.color(m) for m in models} <= okabe and set(plotting.MODE_COLORS.values()) <= okabe
+    for family in (registry.FORMAL_MODELS, registry.PTB_MODELS):
         assert len({plotting.color(m) for m in family}) == len(family)
     assert plotting.color("lstm-256") == plotting.color("lstm")
 

@@ -147,9 +147,9 @@ def test_cuda_on_a_cpu_only_torch_is_one_line(capsys, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("where", ["file", "proc", "unwritable", "env-file"])
 def test_results_must_be_a_writable_folder_before_any_work(where, tmp_path, capsys, monkeypatch):
-    import marnn.train
+    import marnn.train.run
 
-    monkeypatch.setattr(marnn.train, "train", lambda *a, **k: pytest.fail("trained before checking the store"))
+    monkeypatch.setattr(marnn.train.run, "train", lambda *a, **k: pytest.fail("trained before checking the store"))
     target = tmp_path / "store"
     argv = ["train", "--task", "count-3", "--model", "lstm", "--scale", "smoke"]
     if where == "file":

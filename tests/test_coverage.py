@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from marnn import book, coverage, grid, report, store, verdicts
+from marnn import book, coverage, grid, pages, report, store, verdicts
 from marnn.train import formal_config, ptb_config
 
 from test_report import fake_formal, fake_ptb
@@ -19,7 +19,7 @@ SCALE = "paper-2core"
 
 @pytest.fixture()
 def read_only(monkeypatch):
-    monkeypatch.setenv(report.NO_TRAIN_ENV, "1")
+    monkeypatch.setenv(store.NO_TRAIN_ENV, "1")
 
 
 def _files(root: Path) -> list[Path]:
@@ -84,7 +84,7 @@ def test_the_ablation_takes_modes_none_and_cm_from_the_controller_group(tmp_path
     mem = ablation[(ablation["embedding_group"] == "memory") & (ablation["split"] == "test")
                    & (ablation["metric"] == "perplexity")].set_index("freeze")["value"]
     assert mem.to_dict() == pytest.approx({"none": 190.0, "cm": 390.0})
-    shown = coverage.ablation_table(ablation, SCALE)
+    shown = pages.ablation_table(ablation, SCALE)
     assert shown.loc[("lstm-256", "none"), "memory"] == "190" and shown.loc[("lstm-256", "none"), "controller"] == "190"
     assert shown.loc[("lstm-256", "m"), "memory"] == coverage.NOT_TRAINED
     assert list(shown.index.get_level_values("freeze")) == ["none", "m", "c", "cm"]
@@ -103,7 +103,7 @@ def test_a_page_that_needs_what_is_not_stored_stops_and_says_so(tmp_path, read_o
     _partial_store(tmp_path)
     cells = coverage.formal_cells(SCALE, ["count-3"], ["lstm"], root=tmp_path)
     assert coverage.require(cells, "This chapter") is True
-    monkeypatch.setenv(report.NO_TRAIN_ENV, "")
+    monkeypatch.setenv(store.NO_TRAIN_ENV, "")
     assert coverage.require(coverage.formal_cells(SCALE, ["count-3"], ["jm-10"], root=tmp_path), "x") is True
 
 
@@ -136,7 +136,7 @@ def _text(path: Path) -> str:
 
 def _execute(tmp_path, monkeypatch, store_dir: Path, names: list[str]) -> dict[str, str]:
     monkeypatch.setenv(store.ENV_VAR, str(store_dir))
-    monkeypatch.setenv(report.NO_TRAIN_ENV, "")  # execute sets it for paper-2core; restored afterwards
+    monkeypatch.setenv(store.NO_TRAIN_ENV, "")  # execute sets it for paper-2core; restored afterwards
     monkeypatch.setenv("TQDM_DISABLE", "1")
     out = tmp_path / "out"
     assert book.execute(SCALE, out, only=names, force=True) == []

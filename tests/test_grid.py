@@ -12,6 +12,7 @@ import pytest
 
 from marnn import grid, store
 from marnn.scales import get_scale
+from marnn.train import run
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = get_scale("smoke")
@@ -40,7 +41,7 @@ def test_plan_and_groups():
 
 def test_sync_grid_runs_only_what_is_missing(tmp_path):
     cfgs = grid.formal_grid("smoke", tasks=["count-3"], models=["lstm"], modes=["none", "c"], restarts=2)
-    store.run_or_load(cfgs[0], tmp_path)  # one already there
+    run.run_or_load(cfgs[0], tmp_path)  # one already there
     before = store.record_path(cfgs[0], tmp_path).stat().st_mtime_ns
     s = grid.run_grid(cfgs, tmp_path, scheduler="sync", progress=False)
     assert (s["planned"], s["existing"], s["written"], s["failed"]) == (4, 1, 3, [])
@@ -106,13 +107,13 @@ def test_ptb_cells_wait_for_the_search_and_then_use_its_draw(tmp_path):
 def test_pages_read_only_train_nothing_and_list_the_missing_cells(tmp_path, monkeypatch):
     from marnn import book, report
 
-    monkeypatch.setenv(report.NO_TRAIN_ENV, "1")
+    monkeypatch.setenv(store.NO_TRAIN_ENV, "1")
     df = report.formal_results("smoke", tasks=["count-3"], models=["lstm"], modes=["none"], root=tmp_path)
     assert df.empty and not list(tmp_path.rglob("*.json"))
     cells = report.missing_cells(report.formal_configs("smoke", ["count-3"], ["lstm"], ["none"]), tmp_path)
     assert cells["runs"].sum() == SMOKE.restarts
     assert "paper-2core" not in book.TRAINING_SCALES and "quick" in book.TRAINING_SCALES
-    monkeypatch.setenv(report.NO_TRAIN_ENV, "")
+    monkeypatch.setenv(store.NO_TRAIN_ENV, "")
     assert not report.formal_results("smoke", tasks=["count-3"], models=["lstm"], modes=["none"],
                                      root=tmp_path).empty
 

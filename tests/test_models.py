@@ -8,10 +8,10 @@ import torch
 from conftest import TASK  # marked-copy: alphabet 0 1 #, 3 inputs, 4 outputs
 
 from marnn import models
-from marnn.registry import UnknownNameError
+from marnn.registry import FORMAL_MODELS, PTB_MODELS, UnknownNameError
 
 
-@pytest.mark.parametrize("name", models.FORMAL_MODELS + ("lstm-7", "jm-4", "jm-2.2", "jm-learned-3",
+@pytest.mark.parametrize("name", FORMAL_MODELS + ("lstm-7", "jm-4", "jm-2.2", "jm-learned-3",
                                                         "jm-hidden-6", "vrns-2-2-3"))
 def test_formal_names_build_and_shape(name):
     m = models.build(name, task=TASK, replicas=2, seeds=[0, 1])
@@ -24,7 +24,7 @@ def test_formal_names_build_and_shape(name):
     assert set(m.param_groups()) == {"controller", "classifier"} | memory
 
 
-@pytest.mark.parametrize("name", models.PTB_MODELS)
+@pytest.mark.parametrize("name", PTB_MODELS)
 def test_ptb_names_build_and_shape(name):
     m = models.build(name, vocab_size=30, hidden_size=8)
     x = torch.randint(0, 30, (3, 6))
@@ -72,7 +72,7 @@ def test_setting_and_override_errors():
 
 
 def test_ptb_parameter_counts():
-    counts = {name: models.build(name, vocab_size=10001).num_parameters() for name in models.PTB_MODELS}
+    counts = {name: models.build(name, vocab_size=10001).num_parameters() for name in PTB_MODELS}
     print("PTB parameter counts:", counts)
     assert counts["lstm-256"] == 5_656_849  # docs: book/reference/models.md
     for name, n in counts.items():
@@ -178,16 +178,28 @@ def test_with_config_keeps_the_weights():
 
 
 def test_every_name_list_comes_from_the_registry():
-    from marnn import plotting, registry, report, tasks, train
-    from marnn.models import base
+    from marnn import grid, plotting, registry, scales, tasks
+    from marnn.tasks import languages
 
     assert models.names("formal") is registry.FORMAL_MODELS and models.names("ptb") is registry.PTB_MODELS
-    assert report.FORMAL_MODELS is plotting.FORMAL_MODELS is train.formal_models() is registry.FORMAL_MODELS
-    assert report.MODES is plotting.MODES is train.freeze_modes() is registry.MODES == tuple(base.FREEZE_MODES)
-    assert registry.task_names() == tasks.names()
-    assert registry.scale_names() == ("smoke", "quick", "paper-2core", "paper")
-    assert set(plotting.MODEL_COLORS) == set(registry.FORMAL_MODELS + registry.PTB_MODELS)
+    assert registry.FORMAL_MODELS == ("lstm", "jm-10", "jm-3.3.3", "jm-hidden", "rns-3-3")
+    assert registry.PTB_MODELS == ("lstm-256", "jm-hidden-247", "jm-learned-22", "rns-4-5", "vrns-3-3-5")
+    assert registry.PTB_VARIANTS == ("vrns-3-3-5-published",)
+    assert registry.PTB_TABLE3 == registry.PTB_MODELS[:4] + registry.PTB_VARIANTS
+    # every language class is named in the registry, in the registry's (the paper's) order
+    assert tasks.names() == tuple(languages.REGISTRY) == registry.TASKS
+    assert set(languages._CLASSES) == set(registry.TASKS)
+    assert tuple(scales.SCALES) == registry.SCALES == ("smoke", "quick", "paper-2core", "paper")
+    assert grid.formal_grid("smoke", restarts=1, modes=["none"])[0]["task"] == registry.TASKS[0]
+    coloured = {name for name, row in registry.MODELS.items() if row.colour is not None}
+    assert coloured == set(registry.FORMAL_MODELS + registry.PTB_MODELS)
+    assert {row.colour for row in registry.MODELS.values() if row.colour} <= set(plotting.OKABE_ITO)
     for setting in (registry.FORMAL_MODELS, registry.PTB_MODELS):  # a figure shows one setting: colours differ
-        assert len({plotting.MODEL_COLORS[m] for m in setting}) == len(setting)
+        assert len({registry.MODELS[m].colour for m in setting}) == len(setting)
+    for name, row in registry.MODELS.items():
+        assert row.name == name and row.kind in ("formal", "ptb") and row.cost > 0
+        assert (row.ptb_epoch_min is not None) == (row.kind == "ptb")
+        models.parse_name(name)  # a name models can build
+    assert registry.cost("rns-3-3") > registry.cost("lstm") == registry.cost("lstm-64") == registry.DEFAULT_COST
     with pytest.raises(UnknownNameError, match="formal, ptb"):
         models.names("cifar")

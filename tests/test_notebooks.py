@@ -14,7 +14,7 @@ import yaml
 
 matplotlib.use("Agg")
 
-from marnn import book, paper, plotting, tasks  # noqa: E402
+from marnn import book, paper, plotting, registry, tasks  # noqa: E402
 from marnn.scales import PAPER  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,11 +65,11 @@ def test_execute_rejects_unknown_names(tmp_path):
 
 def test_palette_covers_every_model_and_mode_of_the_paper():
     df = paper.load()
-    assert set(df["model"]) <= set(plotting.MODEL_COLORS)
-    assert set(df["freeze"]) <= set(plotting.MODES)
-    for family in (plotting.FORMAL_MODELS, plotting.PTB_MODELS):  # one figure never mixes the two
+    assert set(df["model"]) <= {m for m, row in registry.MODELS.items() if row.colour}
+    assert set(df["freeze"]) <= set(registry.MODES)
+    for family in (registry.FORMAL_MODELS, registry.PTB_MODELS):  # one figure never mixes the two
         assert len({plotting.color(m) for m in family}) == len(family)
-    assert len({s["marker"] for s in plotting.MODE_STYLE.values()}) == len(plotting.MODES)
+    assert len({s["marker"] for s in plotting.MODE_STYLE.values()}) == len(registry.MODES)
     with pytest.raises(ValueError, match="valid models"):
         plotting.color("gpt")
 

@@ -12,29 +12,13 @@ Three independent references live in this file (never in the library):
 """
 from __future__ import annotations
 
-import importlib.util
 import itertools
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-
-def _load_rns():
-    try:
-        from marnn.models import rns  # noqa: PLC0415
-        return rns
-    except ImportError:  # the package __init__ may be mid-edit by others; the module is standalone
-        path = Path(__file__).resolve().parents[1] / "marnn" / "models" / "rns.py"
-        spec = importlib.util.spec_from_file_location("_marnn_rns_standalone", path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
-        return mod
-
-
-rns = _load_rns()
+from marnn.kernels import rns_tape
+from marnn.models import rns
 
 
 @pytest.fixture(autouse=True)
@@ -565,8 +549,8 @@ def test_cuda_matches_cpu():
 def test_blocked_triangle_path_matches_loop_reference(monkeypatch, Q, S, m, n, window):
     """Long windows use a row-blocked GEMM that skips the zero half of the triangle; force it
     (on the torch reference step, which has that path)."""
-    monkeypatch.setattr(rns, "_BLOCK_MIN", 2)
-    monkeypatch.setattr(rns, "compiled_default", lambda: False)
+    monkeypatch.setattr(rns_tape, "_BLOCK_MIN", 2)
+    monkeypatch.setattr(rns_tape, "compiled_default", lambda: False)
     xs = random_actions(2, n, Q, S, m, seed=13)
     lp, lr, lo = xs[:3]
     pushed, bottom = (xs[3:] + [None, None])[:2]

@@ -1,6 +1,6 @@
-"""The compiled RNS / VRNS step (marnn.models.rns_compiled) against the torch reference step.
+"""The compiled RNS / VRNS step (marnn.kernels.rns_numba) against the torch reference step.
 
-The torch code of ``rns._Tape`` (``RNSCore(compiled=False)``) is the reference; it is
+The torch code of ``rns_tape.Tape`` (``RNSCore(compiled=False)``) is the reference; it is
 itself checked against the literal recurrences in tests/test_rns.py. Here every
 comparison runs both in float64: readings and every gradient (action logits,
 pushed vectors, bottom vector, model parameters) equal to float64 rounding.
@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from marnn import models
-from marnn.models import rns, rns_compiled, superposition
+from marnn.kernels import backend, rns_tape
+from marnn.kernels import rns_numba as rns_compiled
+from marnn.models import rns
 
 from test_rns import run_steps
 
@@ -177,7 +179,7 @@ def test_backend_switch(monkeypatch):
     assert core.initial_state(1, None, torch.float32).tape.kern is not None  # default: compiled
     assert core.initial_state(1, None, torch.float16).tape.kern is None  # no kernel for 16-bit
     assert rns.RNSCore(2, 2, compiled=False).initial_state(1, None, f64).tape.kern is None
-    monkeypatch.setattr(superposition, "FUSED_BACKEND", "torch")  # marnn bench --backend torch
+    monkeypatch.setattr(backend, "FUSED_BACKEND", "torch")  # marnn bench --backend torch
     assert core.initial_state(1, None, torch.float32).tape.kern is None
 
 
@@ -215,7 +217,7 @@ def test_models_fused_false_take_the_reference_with_equal_numbers(name, setting)
 def test_strings_split_over_threads_give_the_same_numbers(monkeypatch, m, window):
     """With several torch threads the kernels run blocks of strings in parallel threads:
     bitwise the same readings and gradients as one thread."""
-    monkeypatch.setattr(rns, "_SPLIT_WORK", 0)
+    monkeypatch.setattr(rns_tape, "_SPLIT_WORK", 0)
     res = []
     for threads in (1, 2, 3):
         torch.set_num_threads(threads)

@@ -13,7 +13,7 @@ import pytest
 
 from marnn import paths, store
 from marnn.scales import get_scale
-from marnn.train import formal_config
+from marnn.train import formal_config, run
 from marnn.train.formal import train_formal
 
 from test_train import toy_builder
@@ -278,16 +278,14 @@ def test_racing_processes_claim_once(stale, tmp_path, records):
 
 def test_run_or_load_trains_once(tmp_path, monkeypatch):
     cfg = formal_config("count-3", "lstm", "c", 0, SMOKE)
-    first = store.run_or_load(cfg, tmp_path, build=toy_builder())
+    first = run.run_or_load(cfg, tmp_path, build=toy_builder())
     mtime = store.record_path(cfg, tmp_path).stat().st_mtime_ns
-
-    import marnn.train
 
     def boom(*a, **k):
         raise AssertionError("should not retrain")
 
-    monkeypatch.setattr(marnn.train, "train", boom)
-    second = store.run_or_load(cfg, tmp_path)
+    monkeypatch.setattr(run, "train", boom)
+    second = run.run_or_load(cfg, tmp_path)
     assert second == first
     assert store.record_path(cfg, tmp_path).stat().st_mtime_ns == mtime
 

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from marnn import models, tasks
-from marnn.models import compiled
-from marnn.models import superposition as sp
+from marnn.kernels import arrays, fused_lstm
+from marnn.kernels import backend as kernel_backend
+from marnn.kernels import fused_lstm_numba as compiled
 from marnn.models.superposition import ACTIONS, SuperpositionCore, stack_heights
 
 TASK = tasks.get("marked-copy")
@@ -102,7 +103,7 @@ BACKENDS = ["compiled", "numpy", "torch"]  # the three ways the fused kernel can
 
 def _use(monkeypatch, backend):
     """Force one backend of the fused kernel (``compiled`` is what ``auto`` picks here)."""
-    monkeypatch.setattr(sp, "FUSED_BACKEND", "auto" if backend == "compiled" else backend)
+    monkeypatch.setattr(kernel_backend, "FUSED_BACKEND", "auto" if backend == "compiled" else backend)
 
 
 # the array loops have two variants of the backward step (few broadcast ops / plain ops)
@@ -116,8 +117,8 @@ def _use(monkeypatch, backend):
 def test_fused_matches_autograd_loop(monkeypatch, backend, name, kw, few):
     _use(monkeypatch, backend)
     if few is not None:
-        monkeypatch.setattr(sp, "SMALL_ELEMENTS", 10 ** 9 if few else 0)  # both variants of the backward step
-        monkeypatch.setattr(sp, "PREP_ELEMENTS", 10 ** 9 if few else 64)  # all steps at once / blocks of one step
+        monkeypatch.setattr(fused_lstm, "SMALL_ELEMENTS", 10 ** 9 if few else 0)  # both variants of the backward step
+        monkeypatch.setattr(fused_lstm, "PREP_ELEMENTS", 10 ** 9 if few else 64)  # all steps at once / one step
     kw = dict(kw, hidden_size=7) if name != "jm-hidden" else dict(kw, hidden_size=6)
     fast = models.build(name, task=TASK, replicas=2, seeds=[1, 2], dtype=torch.float64, **kw)
     slow = models.build(name, task=TASK, replicas=2, seeds=[1, 2], dtype=torch.float64, fused=False, **kw)
@@ -215,9 +216,9 @@ def test_replica_threads_give_identical_numbers(monkeypatch, name, backend):
     w = torch.randn(5, 4, 12, 4, generator=gen)
     runs = []
     for threads in (1, 3):
-        monkeypatch.setattr(sp, "FUSED_THREADS", threads)
-        monkeypatch.setattr(sp, "MIN_ROWS_PER_THREAD", 1)
-        assert len(sp._blocks(5, 4, sp._Numpy(np.float32))) == threads
+        monkeypatch.setattr(fused_lstm, "FUSED_THREADS", threads)
+        monkeypatch.setattr(fused_lstm, "MIN_ROWS_PER_THREAD", 1)
+        assert len(fused_lstm._blocks(5, 4, arrays.Numpy(np.float32))) == threads
         m = models.build(name, task=TASK, replicas=5, seeds=[3, 1, 4, 1, 5])
         out, grads = _run(m, x, w)
         with torch.no_grad():
@@ -250,14 +251,14 @@ def test_compiled_loop_is_available_and_chosen(monkeypatch):
     compiled loop; large controllers and an explicit "numpy" keep the array loop."""
     assert compiled.AVAILABLE
     small = torch.zeros(1, 3, 2, 4 * 20)
-    assert sp._backend(small).compiled and sp._backend(small.double()).compiled
-    assert not sp._backend(torch.zeros(1, 3, 2, 4 * (compiled.MAX_HIDDEN + 1))).compiled
-    assert not sp._backend(small.to(torch.bfloat16)).compiled
-    monkeypatch.setattr(sp, "FUSED_BACKEND", "numpy")
-    assert not sp._backend(small).compiled
-    monkeypatch.setattr(sp, "FUSED_BACKEND", "fortran")
+    assert fused_lstm._backend(small).compiled and fused_lstm._backend(small.double()).compiled
+    assert not fused_lstm._backend(torch.zeros(1, 3, 2, 4 * (compiled.MAX_HIDDEN + 1))).compiled
+    assert not fused_lstm._backend(small.to(torch.bfloat16)).compiled
+    monkeypatch.setattr(kernel_backend, "FUSED_BACKEND", "numpy")
+    assert not fused_lstm._backend(small).compiled
+    monkeypatch.setattr(kernel_backend, "FUSED_BACKEND", "fortran")
     with pytest.raises(ValueError, match="auto, numpy, torch"):
-        sp._backend(small)
+        fused_lstm._backend(small)
 
 
 def test_exp32_is_accurate_to_one_ulp():
@@ -302,8 +303,8 @@ def test_compiled_saturated_gates_stay_finite(monkeypatch):
 
 def test_backend_default_comes_from_the_environment():
     """$MARNN_FUSED_BACKEND=numpy repeats runs made with the array loop (before the compiled one)."""
-    code = ("import torch; from marnn.models import superposition as sp; "
-            "print(sp.FUSED_BACKEND, sp._backend(torch.zeros(1, 2, 3, 8)).compiled)")
+    code = ("import torch; from marnn.kernels import backend, fused_lstm; "
+            "print(backend.FUSED_BACKEND, fused_lstm._backend(torch.zeros(1, 2, 3, 8)).compiled)")
     env = dict(os.environ, MARNN_FUSED_BACKEND="numpy")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["numpy", "False"]

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from marnn.models.base import FREEZE_MODES, Output
+from marnn.models.base import Output
+from marnn.registry import FREEZE_MODES
 from marnn.scales import get_scale
 from marnn.train import epoch_order, formal_config, hyperparameters, ptb_config
 from marnn.train.evaluate import bin_references, length_lower_bound

@@ -951,9 +951,9 @@ def run_checks(inp: Inputs, chapters: Sequence[str] = ()) -> list[Finding]:
     """Every check, in the page's order (the untested predictions last); ``chapters``: the book's
     notebook names (``marnn.book.NOTEBOOKS``), to point at the chapters that measure what the paper does not.
     Our decided verdicts are corrected together over the claims (:func:`correct`). Where the pages
-    train nothing (``marnn.report.may_train``), a claim without runs is not trained yet."""
+    train nothing (``marnn.store.may_train``), a claim without runs is not trained yet."""
     found = correct([check(inp) for check in CHECKS] + check_untested(inp, chapters))
-    from ..report import may_train
+    from ..store import may_train
 
     if may_train():
         return found

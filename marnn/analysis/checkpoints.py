@@ -143,10 +143,9 @@ def trained_group(task: str, model: str, scale: str, modes: Iterable[str] | None
     found = load_group(configs, root)
     if found is not None:
         return found
-    from ..report import NO_TRAIN_ENV, may_train
-    if not may_train():
+    if not store.may_train():
         raise NotStored(f"{task}/{model} at {scale}: neither kept weights nor a checkpoint in the store, and "
-                        f"the pages train nothing here (${NO_TRAIN_ENV}=1)")
+                        f"the pages train nothing here (${store.NO_TRAIN_ENV}=1)")
     from ..train.formal import train_formal
     records, trained = train_formal(configs, device="cpu", progress=progress, threads=threads, return_model=True)
     path = checkpoint_path(configs, root)

@@ -5,7 +5,7 @@
 >>> m(torch.zeros(10, 40, dtype=torch.long)).logits.shape
 torch.Size([4, 10, 41, 4])
 
-Names are parsed from patterns, so other sizes work too (:data:`NAME_FORMS`):
+Names are parsed from patterns, so other sizes work too (:data:`marnn.registry.NAME_FORMS`):
 
 * ``lstm`` (20 units) / ``lstm-<H>``: plain LSTM;
 * ``jm-<m>`` = ``jm-learned-<m>``: one superposition stack pushing learned
@@ -29,8 +29,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from ..registry import FORMAL_MODELS, NAME_FORMS, PTB_MODELS, PTB_VARIANTS, SETTINGS, UnknownNameError
-from .base import DEFAULT_EMBEDDING_GROUP, EMBEDDING_GROUPS, FREEZE_MODES, GROUPS, Output
+from ..registry import DEFAULT_EMBEDDING_GROUP, NAME_FORMS, SETTINGS, UnknownNameError
+from .base import Output
 from .stack_rnn import ModelConfig, ModelState, StackRNN, detach_state
 
 # Setting defaults (docs: book/reference/models.md, "Model names" and "Initialisation")
@@ -116,8 +116,5 @@ def build(name: str, *, task=None, vocab_size: int | None = None, replicas: int 
     return model
 
 
-__all__ = [
-    "build", "names", "parse_name", "make_config", "detach_state", "FORMAL_MODELS", "PTB_MODELS", "PTB_VARIANTS",
-    "NAME_FORMS", "ModelConfig", "ModelState", "StackRNN", "Output", "GROUPS", "FREEZE_MODES",
-    "EMBEDDING_GROUPS", "DEFAULT_EMBEDDING_GROUP",
-]
+__all__ = ["build", "names", "parse_name", "make_config", "detach_state", "ModelConfig", "ModelState", "StackRNN",
+           "Output"]

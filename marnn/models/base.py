@@ -27,7 +27,8 @@ Parameter groups and freeze modes
 ---------------------------------
 ``model.group_of(param_name) -> str`` in ``{"controller", "memory",
 "classifier", "embedding"}``; the embedding's effective group is decided by
-``embedding_group`` (see :data:`FREEZE_MODES` and ``marnn.models.freeze``).
+``embedding_group`` (the groups, the freeze modes and the embedding's choices:
+:mod:`marnn.registry`; how a mode is applied: :mod:`marnn.models.freeze`).
 """
 from __future__ import annotations
 
@@ -35,9 +36,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-# The groups, the freeze modes and the embedding's group choices live in the registry.
-from ..registry import DEFAULT_EMBEDDING_GROUP, EMBEDDING_GROUPS, FREEZE_MODES, GROUPS  # noqa: F401
 
 
 @dataclass

@@ -18,7 +18,7 @@ layer ``memory.push`` (H -> pushed_size, sigmoid) unless the hidden state itself
 is pushed, and the VRNS bottom vector ``memory.bottom``.
 
 Plain LSTMs and superposition stacks take a fused path
-(:func:`marnn.models.superposition.fused_stack_lstm`, hand-written backward);
+(:func:`marnn.kernels.fused_lstm.fused_stack_lstm`, hand-written backward);
 everything else, and ``return_stack=True``, takes the generic per-step loop.
 """
 from __future__ import annotations
@@ -29,9 +29,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from .base import DEFAULT_EMBEDDING_GROUP, EMBEDDING_GROUPS, Output
+from ..kernels.fused_lstm import fused_stack_lstm
+from ..registry import DEFAULT_EMBEDDING_GROUP, EMBEDDING_GROUPS, UnknownNameError
+from .base import Output
 from .lstm import ReplicaEmbedding, ReplicaLinear, ReplicaLSTM, init_replicas, replica_param
-from .superposition import SuperpositionCore, SuperpositionState, fused_stack_lstm, stack_heights
+from .superposition import SuperpositionCore, SuperpositionState, stack_heights
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ def make_core(config: ModelConfig):
         sizes = (config.hidden_size,) if config.push == "hidden" else config.stack_sizes
         return SuperpositionCore(sizes, config.push, config.depth)
     from . import rns  # written alongside; imported lazily
-    compiled = None if config.fused else False  # fused=False: the torch reference step (rns.py)
+    compiled = None if config.fused else False  # fused=False: the torch reference step (kernels/rns_tape.py)
     if config.memory == "rns":
         return rns.RNSCore(config.states, config.symbols, window=config.window, compiled=compiled)
     return rns.RNSCore(config.states, config.symbols, m=config.vector_size, window=config.window, bottom=config.bottom,
@@ -120,7 +122,6 @@ class StackRNN(nn.Module):
                  embedding_group: str = DEFAULT_EMBEDDING_GROUP):
         super().__init__()
         if embedding_group not in EMBEDDING_GROUPS:
-            from ..registry import UnknownNameError
             raise UnknownNameError("embedding group", embedding_group, EMBEDDING_GROUPS)
         R = int(replicas)
         seeds = list(range(R)) if seeds is None else [int(s) for s in seeds]

@@ -24,6 +24,7 @@ import torch
 
 from ..scales import EVAL_SEED, Scale, get_scale
 from .base import EOS, Task
+from .languages import get
 
 
 @dataclass
@@ -109,8 +110,6 @@ def test_batches(task: Task, scale: Scale | str) -> dict[str, list[Batch]]:
 
 def make_task_data(task: Task | str, scale: Scale | str, seed: int) -> TaskData:
     """Train / validation data for data seed ``seed`` and the fixed test bins."""
-    from . import get
-
     task = get(task) if isinstance(task, str) else task
     scale = get_scale(scale)
     lo, hi = scale.train_lengths

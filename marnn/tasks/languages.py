@@ -5,6 +5,7 @@ Each class only states its template; everything else comes from :class:`Task`.
 """
 from __future__ import annotations
 
+from ..registry import TASKS, lookup
 from .base import IDENTITY, Task
 
 PHI = ("2", "3")  # unmarked-copy-different-alphabets: 0 -> 2, 1 -> 3
@@ -112,13 +113,19 @@ class UnmarkedCopy(Task):
         return W(k) + W(k)
 
 
-# Order of the paper's tables.
-ALL = [
-    Count3,
-    MarkedReverseAndCopy,
-    CountAndCopy,
-    MarkedCopy,
-    UnmarkedCopyDifferentAlphabets,
-    UnmarkedReverseAndCopy,
-    UnmarkedCopy,
-]
+# Every language by its name, in the order of the paper's tables (:data:`marnn.registry.TASKS`,
+# which names them; a class missing here fails at import).
+_CLASSES = {cls.name: cls for cls in (Count3, MarkedReverseAndCopy, CountAndCopy, MarkedCopy,
+                                      UnmarkedCopyDifferentAlphabets, UnmarkedReverseAndCopy, UnmarkedCopy)}
+REGISTRY: dict[str, type[Task]] = {name: _CLASSES[name] for name in TASKS}
+NAMES: tuple[str, ...] = tuple(REGISTRY)
+
+
+def names() -> tuple[str, ...]:
+    """Task names in the order of the paper's tables."""
+    return NAMES
+
+
+def get(name: str) -> Task:
+    """The task called ``name``; an unknown name lists every valid one."""
+    return lookup("task", name, REGISTRY)()

@@ -1,4 +1,6 @@
-"""Training engine: formal languages (:mod:`.formal`), Penn Treebank (:mod:`.ptb`).
+"""Training engine: what a run is (this module), the trainers of the formal languages
+(:mod:`.formal`) and of Penn Treebank (:mod:`.ptb`), and :mod:`.run`, which trains a group
+of runs (:func:`marnn.train.run.train`) or loads a stored one (:func:`marnn.train.run.run_or_load`).
 
 A *run* is one cell of the paper's grid, described by a small JSON-able
 *config* dict (the key of its record in :mod:`marnn.store`)::
@@ -30,7 +32,7 @@ import numpy as np
 
 from .. import registry
 from ..paths import REPO
-from ..registry import UnknownNameError, lookup
+from ..registry import lookup
 from ..scales import OPTIONAL, Scale, get_scale
 
 PROTOCOL = 1  # bump when a change to the training code changes numbers
@@ -38,27 +40,6 @@ PROTOCOL = 1  # bump when a change to the training code changes numbers
 # Stream tags: which numpy stream a number comes from (never the global RNG).
 _LR_STREAM = 1
 _ORDER_STREAM = 2
-
-
-def formal_models() -> tuple[str, ...]:
-    return registry.FORMAL_MODELS
-
-
-def ptb_models() -> tuple[str, ...]:
-    return registry.PTB_MODELS
-
-
-def ptb_variants() -> tuple[str, ...]:
-    """PTB models a run may name besides the paper's (e.g. the VRNS with the published bottom layout)."""
-    return registry.PTB_VARIANTS
-
-
-def freeze_modes() -> tuple[str, ...]:
-    return registry.MODES
-
-
-def embedding_groups() -> tuple[str, ...]:
-    return registry.EMBEDDING_GROUPS
 
 
 def log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -140,8 +121,8 @@ def formal_config(task: str, model: str, freeze: str, seed: int, scale: str | Sc
     from .. import tasks
 
     t = tasks.get(task)
-    lookup("model", model, dict.fromkeys(formal_models()))
-    lookup("freeze mode", freeze, dict.fromkeys(freeze_modes()))
+    lookup("model", model, dict.fromkeys(registry.FORMAL_MODELS))
+    lookup("freeze mode", freeze, dict.fromkeys(registry.MODES))
     sc = get_scale(scale).for_model(model)
     check_lengths(t, sc)
     return {"kind": "formal", "task": t.name, "model": model, "freeze": freeze, "seed": int(seed),
@@ -152,10 +133,10 @@ def formal_config(task: str, model: str, freeze: str, seed: int, scale: str | Sc
 def ptb_config(model: str, freeze: str, seed: int, scale: str | Scale, embedding_group: str | None = None,
                data_seed: int = 0) -> dict:
     """Validate names and build the config of one Penn Treebank run."""
-    lookup("model", model, dict.fromkeys(ptb_models() + ptb_variants()))
-    lookup("freeze mode", freeze, dict.fromkeys(freeze_modes()))
+    lookup("model", model, dict.fromkeys(registry.PTB_MODELS + registry.PTB_VARIANTS))
+    lookup("freeze mode", freeze, dict.fromkeys(registry.MODES))
     group = embedding_group or registry.DEFAULT_EMBEDDING_GROUP
-    lookup("embedding group", group, dict.fromkeys(embedding_groups()))
+    lookup("embedding group", group, dict.fromkeys(registry.EMBEDDING_GROUPS))
     sc = get_scale(scale).for_model(model)
     return {"kind": "ptb", "model": model, "freeze": freeze, "seed": int(seed), "embedding_group": group,
             "data_seed": int(data_seed), "scale": sc.name, "scale_fields": _scale_part(sc, "ptb"),
@@ -191,7 +172,7 @@ def environment(device) -> dict:
     import torch
 
     from .. import __version__
-    from ..models import compiled, superposition
+    from ..kernels import backend, fused_lstm_numba
 
     return {
         "device": str(device),
@@ -203,8 +184,8 @@ def environment(device) -> dict:
         "numpy": np.__version__,
         "pandas": pandas.__version__,
         "marnn": __version__,
-        "numba": compiled.numba.__version__ if compiled.AVAILABLE else None,
-        "fused_backend": superposition.FUSED_BACKEND,  # "auto": compiled loop where it applies
+        "numba": fused_lstm_numba.numba.__version__ if fused_lstm_numba.AVAILABLE else None,
+        "fused_backend": backend.FUSED_BACKEND,  # "auto": compiled loop where it applies
         "git_commit": git_commit(),
         "code_modified": code_modified(),
         "pid": os.getpid(),
@@ -229,17 +210,5 @@ def default_device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def train(configs: list[dict], **kwargs) -> list[dict]:
-    """Train a group of same-kind runs as one replica-batched model; one record each."""
-    kinds = {c["kind"] for c in configs}
-    if kinds == {"formal"}:
-        from .formal import train_formal
-        return train_formal(configs, **kwargs)
-    if kinds == {"ptb"}:
-        from .ptb import train_ptb
-        return train_ptb(configs, **kwargs)
-    raise ValueError(f"a group must be all formal or all ptb runs, got {sorted(kinds)}")
-
-
 __all__ = ["PROTOCOL", "formal_config", "ptb_config", "hyperparameters", "draw_seed", "epoch_order",
-           "scale_from_config", "train", "environment", "UnknownNameError"]
+           "scale_from_config", "environment"]

@@ -36,6 +36,8 @@ from typing import cast
 import numpy as np
 import torch
 
+from ..store import atomic_write, results_dir
+
 STATE_VERSION = 1
 STATE_FOLDER = ".state"
 _NOT_STATE = {"model", "opt", "make_model", "snapshot", "params"}  # rebuilt, or saved on their own
@@ -77,7 +79,6 @@ def _put(obj, saved: dict, device) -> None:
 
 def state_dir(root: str | os.PathLike | None = None) -> Path:
     """The store's folder of group states: ``<store>/.state``."""
-    from ..store import results_dir
     return results_dir(root) / STATE_FOLDER
 
 
@@ -104,8 +105,6 @@ def _cpu(t: torch.Tensor) -> torch.Tensor:
 
 def save(configs: list[dict], folder, tracker, *, epoch: int, step: int, curves: list, wall: float, cpu: float) -> Path:
     """Write the group's state after ``epoch`` (atomically); returns the file."""
-    from ..store import atomic_write
-
     opt = tracker.opt
     state = {
         "version": STATE_VERSION,

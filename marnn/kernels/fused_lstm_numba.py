@@ -1,7 +1,7 @@
 """Compiled (Numba) form of the fused LSTM + superposition-stack recurrence.
 
 Same inputs, outputs and saved state as the NumPy loop of
-:mod:`marnn.models.superposition` (``_forward_loop`` / ``_backward_loop``), but
+:mod:`marnn.kernels.fused_lstm` (``_forward_loop`` / ``_backward_loop``), but
 each (replica, string) row runs through all timesteps inside one compiled
 function: the row's weights (a few KiB at H = 20) and its stack stay in the
 L1 cache, there is no per-operation call overhead, and the functions release
@@ -29,6 +29,8 @@ import math
 from typing import Any
 
 import numpy as np
+
+from .arrays import gate_scale
 
 try:  # optional: without Numba the NumPy loop is used
     import numba
@@ -362,16 +364,14 @@ def _slots(heights, T, L0, fresh, save, m):
 def forward_loop(xp, gx, W_h, b_h, W_ir, h0, c0, S0, k, heights, fresh, push_hidden, save, Hs):
     """Drop-in for the NumPy ``_forward_loop`` (same arguments and results, plus its
     own saved-state layout, which only :func:`backward_loop` reads)."""
-    from .superposition import _gate_scale  # the gate scaling rule lives there (imported late: cycle)
-
     R, T, B, G = gx.shape
     H = G // 4
     dt = gx.dtype.type
     Wz = np.array(W_h)
-    Wz[:, :G] = _gate_scale(xp, W_h[:, :G], G)
+    Wz[:, :G] = gate_scale(xp, W_h[:, :G], G)
     WT = np.ascontiguousarray(Wz.transpose(0, 2, 1))
     bz = np.array(b_h[:, 0])
-    bz[:, :G] = _gate_scale(xp, b_h[:, 0, :G].reshape(R, G, 1), G).reshape(R, G)
+    bz[:, :G] = gate_scale(xp, b_h[:, 0, :G].reshape(R, G, 1), G).reshape(R, G)
     gx = np.ascontiguousarray(gx)
     Ta = T if save else 1
     stack = W_ir is not None
@@ -383,7 +383,7 @@ def forward_loop(xp, gx, W_h, b_h, W_ir, h0, c0, S0, k, heights, fresh, push_hid
         Z = np.empty((R, B, k, zoff[-1]), gx.dtype)  # the kernel writes every entry it reads
         Z[..., :zoff[1]] = 0
         Z[..., m:(1 + L0) * m] = S0.reshape(R, B, k, L0 * m)
-        RwT = np.ascontiguousarray(_gate_scale(xp, W_ir, G).transpose(0, 2, 1))
+        RwT = np.ascontiguousarray(gate_scale(xp, W_ir, G).transpose(0, 2, 1))
     else:
         k, m, M, L0 = 0, 1, 0, 0
         Z = np.zeros((R, B, 1, 1), gx.dtype)

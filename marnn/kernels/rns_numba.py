@@ -1,6 +1,6 @@
 r"""Compiled (Numba) form of one RNS / VRNS stack step, forward and backward.
 
-The same step as the torch code of :class:`marnn.models.rns._Tape`
+The same step as the torch code of :class:`marnn.kernels.rns_tape.Tape`
 (``forward_step`` / ``backward_step``, kept as the reference these kernels are
 tested against), with the same tape state (the column ``col``, the deferred pop-term adjoint
 ``DP`` / ``PH``) except the triangle, which is packed (:func:`_row_start`:
@@ -11,7 +11,7 @@ per-operation dispatch, no permuting copies between the products, and the pop
 term touches only the lower triangle ``j <= c`` of each symbol's block, one row
 ``(c, u)`` at a time, with that row's ``Q`` outputs accumulated in L1.
 
-Notation (as in ``rns.py``): ``N`` strings (replicas flattened), ``K = Q S``
+Notation (as in ``rns_tape.py``): ``N`` strings (replicas flattened), ``K = Q S``
 configurations ``(state, top symbol)``, ``A = 2K + Q`` actions per configuration
 (push | replace | pop), at step ``T = t + 1`` the push times ``[loT, t]``
 (``Lw`` of them) of which ``Lr = Lw - 1`` have a pop term; ``col`` holds push

@@ -1,0 +1,30 @@
+"""Which backend the kernels run on, and the thread pool their replica / string blocks share.
+
+:data:`FUSED_BACKEND` is the one switch of both compiled paths: the fused LSTM /
+superposition kernel (:mod:`marnn.kernels.fused_lstm`) and the RNS / VRNS step
+(:mod:`marnn.kernels.rns_tape`). ``"auto"``: on the CPU the compiled (Numba)
+loops where they apply, else the NumPy loop; torch elsewhere. ``"numpy"`` /
+``"torch"``: the array loops (and the torch reference step of the RNS), which
+tests use to check those paths on the CPU. ``$MARNN_FUSED_BACKEND`` sets the
+default (e.g. ``numpy`` to repeat runs made before the compiled loop); a record
+keeps it (``env.fused_backend``).
+"""
+from __future__ import annotations
+
+import os
+
+BACKENDS = ("auto", "numpy", "torch")
+FUSED_BACKEND = os.environ.get("MARNN_FUSED_BACKEND", "auto")
+
+_POOL = None
+
+
+def parallel(fn, calls):
+    """``[fn(*args) for args in calls]``, in threads when there is more than one call."""
+    global _POOL
+    if len(calls) == 1:
+        return [fn(*calls[0])]
+    if _POOL is None or _POOL._max_workers < len(calls):
+        from concurrent.futures import ThreadPoolExecutor
+        _POOL = ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="marnn-fused")
+    return [f.result() for f in [_POOL.submit(fn, *args) for args in calls]]
