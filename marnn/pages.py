@@ -179,7 +179,7 @@ def mode_table(scale: str, mode: str, tasks: Sequence[str] | None = None, models
     theirs = report.paper_formal(mode)
     if tasks is not None or models is not None:
         theirs = theirs[theirs["task"].isin(tasks or report.task_names())
-                        & theirs["model"].isin(models or report.FORMAL_MODELS)]
+                        & theirs["model"].isin(models or registry.FORMAL_MODELS)]
     _show(f"## The paper's numbers\n\n{table} as printed (accuracy, then perplexity; the paper's bins are "
           f"{', '.join(bin_labels('paper').values())}):")
     _table(paper_accuracy_table(theirs))
@@ -221,7 +221,7 @@ def mode_table(scale: str, mode: str, tasks: Sequence[str] | None = None, models
     _table(perplexity_table(df, mode, scale, "ce_diff"))
     points = report.run_metrics(df, [last], ["accuracy"]).rename(columns={"accuracy": "value"})
     fig = plotting.restart_grid(points, report.references_long(df), last, list(dict.fromkeys(points["task"])),
-                                models=[m for m in report.FORMAL_MODELS if m in set(points["model"])])
+                                models=[m for m in registry.FORMAL_MODELS if m in set(points["model"])])
     fig.suptitle(f"accuracy on {verdicts.bin_label(scale, last)}, mode {mode}: every restart (dots), best "
                  "restart (rings)", y=1.02)
     import matplotlib.pyplot as plt
@@ -242,7 +242,7 @@ def mode_table(scale: str, mode: str, tasks: Sequence[str] | None = None, models
 
 # ---- Figures 2 and 3 -----------------------------------------------------------------------------------
 def length_figure(scale: str, freeze: str, top: int, pool: Sequence[str] | None, tasks: Sequence[str] | None = None,
-                  restarts: int | None = None, default_pool: Sequence[str] = report.FORMAL_MODELS) -> None:
+                  restarts: int | None = None, default_pool: Sequence[str] = registry.FORMAL_MODELS) -> None:
     """Figures 2 and 3, everything below the introduction: the paper's numbers for the two modes, the
     curves of the models picked from ``pool`` (default ``default_pool``), the spread over restarts, and the
     verdicts by the one rule with where the compared curves sit against the references."""
@@ -338,7 +338,7 @@ def overview_side_by_side(ours: pd.DataFrame, theirs: pd.DataFrame, scale: str, 
         ov = b.get((task, mode), np.nan)
         rows.setdefault(task, {})[mode] = f"{fmt(pv)} → {fmt(ov)}"
     out = pd.DataFrame.from_dict(rows, orient="index").fillna(DASH)
-    out = out.reindex(columns=[m for m in report.MODES if m in out.columns])
+    out = out.reindex(columns=[m for m in registry.MODES if m in out.columns])
     out.index.name = "task"
     out = out.reindex([t for t in report.task_names() if t in out.index])
     which = {0: "First bin", -1: "Last bin"}.get(position, f"Bin {position}")
@@ -360,9 +360,9 @@ def ratio_side_by_side(ours_ratio: pd.DataFrame, theirs_ratio: pd.DataFrame) -> 
     for (model, mode), pv in a.items():
         rows.setdefault(model, {})[mode] = f"{fmt(pv)} → {fmt(b.get((model, mode), np.nan))}"
     out = pd.DataFrame.from_dict(rows, orient="index").fillna(DASH)
-    out = out.reindex(columns=[m for m in report.MODES if m in out.columns])
+    out = out.reindex(columns=[m for m in registry.MODES if m in out.columns])
     out.index.name = "model"
-    return out.reindex([m for m in report.FORMAL_MODELS if m in out.index])
+    return out.reindex([m for m in registry.FORMAL_MODELS if m in out.index])
 
 
 # ---- the languages chapter ---------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from . import paper, store
-from .registry import FORMAL_MODELS, MEMORY_MODELS, MODES, PTB_MODELS, PTB_VARIANTS, lookup  # noqa: F401 (re-exported)
+from .registry import FORMAL_MODELS, MODES, PTB_MODELS, PTB_VARIANTS, lookup
 from .scales import get_scale
 
 # The paper's table of each freeze mode on the formal languages (docs: book/reference/claims.md; marnn.paper).

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import store
+from . import registry, store
 
 HOLDS = "holds"
 FAILS = "does not hold"
@@ -808,7 +808,7 @@ def ptb_mode_verdicts(df: pd.DataFrame, refs: pd.Series, mode: str = "m", agains
     wanted = [] if store.may_train() or "scale" not in df.attrs else [
         m for m in ptb_models(df.attrs["scale"])
         if planned is None or {(m, mode, embedding_group), (m, against, embedding_group)} <= planned]
-    for model in [m for m in report.PTB_MODELS + report.PTB_VARIANTS if m in table.index or m in wanted]:
+    for model in [m for m in registry.PTB_MODELS + registry.PTB_VARIANTS if m in table.index or m in wanted]:
         stored = model in table.index and all(
             f in table.columns and np.isfinite(table.loc[model, f]) for f in (mode, against))
         if not stored:

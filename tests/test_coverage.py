@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from marnn import book, coverage, grid, pages, report, store, verdicts
+from marnn import book, coverage, grid, pages, registry, report, store, verdicts
 from marnn.train import formal_config, ptb_config
 
 from test_report import fake_formal, fake_ptb
@@ -34,7 +34,7 @@ def _save(record: dict, root: Path) -> None:
 def _partial_store(root: Path) -> None:
     """count-3 / lstm in every mode and restart, the PTB search (its best draw is lstm-256 / none /
     controller) and lstm-256 in mode cm: a few records of the campaign."""
-    for mode in report.MODES:
+    for mode in registry.MODES:
         for seed in range(5):
             _save(fake_formal(formal_config("count-3", "lstm", mode, seed, SCALE), 0.5 + seed / 10, (0.9, 0.8, 0.7)),
                   root)

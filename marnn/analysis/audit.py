@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .. import report, verdicts
+from .. import registry, report, verdicts
 from ..scales import PAPER, get_scale
 
 # ---- rounding of printed numbers, margins of two one-sided tests ------------------------------------
@@ -74,7 +74,7 @@ COLUMNS = ["claim", "source", "paper_value", "recomputed", "verdict", "ours", "o
 BINARY_TASKS = ("marked-reverse-and-copy", "count-and-copy", "marked-copy", "unmarked-copy-different-alphabets",
                 "unmarked-reverse-and-copy", "unmarked-copy")  # every language built on a random binary word
 FROZEN_MODES = ("m", "c", "cm")
-MEMORY_PTB = tuple(m for m in report.PTB_MODELS if m != "lstm-256")
+MEMORY_PTB = tuple(m for m in registry.PTB_MODELS if m != "lstm-256")
 
 
 @dataclass
@@ -183,8 +183,8 @@ def _ptb_paper(inp: Inputs) -> pd.DataFrame:
     """Table 3 as model x mode (test perplexity)."""
     t = inp.paper_ptb[inp.paper_ptb["split"] == "test"]
     t = t.pivot_table(index="model", columns="freeze", values="value", aggfunc="first")
-    return t.reindex(index=[m for m in report.PTB_MODELS if m in t.index],
-                     columns=[m for m in report.MODES if m in t.columns])
+    return t.reindex(index=[m for m in registry.PTB_MODELS if m in t.index],
+                     columns=[m for m in registry.MODES if m in t.columns])
 
 
 def _ptb_ours(inp: Inputs) -> pd.DataFrame:
@@ -344,7 +344,7 @@ def freeze_effect(table: pd.DataFrame, models: Sequence[str], half: float = 0.0,
 def check_ptb_freeze(inp: Inputs) -> Finding:
     """'Freezing the memory improves PTB perplexity': model by model, mode m against mode none."""
     t = _ptb_paper(inp)
-    eff = freeze_effect(t, report.PTB_MODELS, half=PPL_HALF)
+    eff = freeze_effect(t, registry.PTB_MODELS, half=PPL_HALF)
     mem = eff[eff["model"].isin(MEMORY_PTB)]
     k, n = int((mem["freezing memory"] == "improves").sum()), len(mem)
     lstm = eff[eff["model"] == "lstm-256"]
@@ -382,10 +382,10 @@ def check_drop(inp: Inputs) -> Finding:
     drop = 1 - worst["ratio"]
     lo_r, hi_r = ratio_interval(worst["last"], worst["first"], ACC_HALF)
     consistent = overlaps((1 - hi_r, 1 - lo_r), (STATED_DROP - WHOLE_PCT_HALF, STATED_DROP + WHOLE_PCT_HALF))
-    by_mode = (1 - r.groupby("freeze")["ratio"].min()).reindex(list(report.MODES)).dropna()
+    by_mode = (1 - r.groupby("freeze")["ratio"].min()).reindex(list(registry.MODES)).dropna()
     facts = {"stated": STATED_DROP, "recomputed": drop, "first": worst["first"], "last": worst["last"]}
     facts.update({f"max_{m}": v for m, v in by_mode.items()})
-    largest = r.assign(drop=1 - r["ratio"], rank=r["freeze"].map(report.MODES.index))
+    largest = r.assign(drop=1 - r["ratio"], rank=r["freeze"].map(registry.MODES.index))
     largest = largest.sort_values(["rank", "drop"], ascending=[True, False], kind="stable")
     largest = largest.groupby("freeze", sort=False).head(2)[["freeze", "task", "model", "first", "last", "drop"]]
     evidence = {"paper: the two largest drops of each mode": largest.set_index(["freeze", "task", "model"])}
@@ -430,7 +430,7 @@ def check_drop(inp: Inputs) -> Finding:
 def mean_retention(long: pd.DataFrame, last: str = "bin2") -> pd.Series:
     """Mean over (task, model) of accuracy(last bin) / accuracy(bin0), per mode."""
     r = report.retention(long, last=last)
-    return r.groupby("freeze")["ratio"].mean().reindex(list(report.MODES)).dropna()
+    return r.groupby("freeze")["ratio"].mean().reindex(list(registry.MODES)).dropna()
 
 
 def paper_retention_ranges(long: pd.DataFrame, half: float = ACC_HALF) -> pd.DataFrame:
@@ -441,7 +441,7 @@ def paper_retention_ranges(long: pd.DataFrame, half: float = ACC_HALF) -> pd.Dat
     rng = [ratio_interval(a, b, half) for a, b in zip(r["last"], r["first"], strict=True)]
     r = r.assign(lo=[x[0] for x in rng], hi=[x[1] for x in rng])
     out = r.groupby("freeze")[["ratio", "lo", "hi"]].mean().rename(columns={"ratio": "mean"})
-    return out.reindex([m for m in report.MODES if m in out.index])
+    return out.reindex([m for m in registry.MODES if m in out.index])
 
 
 def ours_retention_intervals(df: pd.DataFrame, last: str) -> pd.DataFrame:
@@ -450,7 +450,7 @@ def ours_retention_intervals(df: pd.DataFrame, last: str) -> pd.DataFrame:
     every = report.retention(report.all_runs_long(df), "bin0", last, by=["task", "model", "freeze", "seed"])
     per = every.dropna(subset=["ratio"]).groupby(["freeze", "seed"])["ratio"].mean()
     rows = {}
-    for mode in [m for m in report.MODES if m in per.index.get_level_values(0)]:
+    for mode in [m for m in registry.MODES if m in per.index.get_level_values(0)]:
         vals = per.loc[mode].to_numpy()
         mean, lo, hi = (float(x) for x in verdicts.t_limits(vals))
         lo, hi, _ = verdicts.clipped(lo, hi, 0.0)  # a ratio of accuracies is never negative
@@ -490,7 +490,7 @@ def check_retention(inp: Inputs, claimed_mode: str = "m") -> Finding:
     evidence = {"mean accuracy ratio, last bin / first bin, per mode (paper: rounding range; ours: 95% t "
                 "interval over restarts)": pd.DataFrame({"paper": pr["mean"], "paper lo": pr["lo"],
                                                          "paper hi": pr["hi"]}).join(oi, how="outer")
-                .reindex([m for m in report.MODES if m in set(pr.index) | set(oi.index)])}
+                .reindex([m for m in registry.MODES if m in set(pr.index) | set(oi.index)])}
     fmt = lambda s: ", ".join(f"{m} {v:.2f}" for m, v in s.items())  # noqa: E731
     if not len(oi):
         ours, ours_verdict = "-", NO_RUNS

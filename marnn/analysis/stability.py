@@ -92,6 +92,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
+from .. import registry
+
 # ---- thresholds of the per-run labels (the rules above); margins of the theorem checks -------------------
 BOUND_RHO = 1.0  # (a) never worse than uniform guessing
 STD_RHO = 0.1  # (b) spread of rho over lengths
@@ -895,7 +897,7 @@ def plot_mode_profiles(lengths: pd.DataFrame, train: tuple[int, int], width: int
     ax.axhline(1.0, **plotting.REFERENCE_STYLE["chance"], label="chance (uniform guessing)")
     ax.axhline(0.0, **plotting.REFERENCE_STYLE["ceiling"], label="lower bound")
     shades = {"none": "0.1", "m": "0.35", "c": "0.55", "cm": "0.7"}
-    for mode in plotting.MODES:
+    for mode in registry.MODES:
         p = prof[prof["freeze"] == mode]
         if p.empty:
             continue
@@ -922,12 +924,12 @@ def plot_example(records: Sequence[dict], table: pd.DataFrame, task: str):
     best = best_keys(recs)
     by_key = {_key(r): r for r in recs}
     fits = table.set_index("key")
-    modes = [m for m in plotting.MODES if any(k[2] == m for k in best)]
+    modes = [m for m in registry.MODES if any(k[2] == m for k in best)]
     fig, axes = plt.subplots(1, len(modes), figsize=(3.3 * len(modes), 3.2), sharey=True, squeeze=False)
     lo, hi = train_lengths(recs[0])
     for ax, mode in zip(axes[0], modes, strict=True):
         ax.axvspan(lo, hi, color="0.92", zorder=0)
-        for model in plotting.FORMAL_MODELS:
+        for model in registry.FORMAL_MODELS:
             key = best.get((task, model, mode))
             if key is None:
                 continue
@@ -955,8 +957,8 @@ def plot_growth(table: pd.DataFrame):
     from .. import plotting
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
-    models = [m for m in plotting.FORMAL_MODELS if m in set(table["model"])]
-    modes = [m for m in plotting.MODES if m in set(table["freeze"])]
+    models = [m for m in registry.FORMAL_MODELS if m in set(table["model"])]
+    modes = [m for m in registry.MODES if m in set(table["freeze"])]
     for ax, col, title in zip(axes, ["b", "b_onset"], ["whole test range", "onset [lo, 2 hi]"], strict=True):
         for i, mode in enumerate(modes):
             for j, model in enumerate(models):
