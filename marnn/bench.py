@@ -158,6 +158,7 @@ def _model_step(spec: dict):
     import torch
 
     from . import models, tasks
+    from .kernels.loss import token_nll
 
     kind, name, n, R = spec["kind"], spec["model"], spec["n"], spec["R"]
     if kind in ("ptb", "ptb-eval"):
@@ -186,8 +187,7 @@ def _model_step(spec: dict):
         out = model(x, state=state[0])
         if kind == "ptb":  # truncated BPTT: the next chunk continues this one
             state[0] = models.detach_state(out.state)
-            loss = torch.nn.functional.cross_entropy(out.logits.reshape(-1, out_size), y.reshape(-1))
-            loss = loss * R  # the mean per replica, summed over replicas (the PTB trainer's loss)
+            loss = token_nll(out.logits, y).mean((1, 2)).sum()  # the mean per replica, summed (the PTB trainer's)
         else:
             loss = torch.nn.functional.cross_entropy(out.logits.reshape(-1, out_size), y.reshape(-1),
                                                      reduction="sum") / B

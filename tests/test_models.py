@@ -211,7 +211,7 @@ def test_large_replica_linear_equals_autograd_baddbmm(bias):
     against autograd's baddbmm, float64, R = 3 replicas: values and the input and bias
     gradients bit for bit, the weight gradient to rounding (other GEMM operand order)."""
     from marnn.models.lstm import LARGE_AFFINE, ReplicaLinear
-    R, N, H, V = 3, 2 * 5, 64, 1100
+    R, H, V = 3, 64, 1100
     assert H * V >= LARGE_AFFINE
     lin = ReplicaLinear(R, H, V, init=("uniform", 0.1), bias=bias).double()
     g = torch.Generator().manual_seed(0)
