@@ -158,6 +158,7 @@ def _model_step(spec: dict):
     import torch
 
     from . import models, tasks
+    from .kernels.loss import token_nll
 
     kind, name, n, R = spec["kind"], spec["model"], spec["n"], spec["R"]
     if kind in ("ptb", "ptb-eval"):
@@ -186,8 +187,7 @@ def _model_step(spec: dict):
         out = model(x, state=state[0])
         if kind == "ptb":  # truncated BPTT: the next chunk continues this one
             state[0] = models.detach_state(out.state)
-            loss = torch.nn.functional.cross_entropy(out.logits.reshape(-1, out_size), y.reshape(-1))
-            loss = loss * R  # the mean per replica, summed over replicas (the PTB trainer's loss)
+            loss = token_nll(out.logits, y).mean((1, 2)).sum()  # the mean per replica, summed (the PTB trainer's)
         else:
             loss = torch.nn.functional.cross_entropy(out.logits.reshape(-1, out_size), y.reshape(-1),
                                                      reduction="sum") / B
@@ -429,11 +429,11 @@ def _time(step, reps: int, warm: int = 1) -> tuple[float, float]:
 def _trainer_step(spec: dict):
     """The trainers' own step (``marnn.train``): replica-batched Adam (formal) or SGD (PTB)
     with freeze masks (the replicas cycle through the 4 modes) and per-replica clipping,
-    ``token_stats`` and ``guarded_step``, deterministic algorithms."""
+    ``token_nll`` and ``guarded_step``, deterministic algorithms."""
     import torch
 
     from . import models, tasks
-    from .train.evaluate import token_stats
+    from .train.evaluate import token_nll
     from .train.formal import guarded_step
     from .train.optim import BatchedAdam, BatchedSGD
 
@@ -465,7 +465,7 @@ def _trainer_step(spec: dict):
         out = model(x, state=state[0])
         if ptb:
             state[0] = models.detach_state(out.state)
-        nll, _ = token_stats(out.logits, y)
+        nll = token_nll(out.logits, y)
         loss = nll.mean((1, 2)) if ptb else nll.sum((1, 2)) / B
         guarded_step(opt, _Tracker(), list(range(R)), loss, 1, 0)
 
@@ -474,7 +474,7 @@ def _trainer_step(spec: dict):
             out = model(x, state=state[0])
             if ptb:
                 state[0] = out.state
-            token_stats(out.logits, y)
+            token_nll(out.logits, y)
     return train, fwd
 
 

@@ -203,3 +203,36 @@ def test_every_name_list_comes_from_the_registry():
     assert registry.cost("rns-3-3") > registry.cost("lstm") == registry.cost("lstm-64") == registry.DEFAULT_COST
     with pytest.raises(UnknownNameError, match="formal, ptb"):
         models.names("cifar")
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_large_replica_linear_equals_autograd_baddbmm(bias):
+    """The PTB-size affine map (own backward: weight gradient in the weight's layout)
+    against autograd's baddbmm, float64, R = 3 replicas: values and the input and bias
+    gradients bit for bit, the weight gradient to rounding (other GEMM operand order)."""
+    from marnn.models.lstm import LARGE_AFFINE, ReplicaLinear
+    R, H, V = 3, 64, 1100
+    assert H * V >= LARGE_AFFINE
+    lin = ReplicaLinear(R, H, V, init=("uniform", 0.1), bias=bias).double()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        lin.weight.uniform_(-0.1, 0.1, generator=g)
+        if bias:
+            lin.bias.uniform_(-0.1, 0.1, generator=g)
+    x = torch.randn(R, 2, 5, H, dtype=torch.float64, generator=g)
+    up = torch.randn(R, 2, 5, V, dtype=torch.float64, generator=g)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya = lin(xa)
+    (ya * up).sum().backward()
+    ga = {n: p.grad.clone() for n, p in lin.named_parameters()}
+    assert lin.weight.grad.is_contiguous()
+    lin.zero_grad()
+    flat = xb.reshape(R, -1, H)
+    yb = (torch.baddbmm(lin.bias.unsqueeze(1), flat, lin.weight.transpose(1, 2)) if bias
+          else torch.bmm(flat, lin.weight.transpose(1, 2))).view(R, 2, 5, V)
+    (yb * up).sum().backward()
+    assert torch.equal(ya, yb)
+    assert torch.equal(xa.grad, xb.grad)
+    if bias:
+        assert torch.equal(ga["bias"], lin.bias.grad)
+    torch.testing.assert_close(ga["weight"], lin.weight.grad, rtol=1e-12, atol=1e-14)

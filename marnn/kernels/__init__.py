@@ -16,6 +16,9 @@ gradient.
   :mod:`marnn.models.rns` followed literally).
 * :mod:`.rns_numba`: that step compiled with Numba (``tests/test_rns_compiled.py``
   against the torch step of :mod:`.rns_tape`).
+* :mod:`.loss`: the per-token cross-entropy over a large vocabulary in
+  row blocks that stay in the cache (``tests/test_loss.py`` against
+  ``F.cross_entropy``, bit for bit).
 * :mod:`.backend`: the one switch between them (``$MARNN_FUSED_BACKEND``) and
   the thread pool their blocks share; :mod:`.arrays`: the NumPy / torch array
   namespaces of the fused loop.

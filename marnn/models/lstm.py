@@ -89,6 +89,36 @@ def replica_lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return _Lookup.apply(table.reshape(R * N, D), index + offset)
 
 
+class _ReplicaAffine(torch.autograd.Function):
+    """``baddbmm(b, x, W^T)`` whose weight gradient is computed as ``g^T x``, in the
+    ``(R, out, in)`` layout of ``W``. Autograd's ``bmm`` backward computes ``x^T g``
+    ``(R, in, out)`` and hands over its transpose, which the gradient accumulation
+    then copies into a fresh tensor (a 10 MB copy, after a NaN fill of the fresh
+    tensor under deterministic algorithms, for the PTB classifier). Same products,
+    summed in the GEMM's other operand order: equal up to float rounding."""
+
+    @staticmethod
+    def forward(ctx, x, W, b):
+        ctx.save_for_backward(x, W)
+        ctx.bias = b is not None
+        if b is None:
+            return torch.bmm(x, W.transpose(1, 2))
+        return torch.baddbmm(b.unsqueeze(1), x, W.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, g):
+        x, W = ctx.saved_tensors
+        gx = torch.bmm(g, W) if ctx.needs_input_grad[0] else None
+        gW = torch.bmm(g.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
+        gb = g.sum(1) if ctx.bias and ctx.needs_input_grad[2] else None
+        return gx, gW, gb
+
+
+# Weights with at least this many elements per replica take _ReplicaAffine (the PTB
+# classifier and embedding-sized layers); smaller ones autograd's baddbmm.
+LARGE_AFFINE = 1 << 16
+
+
 class ReplicaLinear(nn.Module):
     """``y = x W^T + b`` with one ``(out, in)`` weight per replica."""
 
@@ -102,7 +132,9 @@ class ReplicaLinear(nn.Module):
         """``x``: ``(R, ..., in)`` -> ``(R, ..., out)``."""
         R = x.shape[0]
         flat = x.reshape(R, -1, self.in_features)  # (R, *, in)
-        if self.bias is None:
+        if self.in_features * self.out_features >= LARGE_AFFINE and torch.is_grad_enabled():
+            y = _ReplicaAffine.apply(flat, self.weight, self.bias)
+        elif self.bias is None:
             y = torch.bmm(flat, self.weight.transpose(1, 2))
         else:
             y = torch.baddbmm(self.bias.unsqueeze(1), flat, self.weight.transpose(1, 2))

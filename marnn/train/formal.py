@@ -53,7 +53,7 @@ from . import (
     set_threads,
 )
 from .epochlog import formal_epoch, lines_enabled, resumed
-from .evaluate import evaluate_bins, split_metrics, token_stats
+from .evaluate import evaluate_bins, split_metrics, token_nll
 from .optim import BatchedAdam, ReplicaOptimizer
 
 
@@ -336,7 +336,7 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
             x, y = to_dev(data.train[i])
             B = x.shape[0]
             out = model(x)
-            nll, _ = token_stats(out.logits, y)  # (R_live, B, n+1)
+            nll = token_nll(out.logits, y)  # (R_live, B, n+1)
             loss = nll.sum((1, 2)) / B  # (R_live,) summed over symbols, averaged over the batch
             guarded_step(opt, tracker, idx, loss, epoch, step)
             tr_nll[live] += nll.detach().double().sum((1, 2)).cpu()

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from . import default_device, environment, hyperparameters, progress_disabled, resume, scale_from_config, set_threads
 from .epochlog import lines_enabled, ptb_epoch, resumed
-from .evaluate import stream_cross_entropy, token_stats
+from .evaluate import stream_cross_entropy, token_nll
 from .formal import RecordParts, Tracker, _num, _per_replica_counts, check_group, guarded_step
 from .optim import BatchedSGD, ReplicaOptimizer
 
@@ -127,7 +127,7 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
         for x, y in bar:
             out = model(x, state=state)
             state = detach(out.state)
-            nll, _ = token_stats(out.logits, y)  # (R_live, B, T)
+            nll = token_nll(out.logits, y)  # (R_live, B, T)
             loss = nll.mean((1, 2))  # (R_live,)
             guarded_step(opt, tracker, idx, loss, epoch, step)
             tr_nll[live] += nll.detach().double().sum((1, 2)).cpu()
