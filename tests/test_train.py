@@ -561,3 +561,23 @@ def test_uniform_logits_give_the_vocabulary_size_as_perplexity():
     ce = stream_cross_entropy(model, data, bptt=7, detach_state=lambda s: s)
     assert ce.shape == (2,)
     assert torch.exp(ce).tolist() == pytest.approx([V, V], rel=1e-6)  # float32 log-softmax
+
+
+def test_set_threads_pins_numpy_blas_as_well_as_torch():
+    """The fused kernels' CPU path multiplies with NumPy, whose BLAS ignores torch's thread count."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import threadpoolctl, numpy\n"
+            "def blas():\n"
+            "    return sorted({i['num_threads'] for i in threadpoolctl.threadpool_info()\n"
+            "                   if i['user_api'] == 'blas'})\n"
+            "before = blas()\n"
+            "from marnn.train import set_threads\n"
+            "set_threads(1)\n"
+            "import torch\n"
+            "print(before, blas(), torch.get_num_threads())\n")
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["[2]", "[1]", "1"], out

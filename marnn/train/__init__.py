@@ -198,11 +198,17 @@ def progress_disabled(progress: bool) -> bool:
 
 
 def set_threads(threads: int | None) -> None:
-    """Pin torch's intra-op threads (1 is much faster for the small formal models,
-    and avoids oversubscription when several workers share the cores)."""
+    """Pin torch's intra-op threads and the BLAS threads NumPy calls (the fused kernels' CPU
+    path multiplies with NumPy; its BLAS reads ``OPENBLAS_NUM_THREADS`` once at import and
+    ignores torch's setting). 1 is much faster for the small formal models and avoids
+    oversubscription when several workers share the cores: a PTB chunk's recurrence took
+    ~25x the CPU time with BLAS on every core of a busy machine."""
     if threads:
         import torch
+        from threadpoolctl import threadpool_limits
+
         torch.set_num_threads(int(threads))
+        threadpool_limits(int(threads), user_api="blas")
 
 
 def default_device():
