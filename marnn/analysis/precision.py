@@ -672,7 +672,8 @@ def growth_sentence(claims: pd.DataFrame) -> str:
                 f"that the paper's Appendix C lists as a stability criterion (robustness to perturbations) without "
                 f"measuring it.")
     if v == verdicts.FAILS:
-        bad = ", ".join(claims.index[claims["verdict"] == verdicts.FAILS])
+        each = claims.drop(index="all")
+        bad = ", ".join(each.index[each["verdict"] == verdicts.FAILS])
         return (f"In {bad} the trained models do not amplify perturbations at this scale: over restarts the "
                 f"difference grows less than {factor} times as much as the logits.")
     return (f"Whether the trained dynamics amplify perturbations (a difference growing at least {factor} times as "
@@ -693,7 +694,8 @@ def format_sentence(claims: pd.DataFrame, worst: float) -> str:
                 f"(highest upper limit {hi:.3g}): where these models are wrong on long strings they are wrong in "
                 f"every format, so at this scale precision does not explain their failure to generalise.")
     if v == verdicts.FAILS:
-        bad = ", ".join(claims.index[claims["verdict"] == verdicts.FAILS])
+        each = claims.drop(index="all")
+        bad = ", ".join(each.index[each["verdict"] == verdicts.FAILS])
         return (f"{seen} In {bad} the largest change of a restart is at least {margin:g} over restarts: the format "
                 f"changes what these models get right.")
     return (f"{seen} Whether the format leaves the accuracies within {margin:g} the restarts cannot tell. "
