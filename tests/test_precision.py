@@ -195,7 +195,7 @@ def test_format_claims_hold_fail_and_cannot_tell():
     assert "In bfloat16 the largest" in precision.format_sentence(c, 0.12)
     one = precision.format_claims(fake_trained({k: v[:1] for k, v in small.items()}))
     assert (one["verdict"] == "cannot tell at this scale").all()
-    assert "With 1 restart" in precision.format_sentence(one, 0.004)
+    assert "bfloat16: one restart gives no interval" in precision.format_sentence(one, 0.004)
 
 
 def test_the_old_cut_called_generalisation_unexplained_where_the_restarts_cannot_tell():

@@ -645,6 +645,7 @@ def growth_claims(frame: pd.DataFrame, factor: float = AMPLIFY) -> pd.DataFrame:
                 per.append(float(np.log(diff[last] / diff[first]) - np.log(size[last] / size[first])))
         per_a = np.array([x for x in per if np.isfinite(x)])
         out = restart_claim(per_a, "above", float(np.log(factor)))
+        out["note"] = out["note"].replace(f"both sides of {np.log(factor):.3g}", f"both sides of a factor {factor:g}")
         rows.append({"dtype": name, "measure": "growth of the logit difference / growth of the logits, first to "
                                                "last bin", "decided by": f"lower limit > {factor:g}",
                      "cells": int(frame[["model", "freeze"]].drop_duplicates().shape[0]),
@@ -677,8 +678,7 @@ def growth_sentence(claims: pd.DataFrame) -> str:
         return (f"In {bad} the trained models do not amplify perturbations at this scale: over restarts the "
                 f"difference grows less than {factor} times as much as the logits.")
     return (f"Whether the trained dynamics amplify perturbations (a difference growing at least {factor} times as "
-            f"much as the logits) the restarts cannot tell. "
-            f"{claims.at['all', 'note'] or verdicts.design_note(int(claims.at['all', 'restarts']))}")
+            f"much as the logits) the restarts cannot tell ({_undecided(claims)}).")
 
 
 def format_sentence(claims: pd.DataFrame, worst: float) -> str:
@@ -698,8 +698,17 @@ def format_sentence(claims: pd.DataFrame, worst: float) -> str:
         bad = ", ".join(each.index[each["verdict"] == verdicts.FAILS])
         return (f"{seen} In {bad} the largest change of a restart is at least {margin:g} over restarts: the format "
                 f"changes what these models get right.")
-    return (f"{seen} Whether the format leaves the accuracies within {margin:g} the restarts cannot tell. "
-            f"{claims.at['all', 'note'] or verdicts.design_note(int(claims.at['all', 'restarts']))}")
+    return (f"{seen} Whether the format leaves the accuracies within {margin:g} the restarts cannot tell "
+            f"({_undecided(claims)}).")
+
+
+def _undecided(claims: pd.DataFrame) -> str:
+    """'float16: the 95% interval over 3 restarts reaches both sides of 0.02' for the dtypes that cannot tell."""
+    from .. import verdicts
+
+    each = claims.drop(index="all")
+    return "; ".join(f"{d}: {n.split('. ', 1)[0]}" for d, n, v in zip(each.index, each["note"], each["verdict"],
+                                                                        strict=True) if v == verdicts.UNSURE)
 
 
 def _short(dtype: str) -> str:
