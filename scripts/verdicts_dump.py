@@ -3,29 +3,45 @@
 Run it with the package of one tree on the path to list that tree's verdicts, and diff two runs::
 
     PYTHONPATH=/path/to/tree python scripts/verdicts_dump.py quick > verdicts.jsonl
+    PYTHONPATH=/path/to/tree python scripts/verdicts_dump.py quick memory precision  # those pages only
 
-It reads the committed records only (trains nothing). Functions a tree lacks are skipped.
+It reads the committed records and checkpoints only (trains nothing). Functions a tree lacks are skipped.
+Pages: main (the comparison pages, the audit, the languages and stability pages), memory, precision.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 
 import pandas as pd
 
+PAGES = ("main", "memory", "precision")
 
-def main(scale: str) -> None:
+
+def main(scale: str, pages: tuple[str, ...] = PAGES) -> None:
     warnings.simplefilter("ignore")
-
-    from marnn import book, registry, report
-    from marnn import verdicts as V
-    from marnn.analysis import audit
-
+    os.environ["MARNN_PAGES_READ_ONLY"] = "1"  # by name: older trees keep it in marnn.report
     out: list[dict] = []
 
     def put(key: str, verdict, detail="") -> None:
         out.append({"key": key, "verdict": str(verdict), "detail": str(detail)})
+
+    if "main" in pages:
+        main_pages(put, scale)
+    if "memory" in pages:
+        memory_page(put, scale)
+    if "precision" in pages:
+        precision_page(put, scale)
+    for line in out:
+        print(json.dumps(line))
+
+
+def main_pages(put, scale: str) -> None:
+    from marnn import book, registry, report
+    from marnn import verdicts as V
+    from marnn.analysis import audit
 
     inp = audit.load(scale)
     for f in audit.run_checks(inp, chapters=book.NOTEBOOKS):
@@ -70,8 +86,68 @@ def main(scale: str) -> None:
     put("table2/retention m vs none", kept.verdict, kept.text(3))
     languages(put)
     stability(put, scale, df)
-    for line in out:
-        print(json.dumps(line))
+
+
+def memory_page(put, scale: str) -> None:
+    """The memory page's findings, for the page's languages and models: decided on best-restart means with a
+    tolerance of 0.01 and the cuts 0.6 and one half (earlier trees, the page's own helper reproduced here), or
+    over restarts (trees with ``memory.claims``)."""
+    import numpy as np
+
+    from marnn.analysis import memory
+
+    try:
+        frames = memory.indicators(scale, ["marked-reverse-and-copy", "marked-copy"],
+                                   ["lstm", "jm-10", "jm-3.3.3", "jm-hidden"], threads=1)
+    except Exception as err:  # noqa: BLE001 - no checkpoints at this scale: nothing to list
+        put("memory", "", f"skipped: {err}")
+        return
+    if hasattr(memory, "claims"):
+        for claim, r in memory.claims(memory.summary(frames, best_only=False)).iterrows():
+            put(f"memory/{claim}", r["verdict"], f"{r['mean']:.3g} [{r['lo']:.3g}, {r['hi']:.3g}]")
+        return
+    table = memory.summary(frames)
+    trained, rnd = table[table["freeze"].isin(["none", "m"])], table[table["freeze"] == "cm"]
+    stack = table[table["model"] != "lstm"]
+
+    def cmp(a, b, tol=0.01):
+        return "about the same as" if abs(a - b) < tol else ("higher than" if a > b else "lower than")
+
+    inf = int(np.isinf(trained["span_longest"]).sum())
+    beyond = trained["probe_beyond"].mean()
+    put("memory/span_outlasts", _word(inf > len(trained) / 2), f"{inf} of {len(trained)}")
+    put("memory/probe_beyond_chance", _word(beyond < 0.6), f"{beyond:.3g}")
+    put("memory/moves_after_unreadable", _word(inf > len(trained) / 2 and beyond < 0.6))
+    for col in ("probe_train", "probe_beyond"):
+        a, b = trained[col].mean(), rnd[col].mean()
+        put(f"memory/{col}_vs_random", cmp(a, b), f"{a:.3g} vs {b:.3g}")
+    for col in ("reading_train", "reading_beyond"):
+        a, b = (stack.loc[stack["freeze"] == m, col].mean() for m in ("m", "none"))
+        put(f"memory/{col}_m_vs_none", cmp(a, b) if col == "reading_train" else "", f"{a:.3g} vs {b:.3g}")
+
+
+def precision_page(put, scale: str) -> None:
+    """The precision page's sentences on trained models (part (c)): the cut 0.05 on the largest accuracy change
+    and 3 on the pooled growth (earlier trees), or over restarts (trees with ``precision.format_claims``)."""
+    from marnn.analysis import precision
+
+    s = precision.settings(scale)
+    try:
+        trained = precision.trained_precision("marked-reverse-and-copy", s.trained_models, scale, threads=1)
+    except Exception as err:  # noqa: BLE001 - no checkpoints at this scale: nothing to list
+        put("precision", "", f"skipped: {err}")
+        return
+    facts = precision.trained_facts(trained)
+    if hasattr(precision, "format_claims"):
+        for name, frame in (("format leaves accuracy", precision.format_claims(trained)),
+                            ("amplifies", precision.growth_claims(trained))):
+            for dtype, r in frame.iterrows():
+                put(f"precision/{name}/{dtype}", r["verdict"], f"{r['mean']:.3g} [{r['lo']:.3g}, {r['hi']:.3g}]")
+        return
+    worst = max(facts[f"acc_change_{k}"] for k in ("f32", "bf16", "f16"))
+    grow = min(facts[f"typical_growth_{k}"] for k in ("f32", "bf16", "f16"))
+    put("precision/format leaves accuracy/all", _word(worst < 0.05), f"{worst:.3g}")
+    put("precision/amplifies/all", _word(grow > 3), f"{grow:.3g}")
 
 
 def languages(put) -> None:
@@ -182,4 +258,4 @@ def perturbations(put, st, scale: str, table) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "quick")
+    main(sys.argv[1] if len(sys.argv) > 1 else "quick", tuple(sys.argv[2:]) or PAGES)

@@ -243,3 +243,87 @@ def test_bad_arguments_raise_clear_errors():
         memory.forward_states(model, np.zeros(5, dtype=int))
     with pytest.raises(ValueError, match="classes >= 2"):
         memory.separation(window(1), MRC, [32], classes=1)
+
+
+# ---- the page's sentences, decided over restarts ---------------------------------------------------
+def fake_summary(restarts: int, *, probe_beyond=0.5, trained_gain=0.3, reading_gain=0.0, noise=0.005,
+                 censored=True, seed=0, effect_noise=None) -> pd.DataFrame:
+    """A :func:`memory.summary` frame (every restart) with known effects: ``trained_gain`` = probe accuracy of the
+    trained modes minus that of mode cm, ``reading_gain`` = reading accuracy of mode m minus mode none; each
+    restart gets one shared shift of size ``noise`` (restarts carry the noise), each run a tenth of it.
+    ``effect_noise``: per restart, added to the trained modes only (the effect itself varies by restart)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(restarts):
+        shift = rng.normal(0, noise)
+        effect = 0.0 if effect_noise is None else effect_noise[s]
+        for task in ("marked-copy", MRC):
+            for model in ("lstm", "jm-10"):
+                for freeze in ("none", "m", "c", "cm"):
+                    trained = freeze in ("none", "m")
+
+                    def v(base, trained=trained, shift=shift, effect=effect):
+                        own = effect if trained else 0.0
+                        return float(np.clip(base + shift + own + rng.normal(0, noise / 10), 0, 1))
+                    reading = np.nan if model == "lstm" else v(0.7 + (reading_gain if freeze == "m" else 0.0))
+                    rows.append({"task": task, "model": model, "freeze": freeze, "seed": s, "valid_ce": 0.1,
+                                 "best": s == 0, "accuracy_first": 0.9, "accuracy_last": 0.6,
+                                 "span_train": 5.0, "span_longest": np.inf if (trained and censored) else 3.0,
+                                 "probe_train": v(0.6 + (trained_gain if trained else 0.0)),
+                                 "probe_beyond": v(probe_beyond if trained else 0.5), "model_beyond": v(0.55),
+                                 "reading_train": reading, "reading_beyond": reading,
+                                 "separation_train": v(0.5) + 1, "separation_longest": v(0.5) + 1})
+    return pd.DataFrame(rows)
+
+
+def test_claims_hold_with_enough_restarts():
+    c = memory.claims(fake_summary(5))
+    assert c.loc["span_outlasts", "verdict"] == "holds"
+    assert c.loc["probe_beyond_chance", "verdict"] == "holds" == c.loc["moves_after_unreadable", "verdict"]
+    assert c.loc["probe_train_vs_random", "verdict"] == memory.HIGHER
+    assert c.loc["reading_train_m_vs_none", "verdict"] == memory.SAME
+    assert c.loc["probe_train_vs_random", "cells"] == 4 and c.loc["reading_train_m_vs_none", "cells"] == 2
+    text = memory.findings(fake_summary(5))
+    assert "So a symbol can keep moving" in text and "higher than" in text and "cannot tell" not in text
+
+
+def test_claims_fail_when_the_effects_are_the_other_way():
+    c = memory.claims(fake_summary(5, probe_beyond=0.8, trained_gain=-0.3, reading_gain=-0.2, censored=False))
+    assert c.loc["span_outlasts", "verdict"] == "does not hold"
+    assert c.loc["probe_beyond_chance", "verdict"] == "does not hold"
+    assert c.loc["probe_train_vs_random", "verdict"] == memory.LOWER
+    assert c.loc["reading_train_m_vs_none", "verdict"] == memory.LOWER
+    assert "stopped being readable" not in memory.findings(fake_summary(5, probe_beyond=0.8, censored=False))
+
+
+def test_claims_cannot_tell_with_one_restart():
+    c = memory.claims(fake_summary(1))
+    assert (c["verdict"] == "cannot tell at this scale").all()
+    assert c.drop(index="moves_after_unreadable")["note"].str.contains("one restart").all()
+    text = memory.findings(fake_summary(1))
+    assert "cannot tell" in text and "With 1 restart" in text
+
+
+def test_a_difference_the_old_tolerance_decided_is_cannot_tell_over_restarts():
+    """The page compared best-restart means with a fixed tolerance of 0.01: a gain of 0.03 was 'higher than',
+    and a probe at 0.55 < 0.6 'stopped being readable'. When the effect scatters by 0.06 over restarts, the rule
+    cannot tell either."""
+    table = fake_summary(3, probe_beyond=0.5, trained_gain=0.03, effect_noise=[0.0, 0.06, -0.06])
+    best = table[table["best"]]
+    old_gain = best[best["freeze"].isin(["none", "m"])]["probe_train"].mean() - \
+        best[best["freeze"] == "cm"]["probe_train"].mean()
+    assert abs(old_gain) >= 0.01 and best[best["freeze"].isin(["none", "m"])]["probe_beyond"].mean() < 0.6
+    c = memory.claims(table)
+    assert c.loc["probe_train_vs_random", "verdict"] == "cannot tell at this scale"
+    assert c.loc["probe_beyond_chance", "verdict"] == "cannot tell at this scale"
+    text = memory.findings(table)
+    assert "So a symbol" not in text and "the restarts cannot tell" in text
+
+
+def test_comparison_words():
+    assert memory.comparison(np.array([0.01, 0.0, -0.01, 0.005]))["verdict"] == memory.SAME
+    assert memory.comparison(np.array([0.2, 0.21, 0.19]))["verdict"] == memory.HIGHER
+    assert memory.comparison(np.array([-0.2, -0.21, -0.19]))["verdict"] == memory.LOWER
+    out = memory.comparison(np.array([0.2, -0.1, 0.05]))
+    assert out["verdict"] == "cannot tell at this scale" and "3 paired restarts" in out["note"]
+    assert memory.comparison(np.array([]))["verdict"] == "no cell applies"

@@ -159,3 +159,80 @@ def test_every_scale_can_be_summarised(scale):
     assert max(s.rns_depths) in s.depths  # recall_facts compares the stacks at that depth
     assert sum(e > 0 for e in s.eps) >= 2 and 0.0 in s.eps
     assert s.rns_drift_length <= s.drift_length
+
+
+# ---- "the format does not change what the models get right", over restarts -------------------------------
+def fake_trained(changes: dict[str, list[float]], models=("lstm", "jm-10"), freezes=("none", "m"),
+                 growth: dict[str, list[float]] | None = None) -> pd.DataFrame:
+    """A :func:`precision.trained_precision` frame: float64 accuracy 0.6 everywhere; in each low dtype, restart
+    ``s`` moves the accuracy of its last bin by ``changes[dtype][s]`` (the other cells by a tenth of it), and its
+    logit difference grows ``growth[dtype][s]``-fold from the first bin to the last (logits of constant size)."""
+    restarts = len(next(iter(changes.values())))
+    rows = []
+    for model in models:
+        for freeze in freezes:
+            for s in range(restarts):
+                for dtype in precision.DTYPES:
+                    for b, length in (("bin0", 10), ("bin1", 30)):
+                        d = 0.0 if dtype == "float64" else changes[dtype][s] * (1.0 if b == "bin1" else 0.1)
+                        rows.append({"model": model, "freeze": freeze, "seed": s, "dtype": dtype, "bin": b,
+                                     "length": length, "accuracy": 0.6 + d, "cross_entropy": 1.0, "agree": 1.0,
+                                     "logit_diff": 0.0 if dtype == "float64" else 1e-3 * (
+                                         growth[dtype][s] if growth and b == "bin1" else 1.0),
+                                     "logit_scale": 1.0, "symbols": 100, "best": s == 0,
+                                     "recorded": np.nan})
+    return pd.DataFrame(rows)
+
+
+def test_format_claims_hold_fail_and_cannot_tell():
+    small = {"float32": [0.0] * 5, "bfloat16": [0.004, 0.006, 0.005, 0.003, 0.005], "float16": [0.001] * 5}
+    c = precision.format_claims(fake_trained(small))
+    assert (c["verdict"] == "holds").all() and c.loc["bfloat16", "cells"] == 8
+    assert "does not explain" in precision.format_sentence(c, 0.006)
+    big = {"float32": [0.0] * 5, "bfloat16": [0.10, 0.12, -0.11, 0.09, 0.1], "float16": [0.001] * 5}
+    c = precision.format_claims(fake_trained(big))
+    assert c.loc["bfloat16", "verdict"] == "does not hold" and c.loc["all", "verdict"] == "does not hold"
+    assert "In bfloat16 the largest" in precision.format_sentence(c, 0.12)
+    one = precision.format_claims(fake_trained({k: v[:1] for k, v in small.items()}))
+    assert (one["verdict"] == "cannot tell at this scale").all()
+    assert "bfloat16: one restart gives no interval" in precision.format_sentence(one, 0.004)
+
+
+def test_the_old_cut_called_generalisation_unexplained_where_the_restarts_cannot_tell():
+    """The page said 'precision does not explain their failure' when no change reached 0.05; three restarts
+    whose largest changes are 0.01, 0.03 and 0.02 cannot put the change below the 0.02 margin."""
+    changes = {"float32": [0.0] * 3, "bfloat16": [0.01, 0.03, 0.02], "float16": [0.0] * 3}
+    frame = fake_trained(changes)
+    worst = precision.trained_facts(frame)["acc_change_bf16"]
+    assert worst < 0.05  # the old rule's "does not explain"
+    c = precision.format_claims(frame)
+    assert c.loc["bfloat16", "verdict"] == "cannot tell at this scale"
+    assert c.loc["all", "verdict"] == "cannot tell at this scale"
+    assert "cannot tell" in precision.format_sentence(c, worst)
+
+
+def test_growth_claims_hold_fail_and_cannot_tell():
+    none = {k: [0.0] * 5 for k in precision.LOW}
+    fast = {k: [10.0, 12.0, 9.0, 11.0, 10.0] for k in precision.LOW}
+    c = precision.growth_claims(fake_trained(none, growth=fast))
+    assert (c["verdict"] == "holds").all() and 9 < c.loc["float16", "mean"] < 11
+    assert "amplify small perturbations" in precision.growth_sentence(c)
+    flat = {**fast, "float32": [1.0, 1.1, 0.9, 1.0, 1.05]}
+    c = precision.growth_claims(fake_trained(none, growth=flat))
+    assert c.loc["float32", "verdict"] == "does not hold" and c.loc["all", "verdict"] == "does not hold"
+    assert precision.growth_sentence(c).startswith("In float32 the trained")
+    one = precision.growth_claims(fake_trained({k: v[:1] for k, v in none.items()},
+                                               growth={k: v[:1] for k, v in fast.items()}))
+    assert (one["verdict"] == "cannot tell at this scale").all()
+
+
+def test_the_old_growth_cut_amplified_where_the_restarts_cannot_tell():
+    """The page said 'amplify' when the pooled growth passed 3 in every format; restarts growing 8, 2.5 and 6
+    times cannot put the growth above the margin of 2."""
+    none = {k: [0.0] * 3 for k in precision.LOW}
+    frame = fake_trained(none, growth={k: [8.0, 2.5, 6.0] for k in precision.LOW})
+    facts = precision.trained_facts(frame)
+    assert min(facts[f"typical_growth_{k}"] for k in ("f32", "bf16", "f16")) > 3  # the old rule's "amplify"
+    c = precision.growth_claims(frame)
+    assert c.loc["all", "verdict"] == "cannot tell at this scale"
+    assert "cannot tell" in precision.growth_sentence(c)

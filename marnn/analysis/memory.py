@@ -708,10 +708,197 @@ def summary(frames: dict[str, pd.DataFrame], best_only: bool = True) -> pd.DataF
     return out[labels + order].reset_index(drop=True)
 
 
+# ---- the page's sentences, decided over restarts ----------------------------------
+# The unit is a restart: the runs of one restart share its seed (and learning rate) across languages, models and
+# modes. Per restart an indicator is averaged over the (language, model) cells a sentence is about, then the
+# t interval over restarts (marnn.verdicts) is set against the sentence's margin (stability.restart_claim).
+CHANCE = 0.5  # a probe that guesses the bit
+# Equality margin of two probe accuracies, and how far above chance a probe may be and still read nothing: a
+# tenth of the way from chance to a perfect readout. A readout right 55% of the time carries 0.007 bits of the
+# bit (1 - H(0.55)), so within the margin of chance the state holds the bit in name only; and one probe accuracy
+# near chance has a binomial standard error of up to 0.028 (320 held-out copy points, the fewest a lag bin has at
+# the quick scale), so smaller gaps are below what one probe resolves.
+PROBE_MARGIN = 0.05
+TRAINED, RANDOM = ("none", "m"), "cm"  # the controller is trained / the network is the untrained one
+HIGHER, LOWER, SAME = "higher than", "lower than", "about the same as"
+CLAIM_COLUMNS = ["claim", "measure", "decided by", "cells", "restarts", "mean", "lo", "hi", "verdict", "note",
+                 "runs"]
+
+
+def _paired_diff(table: pd.DataFrame, col: str, a: Sequence[str], b: Sequence[str], label: str) -> pd.DataFrame:
+    """Per (task, model, seed): the mean of ``col`` over modes ``a`` minus that over modes ``b`` (both present)."""
+    keys = ["task", "model", "seed"]
+    means = [table[table["freeze"].isin(m)].groupby(keys)[col].agg(lambda v: v.mean(skipna=False)) for m in (a, b)]
+    diff = (means[0] - means[1]).dropna().rename("diff").reset_index()
+    return diff.assign(freeze=label)
+
+
+def comparison(per_restart: np.ndarray, margin: float = PROBE_MARGIN) -> dict:
+    """A two-way comparison over restarts in words: :data:`SAME` when the t interval of the restart differences
+    lies within ``+-margin`` (two one-sided tests), else :data:`HIGHER` / :data:`LOWER` when it lies above /
+    below 0, else ``cannot tell at this scale`` (with the reason). Columns of
+    :func:`marnn.analysis.stability.restart_claim`; a difference decided but inside the margin is called equal."""
+    from .. import verdicts
+    from .stability import restart_claim
+
+    same = restart_claim(per_restart, "within", margin, (-1.0, 1.0))
+    if same["verdict"] in (verdicts.HOLDS, "no cell applies"):
+        return {**same, "verdict": SAME if same["verdict"] == verdicts.HOLDS else same["verdict"]}
+    up = restart_claim(per_restart, "above", 0.0, (-1.0, 1.0))
+    down = restart_claim(per_restart, "below", 0.0, (-1.0, 1.0))
+    word = (HIGHER if up["verdict"] == verdicts.HOLDS else LOWER if down["verdict"] == verdicts.HOLDS else
+            verdicts.UNSURE)
+    r = same["restarts"]
+    why = ("one restart gives no interval" if r < 2 else
+           f"the {verdicts.LEVEL:.0%} interval over {r} restarts reaches both sides of 0 and beyond ±{margin:g}")
+    note = f"{why}. {verdicts.design_note(r)}" if word == verdicts.UNSURE else ""
+    return {**same, "verdict": word, "note": note}
+
+
+def claims(table: pd.DataFrame) -> pd.DataFrame:
+    """What the page says, each sentence decided over restarts (index ``claim``).
+
+    ``table``: :func:`summary` with ``best_only=False`` (every restart). Rows:
+
+    * ``span_outlasts``: in most trained runs (modes none, m) a flipped bit still moves the state at the last lag
+      the longest strings show (span censored): the share of censored cells per restart, lower limit above 1/2;
+    * ``probe_beyond_chance``: beyond the training lags a linear probe reads the trained state no better than
+      chance: probe accuracy per restart, upper limit below :data:`CHANCE` + :data:`PROBE_MARGIN`;
+    * ``moves_after_unreadable``: both of the above ("a symbol keeps moving the state after it has stopped being
+      readable"), holds when both hold, does not hold when one does not;
+    * ``probe_train_vs_random`` / ``probe_beyond_vs_random``: the trained state (mean of modes none and m)
+      against the untrained network (mode cm) of the same language, model and restart, inside / beyond the
+      training lags (:func:`comparison`, margin :data:`PROBE_MARGIN`);
+    * ``reading_train_m_vs_none`` / ``reading_beyond_m_vs_none``: the stack reading alone, memory frozen at
+      random (m) against trained (none), stack models only, paired likewise.
+
+    ``verdict``: holds / does not hold / cannot tell for the first two, a :func:`comparison` word for the
+    others; ``mean``, ``lo``, ``hi``: the restart mean and its 95% t interval (cut to the possible range);
+    ``runs``: the runs or pairs that entered."""
+    from .. import verdicts
+    from .stability import restart_claim, restart_means
+
+    trained = table[table["freeze"].isin(TRAINED)]
+    span = trained["span_longest"].astype(float)
+    trained = trained.assign(censored=np.where(span.isna(), np.nan, np.isinf(span).astype(float)))
+    stack = table[table["model"] != "lstm"]
+    rows = []
+
+    def add(claim, runs, col, decided, result):
+        rows.append({"claim": claim, "measure": col, "decided by": decided, **result, "runs": len(runs)})
+
+    per, used = restart_means(trained, "censored")
+    add("span_outlasts", trained, "share of trained runs with a censored span", "lower limit > 0.5",
+        {**restart_claim(per, "above", 0.5, (0.0, 1.0)), "cells": used})
+    per, used = restart_means(trained, "probe_beyond")
+    bound = CHANCE + PROBE_MARGIN
+    add("probe_beyond_chance", trained, "probe_beyond (trained)", f"upper limit < {bound:g}",
+        {**restart_claim(per, "below", bound, (0.0, 1.0)), "cells": used})
+    said = (rows[0]["verdict"], rows[1]["verdict"])  # each at (1 - LEVEL) / 2, so their conjunction is too
+    word = (verdicts.HOLDS if said == (verdicts.HOLDS, verdicts.HOLDS) else
+            verdicts.FAILS if verdicts.FAILS in said else verdicts.UNSURE)
+    rows.append({"claim": "moves_after_unreadable", "measure": "span_outlasts and probe_beyond_chance",
+                 "decided by": "both hold", "cells": rows[0]["cells"], "restarts": rows[0]["restarts"],
+                 "mean": np.nan, "lo": np.nan, "hi": np.nan, "verdict": word, "runs": rows[0]["runs"],
+                 "note": "" if word != verdicts.UNSURE else "one of its two parts cannot tell."})
+    for col, a, b, label, runs in (("probe_train", TRAINED, (RANDOM,), "trained - cm", table),
+                                   ("probe_beyond", TRAINED, (RANDOM,), "trained - cm", table),
+                                   ("reading_train", ("m",), ("none",), "m - none", stack),
+                                   ("reading_beyond", ("m",), ("none",), "m - none", stack)):
+        pair = _paired_diff(runs, col, a, b, label) if len(runs) else pd.DataFrame(
+            columns=["task", "model", "seed", "diff", "freeze"])
+        per, used = restart_means(pair, "diff")
+        claim = f"{col}_vs_random" if label == "trained - cm" else f"{col}_m_vs_none"
+        add(claim, pair, f"{col} ({label})", f"interval within ±{PROBE_MARGIN:g}: same; above / below 0",
+            {**comparison(per), "cells": used})
+    return pd.DataFrame(rows, columns=CLAIM_COLUMNS).set_index("claim")
+
+
+def restart_mean(table: pd.DataFrame, col: str, modes: Sequence[str]) -> float:
+    """The mean over restarts of ``col`` averaged per restart over the cells of ``modes`` (descriptive)."""
+    from .stability import restart_means
+
+    per, _ = restart_means(table[table["freeze"].isin(modes)], col)
+    return float(per.mean()) if len(per) else float("nan")
+
+
+def findings(table: pd.DataFrame) -> str:
+    """The page's closing sentences from :func:`summary` (``best_only=False``): every number a mean over
+    restarts, every verdict word from :func:`claims`; why the restarts cannot tell where they cannot."""
+    from .. import verdicts
+
+    c = claims(table)
+    v, m = c["verdict"], c["mean"]
+    trained = table[table["freeze"].isin(TRAINED)]
+    rnd = table[table["freeze"] == RANDOM]
+    restarts = int(table["seed"].nunique())
+    cens = int(np.isinf(trained["span_longest"].astype(float)).sum())
+    cens_cm = int(np.isinf(rnd["span_longest"].astype(float)).sum())
+    span_cm = float(rnd["span_longest"].replace(np.inf, np.nan).median())
+    mean = {(col, name): restart_mean(table, col, modes) for col in ("probe_train", "probe_beyond", "model_beyond",
+                                                                     "separation_train", "separation_longest")
+            for name, modes in (("trained", TRAINED), ("random", (RANDOM,)))}
+    stack = table[table["model"] != "lstm"]
+    reading = {(col, mode): restart_mean(stack, col, (mode,)) for col in ("reading_train", "reading_beyond")
+               for mode in ("m", "none")}
+
+    def compared(claim, what):
+        if v[claim] in (HIGHER, LOWER, SAME):
+            return f"{what} scores {v[claim]} the random one ({m[claim]:+.3f} [{c.at[claim, 'lo']:+.3f}, " \
+                   f"{c.at[claim, 'hi']:+.3f}])"
+        return f"{what} cannot be told from the random one ({v[claim]})"
+
+    def said(claim):
+        return f"**{v[claim]}** ({m[claim]:.3f} [{c.at[claim, 'lo']:.3f}, {c.at[claim, 'hi']:.3f}])"
+
+    out = [
+        f"**Span.** Over all {restarts} restarts (descriptive counts), in {cens} of {len(trained)} trained runs a "
+        f"single flipped bit still moves the state by at least {SPAN_THRESHOLD:.0%} of the distance between "
+        f"unrelated strings at the last lag the longest strings show (span censored), against {cens_cm} of "
+        f"{len(rnd)} random networks, whose median span on the longest strings is {span_cm:.0f} symbols. "
+        f"\"Most trained runs have a censored span\" (share per restart, lower limit above one half): "
+        f"{said('span_outlasts')}.",
+        f"**Readable memory.** A linear probe recovers the bit to copy from a trained state with accuracy "
+        f"{mean['probe_train', 'trained']:.3f} at the lags seen in training and "
+        f"{mean['probe_beyond', 'trained']:.3f} beyond them (chance {CHANCE}; means over restarts); the trained "
+        f"models' own predictions at those copy points beyond are correct {mean['model_beyond', 'trained']:.1%} "
+        f"of the time. \"Beyond the training lags the probe reads no more than chance + {PROBE_MARGIN:g}\": "
+        f"{said('probe_beyond_chance')}.",
+    ]
+    if v["moves_after_unreadable"] == verdicts.HOLDS:
+        out.append("So a symbol can keep moving the state long after it has stopped being readable.")
+    elif v["moves_after_unreadable"] == verdicts.UNSURE:
+        out.append("Whether a symbol keeps moving the state after it has stopped being readable the restarts "
+                   "cannot tell.")
+    out.append(f"Random networks give {mean['probe_train', 'random']:.3f} and {mean['probe_beyond', 'random']:.3f}: "
+               f"{compared('probe_train_vs_random', 'inside the training lags the trained state')}, "
+               f"{compared('probe_beyond_vs_random', 'beyond them it')} (paired by language, model and restart; "
+               f"equal within ±{PROBE_MARGIN:g}).")
+    word = {HIGHER: "higher than", LOWER: "lower than", SAME: "about the same as"}
+    frozen = (f"{word[v['reading_train_m_vs_none']]} the {reading['reading_train', 'none']:.3f} of a trained stack "
+              f"(mode none)" if v["reading_train_m_vs_none"] in word else
+              f"which the restarts cannot tell from the {reading['reading_train', 'none']:.3f} of a trained stack "
+              f"(mode none)")
+    beyond = (f"{word[v['reading_beyond_m_vs_none']]} trained" if v["reading_beyond_m_vs_none"] in word else
+              "cannot tell")
+    out.append(f"**Frozen random memory.** The stack reading alone decodes the bit with accuracy "
+               f"{reading['reading_train', 'm']:.3f} inside the training lags when the stack's layers are frozen at "
+               f"random (mode m), {frozen}; beyond the training lags {reading['reading_beyond', 'm']:.3f} against "
+               f"{reading['reading_beyond', 'none']:.3f} ({beyond}).")
+    out.append(f"**Separation** (descriptive). Trained point sets separate strings by the first half of w with a "
+               f"ratio of {mean['separation_train', 'trained']:.3f} at the longest training length and "
+               f"{mean['separation_longest', 'trained']:.3f} on the longest strings; random networks "
+               f"{mean['separation_train', 'random']:.3f} and {mean['separation_longest', 'random']:.3f}.")
+    notes = [f"*{k}*: {n.split('. ', 1)[0].rstrip('.')}." for k, n in zip(c.index, c["note"], strict=True) if n]
+    if notes:
+        out.append("Why the restarts cannot tell: " + " ".join(notes) + " " + verdicts.design_note(restarts))
+    return "\n\n".join(out)
+
+
 __all__ = [
     "WHATS", "SPAN_THRESHOLD", "MIN_COUNT", "PROBES", "forward_states", "trajectories", "state_fn",
     "step_distance", "typical_distance", "word_tokens", "copy_points", "fill_words", "sample_words", "divergence",
     "divergence_curve", "memory_span", "probe_accuracy", "lag_bins", "copy_decoding", "prefix_window",
     "separation", "probe_lengths", "replica_labels", "analyse_group", "SAMPLE_SIZES", "indicators",
-    "summary",
+    "summary", "CHANCE", "PROBE_MARGIN", "comparison", "claims", "restart_mean", "findings",
 ]

@@ -533,11 +533,10 @@ def trained_precision(task: str, models: Sequence[str], scale: str, dtypes: Sequ
                        "recorded"]]
 
 
-def trained_summary(frame: pd.DataFrame, by: Sequence[str] = ("model", "dtype", "bin")) -> pd.DataFrame:
-    """Per ``by``, over every replica: symbol-weighted accuracy of the best restarts
-    (``best_accuracy``), mean and largest change of a replica's bin accuracy against
-    float64 (``mean_change``, ``max_change``), share of argmaxes that agree with float64
-    (``agree``), largest logit difference (``logit_diff``)."""
+def bin_changes(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, freeze, seed, dtype, bin) of a :func:`trained_precision` frame: symbols, correct and agreeing
+    predictions, ``accuracy``, ``change`` (accuracy minus the float64 accuracy of the same replica and bin),
+    largest ``logit_diff``, ``best``."""
     keys = ["model", "freeze", "seed", "dtype", "bin"]
     w = frame.assign(correct=frame["accuracy"] * frame["symbols"], agreeing=frame["agree"] * frame["symbols"])
     per_bin = w.groupby(keys, sort=False).agg(correct=("correct", "sum"), agreeing=("agreeing", "sum"),
@@ -547,6 +546,15 @@ def trained_summary(frame: pd.DataFrame, by: Sequence[str] = ("model", "dtype", 
     ref = per_bin[per_bin["dtype"] == REFERENCE].set_index(["model", "freeze", "seed", "bin"])["accuracy"]
     per_bin["change"] = per_bin["accuracy"].to_numpy() - ref.reindex(
         pd.MultiIndex.from_frame(per_bin[["model", "freeze", "seed", "bin"]])).to_numpy()
+    return per_bin
+
+
+def trained_summary(frame: pd.DataFrame, by: Sequence[str] = ("model", "dtype", "bin")) -> pd.DataFrame:
+    """Per ``by``, over every replica: symbol-weighted accuracy of the best restarts
+    (``best_accuracy``), mean and largest change of a replica's bin accuracy against
+    float64 (``mean_change``, ``max_change``), share of argmaxes that agree with float64
+    (``agree``), largest logit difference (``logit_diff``). Descriptive: no verdict."""
+    per_bin = bin_changes(frame)
     rows = []
     for key, part in per_bin.groupby(list(by), sort=False):
         bestp = part[part["best"]]
@@ -561,6 +569,147 @@ def trained_summary(frame: pd.DataFrame, by: Sequence[str] = ("model", "dtype", 
 # ---------------------------------------------------------------------------
 # the numbers the book's page quotes
 # ---------------------------------------------------------------------------
+
+FORMAT_COLUMNS = ["dtype", "measure", "decided by", "cells", "restarts", "mean", "lo", "hi", "verdict", "note"]
+
+
+def format_claims(frame: pd.DataFrame, margin: float | None = None) -> pd.DataFrame:
+    """"The format does not change what the trained models get right", decided over restarts.
+
+    The independent unit is a restart (seed): the runs of one restart share its seed across models and freeze
+    modes, and the bins and lengths of a run share one model (fixed test strings, the same in every format).
+    Per low dtype and restart: the largest |change| of a bin accuracy against float64 over the restart's
+    (model, freeze mode, bin) cells (:func:`bin_changes`); then the t interval over restarts
+    (:func:`marnn.analysis.stability.restart_claim`): ``holds`` when its upper limit is below ``margin``
+    (default :data:`marnn.verdicts.MARGIN`, the book's margin for two equal accuracies), ``does not hold`` when
+    its lower limit is at or above it, else ``cannot tell`` (always with one restart). The row ``all`` holds
+    when every dtype holds (each at the one-sided level, so the conjunction is too), does not hold when one
+    does not, else cannot tell. Index ``dtype``."""
+    from .. import verdicts
+    from .stability import restart_claim
+
+    margin = verdicts.MARGIN if margin is None else margin
+    per_bin = bin_changes(frame)
+    per_bin = per_bin.assign(size=per_bin["change"].abs())
+    rows = []
+    for name in LOW:
+        part = per_bin[per_bin["dtype"] == name]
+        worst = part.groupby("seed")["size"].max().dropna()
+        cells = int(part.groupby(["model", "freeze", "bin"]).ngroups) if len(part) else 0
+        rows.append({"dtype": name, "measure": "largest |bin accuracy - float64| of a restart",
+                     "decided by": f"upper limit < {margin:g}", "cells": cells,
+                     **restart_claim(worst.to_numpy(), "below", margin, (0.0, 1.0))})
+    said = {r["verdict"] for r in rows}
+    word = (verdicts.HOLDS if said == {verdicts.HOLDS} else verdicts.FAILS if verdicts.FAILS in said else
+            verdicts.UNSURE)
+    restarts = max((r["restarts"] for r in rows), default=0)
+    rows.append({"dtype": "all", "measure": "every low dtype", "decided by": "every dtype holds",
+                 "cells": max((r["cells"] for r in rows), default=0), "restarts": restarts,
+                 "mean": max((r["mean"] for r in rows), default=np.nan), "lo": np.nan, "hi": np.nan,
+                 "verdict": word, "note": "" if word != verdicts.UNSURE else verdicts.design_note(restarts)})
+    return pd.DataFrame(rows, columns=FORMAT_COLUMNS).set_index("dtype")
+
+
+# "Amplify": a rounding error that only follows the size of the logits grows as they do (ratio 1); it is called
+# amplified when, from the first to the last bin, it grows at least this many times as much as the float64 logits
+# (a margin, so that a slight drift of the median-of-maxima statistic is not called amplification).
+AMPLIFY = 2.0
+
+
+def _typical(part: pd.DataFrame, column: str) -> pd.Series:
+    """Per bin: the median over lengths of the largest ``column`` over the replicas of ``part``."""
+    return part.groupby(["bin", "length"])[column].max().groupby(level="bin").median()
+
+
+def growth_claims(frame: pd.DataFrame, factor: float = AMPLIFY) -> pd.DataFrame:
+    """"Beyond the training lengths the trained dynamics amplify small perturbations", decided over restarts.
+
+    Per low dtype and restart (seed, the independent unit as in :func:`format_claims`): the growth from the
+    first to the last bin of the typical logit difference from float64 (median over lengths of the largest over
+    the restart's replicas), divided by the growth of the float64 logits themselves, in logs. ``holds`` when
+    the lower limit of the t interval over restarts is above log ``factor``, ``does not hold`` when the upper
+    limit is at or below it, else ``cannot tell``; the row ``all`` combines the dtypes like
+    :func:`format_claims`. ``mean``, ``lo``, ``hi`` are shown as factors (exp of the logs). Index ``dtype``."""
+    from .. import verdicts
+    from .stability import restart_claim
+
+    bins = sorted(frame["bin"].unique())
+    first, last = bins[0], bins[-1]
+    rows = []
+    for name in LOW:
+        per = []
+        for _, part in frame.groupby("seed"):
+            diff, size = _typical(part[part["dtype"] == name], "logit_diff"), \
+                _typical(part[part["dtype"] == REFERENCE], "logit_scale")
+            with np.errstate(divide="ignore", invalid="ignore"):
+                per.append(float(np.log(diff[last] / diff[first]) - np.log(size[last] / size[first])))
+        per_a = np.array([x for x in per if np.isfinite(x)])
+        out = restart_claim(per_a, "above", float(np.log(factor)))
+        out["note"] = out["note"].replace(f"both sides of {np.log(factor):.3g}", f"both sides of a factor {factor:g}")
+        rows.append({"dtype": name, "measure": "growth of the logit difference / growth of the logits, first to "
+                                               "last bin", "decided by": f"lower limit > {factor:g}",
+                     "cells": int(frame[["model", "freeze"]].drop_duplicates().shape[0]),
+                     **out, **{k: float(np.exp(out[k])) for k in ("mean", "lo", "hi")}})
+    said = {r["verdict"] for r in rows}
+    word = (verdicts.HOLDS if said == {verdicts.HOLDS} else verdicts.FAILS if verdicts.FAILS in said else
+            verdicts.UNSURE)
+    restarts = max((r["restarts"] for r in rows), default=0)
+    rows.append({"dtype": "all", "measure": "every low dtype", "decided by": "every dtype holds",
+                 "cells": max((r["cells"] for r in rows), default=0), "restarts": restarts,
+                 "mean": min((r["mean"] for r in rows), default=np.nan), "lo": np.nan, "hi": np.nan,
+                 "verdict": word, "note": "" if word != verdicts.UNSURE else verdicts.design_note(restarts)})
+    return pd.DataFrame(rows, columns=FORMAT_COLUMNS).set_index("dtype")
+
+
+def growth_sentence(claims: pd.DataFrame) -> str:
+    """The page's sentence on :func:`growth_claims`."""
+    from .. import verdicts
+
+    v = claims.at["all", "verdict"]
+    factor = claims.iloc[0]["decided by"].split(">")[-1].strip()
+    if v == verdicts.HOLDS:
+        return (f"Beyond the training lengths the trained dynamics amplify small perturbations (in every format the "
+                f"difference grows over restarts at least {factor} times as much as the logits): the sensitivity "
+                f"that the paper's Appendix C lists as a stability criterion (robustness to perturbations) without "
+                f"measuring it.")
+    if v == verdicts.FAILS:
+        each = claims.drop(index="all")
+        bad = ", ".join(each.index[each["verdict"] == verdicts.FAILS])
+        return (f"In {bad} the trained models do not amplify perturbations at this scale: over restarts the "
+                f"difference grows less than {factor} times as much as the logits.")
+    return (f"Whether the trained dynamics amplify perturbations (a difference growing at least {factor} times as "
+            f"much as the logits) the restarts cannot tell ({_undecided(claims)}).")
+
+
+def format_sentence(claims: pd.DataFrame, worst: float) -> str:
+    """The page's sentence on :func:`format_claims` (``worst``: the largest change of any replica, descriptive)."""
+    from .. import verdicts
+
+    v = claims.at["all", "verdict"]
+    hi = claims.drop(index="all")["hi"].max()
+    margin = float(claims.iloc[0]["decided by"].split("<")[-1])
+    seen = f"No bin accuracy of any replica moves by more than {worst:.2g} (descriptive)."
+    if v == verdicts.HOLDS:
+        return (f"{seen} Over restarts, the largest change of a restart stays below {margin:g} in every format "
+                f"(highest upper limit {hi:.3g}): where these models are wrong on long strings they are wrong in "
+                f"every format, so at this scale precision does not explain their failure to generalise.")
+    if v == verdicts.FAILS:
+        each = claims.drop(index="all")
+        bad = ", ".join(each.index[each["verdict"] == verdicts.FAILS])
+        return (f"{seen} In {bad} the largest change of a restart is at least {margin:g} over restarts: the format "
+                f"changes what these models get right.")
+    return (f"{seen} Whether the format leaves the accuracies within {margin:g} the restarts cannot tell "
+            f"({_undecided(claims)}).")
+
+
+def _undecided(claims: pd.DataFrame) -> str:
+    """'float16: the 95% interval over 3 restarts reaches both sides of 0.02' for the dtypes that cannot tell."""
+    from .. import verdicts
+
+    each = claims.drop(index="all")
+    return "; ".join(f"{d}: {n.split('. ', 1)[0]}" for d, n, v in zip(each.index, each["note"], each["verdict"],
+                                                                        strict=True) if v == verdicts.UNSURE)
+
 
 def _short(dtype: str) -> str:
     return dtype.replace("float", "f")  # float32 -> f32, bfloat16 -> bf16
@@ -700,5 +849,6 @@ __all__ = [
     "get_dtype", "unit_roundoff", "dtype_table", "stack_recall", "recoverable_depth", "depth_table", "rounding_growth",
     "decay_bound", "action_mass", "member_strings", "drift", "drift_summary",
     "path_support", "trained_precision", "trained_summary", "best_seeds", "recall_facts", "drift_facts",
-    "trained_facts", "facts_table",
+    "trained_facts", "facts_table", "bin_changes", "format_claims", "format_sentence",
+    "AMPLIFY", "growth_claims", "growth_sentence",
 ]
