@@ -853,9 +853,9 @@ def ptb_sentence(df: pd.DataFrame, refs: pd.Series, mode: str = "m") -> str:
     name = refs.idxmin()
     if best >= ref:
         return (f"Our lowest test perplexity ({best:.0f}) is above that of the {name} model fitted on the same "
-                f"training tokens ({ref:.0f}): at this scale the models have not learned more than word "
-                f"frequencies, so every comparison between them is **{UNSURE}** and no rank correlation with "
-                f"the paper is claimed.")
+                f"training tokens ({ref:.0f}): at this scale the models do no better than word frequencies "
+                f"(a description of single runs, not a test), so every comparison between them is **{UNSURE}** "
+                f"and no rank correlation with the paper is claimed.")
     c = count(ptb_mode_verdicts(df, refs, mode).attrs["verdicts"])
     return (f"Our lowest test perplexity ({best:.0f}) is below the {name} model's ({ref:.0f}). Mode `{mode}` "
             f"lower than `none`: {c.text('models')}; over all models: **{c.verdict}**.")
