@@ -372,3 +372,41 @@ def test_an_interval_is_cut_to_what_its_quantity_can_be():
     cut = st.restart_claim(np.array([0.99, 0.7]), "below", 0.98, (0.0, 1.0))
     assert raw["hi"] > 1 and raw["lo"] < 0 and (cut["lo"], cut["hi"]) == (0.0, 1.0)
     assert raw["verdict"] == cut["verdict"] == UNSURE
+
+
+def test_theorem_readings_follow_the_verdicts():
+    from marnn import verdicts as V
+
+    base = {"deg_superlinear_onset": V.HOLDS, "deg_superlinear": V.HOLDS, "deg_near_zero_past": V.HOLDS,
+            "deg_tail_ce": V.HOLDS, "deg_tail_accuracy": V.HOLDS, "deg_near_chance": V.HOLDS}
+    assert st.theorem_readings(base, {"deg_near_chance": 0.3}) == []
+    every = {**base, "deg_superlinear": V.UNSURE, "deg_near_zero_past": V.FAILS, "deg_tail_accuracy": V.FAILS,
+             "deg_near_chance": V.FAILS}
+    said = st.theorem_readings(every, {"deg_near_chance": 0.3})
+    assert len(said) == 4 and "window" in said[0] and "overshoot" in said[3]
+    assert len(st.theorem_readings(every, {"deg_near_chance": -0.3})) == 3  # below the untrained model: no overshoot
+
+
+def test_same_as_stored_counts_runs_that_reproduce_their_record():
+    from marnn import store
+
+    configs = [{"kind": "formal", "task": "count-3", "model": "lstm", "freeze": f, "seed": 0} for f in ("none", "m")]
+
+    def rec(acc, ce):
+        return {"bins": {"bin0": {"accuracy": acc, "cross_entropy": ce}}}
+    stored = [{"key": store.config_key(c), **rec(0.9, 1.0)} for c in configs]
+    group = SimpleNamespace(configs=configs, records=[rec(0.9, 1.0 + 1e-9), rec(0.9, 1.1)])
+    assert st.same_as_stored([group], stored) == (1, 2)
+    assert st.same_as_stored([group], stored, tol=0.2) == (2, 2)
+    assert st.same_as_stored([group], stored[:1]) == (1, 2)  # a run without a stored record does not match
+
+
+def test_robustness_readings_follow_the_claims():
+    from marnn import verdicts as V
+
+    by_mode = pd.DataFrame({"agreement": [0.8, 0.95], "follows": [0.6, 0.2]}, index=["none", "c"])
+    ids = ["c_agrees_more", "c_follows_less", "none_follows_short", "none_changes_others"]
+    every = pd.DataFrame({"verdict": [V.HOLDS] * 4}, index=ids)
+    said = st.robustness_readings(every, by_mode)
+    assert len(said) == 3 and "20% against 60%" in said[0] and "changes 20%" in said[2]
+    assert st.robustness_readings(pd.DataFrame({"verdict": [V.UNSURE] * 4}, index=ids), by_mode) == []

@@ -994,6 +994,70 @@ def untrained_table(records: Iterable[dict], untrained: Mapping[tuple, Sequence[
     return pd.DataFrame(rows, columns=["task", "model", "seed", "rho", "long_rho", "accuracy"])
 
 
+def theorem_readings(verdict: Mapping[str, str], mean: Mapping[str, float]) -> list[str]:
+    """The sentences that read the theorem checks together (``verdict`` and ``mean`` per check id, as
+    the checks table gives them): one for each pattern the verdicts show, none when none does."""
+    from .. import verdicts
+
+    out = []
+    if verdict["deg_superlinear_onset"] == verdicts.HOLDS != verdict["deg_superlinear"]:
+        out.append("The excess rises steeply once the training lengths are left behind and then levels off, so "
+                   "the per-string loss turns linear with a large offset: whether the growth looks super-linear "
+                   "depends on the window it is fitted on.")
+    if verdict["deg_near_zero_past"] == verdicts.FAILS:
+        out.append("There is no near-zero phase: the loss is already rising just past the training lengths.")
+    if verdict["deg_tail_ce"] == verdicts.HOLDS and verdict["deg_tail_accuracy"] == verdicts.FAILS:
+        out.append("On the longest strings the models are confidently wrong: worse than guessing in "
+                   "cross-entropy, better in accuracy.")
+    if verdict["deg_near_chance"] == verdicts.FAILS and mean["deg_near_chance"] > 0:
+        out.append("Degrading models do not drift towards an untrained model (whose loss is uniform guessing's, "
+                   "see above); they overshoot it.")
+    return out
+
+
+def robustness_readings(claims: pd.DataFrame, by_mode: pd.DataFrame) -> list[str]:
+    """The sentences that read the robustness claims (:func:`perturbation_claims`) together, with the
+    agreement and follow rates of modes none and c (``by_mode``: indexed by freeze mode)."""
+    from .. import verdicts
+
+    said = claims["verdict"]
+
+    def rate(mode: str, column: str) -> float:
+        return float(by_mode.loc[mode, column]) if mode in by_mode.index else float("nan")
+
+    out = []
+    if said["c_agrees_more"] == verdicts.HOLDS and said["c_follows_less"] == verdicts.HOLDS:
+        out.append(f"The frozen controllers look more robust, but they copy the corrupted symbol into its later "
+                   f"copies less often than the trained ones ({rate('c', 'follows'):.0%} against "
+                   f"{rate('none', 'follows'):.0%}): their predictions move less because they use the input "
+                   f"less, the same pattern as their flat loss against length.")
+    if said["none_follows_short"] == verdicts.HOLDS:
+        out.append("Not even the trained models act like the language's automaton, which would copy the "
+                   "corruption every time and change nothing else.")
+    if said["none_changes_others"] == verdicts.HOLDS:
+        out.append(f"A single wrong symbol changes {1 - rate('none', 'agreement'):.0%} of the fully trained "
+                   f"models' other predictions.")
+    return out
+
+
+def same_as_stored(groups, stored: Iterable[dict], tol: float = 1e-6) -> tuple[int, int]:
+    """How many runs of the checkpoint ``groups`` reproduce their stored record (every bin's accuracy
+    equal, cross-entropy within ``tol``), and how many runs there are."""
+    from .. import store
+
+    by_key = {r["key"]: r for r in stored}
+    matched = total = 0
+    for g in groups:
+        for config, rec in zip(g.configs, g.records, strict=True):
+            total += 1
+            old = by_key.get(store.config_key(config))
+            matched += old is not None and all(
+                rec["bins"][b]["accuracy"] == old["bins"][b]["accuracy"]
+                and abs(rec["bins"][b]["cross_entropy"] - old["bins"][b]["cross_entropy"]) <= tol
+                for b in old["bins"])
+    return matched, total
+
+
 def perturbation_summary(perturbed: pd.DataFrame, table: pd.DataFrame | None = None,
                          by: Sequence[str] = ("model", "freeze")) -> pd.DataFrame:
     """Means of :func:`perturbation_table`'s measures per group; with ``table`` (:func:`run_table` of the
