@@ -581,3 +581,38 @@ def test_set_threads_pins_numpy_blas_as_well_as_torch():
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["[2]", "[1]", "1"], out
+
+
+@pytest.mark.parametrize("model", ["lstm-256", "jm-hidden-247"])
+def test_ptb_run_resumes_bitwise_from_inside_an_epoch(tmp_path, model):
+    """An LSTM group saves inside an epoch (here after every chunk) and resumes from the chunk it
+    reached; a stack model's carried state is an object, so it saves at epoch ends only."""
+    import json
+
+    from marnn.models import build
+    from marnn.train import resume
+    from marnn.train.ptb import train_ptb
+
+    def small(name, **kw):
+        return build(name, hidden_size=16, **kw)
+
+    class _StopChunk(Exception):
+        pass
+
+    def stop_at(epoch, chunk):
+        if (epoch, chunk) == (2, 3):
+            raise _StopChunk
+
+    scale = SMOKE.with_(ptb_max_epochs=3)
+    cfgs = [ptb_config(model, m, s, scale) for m in ("none", "m") for s in (0, 1)]
+    kw = dict(corpus=_Corpus(vocab=11, n=900), build=small)
+    straight = train_ptb(cfgs, **kw)
+    with pytest.raises(_StopChunk):
+        train_ptb(cfgs, state_dir=tmp_path, state_seconds=0.0, after_chunk=stop_at, **kw)
+    state = torch.load(resume.state_path(cfgs, tmp_path), weights_only=True)
+    if model == "lstm-256":
+        assert state["epoch"] == 1 and state["partial"]["epoch"] == 2 and state["partial"]["chunk"] == 3
+    else:
+        assert state["epoch"] == 1 and "partial" not in state
+    resumed = train_ptb(cfgs, state_dir=tmp_path, **kw)
+    assert json.dumps([_strip(r) for r in resumed]) == json.dumps([_strip(r) for r in straight])

@@ -51,6 +51,9 @@ def _detach_default(state):
     return detach_state(state)
 
 
+STATE_SECONDS = 600.0  # an LSTM group's state is also saved inside an epoch at most this often
+
+
 def _cut(tokens: torch.Tensor, limit: int | None) -> torch.Tensor:
     return tokens if limit is None else tokens[:limit]
 
@@ -58,13 +61,19 @@ def _cut(tokens: torch.Tensor, limit: int | None) -> torch.Tensor:
 def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None, detach: Callable | None = None,
               device=None, progress: bool = False, desc: str | None = None,
               threads: int | None = None, compact: bool = True, state_dir=None,
-              after_epoch: Callable[[int], None] | None = None, epoch_lines: bool = False) -> list[dict]:
+              after_epoch: Callable[[int], None] | None = None, epoch_lines: bool = False,
+              state_seconds: float = STATE_SECONDS,
+              after_chunk: Callable[[int, int], None] | None = None) -> list[dict]:
     """Train a group of PTB runs (same model, scale, embedding group) as one batched model.
 
     ``state_dir`` / ``after_epoch``: as in :func:`marnn.train.formal.train_formal`
     (the state is saved after every epoch; the next epoch starts a fresh
-    hidden state, so nothing else is needed to resume). ``epoch_lines``: one
-    line per replica on stderr after every epoch (:mod:`marnn.train.epochlog`).
+    hidden state). An LSTM group also saves inside an epoch once
+    ``state_seconds`` have passed since its last save (the chunk reached and
+    the carried hidden state, :func:`marnn.train.resume.partial_epoch`), and
+    resumes from that chunk. ``after_chunk(epoch, chunks done)`` runs after
+    every training chunk (tests interrupt there). ``epoch_lines``: one line
+    per replica on stderr after every epoch (:mod:`marnn.train.epochlog`).
     """
     from ..ptb import batchify, chunks, load_corpus, num_chunks
 
@@ -103,9 +112,11 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
     step = 0
     start = 1
     saved = resume.load(configs, state_dir) if state_dir is not None else None
+    partial = None
     if saved is not None:
         start, step, curves, wall0, cpu0 = resume.restore(tracker, saved, make_model)
         t0, c0 = t0 - wall0, c0 - cpu0
+        partial = saved.get("partial")
     lines = lines_enabled(epoch_lines)
     if lines and saved is not None:
         resumed(configs, start - 1)
@@ -119,12 +130,20 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
         lrs = dict(zip(idx, opt.lr.tolist(), strict=True))
         t_epoch = time.perf_counter()
         tr_nll = torch.zeros(R, dtype=torch.float64)
-        tr_tok = 0
+        tr_tok, done = 0, 0
         state = None
+        if partial is not None and partial["epoch"] == epoch:  # resumed inside this epoch
+            done, tr_tok = partial["chunk"], partial["train_tokens"]
+            tr_nll = partial["train_nll"].clone()
+            state = resume.carried_state(partial, device)
+            t_epoch -= partial["seconds"]
+        partial = None
+        last_save = time.perf_counter()
         model.train()
-        bar = tqdm(chunks(train, T), total=n_chunks, desc=desc or f"ptb/{first['model']} x{len(idx)} epoch {epoch}",
-                   disable=progress_disabled(progress), leave=False)
-        for x, y in bar:
+        todo = _skip(chunks(train, T), done) if done else chunks(train, T)
+        bar = tqdm(todo, total=n_chunks, desc=desc or f"ptb/{first['model']} x{len(idx)} epoch {epoch}",
+                   disable=progress_disabled(progress), leave=False, initial=done)
+        for i, (x, y) in enumerate(bar):
             out = model(x, state=state)
             state = detach(out.state)
             nll = token_nll(out.logits, y)  # (R_live, B, T)
@@ -133,6 +152,16 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
             tr_nll[live] += nll.detach().double().sum((1, 2)).cpu()
             tr_tok += y.numel()
             step += 1
+            chunk = done + i + 1
+            if (state_dir is not None and chunk < n_chunks
+                    and time.perf_counter() - last_save >= state_seconds):
+                inside = resume.partial_epoch(epoch, chunk, state, tr_nll, tr_tok, time.perf_counter() - t_epoch)
+                if inside is not None:
+                    resume.save(configs, state_dir, tracker, epoch=epoch - 1, step=step, curves=curves,
+                                wall=time.perf_counter() - t0, cpu=time.process_time() - c0, partial=inside)
+                last_save = time.perf_counter()
+            if after_chunk is not None:
+                after_chunk(epoch, chunk)
         bar.close()
         model.eval()
         v_ce = stream_cross_entropy(model, valid, T, detach).tolist()
@@ -173,6 +202,13 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
                      "tokens": int(test[:, 1:].numel())},
         }))
     return records
+
+
+def _skip(chunks, n: int):
+    """``chunks`` after its first ``n`` items (a resumed epoch; the chunks are views, so this is cheap)."""
+    for i, item in enumerate(chunks):
+        if i >= n:
+            yield item
 
 
 def _ppl(ce: float) -> float | None:

@@ -16,7 +16,12 @@ replaced in one step, :func:`marnn.store.atomic_write`):
 * the learning curves so far, the epoch and step reached (the data order of an
   epoch is a function of the data seed and the epoch number, so the epoch
   *is* the position in the data), torch's and NumPy's global random states, and
-  the wall and CPU seconds spent.
+  the wall and CPU seconds spent;
+* a Penn Treebank group also saves *inside* an epoch (an epoch of the whole
+  stream takes an hour for a learning-rate search of 8 replicas): every
+  ``state_seconds`` it writes the chunk reached, the carried hidden state and
+  the epoch's loss so far (:func:`partial_epoch`; LSTMs only: a stack's carried
+  state is an object, so stack models save at epoch ends).
 
 Only plain Python types and tensors go in, so ``torch.load(path,
 weights_only=True)`` reads it. A group that finds its file resumes after the
@@ -103,8 +108,10 @@ def _cpu(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to("cpu", copy=True)
 
 
-def save(configs: list[dict], folder, tracker, *, epoch: int, step: int, curves: list, wall: float, cpu: float) -> Path:
-    """Write the group's state after ``epoch`` (atomically); returns the file."""
+def save(configs: list[dict], folder, tracker, *, epoch: int, step: int, curves: list, wall: float, cpu: float,
+         partial: dict | None = None) -> Path:
+    """Write the group's state after ``epoch`` (atomically); returns the file. ``partial``: the
+    position inside the next epoch when the state is saved mid-epoch (:func:`partial_epoch`)."""
     opt = tracker.opt
     state = {
         "version": STATE_VERSION,
@@ -120,6 +127,7 @@ def save(configs: list[dict], folder, tracker, *, epoch: int, step: int, curves:
         "snapshot": {n: _cpu(t) for n, t in tracker.snapshot.items()},
         "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_state(),
                 **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})},
+        **({"partial": partial} if partial is not None else {}),
     }
     path = state_path(configs, folder)
     return atomic_write(path, lambda tmp: torch.save(state, tmp))
@@ -161,6 +169,39 @@ def restore(tracker, state: dict, make_model) -> tuple[int, int, list, float, fl
     if "cuda" in state["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     return state["epoch"] + 1, state["step"], state["curves"], state["wall_s"], state["cpu_s"]
+
+
+def partial_epoch(epoch: int, chunk: int, carry, train_nll: torch.Tensor, train_tokens: int,
+                  seconds: float) -> dict | None:
+    """The position inside PTB epoch ``epoch`` after ``chunk`` chunks, for :func:`save`: the carried
+    hidden state (``carry``), the training loss summed so far and the epoch's seconds. None when the
+    carried state holds more than an LSTM's ``h`` and ``c`` (a stack's state is an object that only an
+    epoch's end, which starts a fresh state, lets go of): such a group saves at epoch ends only."""
+    packed = _pack_carry(carry)
+    if packed is None:
+        return None
+    return {"epoch": int(epoch), "chunk": int(chunk), "carry": packed, "train_nll": _cpu(train_nll),
+            "train_tokens": int(train_tokens), "seconds": float(seconds)}
+
+
+def _pack_carry(carry) -> dict | None:
+    from ..models.stack_rnn import ModelState
+
+    if isinstance(carry, torch.Tensor):
+        return {"tensor": _cpu(carry)}
+    if isinstance(carry, ModelState) and carry.memory is None and carry.core is None:
+        return {"h": _cpu(carry.h), "c": _cpu(carry.c)}
+    return None
+
+
+def carried_state(partial: dict, device):
+    """The carried hidden state a :func:`partial_epoch` holds, on ``device``."""
+    from ..models.stack_rnn import ModelState
+
+    packed = partial["carry"]
+    if "tensor" in packed:
+        return packed["tensor"].to(device)
+    return ModelState(packed["h"].to(device), packed["c"].to(device))
 
 
 def remove(configs: list[dict], folder) -> None:
