@@ -410,3 +410,13 @@ def test_robustness_readings_follow_the_claims():
     said = st.robustness_readings(every, by_mode)
     assert len(said) == 3 and "20% against 60%" in said[0] and "changes 20%" in said[2]
     assert st.robustness_readings(pd.DataFrame({"verdict": [V.UNSURE] * 4}, index=ids), by_mode) == []
+
+
+def test_checks_view_keeps_every_check_in_fewer_columns():
+    checks = st.theorem_checks(check_table(6, "none", "long_short", 1.0, 0.2))
+    view = st.checks_view(checks)
+    assert list(view.index) == list(checks.index) and list(view["verdict"]) == list(checks["verdict"])
+    assert len(view.columns) == 7 and "mean [95% interval]" in view.columns
+    decided = checks[checks["cells"] > 0]
+    assert len(decided) and all(text.startswith(f"{m:.3g} [") for m, text in
+                                zip(decided["mean"], view.loc[decided.index, "mean [95% interval]"], strict=True))

@@ -567,6 +567,19 @@ CHECK_COLUMNS = ["theorem", "prediction", "measure", "decided by", "cells", "res
                  "verdict", "note", "runs", "share (descriptive)"]
 
 
+def checks_view(checks: pd.DataFrame) -> pd.DataFrame:
+    """:func:`theorem_checks` as the page shows it, narrow enough for the book's column: the
+    interval as one text column (``mean [lo, hi]``), restarts x cells as one, no note and no
+    descriptive share (the side-by-side table shows those)."""
+    interval = [f"{m:.3g} [{lo:.3g}, {hi:.3g}]" if np.isfinite(m) else "-"
+                for m, lo, hi in zip(checks["mean"], checks["lo"], checks["hi"], strict=True)]
+    design = [f"{r} x {c}" if c else "-" for r, c in zip(checks["restarts"], checks["cells"], strict=True)]
+    return pd.DataFrame({"theorem": checks["theorem"], "prediction": checks["prediction"],
+                         "measure": checks["measure"], "decided by": checks["decided by"],
+                         "restarts x cells": design, "mean [95% interval]": interval,
+                         "verdict": checks["verdict"]}, index=checks.index)
+
+
 def theorem_checks(table: pd.DataFrame) -> pd.DataFrame:
     """The predictions of Thm 3.4-3.7 that our records can test, each decided over restarts.
 
