@@ -72,7 +72,6 @@ whose run kept weights never lacks them.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -86,45 +85,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 
-from .paths import RESULTS
+from .config import CONFIG_FIELDS, SEED_MAX, RunConfig, config_key, record_relpath
+from .config import canonical as canonical  # noqa: F401  (marnn.store.canonical: the form keys hash)
+from .paths import RESULTS_ENV, results_dir
 
-ENV_VAR = "MARNN_RESULTS"
+ENV_VAR = RESULTS_ENV
 REQUIRED = ("config", "key", "status", "created", "env", "curve")
 INVALID_DIR = "invalid"  # <root>/invalid/: records that failed the schema, with the reason
 LEASE_REFRESH_S = 60.0  # a holder touches its lock files this often
 LEASE_STALE_S = 600.0  # a lock from another host not touched for this long is stale
 BREAK_STALE_S = 60.0  # a .lock.break file (held for milliseconds) older than this is stale
-SEED_MAX = 2**32 - 1  # seeds and data seeds: 0 <= seed <= SEED_MAX (numpy's and torch's common range)
 
 
-def results_dir(path: str | os.PathLike | None = None) -> Path:
-    """The store's root: ``path``, else ``$MARNN_RESULTS``, else ``<repo>/results``."""
-    if path:
-        return Path(path)
-    env = os.environ.get(ENV_VAR)
-    return Path(env) if env else RESULTS
-
-
-def canonical(config: dict) -> str:
-    return json.dumps(config, sort_keys=True, separators=(",", ":"))
-
-
-def config_key(config: dict) -> str:
-    """16 hex digits of SHA-256 over the canonical JSON of ``config``."""
-    return hashlib.sha256(canonical(config).encode()).hexdigest()[:16]
-
-
-def record_path(config: dict, root: str | os.PathLike | None = None) -> Path:
-    root = results_dir(root)
-    key = config_key(config)
-    kind = config["kind"]
-    if kind == "formal":
-        return (root / "formal" / config["scale"] / config["task"] / config["model"]
-                / f"{config['freeze']}-s{config['seed']}-{key}.json")
-    if kind == "ptb":
-        return (root / "ptb" / config["scale"] / config["model"]
-                / f"{config['freeze']}-{config['embedding_group']}-s{config['seed']}-{key}.json")
-    raise ValueError(f"unknown run kind {kind!r}; valid kinds: formal, ptb")
+def record_path(config: dict | RunConfig, root: str | os.PathLike | None = None) -> Path:
+    """Where the record of ``config`` lies in the store ``root`` (:func:`marnn.config.record_relpath`)."""
+    if isinstance(config, RunConfig):
+        return config.path(root)
+    return results_dir(root) / record_relpath(config)
 
 
 def _json_default(x):
@@ -237,10 +214,6 @@ def load_weights(config: dict, root: str | os.PathLike | None = None) -> dict | 
 # ---- the record schema ----------------------------------------------------------
 STATUSES = ("early-stop", "max-epochs", "diverged", "pruned")
 KIND_FIELDS = {"formal": ("valid", "bins", "lengths"), "ptb": ("valid", "test")}
-CONFIG_FIELDS = {"formal": ("kind", "task", "model", "freeze", "seed", "data_seed", "scale", "scale_fields",
-                            "protocol"),
-                 "ptb": ("kind", "model", "freeze", "seed", "embedding_group", "data_seed", "scale", "scale_fields",
-                         "protocol")}
 COUNT_FIELDS = ("lo", "hi", "strings", "symbols", "tokens", "length", "epoch")
 
 
