@@ -58,8 +58,10 @@ def canonical(config: Mapping) -> str:
     return json.dumps(config, sort_keys=True, separators=(",", ":"))
 
 
-def config_key(config: Mapping) -> str:
-    """16 hex digits of SHA-256 over the canonical JSON of ``config``."""
+def config_key(config: Mapping | RunConfig) -> str:
+    """16 hex digits of SHA-256 over the canonical JSON of ``config`` (a dict, or a RunConfig's dict form)."""
+    if isinstance(config, RunConfig):
+        config = config.to_dict()
     return hashlib.sha256(canonical(config).encode()).hexdigest()[:16]
 
 

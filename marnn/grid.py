@@ -53,6 +53,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 
 from . import registry, store
+from .config import RunConfig
 from .registry import FORMAL_MODELS, MODES, PTB_MODELS, TASKS
 from .scales import Scale, get_scale
 from .train import epochlog, formal_config, progress_disabled, ptb_config
@@ -120,10 +121,10 @@ def ptb_seeds(scale: str | Scale, restarts: int, root: str | os.PathLike | None 
     return [seed for _, _, seed in ranked[:restarts]]
 
 
-def group_key(config: dict) -> str:
-    """Everything but freeze mode and seed: runs with equal keys can share one batched model."""
-    rest = {k: v for k, v in config.items() if k not in ("freeze", "seed")}
-    return store.canonical(rest)
+def group_key(config: dict | RunConfig) -> str:
+    """Everything but freeze mode and seed: runs with equal keys can share one batched model
+    (:attr:`marnn.config.RunConfig.group_key`)."""
+    return RunConfig.from_dict(config).group_key
 
 
 def group_configs(configs: Iterable[dict], max_replicas: int | None = None) -> list[list[dict]]:
@@ -171,7 +172,7 @@ def _train_and_store(todo: list[dict], root: str | None, progress: bool, train_k
     from .train.run import train
 
     train_kwargs = {"state_dir": resume.state_dir(root), **(train_kwargs or {})}  # resumable after every epoch
-    keep = all(c["kind"] == "formal" for c in todo)  # formal runs keep their selected weights
+    keep = all(RunConfig.from_dict(c).is_formal for c in todo)  # formal runs keep their selected weights
     try:
         records, model = (train(todo, progress=progress, return_model=True, **train_kwargs) if keep
                           else (train(todo, progress=progress, **train_kwargs), None))
@@ -408,7 +409,7 @@ def run_grid(configs: list[dict], root: str | None = None, *, scheduler: str | N
                 futures = {}
                 for g in groups:
                     fut = client.submit(run_group, g, root, pure=False, priority=int(_cost(g)), **kwargs,
-                                        key=f"group-{g[0].get('task', 'ptb')}-{g[0]['model']}-{store.config_key(g[0])}"
+                                        key=f"group-{RunConfig.from_dict(g[0]).corpus}-{g[0]['model']}-{store.config_key(g[0])}"
                                             f"-{secrets.token_hex(3)}")
                     futures[fut] = g
                 for fut in as_completed(futures):
@@ -441,6 +442,6 @@ def _write_line(event: tuple) -> None:
 
 
 def _failure(group: list[dict], err: BaseException) -> dict:
-    return {"task": group[0].get("task", "ptb"), "model": group[0]["model"], "runs": len(group),
+    return {"task": RunConfig.from_dict(group[0]).corpus, "model": group[0]["model"], "runs": len(group),
             "error": f"{type(err).__name__}: {err}".splitlines()[0][:300],
             "traceback": "".join(traceback.format_exception(type(err), err, err.__traceback__))[-2000:]}

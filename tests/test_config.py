@@ -140,3 +140,11 @@ def test_from_dict_checks_the_fields():
             RunConfig.from_dict(d)  # type: ignore[arg-type]
         assert bad in _one_line(err)
     assert set(CONFIG_FIELDS) == {"formal", "ptb"}
+
+
+def test_the_store_refuses_a_record_whose_config_is_not_a_run(tmp_path):
+    cfg = RunConfig.formal("count-3", "lstm", "none", 0, "smoke").to_dict()
+    rec = {"config": {**cfg, "model": "lstm-9000"}}
+    rec["key"] = config_key(rec["config"])
+    why = store.problems(rec) or ""
+    assert why.startswith("config: unknown model 'lstm-9000'") and "\n" not in why

@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 import torch
 from tqdm.auto import tqdm
 
+from ..config import RunConfig
 from . import (
     default_device,
     draw_seed,
@@ -49,7 +50,6 @@ from . import (
     hyperparameters,
     progress_disabled,
     resume,
-    scale_from_config,
     set_threads,
 )
 from .epochlog import formal_epoch, lines_enabled, resumed
@@ -287,7 +287,7 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
     t0, c0 = time.perf_counter(), time.process_time()
 
     task = get_task(first["task"])
-    scale = scale_from_config(first)
+    scale = RunConfig.from_dict(first).scale
     data = make_task_data(task, scale, first["data_seed"])
     R = len(configs)
     seeds = [draw_seed(c) for c in configs]  # the restart index unless the scale has independent_draws

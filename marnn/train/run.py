@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 
 from .. import store
+from ..config import RunConfig
 from . import formal, ptb
 
 
 def train(configs: list[dict], **kwargs) -> list[dict]:
     """Train a group of same-kind runs as one replica-batched model; one record each."""
-    kinds = {c["kind"] for c in configs}
+    kinds = {RunConfig.from_dict(c).kind for c in configs}
     if kinds == {"formal"}:
         return formal.train_formal(configs, **kwargs)
     if kinds == {"ptb"}:
