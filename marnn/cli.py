@@ -230,41 +230,22 @@ def _summary_ptb(rec: dict, path) -> str:
     ])
 
 
-def _train_one(config: RunConfig, args, threads: int | None) -> None:
-    """Train and store ``config`` (its claim held), unless its record appeared meanwhile."""
-    from . import store
-
-    if store.load_record(config, args.results) is not None:
-        print("loaded from the store (trained meanwhile by another process):")
-        return
-    from .train import resume
-    from .train.run import train
-
-    folder = resume.state_dir(args.results)  # resumable after every epoch, as in the grid
-    (rec,) = train([config.to_dict()], progress=not args.quiet, epoch_lines=not args.quiet, device=args.device,
-                   threads=threads, state_dir=folder)
-    store.save_record(rec, args.results)
-    resume.remove([config.to_dict()], folder)
-    print("trained and stored:")
-
-
 def _run_one(config: RunConfig, args) -> int:
+    """Load the run's record, or train and store it through the one load-or-train path
+    (:func:`marnn.train.run.train_missing`: claimed, resumable; waits while another
+    process trains it)."""
     from . import store
 
-    existing = store.load_record(config, args.results)
-    if existing is None:
+    if store.load_record(config, args.results) is None:
+        from .train.run import train_missing
+
         threads = args.threads if args.threads is not None else (1 if config.is_formal else None)
-        lease = store.claim(config, args.results)
-        if lease is None:
+        if store.claimed_elsewhere(config, args.results):
             print(f"another process is training this run ({store.record_path(config, args.results)}); "
                   "waiting for its record", file=sys.stderr)
-            with store.hold([config], args.results, wait=True):
-                _train_one(config, args, threads)
-        else:
-            try:
-                _train_one(config, args, threads)
-            finally:
-                lease.release()
+        written = train_missing([config.to_dict()], args.results, wait=True, progress=not args.quiet,
+                                epoch_lines=not args.quiet, device=args.device, threads=threads)
+        print("trained and stored:" if written else "loaded from the store (trained meanwhile by another process):")
     else:
         print("loaded from the store (already computed):")
     rec = store.load_record(config, args.results)

@@ -1,6 +1,7 @@
 """Training engine: what a run is (this module), the trainers of the formal languages
-(:mod:`.formal`) and of Penn Treebank (:mod:`.ptb`), and :mod:`.run`, which trains a group
-of runs (:func:`marnn.train.run.train`) or loads a stored one (:func:`marnn.train.run.run_or_load`).
+(:mod:`.formal`) and of Penn Treebank (:mod:`.ptb`), and :mod:`.run`, the one load-or-train path
+(:func:`marnn.train.run.train_missing`: claim, resume, train a group, store its
+records and weights; :func:`marnn.train.run.run_or_load` for one run).
 
 A *run* is one cell of the paper's grid, described by a
 :class:`marnn.config.RunConfig` and stored as its small JSON-able *config* dict
