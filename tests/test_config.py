@@ -148,3 +148,20 @@ def test_the_store_refuses_a_record_whose_config_is_not_a_run(tmp_path):
     rec["key"] = config_key(rec["config"])
     why = store.problems(rec) or ""
     assert why.startswith("config: unknown model 'lstm-9000'") and "\n" not in why
+
+
+def test_a_trainer_refuses_runs_that_cannot_share_a_model():
+    from marnn.train.formal import check_group
+
+    a = RunConfig.formal("count-3", "lstm", "none", 0, "smoke").to_dict()
+    b = RunConfig.formal("count-3", "lstm", "m", 1, "smoke").to_dict()
+    assert check_group([a, b], "formal") is a  # freeze mode and seed may differ
+    other = RunConfig.formal("marked-copy", "lstm", "none", 0, "smoke").to_dict()
+    with pytest.raises(ValueError, match="must share 'task'"):
+        check_group([a, other], "formal")
+    with pytest.raises(ValueError, match="must share 'data_seed'"):
+        check_group([a, {**b, "data_seed": 1}], "formal")
+    with pytest.raises(ValueError, match="a ptb group got a formal run"):
+        check_group([a], "ptb")
+    with pytest.raises(UnknownNameError, match="'lstm-9000'"):
+        check_group([a, {**b, "model": "lstm-9000"}], "formal")

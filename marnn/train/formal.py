@@ -33,6 +33,7 @@ evaluated on the test bins; one record per replica is returned.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -246,15 +247,22 @@ def _per_replica_counts(model, masks: dict[str, torch.Tensor]) -> tuple[int, lis
     return total, trainable
 
 
-def check_group(configs: list[dict], shared: tuple[str, ...]) -> dict:
+def check_group(configs: list[dict], kind: str) -> dict:
+    """The first config of a group of ``kind`` runs that can train as one batched model:
+    each a valid :class:`~marnn.config.RunConfig` of that kind, all with one
+    :attr:`~marnn.config.RunConfig.group_key` (they differ at most in freeze mode and seed)."""
     if not configs:
         raise ValueError("empty group")
-    first = configs[0]
-    for c in configs[1:]:
-        for k in shared:
-            if c.get(k) != first.get(k):
-                raise ValueError(f"runs of one group must share {k!r}: {first.get(k)!r} != {c.get(k)!r}")
-    return first
+    runs = [RunConfig.from_dict(c) for c in configs]
+    if runs[0].kind != kind:
+        raise ValueError(f"a {kind} group got a {runs[0].kind} run")
+    for run in runs[1:]:
+        if run.group_key != runs[0].group_key:
+            a, b = runs[0].to_dict(), run.to_dict()
+            k = next(k for k in {**a, **b} if k not in ("freeze", "seed")
+                     and json.dumps(a.get(k), sort_keys=True) != json.dumps(b.get(k), sort_keys=True))
+            raise ValueError(f"runs of one group must share {k!r}: {a.get(k)!r} != {b.get(k)!r}")
+    return configs[0]
 
 
 def train_formal(configs: list[dict], *, build: Callable | None = None, device=None, progress: bool = False,
@@ -279,7 +287,7 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
     from ..tasks import get as get_task
     from ..tasks.data import make_task_data
 
-    first = check_group(configs, ("kind", "task", "model", "scale", "scale_fields", "data_seed", "protocol"))
+    first = check_group(configs, "formal")
     torch.use_deterministic_algorithms(True)
     set_threads(threads)
     device = torch.device(device) if device is not None else default_device()

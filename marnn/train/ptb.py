@@ -69,7 +69,7 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
     """
     from ..ptb import batchify, chunks, load_corpus, num_chunks
 
-    first = check_group(configs, ("kind", "model", "scale", "scale_fields", "embedding_group", "data_seed", "protocol"))
+    first = check_group(configs, "ptb")
     torch.use_deterministic_algorithms(True)
     set_threads(threads)
     device = torch.device(device) if device is not None else default_device()
