@@ -33,9 +33,10 @@ import signal
 import sys
 from pathlib import Path
 
+from .config import RunConfig
 from .scales import SCALES
 
-SEED_MAX = 2**32 - 1  # = marnn.store.SEED_MAX (not imported here: keeps start-up light)
+SEED_MAX = 2**32 - 1  # = marnn.config.SEED_MAX (not imported here: keeps start-up light)
 SCHEDULER_TIMEOUT_S = 3.0
 
 
@@ -229,48 +230,29 @@ def _summary_ptb(rec: dict, path) -> str:
     ])
 
 
-def _train_one(config: dict, args, threads: int | None) -> None:
-    """Train and store ``config`` (its claim held), unless its record appeared meanwhile."""
+def _run_one(config: RunConfig, args) -> int:
+    """Load the run's record, or train and store it through the one load-or-train path
+    (:func:`marnn.train.run.train_missing`: claimed, resumable; waits while another
+    process trains it)."""
     from . import store
 
-    if store.load_record(config, args.results) is not None:
-        print("loaded from the store (trained meanwhile by another process):")
-        return
-    from .train import resume
-    from .train.run import train
+    if store.load_record(config, args.results) is None:
+        from .train.run import train_missing
 
-    folder = resume.state_dir(args.results)  # resumable after every epoch, as in the grid
-    (rec,) = train([config], progress=not args.quiet, epoch_lines=not args.quiet, device=args.device,
-                   threads=threads, state_dir=folder)
-    store.save_record(rec, args.results)
-    resume.remove([config], folder)
-    print("trained and stored:")
-
-
-def _run_one(config: dict, args) -> int:
-    from . import store
-
-    existing = store.load_record(config, args.results)
-    if existing is None:
-        threads = args.threads if args.threads is not None else (1 if config["kind"] == "formal" else None)
-        lease = store.claim(config, args.results)
-        if lease is None:
+        threads = args.threads if args.threads is not None else (1 if config.is_formal else None)
+        if store.claimed_elsewhere(config, args.results):
             print(f"another process is training this run ({store.record_path(config, args.results)}); "
                   "waiting for its record", file=sys.stderr)
-            with store.hold([config], args.results, wait=True):
-                _train_one(config, args, threads)
-        else:
-            try:
-                _train_one(config, args, threads)
-            finally:
-                lease.release()
+        written = train_missing([config.to_dict()], args.results, wait=True, progress=not args.quiet,
+                                epoch_lines=not args.quiet, device=args.device, threads=threads)
+        print("trained and stored:" if written else "loaded from the store (trained meanwhile by another process):")
     else:
         print("loaded from the store (already computed):")
     rec = store.load_record(config, args.results)
     path = store.record_path(config, args.results)
     if rec is None:
         raise CliError(f"no valid record of this run at {path} after training it")
-    print(_summary_formal(rec, path) if config["kind"] == "formal" else _summary_ptb(rec, path))
+    print(_summary_formal(rec, path) if config.is_formal else _summary_ptb(rec, path))
     return 0
 
 
@@ -283,18 +265,14 @@ def _checked(fn, *a, **kw):
 
 
 def cmd_train(args) -> int:
-    from .train import formal_config
-
-    config = _checked(formal_config, args.task, args.model, args.freeze, args.seed, _scale(args), args.data_seed)
+    config = _checked(RunConfig.formal, args.task, args.model, args.freeze, args.seed, _scale(args), args.data_seed)
     args.device = check_device(args.device)
     args.results = check_results(args.results)
     return _run_one(config, args)
 
 
 def cmd_ptb(args) -> int:
-    from .train import ptb_config
-
-    config = _checked(ptb_config, args.model, args.freeze, args.seed, _scale(args), args.embedding_group)
+    config = _checked(RunConfig.ptb, args.model, args.freeze, args.seed, _scale(args), args.embedding_group)
     args.device = check_device(args.device)
     args.results = check_results(args.results)
     check_ptb_files()

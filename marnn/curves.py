@@ -17,6 +17,7 @@ from collections.abc import Iterable
 import pandas as pd
 
 from . import store
+from .config import RunConfig
 from .scales import SCALES
 
 STATUSES = ("early-stop", "max-epochs", "pruned", "diverged")
@@ -60,11 +61,9 @@ def _num(x) -> float:
     return float("nan") if x is None else float(x)
 
 
-def _cap(config: dict) -> int | None:
+def _cap(config: RunConfig) -> int:
     """The epoch cap the run trained under (its scale's, for its model)."""
-    fields = config.get("scale_fields", {})
-    cap = fields.get("ptb_max_epochs" if config["kind"] == "ptb" else "max_epochs")
-    return int(cap) if cap is not None else None
+    return config.scale.max_epochs if config.is_formal else config.scale.ptb_max_epochs
 
 
 def _phases(root: str | None) -> dict[str, int]:
@@ -100,12 +99,12 @@ def stop_epochs(root: str | None = None) -> pd.DataFrame:
     phases = _phases(root) if any(r["config"]["scale"] == CAMPAIGN for r in records) else {}
     rows = []
     for rec in records:
-        c = rec["config"]
-        number = phases.get(rec["key"]) if c["scale"] == CAMPAIGN else None
-        rows.append({"scale": c["scale"], "phase": _phase_label(c["kind"], number),
-                     "phase_rank": (number or 0, list(KIND_LABELS).index(c["kind"]) if c["kind"] in KIND_LABELS else 9),
-                     "kind": c["kind"], "task": c.get("task", "ptb"), "model": c["model"], "freeze": c["freeze"],
-                     "embedding_group": c.get("embedding_group"), "seed": c["seed"], "status": rec["status"],
+        c = RunConfig.from_dict(rec["config"])
+        number = phases.get(rec["key"]) if c.scale_name == CAMPAIGN else None
+        rows.append({"scale": c.scale_name, "phase": _phase_label(c.kind, number),
+                     "phase_rank": (number or 0, list(KIND_LABELS).index(c.kind) if c.kind in KIND_LABELS else 9),
+                     "kind": c.kind, "task": c.corpus, "model": c.model, "freeze": c.freeze,
+                     "embedding_group": c.embedding_group, "seed": c.seed, "status": rec["status"],
                      "epochs": int(rec["epochs"]), "best_epoch": rec.get("best_epoch"), "cap": _cap(c)})
     frame = pd.DataFrame(rows, columns=[*STOP_COLUMNS, "phase_rank"])
     if frame.empty:

@@ -9,7 +9,10 @@ straight into the shared store (atomically), so killing a grid at any moment
 and running it again computes only what is missing. Every run is claimed
 before it is trained (:func:`marnn.store.hold`): two grids on one store, or
 a group given to a second worker after its first was lost, never train a run
-twice; a grid waits for the runs another live process holds.
+twice; a grid waits for the runs another live process holds. A group is
+trained by :func:`run_group`, which hands it to the one load-or-train path
+(:func:`marnn.train.run.train_missing`: claims, resume from ``<store>/.state``,
+halves on out-of-memory, kept weights); this module only plans and schedules.
 
 Cluster: by default a ``LocalCluster`` of worker *processes* sized to the
 machine (one single-threaded worker per core, since one small recurrent model
@@ -53,6 +56,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 
 from . import registry, store
+from .config import RunConfig
 from .registry import FORMAL_MODELS, MODES, PTB_MODELS, TASKS
 from .scales import Scale, get_scale
 from .train import epochlog, formal_config, progress_disabled, ptb_config
@@ -120,10 +124,10 @@ def ptb_seeds(scale: str | Scale, restarts: int, root: str | os.PathLike | None 
     return [seed for _, _, seed in ranked[:restarts]]
 
 
-def group_key(config: dict) -> str:
-    """Everything but freeze mode and seed: runs with equal keys can share one batched model."""
-    rest = {k: v for k, v in config.items() if k not in ("freeze", "seed")}
-    return store.canonical(rest)
+def group_key(config: dict | RunConfig) -> str:
+    """Everything but freeze mode and seed: runs with equal keys can share one batched model
+    (:attr:`marnn.config.RunConfig.group_key`)."""
+    return RunConfig.from_dict(config).group_key
 
 
 def group_configs(configs: Iterable[dict], max_replicas: int | None = None) -> list[list[dict]]:
@@ -138,62 +142,25 @@ def group_configs(configs: Iterable[dict], max_replicas: int | None = None) -> l
     return out
 
 
-def _is_memory_error(err: BaseException) -> bool:
-    return isinstance(err, MemoryError) or "out of memory" in str(err).lower()
-
-
 def run_group(configs: list[dict], root: str | None = None, *, torch_threads: int | None = None,
               progress: bool = False, train_kwargs: dict | None = None) -> list[str]:
     """Train the members of one group that have no record yet and store them; returns the keys written.
 
-    Each member is claimed first (:func:`marnn.store.hold`): members another
+    The load-or-train path of every trainer (:func:`marnn.train.run.train_missing`):
+    each member is claimed first (:func:`marnn.store.hold`): members another
     live process is training are left to it, so two grids (or two workers
     given the same group again after a lost worker) never train one run
-    twice. Falls back to halves (down to one run at a time) when the batched
-    model does not fit in memory.
+    twice; resumable after every epoch; falls back to halves (down to one run
+    at a time) when the batched model does not fit in memory. Formal runs keep
+    their selected weights beside their records.
     """
     if torch_threads:
         import torch
         torch.set_num_threads(int(torch_threads))
-    todo = store.missing(configs, root)
-    if not todo:
-        return []
-    with store.hold(todo, root) as mine:
-        todo = store.missing(mine, root)  # one may have been finished between the look and the claim
-        if not todo:
-            return []
-        return _train_and_store(todo, root, progress, train_kwargs)
+    from .train.run import train_missing
 
-
-def _train_and_store(todo: list[dict], root: str | None, progress: bool, train_kwargs: dict | None) -> list[str]:
-    """Train ``todo`` (claimed by the caller) as one group, in halves if it does not fit; store the records."""
-    from .train import resume
-    from .train.run import train
-
-    train_kwargs = {"state_dir": resume.state_dir(root), **(train_kwargs or {})}  # resumable after every epoch
-    keep = all(c["kind"] == "formal" for c in todo)  # formal runs keep their selected weights
-    try:
-        records, model = (train(todo, progress=progress, return_model=True, **train_kwargs) if keep
-                          else (train(todo, progress=progress, **train_kwargs), None))
-    except (RuntimeError, MemoryError) as err:
-        if len(todo) == 1 or not _is_memory_error(err):
-            raise
-        half = len(todo) // 2
-        return (_train_and_store(todo[:half], root, progress, train_kwargs)
-                + _train_and_store(todo[half:], root, progress, train_kwargs))
-    written = []
-    for r, rec in enumerate(records):
-        if model is not None:  # the weights first: a stored record never lacks its weights
-            store.save_weights(rec["config"], replica_state(model, r), root)
-        store.save_record(rec, root)  # ours alone: we hold its claim
-        written.append(store.config_key(rec["config"]))
-    resume.remove(todo, train_kwargs["state_dir"])
-    return written
-
-
-def replica_state(model, r: int) -> dict:
-    """Replica ``r`` of a replica-batched model as the parameters of a one-replica model."""
-    return {n: p.detach()[r] for n, p in model.named_parameters()}
+    keep = all(RunConfig.from_dict(c).is_formal for c in configs)  # formal runs keep their selected weights
+    return train_missing(configs, root, keep_weights=keep, progress=progress, **(train_kwargs or {}))
 
 
 def _cost(group: list[dict]) -> float:
@@ -408,7 +375,7 @@ def run_grid(configs: list[dict], root: str | None = None, *, scheduler: str | N
                 futures = {}
                 for g in groups:
                     fut = client.submit(run_group, g, root, pure=False, priority=int(_cost(g)), **kwargs,
-                                        key=f"group-{g[0].get('task', 'ptb')}-{g[0]['model']}-{store.config_key(g[0])}"
+                                        key=f"group-{RunConfig.from_dict(g[0]).corpus}-{g[0]['model']}-{store.config_key(g[0])}"
                                             f"-{secrets.token_hex(3)}")
                     futures[fut] = g
                 for fut in as_completed(futures):
@@ -441,6 +408,6 @@ def _write_line(event: tuple) -> None:
 
 
 def _failure(group: list[dict], err: BaseException) -> dict:
-    return {"task": group[0].get("task", "ptb"), "model": group[0]["model"], "runs": len(group),
+    return {"task": RunConfig.from_dict(group[0]).corpus, "model": group[0]["model"], "runs": len(group),
             "error": f"{type(err).__name__}: {err}".splitlines()[0][:300],
             "traceback": "".join(traceback.format_exception(type(err), err, err.__traceback__))[-2000:]}

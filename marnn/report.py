@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from . import paper, store
+from .config import RunConfig
 from .registry import FORMAL_MODELS, MODES, PTB_MODELS, PTB_VARIANTS, lookup
 from .scales import get_scale
 
@@ -577,10 +578,10 @@ def provenance_runs(root: str | None = None) -> pd.DataFrame:
     it applies; "numpy*": a record older than the setting, made by the NumPy loop)."""
     rows = []
     for _, rec in store.iter_records(root):
-        c, env = rec["config"], rec.get("env", {})
+        c, env = RunConfig.from_dict(rec["config"]), rec.get("env", {})
         commit = (env.get("git_commit") or "unknown")[:10] + ("+modified" if env.get("code_modified") else "")
-        rows.append({"scale": c["scale"], "kind": c["kind"], "task": c.get("task", "ptb"), "model": c["model"],
-                     "freeze": c["freeze"], "seed": c["seed"], "status": rec["status"], "commit": commit,
+        rows.append({"scale": c.scale_name, "kind": c.kind, "task": c.corpus, "model": c.model,
+                     "freeze": c.freeze, "seed": c.seed, "status": rec["status"], "commit": commit,
                      "kernel": env.get("fused_backend", "numpy*"), "date": str(rec["created"])[:10],
                      "created": rec["created"], "device": env.get("device", "?"), "cpu": env.get("cpu", "?"),
                      "host": env.get("hostname", "?"), "torch": env.get("torch", "?"),

@@ -190,7 +190,7 @@ class Scale:
 
 
 # Fields that a run's config leaves out while they hold their default (they were
-# added after records existed; see marnn.train._scale_part). ``models`` never enters
+# added after records existed; see marnn.config.scale_part). ``models`` never enters
 # a config: the fields a model's entry changes enter it with their changed values.
 OPTIONAL: dict[str, object] = {"test_strings": None, "test_take": None, "models": (), "independent_draws": False,
                                "ptb_draws": None, "ptb_halving": ()}

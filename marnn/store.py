@@ -72,7 +72,6 @@ whose run kept weights never lacks them.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -84,47 +83,27 @@ import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import cast
+from typing import TypeVar, cast
 
-from .paths import RESULTS
+from .config import RunConfig, config_key, record_relpath
+from .config import canonical as canonical  # noqa: F401  (marnn.store.canonical: the form keys hash)
+from .paths import RESULTS_ENV, results_dir
 
-ENV_VAR = "MARNN_RESULTS"
+ENV_VAR = RESULTS_ENV
+Config = dict | RunConfig  # a run's config: its dict form (as records store it) or the typed one
+C = TypeVar("C", dict, RunConfig)
 REQUIRED = ("config", "key", "status", "created", "env", "curve")
 INVALID_DIR = "invalid"  # <root>/invalid/: records that failed the schema, with the reason
 LEASE_REFRESH_S = 60.0  # a holder touches its lock files this often
 LEASE_STALE_S = 600.0  # a lock from another host not touched for this long is stale
 BREAK_STALE_S = 60.0  # a .lock.break file (held for milliseconds) older than this is stale
-SEED_MAX = 2**32 - 1  # seeds and data seeds: 0 <= seed <= SEED_MAX (numpy's and torch's common range)
 
 
-def results_dir(path: str | os.PathLike | None = None) -> Path:
-    """The store's root: ``path``, else ``$MARNN_RESULTS``, else ``<repo>/results``."""
-    if path:
-        return Path(path)
-    env = os.environ.get(ENV_VAR)
-    return Path(env) if env else RESULTS
-
-
-def canonical(config: dict) -> str:
-    return json.dumps(config, sort_keys=True, separators=(",", ":"))
-
-
-def config_key(config: dict) -> str:
-    """16 hex digits of SHA-256 over the canonical JSON of ``config``."""
-    return hashlib.sha256(canonical(config).encode()).hexdigest()[:16]
-
-
-def record_path(config: dict, root: str | os.PathLike | None = None) -> Path:
-    root = results_dir(root)
-    key = config_key(config)
-    kind = config["kind"]
-    if kind == "formal":
-        return (root / "formal" / config["scale"] / config["task"] / config["model"]
-                / f"{config['freeze']}-s{config['seed']}-{key}.json")
-    if kind == "ptb":
-        return (root / "ptb" / config["scale"] / config["model"]
-                / f"{config['freeze']}-{config['embedding_group']}-s{config['seed']}-{key}.json")
-    raise ValueError(f"unknown run kind {kind!r}; valid kinds: formal, ptb")
+def record_path(config: Config, root: str | os.PathLike | None = None) -> Path:
+    """Where the record of ``config`` lies in the store ``root`` (:func:`marnn.config.record_relpath`)."""
+    if isinstance(config, RunConfig):
+        return config.path(root)
+    return results_dir(root) / record_relpath(config)
 
 
 def _json_default(x):
@@ -193,12 +172,12 @@ def save_record(record: dict, root: str | os.PathLike | None = None) -> Path:
 
 
 # ---- kept weights ------------------------------------------------------------------
-def weights_path(config: dict, root: str | os.PathLike | None = None) -> Path:
+def weights_path(config: Config, root: str | os.PathLike | None = None) -> Path:
     """Where a run's selected weights lie: beside its record, ``.pt`` for ``.json``."""
     return record_path(config, root).with_suffix(".pt")
 
 
-def save_weights(config: dict, state: dict, root: str | os.PathLike | None = None) -> Path:
+def save_weights(config: Config, state: dict, root: str | os.PathLike | None = None) -> Path:
     """Write one run's weights (``{parameter name: tensor}`` of a one-replica model,
     without the replica axis) atomically beside its record."""
     import torch
@@ -207,7 +186,7 @@ def save_weights(config: dict, state: dict, root: str | os.PathLike | None = Non
     return atomic_write(weights_path(config, root), lambda tmp: torch.save(obj, tmp))
 
 
-def load_weights(config: dict, root: str | os.PathLike | None = None) -> dict | None:
+def load_weights(config: Config, root: str | os.PathLike | None = None) -> dict | None:
     """The weights :func:`save_weights` kept for ``config``, or None when there are none.
 
     Read with ``weights_only=True`` (a file that would run code is refused); a
@@ -237,10 +216,6 @@ def load_weights(config: dict, root: str | os.PathLike | None = None) -> dict | 
 # ---- the record schema ----------------------------------------------------------
 STATUSES = ("early-stop", "max-epochs", "diverged", "pruned")
 KIND_FIELDS = {"formal": ("valid", "bins", "lengths"), "ptb": ("valid", "test")}
-CONFIG_FIELDS = {"formal": ("kind", "task", "model", "freeze", "seed", "data_seed", "scale", "scale_fields",
-                            "protocol"),
-                 "ptb": ("kind", "model", "freeze", "seed", "embedding_group", "data_seed", "scale", "scale_fields",
-                         "protocol")}
 COUNT_FIELDS = ("lo", "hi", "strings", "symbols", "tokens", "length", "epoch")
 
 
@@ -293,7 +268,8 @@ def problems(rec: object, path: str | os.PathLike | None = None) -> str | None:
     """Why ``rec`` is not a valid record (the first problem found), or None.
 
     The schema (``results/README.md``): every field of :data:`REQUIRED` and of
-    the record's kind (:data:`KIND_FIELDS`), with their types; ``key`` is the
+    the record's kind (:data:`KIND_FIELDS`), with their types; ``config`` a valid
+    :class:`marnn.config.RunConfig` (:meth:`~marnn.config.RunConfig.from_dict`); ``key`` is the
     hash of ``config`` (and matches the file name when ``path`` is given);
     probabilities (``*accuracy``) in [0, 1]; cross-entropies and lower bounds
     finite and >= 0; perplexities >= 1; counts integers >= 0; every metric a
@@ -307,20 +283,15 @@ def problems(rec: object, path: str | os.PathLike | None = None) -> str | None:
     cfg = rec.get("config")
     if not isinstance(cfg, dict) or cfg.get("kind") not in KIND_FIELDS:
         return "config missing or of unknown kind (valid kinds: formal, ptb)"
+    try:  # the registry's names, seeds in range, exactly the fields of its kind
+        RunConfig.from_dict(cfg)
+    except ValueError as bad:
+        return f"config: {bad}"
     kind = cfg["kind"]
     for k in REQUIRED + ("seed", "lr", "final_lr", "clip", "diverged", "epochs", "best_epoch", "steps",
                          "num_parameters", "trainable_parameters", "group", "wall_time_s") + KIND_FIELDS[kind]:
         if k not in rec:
             return f"missing field {k!r}"
-    for k in CONFIG_FIELDS[kind]:
-        if k not in cfg:
-            return f"config lacks {k!r}"
-    for k in ("seed", "data_seed", "protocol"):
-        if not _is_int(cfg[k]) or not 0 <= cfg[k] <= SEED_MAX:
-            return f"config.{k} must be an integer in [0, {SEED_MAX}], got {cfg[k]!r}"
-    for k in ("model", "freeze", "scale") + (("task",) if kind == "formal" else ("embedding_group",)):
-        if not isinstance(cfg[k], str):
-            return f"config.{k} must be a string, got {cfg[k]!r}"
     if rec["key"] != config_key(cfg):
         return f"key {rec['key']!r} is not the hash of its config ({config_key(cfg)})"
     if path is not None and Path(path).name != record_path(cfg, "/").name:
@@ -497,12 +468,12 @@ def read_record(path: str | os.PathLike, *, move_invalid: bool = True) -> dict |
     return None
 
 
-def load_record(config: dict, root: str | os.PathLike | None = None) -> dict | None:
+def load_record(config: Config, root: str | os.PathLike | None = None) -> dict | None:
     rec = read_record(record_path(config, root))
     return rec if rec is not None and rec["key"] == config_key(config) else None
 
 
-def missing(configs: Iterable[dict], root: str | os.PathLike | None = None) -> list[dict]:
+def missing(configs: Iterable[C], root: str | os.PathLike | None = None) -> list[C]:
     """The configs that have no valid record yet (invalid ones are moved aside)."""
     return [c for c in configs if load_record(c, root) is None]
 
@@ -722,7 +693,7 @@ def _claim_path(lock: Path):
             lease.release()
 
 
-def claim(config: dict, root: str | os.PathLike | None = None) -> Lease | None:
+def claim(config: Config, root: str | os.PathLike | None = None) -> Lease | None:
     """Claim the run of ``config`` for training: a Lease, or None when another live
     process (or this one) holds it. Release with ``lease.release()``."""
     path = record_path(config, root)
@@ -730,7 +701,7 @@ def claim(config: dict, root: str | os.PathLike | None = None) -> Lease | None:
     return _try_claim(_lock_path(path))
 
 
-def claimed_elsewhere(config: dict, root: str | os.PathLike | None = None) -> bool:
+def claimed_elsewhere(config: Config, root: str | os.PathLike | None = None) -> bool:
     """Whether a live process other than this one holds the claim on ``config``."""
     lock = _lock_path(record_path(config, root))
     with _HELD_LOCK:
@@ -740,7 +711,7 @@ def claimed_elsewhere(config: dict, root: str | os.PathLike | None = None) -> bo
 
 
 @contextlib.contextmanager
-def hold(configs: Iterable[dict], root: str | os.PathLike | None = None, *, wait: bool = False,
+def hold(configs: Iterable[Config], root: str | os.PathLike | None = None, *, wait: bool = False,
          poll_s: float = 0.5):
     """Claim every config it can (all of them, waiting, with ``wait``); yields the
     claimed configs and releases them at the end of the block."""
@@ -796,11 +767,11 @@ ID_COLUMNS = ["key", "kind", "scale", "task", "model", "freeze", "seed", "embedd
 
 
 def _ids(rec: dict) -> dict:
-    c = rec["config"]
+    c = RunConfig.from_dict(rec["config"])
     return {
-        "key": rec["key"], "kind": c["kind"], "scale": c["scale"], "task": c.get("task", "ptb"),
-        "model": c["model"], "freeze": c["freeze"], "seed": c["seed"],
-        "embedding_group": c.get("embedding_group"), "data_seed": c.get("data_seed"),
+        "key": rec["key"], "kind": c.kind, "scale": c.scale_name, "task": c.corpus,
+        "model": c.model, "freeze": c.freeze, "seed": c.seed,
+        "embedding_group": c.embedding_group, "data_seed": c.data_seed,
         "status": rec["status"], "diverged": rec.get("diverged") is not None,
     }
 

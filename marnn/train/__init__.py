@@ -1,9 +1,11 @@
 """Training engine: what a run is (this module), the trainers of the formal languages
-(:mod:`.formal`) and of Penn Treebank (:mod:`.ptb`), and :mod:`.run`, which trains a group
-of runs (:func:`marnn.train.run.train`) or loads a stored one (:func:`marnn.train.run.run_or_load`).
+(:mod:`.formal`) and of Penn Treebank (:mod:`.ptb`), and :mod:`.run`, the one load-or-train path
+(:func:`marnn.train.run.train_missing`: claim, resume, train a group, store its
+records and weights; :func:`marnn.train.run.run_or_load` for one run).
 
-A *run* is one cell of the paper's grid, described by a small JSON-able
-*config* dict (the key of its record in :mod:`marnn.store`)::
+A *run* is one cell of the paper's grid, described by a
+:class:`marnn.config.RunConfig` and stored as its small JSON-able *config* dict
+(the key of its record in :mod:`marnn.store`)::
 
     {"kind": "formal", "task": "marked-copy", "model": "jm-10", "freeze": "m",
      "seed": 0, "data_seed": 0, "scale": "quick", "scale_fields": {...},
@@ -25,17 +27,13 @@ import os
 import platform
 import subprocess
 import sys
-from dataclasses import fields
 from functools import lru_cache
 
 import numpy as np
 
-from .. import registry
+from ..config import PROTOCOL, RunConfig
 from ..paths import REPO
-from ..registry import lookup
-from ..scales import OPTIONAL, Scale, get_scale
-
-PROTOCOL = 1  # bump when a change to the training code changes numbers
+from ..scales import Scale
 
 # Stream tags: which numpy stream a number comes from (never the global RNG).
 _LR_STREAM = 1
@@ -82,65 +80,20 @@ def epoch_order(data_seed: int, epoch: int, n: int) -> list[int]:
     return np.random.default_rng([int(data_seed), _ORDER_STREAM, int(epoch)]).permutation(n).tolist()
 
 
-def _scale_part(scale: Scale, kind: str) -> dict:
-    """The fields of ``scale`` (already :meth:`~marnn.scales.Scale.for_model`) a run of
-    ``kind`` depends on; fields added later are left out while unset (``OPTIONAL``),
-    so older records keep their keys."""
-    out = {}
-    for f in fields(scale):
-        if f.name in ("name", "models") or (kind == "ptb") != f.name.startswith("ptb_"):
-            continue
-        if f.name in OPTIONAL and getattr(scale, f.name) == OPTIONAL[f.name]:
-            continue
-        out[f.name] = getattr(scale, f.name)
-    return out
-
-
-def _tuplify(x):
-    return tuple(_tuplify(v) for v in x) if isinstance(x, list) else x
-
-
-def scale_from_config(config: dict) -> Scale:
-    """Rebuild the exact Scale a config was made with (JSON lists back to tuples)."""
-    base = get_scale(config["scale"])
-    return base.with_(**{k: _tuplify(v) for k, v in config.get("scale_fields", {}).items()})
-
-
-def check_lengths(task, scale: Scale) -> None:
-    """Every length range of the scale must contain a valid length of the task."""
-    ranges = [("training", scale.train_lengths)] + list(zip(scale.bin_names, scale.test_bins, strict=True))
-    for what, (lo, hi) in ranges:
-        if lo > hi or not task.valid_lengths(lo, hi):
-            example = task.valid_lengths(1, 3 * task.sections + task.markers)[:3]
-            raise ValueError(f"{task.name}: no valid length in the {what} range [{lo}, {hi}] "
-                             f"(valid lengths are {task.markers} + {task.sections}*k, e.g. {example})")
+def scale_from_config(config: dict | RunConfig) -> Scale:
+    """Rebuild the exact Scale a config was made with (:attr:`marnn.config.RunConfig.scale`)."""
+    return RunConfig.from_dict(config).scale
 
 
 def formal_config(task: str, model: str, freeze: str, seed: int, scale: str | Scale, data_seed: int = 0) -> dict:
-    """Validate names and build the config of one formal-language run."""
-    from .. import tasks
-
-    t = tasks.get(task)
-    lookup("model", model, dict.fromkeys(registry.FORMAL_MODELS))
-    lookup("freeze mode", freeze, dict.fromkeys(registry.MODES))
-    sc = get_scale(scale).for_model(model)
-    check_lengths(t, sc)
-    return {"kind": "formal", "task": t.name, "model": model, "freeze": freeze, "seed": int(seed),
-            "data_seed": int(data_seed), "scale": sc.name, "scale_fields": _scale_part(sc, "formal"),
-            "protocol": PROTOCOL}
+    """Validate names and build the config of one formal-language run (:meth:`marnn.config.RunConfig.formal`)."""
+    return RunConfig.formal(task, model, freeze, seed, scale, data_seed).to_dict()
 
 
 def ptb_config(model: str, freeze: str, seed: int, scale: str | Scale, embedding_group: str | None = None,
                data_seed: int = 0) -> dict:
-    """Validate names and build the config of one Penn Treebank run."""
-    lookup("model", model, dict.fromkeys(registry.PTB_MODELS + registry.PTB_VARIANTS))
-    lookup("freeze mode", freeze, dict.fromkeys(registry.MODES))
-    group = embedding_group or registry.DEFAULT_EMBEDDING_GROUP
-    lookup("embedding group", group, dict.fromkeys(registry.EMBEDDING_GROUPS))
-    sc = get_scale(scale).for_model(model)
-    return {"kind": "ptb", "model": model, "freeze": freeze, "seed": int(seed), "embedding_group": group,
-            "data_seed": int(data_seed), "scale": sc.name, "scale_fields": _scale_part(sc, "ptb"),
-            "protocol": PROTOCOL}
+    """Validate names and build the config of one Penn Treebank run (:meth:`marnn.config.RunConfig.ptb`)."""
+    return RunConfig.ptb(model, freeze, seed, scale, embedding_group, data_seed).to_dict()
 
 
 def _git(*args: str) -> str | None:

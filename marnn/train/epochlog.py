@@ -34,6 +34,7 @@ import re
 import statistics
 import sys
 
+from ..config import RunConfig
 from ..registry import DEFAULT_EMBEDDING_GROUP
 from . import progress_disabled
 
@@ -97,7 +98,7 @@ def _run_name(config: dict) -> str:
 def group_name(configs: list[dict]) -> str:
     """``ptb MODEL`` or ``TASK MODEL``, then the run (mode, seed) for a group of one, else ``xR``."""
     first = configs[0]
-    head = f"ptb {first['model']}" if first["kind"] == "ptb" else f"{first['task']} {first['model']}"
+    head = f"{RunConfig.from_dict(first).corpus} {first['model']}"
     return f"{head} {_run_name(first)}" if len(configs) == 1 else f"{head} x{len(configs)}"
 
 

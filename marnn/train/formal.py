@@ -33,6 +33,7 @@ evaluated on the test bins; one record per replica is returned.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from datetime import UTC, datetime
 import torch
 from tqdm.auto import tqdm
 
+from ..config import RunConfig
 from . import (
     default_device,
     draw_seed,
@@ -49,7 +51,6 @@ from . import (
     hyperparameters,
     progress_disabled,
     resume,
-    scale_from_config,
     set_threads,
 )
 from .epochlog import formal_epoch, lines_enabled, resumed
@@ -246,15 +247,22 @@ def _per_replica_counts(model, masks: dict[str, torch.Tensor]) -> tuple[int, lis
     return total, trainable
 
 
-def check_group(configs: list[dict], shared: tuple[str, ...]) -> dict:
+def check_group(configs: list[dict], kind: str) -> dict:
+    """The first config of a group of ``kind`` runs that can train as one batched model:
+    each a valid :class:`~marnn.config.RunConfig` of that kind, all with one
+    :attr:`~marnn.config.RunConfig.group_key` (they differ at most in freeze mode and seed)."""
     if not configs:
         raise ValueError("empty group")
-    first = configs[0]
-    for c in configs[1:]:
-        for k in shared:
-            if c.get(k) != first.get(k):
-                raise ValueError(f"runs of one group must share {k!r}: {first.get(k)!r} != {c.get(k)!r}")
-    return first
+    runs = [RunConfig.from_dict(c) for c in configs]
+    if runs[0].kind != kind:
+        raise ValueError(f"a {kind} group got a {runs[0].kind} run")
+    for run in runs[1:]:
+        if run.group_key != runs[0].group_key:
+            a, b = runs[0].to_dict(), run.to_dict()
+            k = next(k for k in {**a, **b} if k not in ("freeze", "seed")
+                     and json.dumps(a.get(k), sort_keys=True) != json.dumps(b.get(k), sort_keys=True))
+            raise ValueError(f"runs of one group must share {k!r}: {a.get(k)!r} != {b.get(k)!r}")
+    return configs[0]
 
 
 def train_formal(configs: list[dict], *, build: Callable | None = None, device=None, progress: bool = False,
@@ -279,7 +287,7 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
     from ..tasks import get as get_task
     from ..tasks.data import make_task_data
 
-    first = check_group(configs, ("kind", "task", "model", "scale", "scale_fields", "data_seed", "protocol"))
+    first = check_group(configs, "formal")
     torch.use_deterministic_algorithms(True)
     set_threads(threads)
     device = torch.device(device) if device is not None else default_device()
@@ -287,7 +295,7 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
     t0, c0 = time.perf_counter(), time.process_time()
 
     task = get_task(first["task"])
-    scale = scale_from_config(first)
+    scale = RunConfig.from_dict(first).scale
     data = make_task_data(task, scale, first["data_seed"])
     R = len(configs)
     seeds = [draw_seed(c) for c in configs]  # the restart index unless the scale has independent_draws

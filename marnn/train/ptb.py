@@ -34,7 +34,8 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from . import default_device, environment, hyperparameters, progress_disabled, resume, scale_from_config, set_threads
+from ..config import RunConfig
+from . import default_device, environment, hyperparameters, progress_disabled, resume, set_threads
 from .epochlog import lines_enabled, ptb_epoch, resumed
 from .evaluate import stream_cross_entropy, token_nll
 from .formal import RecordParts, Tracker, _num, _per_replica_counts, check_group, guarded_step
@@ -77,7 +78,7 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
     """
     from ..ptb import batchify, chunks, load_corpus, num_chunks
 
-    first = check_group(configs, ("kind", "model", "scale", "scale_fields", "embedding_group", "data_seed", "protocol"))
+    first = check_group(configs, "ptb")
     torch.use_deterministic_algorithms(True)
     set_threads(threads)
     device = torch.device(device) if device is not None else default_device()
@@ -85,7 +86,7 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
     detach = detach or _detach_default
     t0, c0 = time.perf_counter(), time.process_time()
 
-    scale = scale_from_config(first)
+    scale = RunConfig.from_dict(first).scale
     corpus = corpus or load_corpus()
     B, T = scale.ptb_streams, scale.ptb_bptt
     train = batchify(_cut(corpus.train, scale.ptb_train_tokens), B).to(device)  # (B, L)

@@ -26,9 +26,10 @@ replaced in one step, :func:`marnn.store.atomic_write`):
 Only plain Python types and tensors go in, so ``torch.load(path,
 weights_only=True)`` reads it. A group that finds its file resumes after the
 saved epoch and returns bitwise the records an uninterrupted run returns
-(timings, ``created`` and ``env.pid`` aside). The grid (:func:`marnn.grid.run_group`)
-keeps the files in ``<store>/.state/`` (git-ignored) and removes a group's file
-once its records are written.
+(timings, ``created`` and ``env.pid`` aside). The load-or-train path
+(:func:`marnn.train.run.train_missing`, which the grid and the command line
+call) keeps the files in ``<store>/.state/`` (git-ignored) and removes a
+group's file once its records are written.
 """
 from __future__ import annotations
 
