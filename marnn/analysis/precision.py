@@ -573,6 +573,22 @@ def trained_summary(frame: pd.DataFrame, by: Sequence[str] = ("model", "dtype", 
 FORMAT_COLUMNS = ["dtype", "measure", "decided by", "cells", "restarts", "mean", "lo", "hi", "verdict", "note"]
 
 
+def _with_every_dtype(rows: list[dict], worst) -> pd.DataFrame:
+    """The per-dtype claims ``rows`` and a last row ``all``: holds only if every dtype holds, does
+    not hold if one does not; ``worst`` (max or min) picks the mean it shows."""
+    from .. import verdicts
+
+    said = {r["verdict"] for r in rows}
+    word = (verdicts.HOLDS if said == {verdicts.HOLDS} else verdicts.FAILS if verdicts.FAILS in said else
+            verdicts.UNSURE)
+    restarts = max((r["restarts"] for r in rows), default=0)
+    rows = rows + [{"dtype": "all", "measure": "every low dtype", "decided by": "every dtype holds",
+                    "cells": max((r["cells"] for r in rows), default=0), "restarts": restarts,
+                    "mean": worst((r["mean"] for r in rows), default=np.nan), "lo": np.nan, "hi": np.nan,
+                    "verdict": word, "note": "" if word != verdicts.UNSURE else verdicts.design_note(restarts)}]
+    return pd.DataFrame(rows, columns=FORMAT_COLUMNS).set_index("dtype")
+
+
 def format_claims(frame: pd.DataFrame, margin: float | None = None) -> pd.DataFrame:
     """"The format does not change what the trained models get right", decided over restarts.
 
@@ -599,15 +615,7 @@ def format_claims(frame: pd.DataFrame, margin: float | None = None) -> pd.DataFr
         rows.append({"dtype": name, "measure": "largest |bin accuracy - float64| of a restart",
                      "decided by": f"upper limit < {margin:g}", "cells": cells,
                      **restart_claim(worst.to_numpy(), "below", margin, (0.0, 1.0))})
-    said = {r["verdict"] for r in rows}
-    word = (verdicts.HOLDS if said == {verdicts.HOLDS} else verdicts.FAILS if verdicts.FAILS in said else
-            verdicts.UNSURE)
-    restarts = max((r["restarts"] for r in rows), default=0)
-    rows.append({"dtype": "all", "measure": "every low dtype", "decided by": "every dtype holds",
-                 "cells": max((r["cells"] for r in rows), default=0), "restarts": restarts,
-                 "mean": max((r["mean"] for r in rows), default=np.nan), "lo": np.nan, "hi": np.nan,
-                 "verdict": word, "note": "" if word != verdicts.UNSURE else verdicts.design_note(restarts)})
-    return pd.DataFrame(rows, columns=FORMAT_COLUMNS).set_index("dtype")
+    return _with_every_dtype(rows, max)
 
 
 # "Amplify": a rounding error that only follows the size of the logits grows as they do (ratio 1); it is called
@@ -630,7 +638,6 @@ def growth_claims(frame: pd.DataFrame, factor: float = AMPLIFY) -> pd.DataFrame:
     the lower limit of the t interval over restarts is above log ``factor``, ``does not hold`` when the upper
     limit is at or below it, else ``cannot tell``; the row ``all`` combines the dtypes like
     :func:`format_claims`. ``mean``, ``lo``, ``hi`` are shown as factors (exp of the logs). Index ``dtype``."""
-    from .. import verdicts
     from .stability import restart_claim
 
     bins = sorted(frame["bin"].unique())
@@ -650,15 +657,7 @@ def growth_claims(frame: pd.DataFrame, factor: float = AMPLIFY) -> pd.DataFrame:
                                                "last bin", "decided by": f"lower limit > {factor:g}",
                      "cells": int(frame[["model", "freeze"]].drop_duplicates().shape[0]),
                      **out, **{k: float(np.exp(out[k])) for k in ("mean", "lo", "hi")}})
-    said = {r["verdict"] for r in rows}
-    word = (verdicts.HOLDS if said == {verdicts.HOLDS} else verdicts.FAILS if verdicts.FAILS in said else
-            verdicts.UNSURE)
-    restarts = max((r["restarts"] for r in rows), default=0)
-    rows.append({"dtype": "all", "measure": "every low dtype", "decided by": "every dtype holds",
-                 "cells": max((r["cells"] for r in rows), default=0), "restarts": restarts,
-                 "mean": min((r["mean"] for r in rows), default=np.nan), "lo": np.nan, "hi": np.nan,
-                 "verdict": word, "note": "" if word != verdicts.UNSURE else verdicts.design_note(restarts)})
-    return pd.DataFrame(rows, columns=FORMAT_COLUMNS).set_index("dtype")
+    return _with_every_dtype(rows, min)
 
 
 def growth_sentence(claims: pd.DataFrame) -> str:
