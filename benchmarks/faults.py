@@ -28,7 +28,7 @@ Faults, in this order on one store:
    times: one line, exit status 130;
 6. one replica of a group with an absurd learning rate: it must be marked
    diverged, the other must train on and equal its run alone;
-7. a planted checkpoint that runs a command when unpickled: refused;
+7. a planted weights file that runs a command when unpickled: refused;
 8. :data:`BAD_INPUTS`: each a separate ``marnn`` process that must exit with
    status 2 and one line, before any work.
 
@@ -469,12 +469,10 @@ def run(kills: int = 2, ctrl_c: int = 1, seed: int = 0, *, dask: bool = True, in
     log(f"absurd learning rate: {detail}")
     survive(ok, f"absurd learning rate: {detail}")
 
-    # 7. a planted checkpoint that runs a command when loaded
-    from marnn.analysis import checkpoints
-
+    # 7. a planted weights file that runs a command when loaded
     marker = tmp / "pwned"
-    group = checkpoints.group_configs("count-3", "lstm", "smoke", modes=["none"], restarts=1)
-    path = checkpoints.checkpoint_path(group, root)
+    planted = formal_config("count-3", "lstm", "none", 0, "smoke")
+    path = store.weights_path(planted, root)
     path.parent.mkdir(parents=True, exist_ok=True)
     import pickle
 
@@ -484,11 +482,11 @@ def run(kills: int = 2, ctrl_c: int = 1, seed: int = 0, *, dask: bool = True, in
 
     import torch
 
-    torch.save({"configs": group, "records": [], "state_dict": Evil()}, path, pickle_module=pickle)
-    refused = checkpoints.load_group(group, root) is None
+    torch.save({"key": store.config_key(planted), "state": Evil()}, path, pickle_module=pickle)
+    refused = store.load_weights(planted, root) is None
     ok = refused and not marker.exists() and not path.exists()
-    log(f"malicious checkpoint: refused {refused}, command ran {marker.exists()}")
-    survive(ok, f"malicious checkpoint: refused {refused}, ran {marker.exists()}")
+    log(f"malicious weights file: refused {refused}, command ran {marker.exists()}")
+    survive(ok, f"malicious weights file: refused {refused}, ran {marker.exists()}")
 
     # the final store
     final_ok = (not store.missing(configs, root) and not invalid_files(root)

@@ -361,7 +361,7 @@ def fingerprint(name: str, scale: str, params: dict) -> dict[str, str]:
 
     sc = get_scale(scale).name
     store = results_dir()
-    records = [p for kind in ("formal", "ptb", "checkpoints") for p in (store / kind / sc).rglob("*")
+    records = [p for kind in ("formal", "ptb") for p in (store / kind / sc).rglob("*")
                if p.is_file()] if store.is_dir() else []
     package = [p for p in (ROOT / "marnn").rglob("*.py") if "__pycache__" not in p.parts]
     data = [PAPER_CSV] if PAPER_CSV.is_file() else []

@@ -3,7 +3,7 @@
 A *cell* is one entry of a result table with all the restarts of its scale: a
 formal-language (task, model, freeze mode) or a Penn Treebank (model, freeze
 mode, embedding group). It is *stored* when every restart has a record (and,
-for a chapter that analyses weights, its kept weights or a checkpoint).
+for a chapter that analyses weights, its kept weights).
 
 At a scale whose runs the book does not train (every scale but those of
 ``marnn.book.TRAINING_SCALES``; ``$MARNN_PAGES_READ_ONLY``), a page shows what
@@ -46,12 +46,7 @@ def _formal_stored(configs: list[dict], root: Root, weights: bool) -> bool:
         return False
     if not weights:
         return True
-    if all(store.weights_path(c, root).exists() for c in configs):
-        return True
-    from .analysis.checkpoints import checkpoint_path, group_configs
-
-    first = configs[0]  # a checkpoint holds the whole (task, model) group: every mode and restart
-    return checkpoint_path(group_configs(first["task"], first["model"], first["scale"]), root).exists()
+    return all(store.weights_path(c, root).exists() for c in configs)
 
 
 def formal_cells(scale: str, tasks: Iterable[str] | None = None, models: Iterable[str] | None = None,

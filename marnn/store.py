@@ -405,7 +405,7 @@ def _still_invalid(path: Path) -> bool:
 
 
 def quarantine(path: Path, reason: str, root: Path | None = None, *, still_bad=_still_invalid) -> Path | None:
-    """Move an invalid record (or checkpoint) to ``<root>/invalid/<its path>`` with
+    """Move an invalid record (or weights file) to ``<root>/invalid/<its path>`` with
     ``<name>.reason.txt`` beside it and say so in one line; returns where it went,
     or None when it stays (another live process holds its claim, or it vanished).
 

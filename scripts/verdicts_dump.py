@@ -5,7 +5,7 @@ Run it with the package of one tree on the path to list that tree's verdicts, an
     PYTHONPATH=/path/to/tree python scripts/verdicts_dump.py quick > verdicts.jsonl
     PYTHONPATH=/path/to/tree python scripts/verdicts_dump.py quick memory precision  # those pages only
 
-It reads the committed records and checkpoints only (trains nothing). Functions a tree lacks are skipped.
+It reads the committed records and weights only (trains nothing). Functions a tree lacks are skipped.
 Pages: main (the comparison pages, the audit, the languages and stability pages), memory, precision.
 """
 from __future__ import annotations
@@ -230,11 +230,14 @@ def theorems(put, st, table) -> None:
 
 
 def perturbations(put, st, scale: str, table) -> None:
-    """The stability page's robustness sentences, from the committed checkpoints (nothing trains): on the
+    """The stability page's robustness sentences, from the committed weights (nothing trains): on the
     means of the runs with a 0.95 cut (earlier trees) or over restarts (trees with ``perturbation_claims``)."""
     import os
 
-    from marnn.analysis.checkpoints import trained_group
+    try:
+        from marnn.analysis.weights import trained_group
+    except ImportError:  # trees before the kept weights replaced the checkpoints
+        from marnn.analysis.checkpoints import trained_group  # type: ignore[no-redef]
 
     os.environ["MARNN_PAGES_READ_ONLY"] = "1"  # (by name: older trees keep it in marnn.report)
     try:

@@ -1,6 +1,6 @@
 """Fault injection (short version; MARNN_FAULTS=N runs the full one with N kills and N Ctrl-Cs, the real
 dask cluster and every bad input as a separate process): kill -9 at random moments, two grids on one
-store at once, every record corruption, Ctrl-C, an exploding replica, a planted checkpoint.
+store at once, every record corruption, Ctrl-C, an exploding replica, a planted weights file.
 The same harness prints the figures: ``python benchmarks/faults.py``."""
 from __future__ import annotations
 
@@ -92,12 +92,10 @@ def test_invalid_record_warning_reaches_the_terminal_even_from_a_page(tmp_path, 
     assert hidden.getvalue() == ""
 
 
-def test_malicious_checkpoint_is_refused(tmp_path):
+def test_malicious_weights_file_is_refused(tmp_path):
     import pickle
 
     import torch
-
-    from marnn.analysis import checkpoints
 
     marker = tmp_path / "pwned"
 
@@ -105,27 +103,14 @@ def test_malicious_checkpoint_is_refused(tmp_path):
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
-    group = checkpoints.group_configs("count-3", "lstm", "smoke", modes=["none"], restarts=1)
-    path = checkpoints.checkpoint_path(group, tmp_path)
+    config = formal_config("count-3", "lstm", "none", 0, "smoke")
+    path = store.weights_path(config, tmp_path)
     path.parent.mkdir(parents=True)
-    torch.save({"configs": group, "records": [], "state_dict": Evil()}, path, pickle_module=pickle)
-    assert checkpoints.load_group(group, tmp_path) is None
+    torch.save({"key": store.config_key(config), "state": Evil()}, path, pickle_module=pickle)
+    assert store.load_weights(config, tmp_path) is None
     assert not marker.exists() and not path.exists()
     moved = tmp_path / "invalid" / path.relative_to(tmp_path)
-    assert moved.exists() and "weights_only" in moved.with_name(moved.name + ".reason.txt").read_text()
-
-
-def test_checkpoints_hold_plain_types_and_load_weights_only(tmp_path):
-    import torch
-
-    from marnn.analysis import checkpoints
-
-    group = checkpoints.trained_group("count-3", "lstm", "smoke", modes=["none", "m"], restarts=1, root=tmp_path)
-    blob = torch.load(group.path, map_location="cpu", weights_only=True)  # no allow-listed globals needed
-    assert blob["configs"] == json.loads(json.dumps(blob["configs"]))
-    assert type(blob["records"][0]["env"]["torch"]) is str
-    again = checkpoints.load_group(group.configs, tmp_path)
-    assert again is not None and again.records == blob["records"]
+    assert moved.exists() and "not a weights file" in moved.with_name(moved.name + ".reason.txt").read_text()
 
 
 @pytest.mark.slow

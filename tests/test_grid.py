@@ -54,7 +54,7 @@ def test_sync_grid_runs_only_what_is_missing(tmp_path):
 
 
 def test_formal_runs_keep_their_selected_weights_beside_the_record(tmp_path):
-    from marnn.analysis.checkpoints import stored_group
+    from marnn.analysis.weights import stored_group
     from marnn.tasks import get as get_task
     from marnn.tasks.data import make_task_data
     from marnn.train import scale_from_config

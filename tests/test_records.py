@@ -4,8 +4,9 @@
   found by :func:`marnn.store.load_record` from its own config, at its own
   path, with its key unchanged, and today's config builders give the same key
   (so a grid finds it instead of training it again);
-* every committed checkpoint (``results/checkpoints``) is found from its
-  group's configs and its weights load into today's model;
+* every committed weights file (``<record>.pt`` beside its record) belongs to
+  its record's run and loads into today's model, and the kept weights of a
+  whole group reproduce the validation scores their records selected them by;
 * the ``paper-2core`` campaign, which trains for days in the background, keeps
   its keys (pinned) and the names of its resumable state files.
 
@@ -21,14 +22,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
-from torch.torch_version import TorchVersion
 
 from marnn import grid, paths, store
-from marnn.analysis import checkpoints
+from marnn.analysis import weights
 from marnn.train import formal_config, ptb_config, resume
 
-KINDS = ("formal", "ptb", "checkpoints")
+KINDS = ("formal", "ptb")
 
 
 def _committed() -> list[str]:
@@ -103,16 +102,22 @@ def test_todays_configs_have_the_committed_keys(committed, copy):
     assert wrong == []
 
 
-def test_every_committed_checkpoint_is_found_from_its_group(committed, copy):
-    files = [f for f in committed if f.startswith("checkpoints/") and f.endswith(".pt")]
+def test_every_committed_weights_file_belongs_to_its_record(committed, copy):
+    files = [f for f in committed if f.endswith(".pt")]
     assert files
     for rel in files:
-        with torch.serialization.safe_globals([TorchVersion]):
-            blob = torch.load(copy / rel, map_location="cpu", weights_only=True)
-        configs = blob["configs"]
-        assert checkpoints.checkpoint_path(configs, copy) == copy / rel
-        group = checkpoints.load_group(configs, copy)  # the weights load into today's model
-        assert group is not None and group.path == copy / rel and len(group.records) == len(configs)
+        rec = json.loads((copy / rel).with_suffix(".json").read_text())  # never a weights file without its record
+        assert store.weights_path(rec["config"], copy) == copy / rel
+        assert store.load_weights(rec["config"], copy) is not None  # its key; plain tensors only
+
+
+@pytest.mark.parametrize("model", ["lstm", "jm-10", "jm-3.3.3", "jm-hidden"])
+def test_committed_weights_are_their_records_runs(copy, model):
+    """The analyses' groups (smoke) load from the kept weights and, evaluated again on their
+    validation split, give every run the score its record selected those weights by."""
+    group = weights.stored_group(weights.group_configs("marked-copy", model, "smoke"), copy)
+    assert group is not None
+    assert weights.reproduced(weights.revalidate(group)) == (len(group.configs), len(group.configs))
 
 
 def test_the_campaign_keeps_its_keys():

@@ -11,7 +11,7 @@ import torch
 
 from marnn import report, tasks
 from marnn.analysis import stability as st
-from marnn.analysis.checkpoints import Group
+from marnn.analysis.weights import Group
 from marnn.verdicts import FAILS, HOLDS, UNSURE
 
 CHANCE = math.log(4)  # alphabet of three symbols + EOS
@@ -385,20 +385,6 @@ def test_theorem_readings_follow_the_verdicts():
     said = st.theorem_readings(every, {"deg_near_chance": 0.3})
     assert len(said) == 4 and "window" in said[0] and "overshoot" in said[3]
     assert len(st.theorem_readings(every, {"deg_near_chance": -0.3})) == 3  # below the untrained model: no overshoot
-
-
-def test_same_as_stored_counts_runs_that_reproduce_their_record():
-    from marnn import store
-
-    configs = [{"kind": "formal", "task": "count-3", "model": "lstm", "freeze": f, "seed": 0} for f in ("none", "m")]
-
-    def rec(acc, ce):
-        return {"bins": {"bin0": {"accuracy": acc, "cross_entropy": ce}}}
-    stored = [{"key": store.config_key(c), **rec(0.9, 1.0)} for c in configs]
-    group = SimpleNamespace(configs=configs, records=[rec(0.9, 1.0 + 1e-9), rec(0.9, 1.1)])
-    assert st.same_as_stored([group], stored) == (1, 2)
-    assert st.same_as_stored([group], stored, tol=0.2) == (2, 2)
-    assert st.same_as_stored([group], stored[:1]) == (1, 2)  # a run without a stored record does not match
 
 
 def test_robustness_readings_follow_the_claims():

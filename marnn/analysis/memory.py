@@ -52,7 +52,7 @@ Every function returns a tidy :class:`pandas.DataFrame`; the model enters
 only through a *state function* ``(B, T) int64 -> (R, B, T, D) float64`` (see
 :func:`state_fn`), so the tests can feed hand-built "models" with known
 answers. :func:`analyse_group` runs all three on a trained replica group
-(:func:`marnn.analysis.checkpoints.trained_group`).
+(:func:`marnn.analysis.weights.trained_group`).
 """
 from __future__ import annotations
 
@@ -585,7 +585,7 @@ def analyse_group(group, lengths: Sequence[int], *, strings: int = 32, probe_str
                   threshold: float = SPAN_THRESHOLD) -> dict[str, pd.DataFrame]:
     """All three indicators of one trained replica group, labelled per replica.
 
-    ``group``: a :class:`marnn.analysis.checkpoints.Group`. Returns frames
+    ``group``: a :class:`marnn.analysis.weights.Group`. Returns frames
     ``curve``, ``span``, ``decoding`` (state ``"state"`` and, for stack
     models, ``"reading"`` alone: column ``what``) and ``separation``, each
     with the columns of :func:`replica_labels`.
@@ -623,10 +623,10 @@ SAMPLE_SIZES = {
 
 def indicators(scale: str, tasks: Sequence[str], models: Sequence[str], *, seed: int = 0,
                threads: int | None = None, root=None, **sizes) -> dict[str, pd.DataFrame]:
-    """:func:`analyse_group` for every (task, model), trained or loaded from checkpoints.
+    """:func:`analyse_group` for every (task, model), from the weights the grid kept (trained first where missing).
 
     Lengths per task: :func:`probe_lengths` from the scale's shortest training
-    length to the end of its last test bin. Training (when a checkpoint is
+    length to the end of its last test bin. Training (when a run is
     missing) runs silently, so that a first execution prints what a re-run that
     only loads prints. ``sizes`` override :data:`SAMPLE_SIZES`. Returns the
     four frames concatenated, plus ``lengths`` (task, length, kind: "train" or
@@ -638,7 +638,7 @@ def indicators(scale: str, tasks: Sequence[str], models: Sequence[str], *, seed:
     import warnings
 
     from ..scales import get_scale
-    from .checkpoints import trained_group
+    from .weights import trained_group
 
     sc = get_scale(scale)
     size = {**SAMPLE_SIZES.get(sc.name, SAMPLE_SIZES["default"]), **sizes}

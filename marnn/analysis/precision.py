@@ -32,7 +32,7 @@ module runs three, each returning a tidy :class:`pandas.DataFrame`:
     which dtype each forward path (fused kernel / generic loop) runs at all.
 
 (c) :func:`trained_precision` -- *trained models at reduced precision.* The
-    checkpointed replica groups of :func:`marnn.analysis.checkpoints.trained_group`
+    replica groups of the grid's own runs (:func:`marnn.analysis.weights.trained_group`)
     evaluated on the fixed test set in every dtype: accuracy per length and the
     agreement of the argmax with float64.
 
@@ -470,9 +470,9 @@ def trained_precision(task: str, models: Sequence[str], scale: str, dtypes: Sequ
                       root=None, threads: int | None = None) -> pd.DataFrame:
     """Experiment (c): test metrics of trained replica groups in every dtype, per length.
 
-    Groups come from :func:`marnn.analysis.checkpoints.trained_group` (trained
-    once and cached under ``results/checkpoints/<scale>/``: every freeze mode and
-    restart of the scale); the test set is the fixed one of the scale
+    Groups come from :func:`marnn.analysis.weights.trained_group` (the
+    weights the grid kept beside its records: every freeze mode and restart of
+    the scale); the test set is the fixed one of the scale
     (``make_task_data(task, scale, 0).test``, drawn from the evaluation seed).
     Rows per (model, freeze, seed, dtype, bin, length): ``accuracy``,
     ``cross_entropy`` (nats per symbol, computed in float64 from the logits),
@@ -483,7 +483,7 @@ def trained_precision(task: str, models: Sequence[str], scale: str, dtypes: Sequ
     check that the rebuilt model is the trained one).
     """
     from ..tasks.data import make_task_data
-    from .checkpoints import trained_group
+    from .weights import trained_group
 
     names = _with_reference(dtypes)
     bins = make_task_data(task, scale, 0).test  # the fixed test set (EVAL_SEED); the data seed does not enter it

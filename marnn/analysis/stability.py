@@ -5,7 +5,7 @@ The paper (Section 3, Appendix C; docs: book/reference/claims.md, "Stability the
 proposes six criteria to check in practice. It measures none of them. This
 module turns five of them into numbers computed from stored formal-language
 records (``record["lengths"]``, one row per test length) and the sixth, with a
-bonus, from trained weights (:mod:`marnn.analysis.checkpoints`).
+bonus, from trained weights (:mod:`marnn.analysis.weights`).
 
 Per-length quantities (a record row of length ``n``)::
 
@@ -791,7 +791,7 @@ def perturbation_table(group, per_length: int = 20) -> pd.DataFrame:
       over the lengths that have both (nats; ideal 0). NaN when no length has
       both kinds.
 
-    ``group``: :class:`marnn.analysis.checkpoints.Group`. Returns one row per
+    ``group``: :class:`marnn.analysis.weights.Group`. Returns one row per
     replica with its config ids and key.
     """
     import torch
@@ -1051,24 +1051,6 @@ def robustness_readings(claims: pd.DataFrame, by_mode: pd.DataFrame) -> list[str
         out.append(f"A single wrong symbol changes {1 - rate('none', 'agreement'):.0%} of the fully trained "
                    f"models' other predictions.")
     return out
-
-
-def same_as_stored(groups, stored: Iterable[dict], tol: float = 1e-6) -> tuple[int, int]:
-    """How many runs of the checkpoint ``groups`` reproduce their stored record (every bin's accuracy
-    equal, cross-entropy within ``tol``), and how many runs there are."""
-    from .. import store
-
-    by_key = {r["key"]: r for r in stored}
-    matched = total = 0
-    for g in groups:
-        for config, rec in zip(g.configs, g.records, strict=True):
-            total += 1
-            old = by_key.get(store.config_key(config))
-            matched += old is not None and all(
-                rec["bins"][b]["accuracy"] == old["bins"][b]["accuracy"]
-                and abs(rec["bins"][b]["cross_entropy"] - old["bins"][b]["cross_entropy"]) <= tol
-                for b in old["bins"])
-    return matched, total
 
 
 def perturbation_summary(perturbed: pd.DataFrame, table: pd.DataFrame | None = None,

@@ -108,11 +108,18 @@ def test_batches(task: Task, scale: Scale | str) -> dict[str, list[Batch]]:
     return out
 
 
+def valid_batches(task: Task | str, scale: Scale | str, seed: int) -> list[Batch]:
+    """The validation split of data seed ``seed`` alone (what :func:`make_task_data` holds as ``valid``)."""
+    task = get(task) if isinstance(task, str) else task
+    scale = get_scale(scale)
+    lo, hi = scale.train_lengths
+    return _random_batches(task, lo, hi, scale.valid_size, scale.batch_size, _task_stream(task, seed, 1))
+
+
 def make_task_data(task: Task | str, scale: Scale | str, seed: int) -> TaskData:
     """Train / validation data for data seed ``seed`` and the fixed test bins."""
     task = get(task) if isinstance(task, str) else task
     scale = get_scale(scale)
     lo, hi = scale.train_lengths
     train = _random_batches(task, lo, hi, scale.train_size, scale.batch_size, _task_stream(task, seed, 0))
-    valid = _random_batches(task, lo, hi, scale.valid_size, scale.batch_size, _task_stream(task, seed, 1))
-    return TaskData(task, scale, seed, train, valid, test_batches(task, scale))
+    return TaskData(task, scale, seed, train, valid_batches(task, scale, seed), test_batches(task, scale))
