@@ -164,17 +164,41 @@ def cpu_hours(records: list[dict]) -> float:
     return sum(g[0] for g in groups) / 3600
 
 
+def in_progress(groups: list[list[dict]], root: Root = None) -> list[dict]:
+    """The groups among ``groups`` that have a saved state (:func:`marnn.train.resume.progress`):
+    what they are and where they stand."""
+    from .train import resume
+
+    out = []
+    for g in groups:
+        p = resume.progress(g, resume.state_dir(root))
+        if p is not None:
+            first = g[0]
+            where = f"{first['task']}/{first['model']}" if first["kind"] == "formal" else f"PTB {first['model']}"
+            out.append({"group": f"{where} x{len(g)}", **p})
+    return out
+
+
+def progress_text(p: dict) -> str:
+    """One :func:`in_progress` entry in words."""
+    at = (f"in epoch {p['epoch'] + 1} at chunk {p['chunk']}" if p["chunk"] is not None
+          else f"after epoch {p['epoch']}")
+    return f"{p['group']} {at}, {p['running']} running, {p['cpu_s'] / 3600:.2f} CPU-h so far"
+
+
 def plan(root: Root = None) -> list[dict]:
     """One row per phase: runs known, stored, missing, groups, estimated and spent CPU-hours,
-    runs stopped early / at their cap / pruned / diverged, and whether the cells wait for the search."""
+    runs stopped early / at their cap / pruned / diverged, whether the cells wait for the search,
+    and the groups in progress (a saved state, :func:`in_progress`)."""
     rows = []
     for n, phase in PHASES.items():
         configs = runs(n, root)
         records = [r for r in (store.load_record(c, root) for c in configs) if r is not None]
         todo = store.missing(configs, root)
+        groups = grid.group_configs(todo)
         status = [r["status"] for r in records]
         rows.append(dict(phase=n, what=phase.what, runs=len(configs), stored=len(records), missing=len(todo),
-                         groups=len(grid.group_configs(todo)), estimate_cpu_h=phase.estimate(root),
+                         groups=len(groups), in_progress=in_progress(groups, root), estimate_cpu_h=phase.estimate(root),
                          spent_cpu_h=cpu_hours(records), early_stop=status.count("early-stop"),
                          at_cap=status.count("max-epochs"), pruned=status.count("pruned"),
                          diverged=status.count("diverged"), waits_for_search=waiting(n, root),
@@ -200,6 +224,8 @@ def plan_text(root: Root = None) -> str:
     for row in plan(root):
         total += row["estimate_cpu_h"]
         more = "; the PTB cells wait for the search" if row["waits_for_search"] else ""
+        if row["in_progress"]:
+            more += "; in progress: " + "; ".join(progress_text(p) for p in row["in_progress"])
         lines.append(f"phase {row['phase']}: {row['what']}: {row['runs']} runs known, {row['stored']} stored "
                      f"({row['early_stop']} stopped early, {row['at_cap']} at the cap, {row['pruned']} pruned, "
                      f"{row['diverged']} diverged), {row['missing']} missing in {row['groups']} groups{more}; "

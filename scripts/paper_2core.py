@@ -1,6 +1,7 @@
 """Train the ``paper-2core`` scale in the order the evidence matters (the phases: ``marnn.campaign``).
 
-    python scripts/paper_2core.py --plan      # each phase: runs stored / missing, CPU-hours estimated and spent
+    python scripts/paper_2core.py --plan      # each phase: runs stored / missing, CPU-hours estimated and spent,
+                                              # the groups in progress (epoch or chunk reached, from their state)
     python scripts/paper_2core.py 1           # train phase 1 (then 2, 3, 4); "all" runs them in order
 
 Every phase is one or two ``marnn.grid.run_grid`` calls (phase 1: the PTB

@@ -138,6 +138,12 @@ def test_campaign_plan_on_an_empty_store(tmp_path):
     # the search: 8 draws for epoch 1, 4 for epoch 2, 2 for epochs 3-4, then one on to epoch 15
     assert campaign.search_hours(tmp_path) == pytest.approx((8 + 4 + 2 * 2 + 11) * 7.6 / 60)
     assert "PTB draw: not chosen yet" in campaign.plan_text(tmp_path)
+    assert all(r["in_progress"] == [] for r in rows) and "in progress" not in campaign.plan_text(tmp_path)
+    said = campaign.progress_text({"group": "count-3/jm-10 x20", "epoch": 47, "chunk": None, "running": 14,
+                                   "cpu_s": 2760.0, "wall_s": 8000.0, "saved": 0.0})
+    assert said == "count-3/jm-10 x20 after epoch 47, 14 running, 0.77 CPU-h so far"
+    assert "in epoch 1 at chunk 459" in campaign.progress_text({"group": "PTB lstm-256 x8", "epoch": 0, "chunk": 459,
+                                                                "running": 8, "cpu_s": 1.0, "wall_s": 1.0, "saved": 0})
     frame = campaign.plan_frame(tmp_path)
     assert list(frame.index.str[0]) == ["1", "2", "3", "4"]
     assert frame.loc[frame.index[1], "runs stored / known"] == "0 / 560"

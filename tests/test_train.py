@@ -444,6 +444,9 @@ def _resumed_equals_uninterrupted(train, cfgs, tmp_path, k, **kw):
     path = resume.state_path(cfgs, tmp_path)
     state = torch.load(path, weights_only=True)  # plain types and tensors only
     assert state["epoch"] == k and all(len(c) <= k for c in state["curves"])
+    where = resume.progress(cfgs, tmp_path)  # what `paper_2core.py --plan` shows of a group in progress
+    assert (where["epoch"], where["chunk"]) == (k, None) and 1 <= where["running"] <= len(cfgs)
+    assert where["cpu_s"] == state["cpu_s"] > 0 and resume.progress(cfgs, tmp_path / "none") is None
     resumed = train(cfgs, state_dir=tmp_path, **kw)
     assert json.dumps([_strip(r) for r in resumed]) == json.dumps([_strip(r) for r in straight])
     return straight, resumed
@@ -612,6 +615,7 @@ def test_ptb_run_resumes_bitwise_from_inside_an_epoch(tmp_path, model):
     state = torch.load(resume.state_path(cfgs, tmp_path), weights_only=True)
     if model == "lstm-256":
         assert state["epoch"] == 1 and state["partial"]["epoch"] == 2 and state["partial"]["chunk"] == 3
+        assert (resume.progress(cfgs, tmp_path)["epoch"], resume.progress(cfgs, tmp_path)["chunk"]) == (1, 3)
     else:
         assert state["epoch"] == 1 and "partial" not in state
     resumed = train_ptb(cfgs, state_dir=tmp_path, **kw)

@@ -205,6 +205,23 @@ def carried_state(partial: dict, device):
     return ModelState(packed["h"].to(device), packed["c"].to(device))
 
 
+def progress(configs: list[dict], folder) -> dict | None:
+    """Where the group ``configs`` stands in its saved state, or None (no file): ``epoch``
+    (finished epochs), ``chunk`` (PTB: the chunk reached inside the next epoch, else None),
+    ``running`` (replicas still training), ``cpu_s`` and ``wall_s`` spent, ``saved`` (the
+    file's modification time). Reads the file memory-mapped: only these fields are loaded."""
+    path = state_path(configs, folder)
+    try:
+        saved = path.stat().st_mtime
+        state = torch.load(path, weights_only=True, mmap=True, map_location="cpu")
+    except (FileNotFoundError, RuntimeError, OSError):
+        return None  # gone (the group just finished) or mid-replacement: nothing to report
+    partial = state.get("partial")
+    return {"epoch": int(state["epoch"]), "chunk": int(partial["chunk"]) if partial else None,
+            "running": len(state["tracker"].get("idx", [])) or len(configs),
+            "cpu_s": float(state["cpu_s"]), "wall_s": float(state["wall_s"]), "saved": saved}
+
+
 def remove(configs: list[dict], folder) -> None:
     """Delete the group's state file (once its records are written)."""
     try:
