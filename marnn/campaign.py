@@ -34,6 +34,8 @@ from .registry import MODELS, PTB_MODELS, PTB_TABLE3, PTB_VARIANTS
 from .scales import get_scale
 
 SCALE = "paper-2core"
+GATE_PERPLEXITY = 140.0  # the search survivor's test perplexity must be at most this (a 256-unit LSTM
+#                          without dropout lands near 120) before the other PTB cells train
 UNCAPPED_EPOCHS = 15  # assumed epochs to the paper's early stopping, until the search's survivor shows its own
 
 Root = str | os.PathLike | None
@@ -148,6 +150,33 @@ PHASES = {
 }
 
 
+def gate(root: Root = None) -> dict | None:
+    """The gate of the PTB cells: the search survivor (lstm-256 / none, trained to the paper's early
+    stopping) and its test perplexity against :data:`GATE_PERPLEXITY`; None while the search is not
+    stored. ``passed`` is False when every draw diverged."""
+    seeds = grid.ptb_seeds(SCALE, 1, root)
+    if seeds is None:
+        return None
+    if not seeds:
+        return {"seed": None, "perplexity": None, "status": "diverged", "passed": False}
+    rec = store.load_record(grid.ptb_config(grid.SEARCH_MODEL, grid.SEARCH_MODE, seeds[0], SCALE), root)
+    ppl = rec["test"]["perplexity"] if rec is not None else None
+    return {"seed": seeds[0], "perplexity": ppl, "status": rec["status"] if rec is not None else None,
+            "passed": ppl is not None and ppl <= GATE_PERPLEXITY}
+
+
+def gate_text(g: dict | None) -> str:
+    """:func:`gate` in one line."""
+    if g is None:
+        return "gate: not decided yet (the search is not stored)"
+    if g["seed"] is None:
+        return "gate: failed (every draw of the search diverged)"
+    ppl = "none" if g["perplexity"] is None else f"{g['perplexity']:.1f}"
+    return (f"gate: {'passed' if g['passed'] else 'failed'}: {grid.SEARCH_MODEL} / {grid.SEARCH_MODE} at draw "
+            f"{g['seed']} ({g['status']}), test perplexity {ppl} {'<=' if g['passed'] else 'above'} "
+            f"{GATE_PERPLEXITY:g}")
+
+
 def runs(n: int, root: Root = None) -> list[dict]:
     """The runs of phase ``n`` known now."""
     return _unique(PHASES[n].runs(root))
@@ -233,6 +262,7 @@ def plan_text(root: Root = None) -> str:
                      f"{row['spent_cpu_h']:.2f} CPU-h spent")
     seeds = grid.ptb_seeds(SCALE, 1, root)
     lines.append(f"PTB draw: {'not chosen yet (the search is not stored)' if seeds is None else seeds[0]}")
+    lines.append(gate_text(gate(root)))
     return "\n".join(lines)
 
 

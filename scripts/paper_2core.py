@@ -21,6 +21,17 @@ import sys
 from marnn import campaign, cli, grid, store
 
 
+def gate_open(n: int, args) -> bool:
+    """Whether phase ``n`` may train its PTB cells: the search survivor passed the gate (or --past-gate)."""
+    g = campaign.gate(args.results)
+    if g is None or g["passed"] or args.past_gate:
+        return True
+    print(f"phase {n}: {campaign.gate_text(g)}; find out why (e.g. a plain nn.LSTM + nn.Linear trained by the same "
+          f"loop on the same streams) before training the other PTB cells, or rerun with --past-gate",
+          file=sys.stderr, flush=True)
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("phase", nargs="?", choices=["1", "2", "3", "4", "all"], help="1 | 2 | 3 | 4 | all")
@@ -28,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=None)
     p.add_argument("--workers", type=cli.POSITIVE, default=None)
     p.add_argument("--scheduler", default=None)
+    p.add_argument("--past-gate", action="store_true",
+                   help="train the PTB cells even when the search survivor's test perplexity is above the gate "
+                        f"({campaign.GATE_PERPLEXITY:g})")
     args = p.parse_args(argv)
     try:  # the checks of `marnn grid`: one line and exit 2, before any work
         args.results = cli.check_results(args.results)
@@ -49,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             runs, waiting = campaign.runs(n, args.results), campaign.waiting(n, args.results)
             if n == 4 and waiting:
                 print("phase 4: waits for the PTB learning-rate search of phase 1; run phase 1 first", flush=True)
+                break
+            if phase.ptb and not waiting and not gate_open(n, args):
+                failed += 1
                 break
             todo = store.missing(runs, args.results)
             summary = grid.run_grid(runs, args.results, scheduler=scheduler, workers=args.workers)

@@ -147,3 +147,46 @@ def test_campaign_plan_on_an_empty_store(tmp_path):
     frame = campaign.plan_frame(tmp_path)
     assert list(frame.index.str[0]) == ["1", "2", "3", "4"]
     assert frame.loc[frame.index[1], "runs stored / known"] == "0 / 560"
+
+
+def test_the_ptb_gate_reads_the_search_survivor(tmp_path, monkeypatch):
+    from marnn import campaign
+
+    assert campaign.gate(tmp_path) is None  # the search is not stored
+    assert campaign.gate_text(None) == "gate: not decided yet (the search is not stored)"
+    survivor = {}
+    monkeypatch.setattr(campaign.grid, "ptb_seeds", lambda scale, restarts, root=None: [5])
+    monkeypatch.setattr(campaign.store, "load_record",
+                        lambda config, root=None: survivor if config["seed"] == 5 and config["freeze"] == "none"
+                        else None)
+    survivor.update(status="early-stop", test={"perplexity": 121.37})
+    g = campaign.gate(tmp_path)
+    assert g == {"seed": 5, "perplexity": 121.37, "status": "early-stop", "passed": True}
+    assert campaign.gate_text(g) == ("gate: passed: lstm-256 / none at draw 5 (early-stop), test perplexity "
+                                     "121.4 <= 140")
+    survivor.update(test={"perplexity": 140.5})
+    assert not campaign.gate(tmp_path)["passed"] and "above 140" in campaign.gate_text(campaign.gate(tmp_path))
+    survivor.update(test={"perplexity": None})  # diverged on test: not passed
+    assert not campaign.gate(tmp_path)["passed"]
+    monkeypatch.setattr(campaign.grid, "ptb_seeds", lambda scale, restarts, root=None: [])
+    assert campaign.gate_text(campaign.gate(tmp_path)) == "gate: failed (every draw of the search diverged)"
+
+
+def test_paper_2core_stops_the_ptb_cells_at_a_closed_gate(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from marnn import campaign, paths
+
+    spec = importlib.util.spec_from_file_location("paper_2core", paths.REPO / "scripts" / "paper_2core.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    closed = {"seed": 2, "perplexity": 180.0, "status": "early-stop", "passed": False}
+    monkeypatch.setattr(campaign, "gate", lambda root=None: closed)
+    monkeypatch.setattr(campaign, "waiting", lambda n, root=None: False)
+    monkeypatch.setattr(script.cli, "check_ptb_files", lambda: None)
+    trained = []
+    monkeypatch.setattr(script.grid, "run_grid", lambda runs, *a, **k: trained.append(runs) or
+                        {"written": 0, "failed": [], "wall_time_s": 0.0})
+    assert script.main(["1", "--results", str(tmp_path)]) == 1
+    assert trained == [] and "find out why" in capsys.readouterr().err
+    assert script.main(["1", "--results", str(tmp_path), "--past-gate"]) == 0 and len(trained) == 1
