@@ -225,14 +225,26 @@ def accuracy_vs_length(ax, frame: pd.DataFrame, x: str = "length", y: str = "acc
 
 
 def reference_lines(ax, task: str, bins: Sequence[tuple[int, int]],
-                    references: Sequence[str] = REFERENCES):
+                    references: Sequence[str] = REFERENCES, refs: pd.DataFrame | None = None,
+                    names: Sequence[str] | None = None):
     """Draw the ceiling and baselines of ``task`` as a step over each length range.
 
     Each range ``(lo, hi)`` gets a horizontal segment from ``lo`` to ``hi`` at
     the reference value of that range; a ceiling that is only an upper bound
-    is drawn thinner and semi-transparent. Returns the reference frame used.
+    is drawn thinner and semi-transparent. ``refs``: the values to draw (columns
+    task, split, reference, accuracy, exact), as the records store them
+    (:func:`marnn.report.references_long`, which the tables read too), the ranges
+    named by ``names`` (default ``"lo-hi"``); without it they are computed from the
+    task (:func:`reference_frame`: the paper's bins, which no record holds).
+    Returns the reference frame used.
     """
-    refs = reference_frame([task], bins)
+    names = list(names) if names is not None else [f"{lo}-{hi}" for lo, hi in bins]
+    if refs is None:
+        refs = reference_frame([task], bins, names)
+    else:
+        where = dict(zip(names, bins, strict=True))
+        refs = refs[(refs["task"] == task) & refs["split"].isin(where)]
+        refs = refs.assign(lo=[where[s][0] for s in refs["split"]], hi=[where[s][1] for s in refs["split"]])
     for ref in references:
         style = dict(REFERENCE_STYLE[ref])
         for row in refs[refs["reference"] == ref].itertuples():
@@ -379,16 +391,18 @@ def restart_grid(points: pd.DataFrame, refs: pd.DataFrame, split: str, tasks: Se
 
 
 def length_grid(curves: pd.DataFrame, top: dict[str, list[str]], modes: Sequence[str],
-                bins: Sequence[tuple[int, int]], ncols: int = 2):
+                bins: Sequence[tuple[int, int]], ncols: int = 2, refs: pd.DataFrame | None = None,
+                names: Sequence[str] | None = None):
     """Accuracy against string length, one panel per task, for the models ``top[task]`` in ``modes``.
 
     Lines: best restart (colour = model, marker and dash = mode); bands: min-max
-    over restarts; steps: ceiling and baselines of each test bin. Returns the figure.
+    over restarts; steps: ceiling and baselines of each test bin (``refs`` and
+    ``names``: as :func:`reference_lines`). Returns the figure.
     """
     fig, axes = _panel_grid(len(top), ncols)
     used: list[str] = []
     for ax, (task, models) in zip(axes, top.items(), strict=False):  # the grid has spare panels
-        reference_lines(ax, task, bins)
+        reference_lines(ax, task, bins, refs=refs, names=names)
         for model in models:
             for mode in modes:
                 length_band(ax, curves[curves["task"] == task], model, mode)
