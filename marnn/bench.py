@@ -606,24 +606,19 @@ def project(scale, units: list[dict]) -> dict:
 
 def check_records(scale, units: list[dict], root=None) -> list[dict]:
     """Predicted / actual CPU time of every committed group of ``scale`` (``group.cpu_time_s``),
-    the prediction using each group's real epochs and live replicas (from the curves)."""
-    import glob
-    from pathlib import Path
-
+    the prediction using each group's real epochs and live replicas (from the curves). Records are read
+    like everywhere else (:func:`marnn.store.iter_records`: an invalid one is refused and moved aside)."""
     from . import tasks
+    from .config import RunConfig
     from .scales import get_scale
-    from .store import results_dir
+    from .store import iter_records
 
     sc = get_scale(scale)
-    root = Path(results_dir(root))
     groups: dict[tuple, list[dict]] = {}
-    for kind in ("formal", "ptb"):
-        for path in sorted(glob.glob(str(root / kind / sc.name / "**" / "*.json"), recursive=True)):
-            with open(path) as f:
-                rec = json.load(f)
-            cfg = rec["config"]
-            key = (kind, cfg.get("task"), cfg["model"], cfg.get("embedding_group"), rec["group"]["cpu_time_s"])
-            groups.setdefault(key, []).append(rec)
+    for _, rec in iter_records(root, scale=sc.name):
+        run = RunConfig.from_dict(rec["config"])
+        key = (run.kind, run.task, run.model, run.embedding_group, rec["group"]["cpu_time_s"])
+        groups.setdefault(key, []).append(rec)
     out = []
     for (kind, task, model, emb, cpu), recs in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
         epochs = max(len(r["curve"]) for r in recs)

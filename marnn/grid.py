@@ -100,7 +100,7 @@ SEARCH_MODEL, SEARCH_MODE = "lstm-256", "none"  # the model and mode a PTB learn
 def ptb_search(scale: str | Scale) -> list[dict]:
     """The configs of a scale's PTB learning-rate search: ``ptb_draws`` draws (seeds
     0..N-1) of lstm-256 in mode none, one replica-batched group with successive
-    halving after the epochs of ``ptb_halving`` (:meth:`marnn.train.formal.Tracker.halve`);
+    halving after the epochs of ``ptb_halving`` (:meth:`marnn.train.loop.Tracker.halve`);
     empty for a scale without a search."""
     sc = get_scale(scale)
     return [ptb_config(SEARCH_MODEL, SEARCH_MODE, s, sc) for s in range(sc.ptb_draws or 0)]

@@ -285,7 +285,10 @@ def length_figure(scale: str, freeze: str, top: int, pool: Sequence[str] | None,
           "mode), a shaded band from the lowest to the highest restart, and, as horizontal steps over each test "
           "bin, the accuracy ceiling (black) and the trivial predictors (grey: most-frequent dashed, "
           "repeat-previous dotted, chance dash-dotted). The first bin overlaps the training lengths.")
-    fig = plotting.length_grid(report.length_curves(df), chosen, modes, get_scale(scale).test_bins)
+    sc = get_scale(scale)
+    # the references as the records store them, the values Tables 4-7 print (report.references_long)
+    fig = plotting.length_grid(report.length_curves(df), chosen, modes, sc.test_bins,
+                               refs=report.references_long(df), names=sc.bin_names)
     fig.suptitle(f"accuracy against length: {plotting.MODE_LABELS['none']} vs {plotting.MODE_LABELS[freeze]}", y=1.01)
     plt.show()
     if not cells["stored"].all():

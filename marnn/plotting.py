@@ -24,6 +24,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
@@ -224,14 +225,26 @@ def accuracy_vs_length(ax, frame: pd.DataFrame, x: str = "length", y: str = "acc
 
 
 def reference_lines(ax, task: str, bins: Sequence[tuple[int, int]],
-                    references: Sequence[str] = REFERENCES):
+                    references: Sequence[str] = REFERENCES, refs: pd.DataFrame | None = None,
+                    names: Sequence[str] | None = None):
     """Draw the ceiling and baselines of ``task`` as a step over each length range.
 
     Each range ``(lo, hi)`` gets a horizontal segment from ``lo`` to ``hi`` at
     the reference value of that range; a ceiling that is only an upper bound
-    is drawn thinner and semi-transparent. Returns the reference frame used.
+    is drawn thinner and semi-transparent. ``refs``: the values to draw (columns
+    task, split, reference, accuracy, exact), as the records store them
+    (:func:`marnn.report.references_long`, which the tables read too), the ranges
+    named by ``names`` (default ``"lo-hi"``); without it they are computed from the
+    task (:func:`reference_frame`: the paper's bins, which no record holds).
+    Returns the reference frame used.
     """
-    refs = reference_frame([task], bins)
+    names = list(names) if names is not None else [f"{lo}-{hi}" for lo, hi in bins]
+    if refs is None:
+        refs = reference_frame([task], bins, names)
+    else:
+        where = dict(zip(names, bins, strict=True))
+        refs = refs[(refs["task"] == task) & refs["split"].isin(where)]
+        refs = refs.assign(lo=[where[s][0] for s in refs["split"]], hi=[where[s][1] for s in refs["split"]])
     for ref in references:
         style = dict(REFERENCE_STYLE[ref])
         for row in refs[refs["reference"] == ref].itertuples():
@@ -378,16 +391,18 @@ def restart_grid(points: pd.DataFrame, refs: pd.DataFrame, split: str, tasks: Se
 
 
 def length_grid(curves: pd.DataFrame, top: dict[str, list[str]], modes: Sequence[str],
-                bins: Sequence[tuple[int, int]], ncols: int = 2):
+                bins: Sequence[tuple[int, int]], ncols: int = 2, refs: pd.DataFrame | None = None,
+                names: Sequence[str] | None = None):
     """Accuracy against string length, one panel per task, for the models ``top[task]`` in ``modes``.
 
     Lines: best restart (colour = model, marker and dash = mode); bands: min-max
-    over restarts; steps: ceiling and baselines of each test bin. Returns the figure.
+    over restarts; steps: ceiling and baselines of each test bin (``refs`` and
+    ``names``: as :func:`reference_lines`). Returns the figure.
     """
     fig, axes = _panel_grid(len(top), ncols)
     used: list[str] = []
     for ax, (task, models) in zip(axes, top.items(), strict=False):  # the grid has spare panels
-        reference_lines(ax, task, bins)
+        reference_lines(ax, task, bins, refs=refs, names=names)
         for model in models:
             for mode in modes:
                 length_band(ax, curves[curves["task"] == task], model, mode)
@@ -595,4 +610,97 @@ def stop_epoch_grid(stops: pd.DataFrame, panels: Sequence[tuple[str, str]]):
     handles.append(Line2D([], [], color="black", linewidth=1.6, label="epoch cap"))
     fig.legend(handles=handles, loc="upper center", ncol=3, fontsize="small", bbox_to_anchor=(0.5, 1.0))
     fig.tight_layout(rect=(0, 0, 0.88, 1 - 0.7 / (sum(heights) + 1.1)))
+    return fig
+
+
+# ---- the stability chapter (notebooks/stability.ipynb; marnn.analysis.stability computes) ----
+def plot_mode_profiles(lengths: pd.DataFrame, train: tuple[int, int], width: int = 5):
+    """rho against length per freeze mode (median line, interquartile band), chance and training range marked."""
+    import matplotlib.pyplot as plt
+
+    from .analysis import stability as st
+
+    prof = st.mode_profile(lengths, width)
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    ax.axvspan(train[0], train[1], color="0.92", zorder=0, label="training lengths")
+    ax.axhline(1.0, **REFERENCE_STYLE["chance"], label="chance (uniform guessing)")
+    ax.axhline(0.0, **REFERENCE_STYLE["ceiling"], label="lower bound")
+    shades = {"none": "0.1", "m": "0.35", "c": "0.55", "cm": "0.7"}
+    for mode in MODES:
+        p = prof[prof["freeze"] == mode]
+        if p.empty:
+            continue
+        ax.fill_between(p["group"], p["q1"], p["q3"], color=shades[mode], alpha=0.15, linewidth=0)
+        ax.plot(p["group"], p["median"], color=shades[mode], markersize=4, label=MODE_LABELS[mode],
+                **mode_style(mode))
+    ax.set_xlabel(f"string length (groups of {width})")
+    ax.set_ylabel("excess loss / chance's excess (rho)")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def plot_example(records: Sequence[dict], table: pd.DataFrame, task: str):
+    """One panel per freeze mode: the best restart of every model on ``task``, per-symbol excess against
+    length (markers) and its fitted ``(a n^b + c) / (n + 1)`` (line); chance's excess in grey."""
+    import matplotlib.pyplot as plt
+
+    from .analysis import stability as st
+
+    recs = [r for r in records if r["config"]["task"] == task]
+    if not recs:
+        raise ValueError(f"no record of task {task!r}")
+    best = st.best_keys(recs)
+    by_key = {st.run_key(r): r for r in recs}
+    fits = table.set_index("key")
+    modes = [m for m in MODES if any(k[2] == m for k in best)]
+    fig, axes = plt.subplots(1, len(modes), figsize=(3.3 * len(modes), 3.2), sharey=True, squeeze=False)
+    lo, hi = st.train_lengths(recs[0])
+    for ax, mode in zip(axes[0], modes, strict=True):
+        ax.axvspan(lo, hi, color="0.92", zorder=0)
+        for model in FORMAL_MODELS:
+            key = best.get((task, model, mode))
+            if key is None:
+                continue
+            p = st.profile(by_key[key])
+            f = fits.loc[key]
+            ax.plot(p["length"], p["ce_diff"], linestyle="", marker=MODE_STYLE[mode]["marker"],
+                    markersize=3, color=color(model), alpha=0.6)
+            n = np.linspace(p["length"].min(), p["length"].max(), 200)
+            ax.plot(n, st.growth_curve(f, n), color=color(model), linewidth=1.3,
+                    label=f"{model} (b={f['b']:.3g})")
+        ax.plot(p["length"], p["chance_ce"] - p["lower_bound"], **REFERENCE_STYLE["chance"])
+        ax.set_title(MODE_LABELS[mode], fontsize="small")
+        ax.set_xlabel("string length")
+        ax.legend(fontsize="x-small", loc="upper left")
+    axes[0][0].set_ylabel("excess cross-entropy (nats/symbol)")
+    fig.suptitle(f"{task}: best restart per model and mode, with the fit a n^b + c", fontsize="medium")
+    fig.tight_layout()
+    return fig
+
+
+def plot_growth(table: pd.DataFrame):
+    """Growth exponents of every run by mode (dot colour = model): over the test range and over the onset."""
+    import matplotlib.pyplot as plt
+
+    from .analysis import stability as st
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    models = [m for m in FORMAL_MODELS if m in set(table["model"])]
+    modes = [m for m in MODES if m in set(table["freeze"])]
+    for ax, col, title in zip(axes, ["b", "b_onset"], ["whole test range", "onset [lo, 2 hi]"], strict=True):
+        for i, mode in enumerate(modes):
+            for j, model in enumerate(models):
+                v = table[(table["freeze"] == mode) & (table["model"] == model)][col].dropna()
+                x = i + (j - (len(models) - 1) / 2) * 0.13
+                ax.scatter(np.full(len(v), x), v, s=10, alpha=0.6, color=color(model), linewidths=0)
+        for y, style in ((1 - st.GROWTH_TOL, ":"), (1.0, "-"), (1 + st.GROWTH_TOL, ":")):
+            ax.axhline(y, color="0.4", linestyle=style, linewidth=1)
+        ax.set_xticks(range(len(modes)), labels=modes)
+        ax.set_xlabel("freeze mode")
+        ax.set_title(title, fontsize="small")
+    axes[0].set_ylabel("growth exponent b")
+    handles = legend_handles(models=models, modes=(), references=())
+    axes[1].legend(handles.values(), handles.keys(), fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
     return fig

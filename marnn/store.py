@@ -478,11 +478,13 @@ def missing(configs: Iterable[C], root: str | os.PathLike | None = None) -> list
     return [c for c in configs if load_record(c, root) is None]
 
 
-def iter_records(root: str | os.PathLike | None = None) -> Iterator[tuple[Path, dict]]:
-    """Every valid record under ``root`` (temporary, lock and ``invalid/`` files skipped)."""
+def iter_records(root: str | os.PathLike | None = None, scale: str | None = None) -> Iterator[tuple[Path, dict]]:
+    """Every valid record under ``root`` (temporary, lock and ``invalid/`` files skipped; an invalid
+    record is moved aside, :func:`read_record`); with ``scale``, only the records of that scale
+    (``<root>/<kind>/<scale>/``, :func:`record_path`)."""
     root = results_dir(root)
     for kind in KIND_FIELDS:
-        for path in sorted((root / kind).rglob("*.json")):
+        for path in sorted((root / kind if scale is None else root / kind / scale).rglob("*.json")):
             if path.name.startswith("."):
                 continue
             rec = read_record(path)

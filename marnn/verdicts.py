@@ -668,7 +668,7 @@ def baseline_equality(df: pd.DataFrame, refs: pd.DataFrame, where: dict | None =
     two one-sided tests on the t interval over restarts (:func:`within`, ``+-margin``): ``at a baseline``
     when the interval lies within the margin, ``above`` / ``below`` the best baseline when it lies outside,
     ``cannot tell`` otherwise (one restart: always). ``refs``: :func:`marnn.report.references_long`.
-    Columns as :func:`marnn.report.nearest_baseline` (``value``: the restart mean), plus the interval."""
+    Columns as :func:`nearest_baseline` (``value``: the restart mean), plus the interval."""
     from . import report
 
     runs = report.all_runs_long(df)
@@ -713,6 +713,73 @@ def position_sentence(pos: pd.DataFrame, what: str = "compared cells") -> str:
 
 
 # ---- Penn Treebank: cheap references on the same tokens -----------------------------------------------
+def nearest_baseline(long: pd.DataFrame, refs: pd.DataFrame, half: float | None = None,
+                     margin: float | None = None) -> pd.DataFrame:
+    """Per printed accuracy of ``long`` (the paper's): the nearest trivial predictor of its task and bin,
+    and where it stands by the one rule for equality (:func:`printed_within`: the printed
+    value +- ``half``, default half a unit of two decimals, within ``margin`` of the exact reference,
+    default :data:`MARGIN`).
+
+    ``long``: columns task, model, freeze, split, value (accuracies); ``refs``: columns task, split,
+    reference, accuracy (``plotting.reference_frame`` or ``report.references_long``); the ceiling is not a
+    baseline. ``position``: ``at a baseline``, ``cannot tell``, or ``above`` / ``below`` the best baseline
+    of the bin. Our runs are judged over restarts instead (:func:`baseline_equality`).
+    """
+    from .report import order
+
+    half = ACC_HALF if half is None else half
+    margin = MARGIN if margin is None else margin
+    keys = ["task", "model", "freeze", "split"]
+    cols = keys + ["value", "reference", "baseline", "gap", "best baseline", "position"]
+    base = refs[refs["reference"] != "ceiling"][["task", "split", "reference", "accuracy"]]
+    base = base.rename(columns={"accuracy": "baseline"})
+    pairs = long[keys + ["value"]].merge(base, on=["task", "split"])
+    if pairs.empty:
+        return pd.DataFrame(columns=cols)
+    pairs["gap"] = (pairs["value"] - pairs["baseline"]).abs()
+    out = pairs.loc[pairs.groupby(keys, sort=False)["gap"].idxmin()].copy()
+    best = base.groupby(["task", "split"])["baseline"].max().rename("best baseline")
+    out = out.merge(best.reset_index(), on=["task", "split"])
+    rule = [printed_within(v, b, half, margin) for v, b in zip(out["value"], out["baseline"], strict=True)]
+    out["position"] = [AT_BASELINE if r == HOLDS else
+                       ("cannot tell" if r == UNSURE_PRINTED else ("above" if v > bb else "below"))
+                       for r, v, bb in zip(rule, out["value"], out["best baseline"], strict=True)]
+    return order(out[cols])
+
+
+def printed_positions(long: pd.DataFrame, refs: pd.DataFrame, half: float | None = None) -> pd.DataFrame:
+    """Per printed accuracy of ``long`` (the paper's): where it stands against the best trivial predictor
+    of its task and bin and against the ceiling, by the rounding rule (:func:`printed_vs_exact`:
+    the printed value +- ``half``, default half a unit of two decimals, against an exact number).
+
+    ``long``: columns task, model, freeze, split, value; ``refs``: columns task, split, reference, accuracy
+    (``plotting.reference_frame`` or :func:`marnn.report.references_long`). Columns of the result: the keys,
+    value, best baseline, ceiling, ``vs best baseline`` and ``vs ceiling`` (``above``, ``below`` or
+    :data:`UNSURE_PRINTED`: the rounding range holds the exact number). A ceiling that is only an upper
+    bound (row ``ceiling upper bound`` or ``exact`` False) still cannot be exceeded."""
+    from .report import UPPER_BOUND, order
+
+    half = ACC_HALF if half is None else half
+    keys = ["task", "model", "freeze", "split"]
+    cols = keys + ["value", "best baseline", "ceiling", "vs best baseline", "vs ceiling"]
+    ceiling = refs["reference"].isin(["ceiling", UPPER_BOUND])
+    best = refs[~ceiling].groupby(["task", "split"])["accuracy"].max().rename("best baseline")
+    ceil = refs[ceiling].groupby(["task", "split"])["accuracy"].min().rename("ceiling")
+    out = long[keys + ["value"]].merge(best.reset_index(), on=["task", "split"]).merge(
+        ceil.reset_index(), on=["task", "split"], how="left")
+    if out.empty:
+        return pd.DataFrame(columns=cols)
+    word = {HOLDS: "above", FAILS: "below"}
+
+    def where(values, exact) -> list[str]:
+        return [word.get(printed_vs_exact(float(v), float(x), half).verdict, UNSURE_PRINTED)
+                if np.isfinite(x) else UNSURE_PRINTED for v, x in zip(values, exact, strict=True)]
+
+    out["vs best baseline"] = where(out["value"], out["best baseline"])
+    out["vs ceiling"] = where(out["value"], out["ceiling"].fillna(np.nan))
+    return order(out[cols])
+
+
 def ptb_references(scale: str, k: float = 0.01, corpus=None) -> pd.Series:
     """Test perplexity of cheap models fitted on the scale's training tokens and scored on exactly the
     targets our models are scored on (the scale's test tokens, batched into its streams): an add-one

@@ -154,17 +154,18 @@ def languages(put) -> None:
     """The languages page: each accuracy the paper prints against the trivial predictors and the ceiling of its
     bin. A tree with ``report.TOL`` (before issue 18's last part) decided "below" and "above the ceiling" with
     the page's fixed tolerances (0.015 and 0.005 on one number); later trees use the rounding rule."""
-    from marnn import paper, plotting, report, tasks
+    from marnn import paper, plotting, report, tasks, verdicts
     from marnn.scales import PAPER
 
     reported = paper.lookup(paper.load(), dataset="formal", metric="accuracy")
     reported = reported[reported["split"].isin(PAPER.bin_names)]
     refs = plotting.reference_frame(tasks.names(), PAPER.test_bins, PAPER.bin_names)
     keys = ["task", "model", "freeze", "split"]
-    for r in report.nearest_baseline(reported, refs).to_dict("records"):
+    rules = verdicts if hasattr(verdicts, "nearest_baseline") else report  # moved to verdicts in issue 20
+    for r in rules.nearest_baseline(reported, refs).to_dict("records"):
         put("languages/at a baseline/" + "/".join(str(r[k]) for k in keys), r["position"], r["reference"])
-    if hasattr(report, "printed_positions"):
-        placed = report.printed_positions(reported, refs)
+    if hasattr(rules, "printed_positions"):
+        placed = rules.printed_positions(reported, refs)
         vs_base, vs_ceil = placed["vs best baseline"], placed["vs ceiling"]
     else:
         tol = report.TOL

@@ -165,7 +165,7 @@ def test_nearest_baseline_positions():
                          "reference": ["ceiling", "chance", "repeat-previous"], "accuracy": [0.9, 0.25, 0.5]})
     long = pd.DataFrame({"task": ["t"] * 3, "model": ["a", "b", "c"], "freeze": ["m"] * 3, "split": ["bin0"] * 3,
                          "value": [0.51, 0.8, 0.3]})
-    near = report.nearest_baseline(long, refs).set_index("model")
+    near = verdicts.nearest_baseline(long, refs).set_index("model")
     assert near["position"].to_dict() == {"a": "at a baseline", "b": "above", "c": "below"}
     assert near.loc["a", "reference"] == "repeat-previous" and near.loc["c", "reference"] == "chance"
 
@@ -177,15 +177,15 @@ def test_printed_positions_use_the_rounding_rule_against_exact_references():
     values = {"a": 0.49, "b": 0.50, "c": 0.51, "d": 0.905, "e": 0.91, "f": 0.494}
     long = pd.DataFrame({"task": "t", "model": list(values), "freeze": "m", "split": "bin0",
                          "value": list(values.values())})
-    pos = report.printed_positions(long, refs).set_index("model")
-    assert pos["vs best baseline"].to_dict() == {"a": "below", "b": report.PRINTED_UNSURE, "c": "above",
+    pos = verdicts.printed_positions(long, refs).set_index("model")
+    assert pos["vs best baseline"].to_dict() == {"a": "below", "b": verdicts.UNSURE_PRINTED, "c": "above",
                                                  "d": "above", "e": "above", "f": "below"}
-    assert pos["vs ceiling"].to_dict() == {"a": "below", "b": "below", "c": "below", "d": report.PRINTED_UNSURE,
+    assert pos["vs ceiling"].to_dict() == {"a": "below", "b": "below", "c": "below", "d": verdicts.UNSURE_PRINTED,
                                            "e": "above", "f": "below"}
     assert (pos["best baseline"] == 0.5).all() and (pos["ceiling"] == 0.9).all()
-    wider = report.printed_positions(long, refs, half=0.05).set_index("model")  # one decimal: less is decided
-    assert wider.loc["a", "vs best baseline"] == report.PRINTED_UNSURE
-    assert report.printed_positions(long.iloc[:0], refs).empty
+    wider = verdicts.printed_positions(long, refs, half=0.05).set_index("model")  # one decimal: less is decided
+    assert wider.loc["a", "vs best baseline"] == verdicts.UNSURE_PRINTED
+    assert verdicts.printed_positions(long.iloc[:0], refs).empty
 
 
 # ---- the theory -------------------------------------------------------------------------------------

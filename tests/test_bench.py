@@ -101,19 +101,27 @@ def test_plan_covers_every_scale(name):
 
 
 def test_check_uses_the_records_epochs(tmp_path):
-    # one formal group of 2 records: one trained 3 epochs, the other 1 epoch
+    # one formal group of 2 stored records: one trained 3 epochs, the other 1 epoch
+    from marnn import store
+    from marnn.train import formal_config
+    from marnn.train.formal import train_formal
+
+    from test_train import toy_builder
+
     sc = scales.get_scale("smoke")
-    recs = []
-    for _seed, epochs in ((0, 3), (1, 1)):
-        recs.append(dict(config=dict(kind="formal", task="marked-copy", model="lstm", scale="smoke"),
-                         curve=[{"epoch": e + 1} for e in range(epochs)],
-                         group=dict(cpu_time_s=10.0, replicas=2)))
-    folder = tmp_path / "formal" / "smoke" / "marked-copy" / "lstm"
-    folder.mkdir(parents=True)
-    for i, r in enumerate(recs):
-        (folder / f"r{i}.json").write_text(json.dumps(r))
+    cfgs = [formal_config("marked-copy", "lstm", "none", s, sc.with_(max_epochs=3, early_stop=9)) for s in (0, 1)]
+    recs = train_formal(cfgs, build=toy_builder())
+    recs[1]["curve"] = recs[1]["curve"][:1]
+    for r in recs:
+        r["group"]["cpu_time_s"] = 10.0
+        store.save_record(r, tmp_path)
+    # a file that fails the store's schema is refused (moved aside), as everywhere else
+    stray = tmp_path / "formal" / "smoke" / "marked-copy" / "lstm" / "stray.json"
+    stray.write_text(json.dumps(dict(config=dict(kind="formal", task="marked-copy", model="lstm", scale="smoke"),
+                                     curve=[{"epoch": 1}], group=dict(cpu_time_s=5.0, replicas=1))))
     units = fake_units("smoke")
     [c] = bench.check_records("smoke", units, root=tmp_path)
+    assert not stray.exists() and list((tmp_path / store.INVALID_DIR).rglob("stray.json"))
     steps = sc.train_size // sc.batch_size
     assert c["epochs"] == 3 and c["replicas"] == 2
     expect = bench._formal_group(sc, __import__("marnn").tasks.get("marked-copy"), "lstm", units, [2, 1, 1])

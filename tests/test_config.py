@@ -151,7 +151,7 @@ def test_the_store_refuses_a_record_whose_config_is_not_a_run(tmp_path):
 
 
 def test_a_trainer_refuses_runs_that_cannot_share_a_model():
-    from marnn.train.formal import check_group
+    from marnn.train.loop import check_group
 
     a = RunConfig.formal("count-3", "lstm", "none", 0, "smoke").to_dict()
     b = RunConfig.formal("count-3", "lstm", "m", 1, "smoke").to_dict()

@@ -17,7 +17,8 @@ import pytest
 from marnn import paths, store
 from marnn.scales import get_scale
 from marnn.train import formal_config
-from marnn.train.formal import EXPLODE_EPOCHS, EXPLODE_FACTOR, Tracker, train_formal
+from marnn.train.formal import train_formal
+from marnn.train.loop import EXPLODE_EPOCHS, EXPLODE_FACTOR, Tracker
 from marnn.train.optim import BatchedAdam
 
 from test_train import toy_builder

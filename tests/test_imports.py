@@ -14,15 +14,6 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "marnn"
 
-# Cycles that are known and wait for their fix, each with the reason it is still there.
-# An entry that no longer exists fails test_known_cycles_still_exist: delete it then.
-KNOWN_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"marnn.report", "marnn.verdicts"}):
-        "report.nearest_baseline / printed_positions use the verdict rules and verdicts reads report's "
-        "tables (issue 20: analyses compute, pages show; both files are being reworked there)",
-}
-
-
 def _modules() -> dict[str, Path]:
     out = {}
     for path in sorted(PACKAGE.rglob("*.py")):
@@ -147,14 +138,14 @@ def test_the_walker_sees_imports_inside_functions_and_package_parents():
 
 def test_no_import_cycles():
     graph = import_graph()
-    new = [part for part in cycles(graph) if frozenset(part) not in KNOWN_CYCLES]
-    assert not new, "import cycles:\n" + "\n".join(describe(part, graph) for part in new)
+    found = cycles(graph)
+    assert not found, "import cycles:\n" + "\n".join(describe(part, graph) for part in found)
 
 
-def test_known_cycles_still_exist():
-    """A known cycle that is gone must leave KNOWN_CYCLES (so that it cannot come back unnoticed)."""
-    found = {frozenset(part) for part in cycles(import_graph())}
-    assert set(KNOWN_CYCLES) <= found, f"no longer cycles, delete from KNOWN_CYCLES: {set(KNOWN_CYCLES) - found}"
+def test_the_rules_sit_below_the_tables():
+    """marnn.verdicts (the comparison rule) reads marnn.report's tables; report never imports verdicts."""
+    graph = import_graph()
+    assert "marnn.report" in graph["marnn.verdicts"] and "marnn.verdicts" not in graph["marnn.report"]
 
 
 @pytest.mark.parametrize("leaf", ["marnn.registry", "marnn.paths"])

@@ -89,3 +89,38 @@ def test_reference_frame_and_lines():
     plotting.accuracy_vs_length(ax, frame[frame["split"] == "bin0"], y="value", dodge=0.04)
     assert len(ax.lines) == frame[frame["split"] == "bin0"].groupby(["model", "freeze"]).ngroups
     plt.close(fig)
+
+
+@pytest.mark.parametrize("scale", ["smoke", "quick"])
+def test_figure_2_draws_the_references_the_tables_print(scale):
+    """One source per reference number: Figure 2's steps (pages.length_figure) and Tables 4-7
+    (report.reference_table) both read the references stored in the records, and those equal the
+    task's own computation (tasks/base.py, through plotting.reference_frame) on the scale's bins."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from marnn import report
+    from marnn.scales import get_scale
+
+    sc = get_scale(scale)
+    df = report.formal_results(scale, compute=False, lengths=False)  # the committed store
+    stored = report.references_long(df)
+    computed = plotting.reference_frame(tasks.names(), sc.test_bins, sc.bin_names)
+    both = stored.merge(computed, on=["task", "split", "reference"], how="outer", suffixes=("", "_computed"),
+                        indicator=True)
+    assert len(both) == len(tasks.names()) * len(sc.test_bins) * len(plotting.REFERENCES)
+    assert (both["_merge"] == "both").all()
+    assert np.abs(both["accuracy"] - both["accuracy_computed"]).max() < 1e-12
+    assert (both["exact"] == both["exact_computed"]).all()
+    # the steps drawn are the stored values: move one and the figure follows
+    task = tasks.names()[0]
+    moved = stored.assign(accuracy=stored["accuracy"].where(
+        (stored["task"] != task) | (stored["reference"] != "ceiling"), 0.123))
+    fig, ax = plt.subplots()
+    drawn = plotting.reference_lines(ax, task, sc.test_bins, refs=moved, names=sc.bin_names)
+    ceiling = drawn[drawn["reference"] == "ceiling"]
+    assert list(ceiling["accuracy"]) == [0.123] * len(sc.test_bins)
+    assert [(lo, hi) for lo, hi in zip(ceiling["lo"], ceiling["hi"], strict=True)] == list(sc.test_bins)
+    ys = {round(float(seg[0][1]), 6) for coll in ax.collections for seg in coll.get_segments()}
+    assert 0.123 in ys
+    plt.close(fig)

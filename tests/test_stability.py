@@ -173,6 +173,27 @@ def test_run_table_summary_and_theorem_checks():
         st.run_table([])
 
 
+
+def test_the_stability_figures_draw_from_the_tables():
+    """The chapter's figures (marnn.plotting) draw from what the analysis computes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from marnn import plotting
+
+    recs = _synthetic_grid()
+    table = st.run_table(recs)
+    for fig, panels in ((plotting.plot_mode_profiles(st.length_frame(recs), TRAIN), 1),
+                        (plotting.plot_example(recs, table, recs[0]["config"]["task"]), 2),  # modes none and c
+                        (plotting.plot_growth(table), 2)):
+        assert len(fig.axes) == panels
+        plt.close(fig)
+    with pytest.raises(ValueError, match="no record of task"):
+        plotting.plot_example(recs, table, "no-such-task")
+    assert not any(name.startswith("plot_") for name in vars(st))  # analyses compute, plotting draws
+
 def test_rules_name_every_threshold():
     text = st.rules().to_string()
     for v in (st.BOUND_RHO, st.STD_RHO, st.DEGRADES, st.LEARNED):

@@ -14,7 +14,8 @@ from marnn.registry import FREEZE_MODES
 from marnn.scales import get_scale
 from marnn.train import epoch_order, formal_config, hyperparameters, ptb_config
 from marnn.train.evaluate import bin_references, length_lower_bound
-from marnn.train.formal import Tracker, train_formal
+from marnn.train.formal import train_formal
+from marnn.train.loop import Tracker
 from marnn.train.optim import BatchedAdam, BatchedSGD
 
 torch.set_num_threads(1)

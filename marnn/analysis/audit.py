@@ -631,7 +631,7 @@ def _positions(near: pd.DataFrame) -> str:
 
 
 def _by_bin(near: pd.DataFrame) -> pd.DataFrame:
-    """:func:`marnn.report.nearest_baseline` rows as (mode, model) x (bin: accuracy, nearest baseline), plus the bins
+    """:func:`marnn.verdicts.nearest_baseline` rows as (mode, model) x (bin: accuracy, nearest baseline), plus the bins
     where the accuracy is at a baseline."""
     wide = near.pivot(index=["freeze", "model"], columns="split", values=["value", "baseline"])
     bins = sorted(set(near["split"]), key=report.split_rank)
@@ -649,7 +649,7 @@ def check_count3(inp: Inputs, modes: Sequence[str] = FROZEN_MODES) -> Finding:
     acc = _paper_acc(inp)
     part = acc[(acc["task"] == "count-3") & acc["freeze"].isin(modes)]
     triple, times = _typical_triple(part)
-    near = report.nearest_baseline(part, inp.paper_refs)
+    near = verdicts.nearest_baseline(part, inp.paper_refs)
     rep = inp.paper_refs[(inp.paper_refs["task"] == "count-3") & (inp.paper_refs["reference"] == "repeat-previous")]
     rep = rep.set_index("split")["accuracy"].reindex(["bin0", "bin1", "bin2"])
     triple_at = all(verdicts.printed_within(a, b) == HOLDS for a, b in zip(triple, rep, strict=True))
@@ -692,7 +692,7 @@ def check_binary(inp: Inputs, modes: Sequence[str] = FROZEN_MODES, low: float = 
     modes = [report.check_frozen_mode(m) for m in modes]
     acc = _paper_acc(inp)
     part = acc[acc["task"].isin(BINARY_TASKS) & acc["freeze"].isin(modes)]
-    near = report.nearest_baseline(part, inp.paper_refs)
+    near = verdicts.nearest_baseline(part, inp.paper_refs)
     band = near[(near["value"] >= low - 1e-9) & (near["value"] <= high + 1e-9)]
     kb = int((band["position"] == "at a baseline").sum())
     k_all = int((near["position"] == "at a baseline").sum())

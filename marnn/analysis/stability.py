@@ -92,8 +92,6 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from .. import registry
-
 # ---- thresholds of the per-run labels (the rules above); margins of the theorem checks -------------------
 BOUND_RHO = 1.0  # (a) never worse than uniform guessing
 STD_RHO = 0.1  # (b) spread of rho over lengths
@@ -367,7 +365,7 @@ def verdict(c: Mapping) -> tuple[str, str]:
 
 
 # ---- many runs ------------------------------------------------------------------------
-def _key(record: dict) -> str:
+def run_key(record: dict) -> str:
     """The record's store key (records fresh from training have none yet: it is the config's hash)."""
     from ..store import config_key
 
@@ -395,7 +393,7 @@ def run_table(records: Iterable[dict], untrained: Mapping[tuple, Sequence[Mappin
     for rec in records:
         c = rec["config"]
         u = None if untrained is None else untrained.get((c["task"], c["model"], c["seed"]))
-        rows.append({"key": _key(rec), "task": c["task"], "model": c["model"], "freeze": c["freeze"],
+        rows.append({"key": run_key(rec), "task": c["task"], "model": c["model"], "freeze": c["freeze"],
                      "seed": c["seed"], "status": rec.get("status"), **criteria(rec, u)})
     if not rows:
         raise ValueError("no records to judge")
@@ -424,7 +422,7 @@ def length_frame(records: Iterable[dict]) -> pd.DataFrame:
         p = profile(rec)
         for k in ("task", "model", "freeze", "seed"):
             p[k] = c[k]
-        p["key"] = _key(rec)
+        p["key"] = run_key(rec)
         parts.append(p)
     return pd.concat(parts, ignore_index=True)
 
@@ -434,7 +432,7 @@ def best_keys(records: Iterable[dict]) -> dict[tuple, str]:
     (:func:`marnn.store.best_records`)."""
     from ..store import best_records
 
-    return {cell: _key(rec) for cell, rec in best_records(records).items()}
+    return {cell: run_key(rec) for cell, rec in best_records(records).items()}
 
 
 # ---- the untrained model (Thm 3.4) -----------------------------------------------------------
@@ -866,7 +864,7 @@ def _flip(task, item: dict, p: int) -> str:
     return ren[1 - ren.index(item["clean"][p])]
 
 
-# ---- tables and figures for the book page ------------------------------------------------------
+# ---- tables for the book page (its figures: marnn.plotting) ------------------------------------------
 def rules() -> pd.DataFrame:
     """The criteria, what each measures and when it passes, from the module's constants: the per-run labels
     (descriptive) and the cell trends over restarts that select the degrading cells."""
@@ -896,98 +894,6 @@ def mode_profile(lengths: pd.DataFrame, width: int = 5, col: str = "rho") -> pd.
     g = part.groupby(["freeze", "group"])[col]
     out = pd.DataFrame({"median": g.median(), "q1": g.quantile(0.25), "q3": g.quantile(0.75), "runs": g.size()})
     return out.reset_index()
-
-
-def plot_mode_profiles(lengths: pd.DataFrame, train: tuple[int, int], width: int = 5):
-    """rho against length per freeze mode (median line, interquartile band), chance and training range marked."""
-    import matplotlib.pyplot as plt
-
-    from .. import plotting
-
-    prof = mode_profile(lengths, width)
-    fig, ax = plt.subplots(figsize=(7.5, 3.6))
-    ax.axvspan(train[0], train[1], color="0.92", zorder=0, label="training lengths")
-    ax.axhline(1.0, **plotting.REFERENCE_STYLE["chance"], label="chance (uniform guessing)")
-    ax.axhline(0.0, **plotting.REFERENCE_STYLE["ceiling"], label="lower bound")
-    shades = {"none": "0.1", "m": "0.35", "c": "0.55", "cm": "0.7"}
-    for mode in registry.MODES:
-        p = prof[prof["freeze"] == mode]
-        if p.empty:
-            continue
-        ax.fill_between(p["group"], p["q1"], p["q3"], color=shades[mode], alpha=0.15, linewidth=0)
-        ax.plot(p["group"], p["median"], color=shades[mode], markersize=4, label=plotting.MODE_LABELS[mode],
-                **plotting.mode_style(mode))
-    ax.set_xlabel(f"string length (groups of {width})")
-    ax.set_ylabel("excess loss / chance's excess (rho)")
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    return fig
-
-
-def plot_example(records: Sequence[dict], table: pd.DataFrame, task: str):
-    """One panel per freeze mode: the best restart of every model on ``task``, per-symbol excess against
-    length (markers) and its fitted ``(a n^b + c) / (n + 1)`` (line); chance's excess in grey."""
-    import matplotlib.pyplot as plt
-
-    from .. import plotting
-
-    recs = [r for r in records if r["config"]["task"] == task]
-    if not recs:
-        raise ValueError(f"no record of task {task!r}")
-    best = best_keys(recs)
-    by_key = {_key(r): r for r in recs}
-    fits = table.set_index("key")
-    modes = [m for m in registry.MODES if any(k[2] == m for k in best)]
-    fig, axes = plt.subplots(1, len(modes), figsize=(3.3 * len(modes), 3.2), sharey=True, squeeze=False)
-    lo, hi = train_lengths(recs[0])
-    for ax, mode in zip(axes[0], modes, strict=True):
-        ax.axvspan(lo, hi, color="0.92", zorder=0)
-        for model in registry.FORMAL_MODELS:
-            key = best.get((task, model, mode))
-            if key is None:
-                continue
-            p = profile(by_key[key])
-            f = fits.loc[key]
-            ax.plot(p["length"], p["ce_diff"], linestyle="", marker=plotting.MODE_STYLE[mode]["marker"],
-                    markersize=3, color=plotting.color(model), alpha=0.6)
-            n = np.linspace(p["length"].min(), p["length"].max(), 200)
-            ax.plot(n, growth_curve(f, n), color=plotting.color(model), linewidth=1.3,
-                    label=f"{model} (b={f['b']:.3g})")
-        ax.plot(p["length"], p["chance_ce"] - p["lower_bound"], **plotting.REFERENCE_STYLE["chance"])
-        ax.set_title(plotting.MODE_LABELS[mode], fontsize="small")
-        ax.set_xlabel("string length")
-        ax.legend(fontsize="x-small", loc="upper left")
-    axes[0][0].set_ylabel("excess cross-entropy (nats/symbol)")
-    fig.suptitle(f"{task}: best restart per model and mode, with the fit a n^b + c", fontsize="medium")
-    fig.tight_layout()
-    return fig
-
-
-def plot_growth(table: pd.DataFrame):
-    """Growth exponents of every run by mode (dot colour = model): over the test range and over the onset."""
-    import matplotlib.pyplot as plt
-
-    from .. import plotting
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
-    models = [m for m in registry.FORMAL_MODELS if m in set(table["model"])]
-    modes = [m for m in registry.MODES if m in set(table["freeze"])]
-    for ax, col, title in zip(axes, ["b", "b_onset"], ["whole test range", "onset [lo, 2 hi]"], strict=True):
-        for i, mode in enumerate(modes):
-            for j, model in enumerate(models):
-                v = table[(table["freeze"] == mode) & (table["model"] == model)][col].dropna()
-                x = i + (j - (len(models) - 1) / 2) * 0.13
-                ax.scatter(np.full(len(v), x), v, s=10, alpha=0.6, color=plotting.color(model), linewidths=0)
-        for y, style in ((1 - GROWTH_TOL, ":"), (1.0, "-"), (1 + GROWTH_TOL, ":")):
-            ax.axhline(y, color="0.4", linestyle=style, linewidth=1)
-        ax.set_xticks(range(len(modes)), labels=modes)
-        ax.set_xlabel("freeze mode")
-        ax.set_title(title, fontsize="small")
-    axes[0].set_ylabel("growth exponent b")
-    handles = plotting.legend_handles(models=models, modes=(), references=())
-    axes[1].legend(handles.values(), handles.keys(), fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    return fig
 
 
 def untrained_table(records: Iterable[dict], untrained: Mapping[tuple, Sequence[Mapping]]) -> pd.DataFrame:

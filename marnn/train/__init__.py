@@ -1,5 +1,7 @@
 """Training engine: what a run is (this module), the trainers of the formal languages
-(:mod:`.formal`) and of Penn Treebank (:mod:`.ptb`), and :mod:`.run`, the one load-or-train path
+(:mod:`.formal`) and of Penn Treebank (:mod:`.ptb`), what both share (:mod:`.loop`: the tracker with
+its early stopping, lr decay and compaction, the guarded step, the resumed state, the record's common
+parts), and :mod:`.run`, the one load-or-train path
 (:func:`marnn.train.run.train_missing`: claim, resume, train a group, store its
 records and weights; :func:`marnn.train.run.run_or_load` for one run).
 

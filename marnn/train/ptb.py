@@ -1,7 +1,8 @@
 """Training on Penn Treebank (docs: book/reference/training.md, "Penn Treebank").
 
-Like :mod:`marnn.train.formal`, a group of runs (restarts x freeze modes of one
-model) trains as one replica-batched model on the same token order:
+Like :mod:`marnn.train.formal`, and through the same :mod:`marnn.train.loop`, a
+group of runs (restarts x freeze modes of one model) trains as one
+replica-batched model on the same token order:
 
 * the training stream is cut into ``ptb_streams`` parallel streams
   (:func:`marnn.ptb.batchify`) and read in ``ptb_bptt``-token chunks; the
@@ -19,7 +20,7 @@ model) trains as one replica-batched model on the same token order:
   restored at the end;
 * with ``ptb_halving`` (a learning-rate search, :func:`marnn.grid.ptb_search`),
   after each of those epochs the worse half of the group's draws (seeds) stop
-  with status ``"pruned"`` (:meth:`marnn.train.formal.Tracker.halve`);
+  with status ``"pruned"`` (:meth:`marnn.train.loop.Tracker.halve`);
 * test perplexity is computed over the whole test stream (``ptb_eval_tokens``
   = None; smaller scales cut it), cut into the same number of streams (the
   ragged tail of fewer than ``ptb_streams`` tokens is dropped and the first
@@ -35,16 +36,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import RunConfig
-from . import default_device, environment, hyperparameters, progress_disabled, resume, set_threads
-from .epochlog import lines_enabled, ptb_epoch, resumed
+from . import hyperparameters, progress_disabled, resume
 from .evaluate import stream_cross_entropy, token_nll
-from .formal import RecordParts, Tracker, _num, _per_replica_counts, check_group, guarded_step
+from .loop import Group, default_build, finite_or_none, guarded_step
 from .optim import BatchedSGD, ReplicaOptimizer
-
-
-def _build_default(name, **kwargs):
-    from ..models import build
-    return build(name, **kwargs)
 
 
 def _detach_default(state):
@@ -78,13 +73,11 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
     """
     from ..ptb import batchify, chunks, load_corpus, num_chunks
 
-    first = check_group(configs, "ptb")
-    torch.use_deterministic_algorithms(True)
-    set_threads(threads)
-    device = torch.device(device) if device is not None else default_device()
-    build = build or _build_default
+    group = Group(configs, "ptb", device=device, threads=threads, state_dir=state_dir, after_epoch=after_epoch,
+                  epoch_lines=epoch_lines)
+    first, device, R = group.first, group.device, group.R
+    build = build or default_build
     detach = detach or _detach_default
-    t0, c0 = time.perf_counter(), time.process_time()
 
     scale = RunConfig.from_dict(first).scale
     corpus = corpus or load_corpus()
@@ -93,36 +86,23 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
     valid = batchify(_cut(corpus.valid, scale.ptb_eval_tokens), B).to(device)
     test = batchify(_cut(corpus.test, scale.ptb_eval_tokens), B).to(device)
 
-    R = len(configs)
     seeds = [c["seed"] for c in configs]
-    modes = [c["freeze"] for c in configs]
     hps = [hyperparameters(s, scale.ptb_lr_range, scale.ptb_clip_range) for s in seeds]
+
     def make_model(reps: list[int]):
         return build(first["model"], vocab_size=corpus.vocab_size, replicas=len(reps), seeds=[seeds[r] for r in reps],
                      embedding_group=first["embedding_group"], device=device)
 
     model = make_model(list(range(R)))
-    masks = {n: m.to(device) for n, m in model.freeze_masks(modes).items()}
+    masks = group.freeze_masks(model)
     opt: ReplicaOptimizer = BatchedSGD(model.named_parameters(), lr=[h["lr"] for h in hps],
                                        clip=[h["clip"] for h in hps], masks=masks)
-    tracker = Tracker(model, opt, scale.ptb_early_stop, 1, 1.0 / scale.ptb_lr_divisor,
-                      make_model=make_model if compact else None)
-    total_params, trainable = _per_replica_counts(model, masks)
-
-    curves: list[list[dict]] = [[] for _ in range(R)]
-    step = 0
-    start = 1
-    saved = resume.load(configs, state_dir) if state_dir is not None else None
-    partial = None
-    if saved is not None:
-        start, step, curves, wall0, cpu0 = resume.restore(tracker, saved, make_model)
-        t0, c0 = t0 - wall0, c0 - cpu0
-        partial = saved.get("partial")
-    lines = lines_enabled(epoch_lines)
-    if lines and saved is not None:
-        resumed(configs, start - 1)
+    saved = group.track(model, masks, opt, early_stop=scale.ptb_early_stop, patience=1,
+                        factor=1.0 / scale.ptb_lr_divisor, make_model=make_model, compact=compact)
+    tracker, curves = group.tracker, group.curves
+    partial = saved.get("partial") if saved is not None else None
     n_chunks = num_chunks(train, T)
-    for epoch in range(start, scale.ptb_max_epochs + 1):
+    for epoch in range(group.start, scale.ptb_max_epochs + 1):
         running = tracker.running()
         if not running:
             break
@@ -149,17 +129,16 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
             state = detach(out.state)
             nll = token_nll(out.logits, y)  # (R_live, B, T)
             loss = nll.mean((1, 2))  # (R_live,)
-            guarded_step(opt, tracker, idx, loss, epoch, step)
+            guarded_step(opt, tracker, idx, loss, epoch, group.step)
             tr_nll[live] += nll.detach().double().sum((1, 2)).cpu()
             tr_tok += y.numel()
-            step += 1
+            group.step += 1
             chunk = done + i + 1
             if (state_dir is not None and chunk < n_chunks
                     and time.perf_counter() - last_save >= state_seconds):
                 inside = resume.partial_epoch(epoch, chunk, state, tr_nll, tr_tok, time.perf_counter() - t_epoch)
                 if inside is not None:
-                    resume.save(configs, state_dir, tracker, epoch=epoch - 1, step=step, curves=curves,
-                                wall=time.perf_counter() - t0, cpu=time.process_time() - c0, partial=inside)
+                    group.save(epoch - 1, partial=inside)
                 last_save = time.perf_counter()
             if after_chunk is not None:
                 after_chunk(epoch, chunk)
@@ -173,33 +152,24 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
                 "epoch": epoch,
                 "lr": lrs[r],
                 "train_perplexity": _ppl(float(tr_nll[r]) / tr_tok),
-                "valid_cross_entropy": _num(v_ce[pos]),
+                "valid_cross_entropy": finite_or_none(v_ce[pos]),
                 "valid_perplexity": _ppl(v_ce[pos]),
                 "seconds": round(time.perf_counter() - t_epoch, 3),
             })
-        tracker.check_explosion(epoch, step, {r: _num(float(tr_nll[r]) / tr_tok) for r in idx if r in running},
-                                corpus.vocab_size)
-        tracker.end_epoch(epoch, v_ce, step)
-        if epoch in scale.ptb_halving:  # a learning-rate search (marnn.grid.ptb_search): the worse draws stop
-            tracker.halve(seeds)
-        if state_dir is not None:
-            resume.save(configs, state_dir, tracker, epoch=epoch, step=step, curves=curves,
-                        wall=time.perf_counter() - t0, cpu=time.process_time() - c0)
-        if lines:
-            ptb_epoch(configs, tracker, running, curves, epoch, scale.ptb_max_epochs)
-        if after_epoch is not None:
-            after_epoch(epoch)
-    model = tracker.finish()
-    model.eval()
+        group.end_epoch(epoch, v_ce, {r: finite_or_none(float(tr_nll[r]) / tr_tok) for r in idx if r in running},
+                        corpus.vocab_size, trained=running, max_epochs=scale.ptb_max_epochs, started=t_epoch,
+                        # a learning-rate search (marnn.grid.ptb_search): the worse draws stop
+                        halve=seeds if epoch in scale.ptb_halving else None)
+    model = group.finish()
     test_ce = stream_cross_entropy(model, test, T, detach).tolist()
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    common = RecordParts(tracker, configs, total_params, trainable, wall, cpu, environment(device))
+    common = group.record_parts()
     records = []
     for r in range(len(configs)):
         best = tracker.best[r]
         records.append(common.record(r, lr=hps[r]["lr"], clip=hps[r]["clip"], curve=curves[r], results={
-            "valid": {"cross_entropy": _num(best), "perplexity": _ppl(best), "tokens": int(valid[:, 1:].numel())},
-            "test": {"cross_entropy": _num(test_ce[r]), "perplexity": _ppl(test_ce[r]),
+            "valid": {"cross_entropy": finite_or_none(best), "perplexity": _ppl(best),
+                      "tokens": int(valid[:, 1:].numel())},
+            "test": {"cross_entropy": finite_or_none(test_ce[r]), "perplexity": _ppl(test_ce[r]),
                      "tokens": int(test[:, 1:].numel())},
         }))
     return records
