@@ -155,7 +155,7 @@ def test_a_trainer_refuses_runs_that_cannot_share_a_model():
 
     a = RunConfig.formal("count-3", "lstm", "none", 0, "smoke").to_dict()
     b = RunConfig.formal("count-3", "lstm", "m", 1, "smoke").to_dict()
-    assert check_group([a, b], "formal") is a  # freeze mode and seed may differ
+    assert check_group([a, b], "formal") == [RunConfig.from_dict(a), RunConfig.from_dict(b)]  # mode and seed may differ
     other = RunConfig.formal("marked-copy", "lstm", "none", 0, "smoke").to_dict()
     with pytest.raises(ValueError, match="must share 'task'"):
         check_group([a, other], "formal")

@@ -34,7 +34,6 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..config import RunConfig
 from . import draw_seed, epoch_order, hyperparameters, progress_disabled
 from .evaluate import evaluate_bins, split_metrics, token_nll
 from .loop import Group, default_build, finite_or_none, guarded_step
@@ -68,14 +67,15 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
     first, device, R = group.first, group.device, group.R
     build = build or default_build
 
-    task = get_task(first["task"])
-    scale = RunConfig.from_dict(first).scale
-    data = make_task_data(task, scale, first["data_seed"])
+    assert first.task is not None  # a formal RunConfig always names its task
+    task = get_task(first.task)
+    scale = first.scale
+    data = make_task_data(task, scale, first.data_seed)
     seeds = [draw_seed(c) for c in configs]  # the restart index unless the scale has independent_draws
     hps = [hyperparameters(s, scale.lr_range) for s in seeds]
 
     def make_model(reps: list[int]):
-        return build(first["model"], task=task.name, replicas=len(reps), seeds=[seeds[r] for r in reps], device=device)
+        return build(first.model, task=task.name, replicas=len(reps), seeds=[seeds[r] for r in reps], device=device)
 
     model = make_model(list(range(R)))
     masks = group.freeze_masks(model)
@@ -89,7 +89,7 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
     def to_dev(b):
         return b.inputs.to(device), b.targets.to(device)
 
-    bar = tqdm(range(group.start, scale.max_epochs + 1), desc=desc or f"{task.name}/{first['model']} x{R}",
+    bar = tqdm(range(group.start, scale.max_epochs + 1), desc=desc or f"{task.name}/{first.model} x{R}",
                disable=progress_disabled(progress), leave=False)
     for epoch in bar:
         running = tracker.running()
@@ -102,7 +102,7 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
         tr_nll = torch.zeros(R, dtype=torch.float64)
         tr_sym = 0
         model.train()
-        for i in epoch_order(first["data_seed"], epoch, len(data.train)):
+        for i in epoch_order(first.data_seed, epoch, len(data.train)):
             x, y = to_dev(data.train[i])
             B = x.shape[0]
             out = model(x)

@@ -236,8 +236,8 @@ def per_replica_counts(model, masks: dict[str, torch.Tensor]) -> tuple[int, list
     return total, trainable
 
 
-def check_group(configs: list[dict], kind: str) -> dict:
-    """The first config of a group of ``kind`` runs that can train as one batched model:
+def check_group(configs: list[dict], kind: str) -> list[RunConfig]:
+    """The runs of a group of ``kind`` runs that can train as one batched model, typed:
     each a valid :class:`~marnn.config.RunConfig` of that kind, all with one
     :attr:`~marnn.config.RunConfig.group_key` (they differ at most in freeze mode and seed)."""
     if not configs:
@@ -251,7 +251,7 @@ def check_group(configs: list[dict], kind: str) -> dict:
             k = next(k for k in {**a, **b} if k not in ("freeze", "seed")
                      and json.dumps(a.get(k), sort_keys=True) != json.dumps(b.get(k), sort_keys=True))
             raise ValueError(f"runs of one group must share {k!r}: {a.get(k)!r} != {b.get(k)!r}")
-    return configs[0]
+    return runs
 
 
 class RecordParts:
@@ -304,14 +304,15 @@ class Group:
     def __init__(self, configs: list[dict], kind: str, *, device=None, threads: int | None = None,
                  state_dir=None, after_epoch: Callable[[int], None] | None = None, epoch_lines: bool = False):
         self.configs, self.kind = configs, kind
-        self.first = check_group(configs, kind)
+        self.runs = check_group(configs, kind)  # typed; ``configs`` stay as given for records and state
+        self.first = self.runs[0]
         torch.use_deterministic_algorithms(True)
         set_threads(threads)
         self.device = torch.device(device) if device is not None else default_device()
         self.state_dir, self.after_epoch, self.epoch_lines = state_dir, after_epoch, epoch_lines
         self.t0, self.c0 = time.perf_counter(), time.process_time()
         self.R = len(configs)
-        self.modes = [c["freeze"] for c in configs]
+        self.modes = [run.freeze for run in self.runs]
         self.curves: list[list[dict]] = [[] for _ in range(self.R)]
         self.step = 0
         self.start = 1  # the first epoch to train (after a resumed state: the one after it)

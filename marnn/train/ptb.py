@@ -35,7 +35,6 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..config import RunConfig
 from . import hyperparameters, progress_disabled, resume
 from .evaluate import stream_cross_entropy, token_nll
 from .loop import Group, default_build, finite_or_none, guarded_step
@@ -79,19 +78,19 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
     build = build or default_build
     detach = detach or _detach_default
 
-    scale = RunConfig.from_dict(first).scale
+    scale = first.scale
     corpus = corpus or load_corpus()
     B, T = scale.ptb_streams, scale.ptb_bptt
     train = batchify(_cut(corpus.train, scale.ptb_train_tokens), B).to(device)  # (B, L)
     valid = batchify(_cut(corpus.valid, scale.ptb_eval_tokens), B).to(device)
     test = batchify(_cut(corpus.test, scale.ptb_eval_tokens), B).to(device)
 
-    seeds = [c["seed"] for c in configs]
+    seeds = [run.seed for run in group.runs]
     hps = [hyperparameters(s, scale.ptb_lr_range, scale.ptb_clip_range) for s in seeds]
 
     def make_model(reps: list[int]):
-        return build(first["model"], vocab_size=corpus.vocab_size, replicas=len(reps), seeds=[seeds[r] for r in reps],
-                     embedding_group=first["embedding_group"], device=device)
+        return build(first.model, vocab_size=corpus.vocab_size, replicas=len(reps), seeds=[seeds[r] for r in reps],
+                     embedding_group=first.embedding_group, device=device)
 
     model = make_model(list(range(R)))
     masks = group.freeze_masks(model)
@@ -122,7 +121,7 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
         last_save = time.perf_counter()
         model.train()
         todo = _skip(chunks(train, T), done) if done else chunks(train, T)
-        bar = tqdm(todo, total=n_chunks, desc=desc or f"ptb/{first['model']} x{len(idx)} epoch {epoch}",
+        bar = tqdm(todo, total=n_chunks, desc=desc or f"ptb/{first.model} x{len(idx)} epoch {epoch}",
                    disable=progress_disabled(progress), leave=False, initial=done)
         for i, (x, y) in enumerate(bar):
             out = model(x, state=state)
