@@ -10,6 +10,14 @@ backward for the large replica affine map (its weight gradient transposed, then 
     OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/trainer_ab.py formal jm-10 20 10
     OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/trainer_ab.py ptb lstm-256 1 5 --profile
 
+``--fused`` (issue 19, the PTB replica groups): old = the model's logits then ``token_nll``
+(``model(x).logits``, (R, 1120, 10001) logits and their gradient stored for all replicas);
+new = ``model.nll`` (the classifier and the loss fused replica by replica,
+``marnn.kernels.loss.classifier_nll``). R may be a comma list (1,8): every (R, path)
+alternates in one process, and the table gives CPU ms per step and per replica:
+
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/trainer_ab.py ptb lstm-256 1,8 6 --fused
+
 (the grid's workers run with OPENBLAS_NUM_THREADS=1, set by dask; without it NumPy's
 BLAS in the fused loop of the PTB models starts one thread per core whatever
 ``torch.set_num_threads`` says.)
@@ -35,8 +43,68 @@ def old_nll(logits, targets):
     return nll
 
 
+def _unfused_nll(self, x, targets, state=None):
+    """``StackRNN.nll`` before the fused classifier: all replicas' logits, then ``token_nll``."""
+    out = self(x, state=state)
+    return ev.token_nll(out.logits, targets), out.state
+
+
+def _old_lookup_backward(ctx, grad):
+    """``_Lookup``'s backward before: ``new_zeros`` (under deterministic algorithms a NaN fill, then zeros)."""
+    (index,) = ctx.saved_tensors
+    g = grad.new_zeros(ctx.rows, grad.shape[-1])
+    g.index_add_(0, index.reshape(-1), grad.reshape(-1, grad.shape[-1]))
+    return g, None
+
+
+def fused_ab(setting: str, model: str, Rs: list[int], reps: int) -> None:
+    """Old (logits + ``token_nll``, the embedding gradient's NaN fill) against new
+    (``model.nll``, no NaN fill) trainer steps at every R, alternating."""
+    from marnn.models.stack_rnn import StackRNN
+
+    fused, lookup = StackRNN.nll, ml._Lookup.backward
+    steps = {}
+    for R in Rs:
+        spec = dict(kind="unit", setting=setting, model=model, n=35, R=R, batch=32, threads=1)
+        steps[R, "old"] = bench._trainer_step(spec)[0]
+        steps[R, "new"] = bench._trainer_step(spec)[0]
+
+    def run(key):
+        old = key[1] == "old"
+        StackRNN.nll = _unfused_nll if old else fused  # type: ignore[method-assign]
+        ml._Lookup.backward = staticmethod(_old_lookup_backward) if old else lookup  # type: ignore[method-assign]
+        try:
+            c = time.process_time()
+            steps[key]()
+            return (time.process_time() - c) * 1e3
+        finally:
+            StackRNN.nll, ml._Lookup.backward = fused, lookup  # type: ignore[method-assign]
+
+    keys = list(steps)
+    for _ in range(2):
+        for k in keys:
+            run(k)
+    res: dict = {k: [] for k in keys}
+    for i in range(reps):
+        for k in (keys if i % 2 == 0 else keys[::-1]):
+            res[k].append(run(k))
+    print("| model | R | old: cpu ms / step (median) | new | old: ms / replica | new: ms / replica | new / old |")
+    print("|---|---|---|---|---|---|---|")
+    for R in Rs:
+        o, n = statistics.median(res[R, "old"]), statistics.median(res[R, "new"])
+        print(f"| {model} | {R} | {o:.1f} | {n:.1f} | {o / R:.1f} | {n / R:.1f} | {n / o:.3f} |")
+    base = {p: statistics.median(res[Rs[0], p]) / Rs[0] for p in ("old", "new")}
+    for R in Rs[1:]:
+        print(f"per replica, R={R} / R={Rs[0]}: old {statistics.median(res[R, 'old']) / R / base['old']:.3f}, "
+              f"new {statistics.median(res[R, 'new']) / R / base['new']:.3f}")
+
+
 def main(argv) -> None:
     torch.set_num_threads(1)
+    if "--fused" in argv:
+        args = [a for a in argv if not a.startswith("--")]
+        fused_ab(args[0], args[1], [int(r) for r in args[2].split(",")], int(args[3]) if len(args) > 3 else 6)
+        return
     setting, model, R = argv[0], argv[1], int(argv[2])
     reps = int(argv[3]) if len(argv) > 3 else 8
     spec = (dict(kind="unit", setting="ptb", model=model, n=35, R=R, batch=32, threads=1) if setting == "ptb"

@@ -462,19 +462,20 @@ def _trainer_step(spec: dict):
             pass
 
     def train():
-        out = model(x, state=state[0])
-        if ptb:
-            state[0] = models.detach_state(out.state)
-        nll = token_nll(out.logits, y)
+        if ptb:  # the PTB trainer's call: classifier and loss fused (marnn.kernels.loss.classifier_nll)
+            nll, st = model.nll(x, y, state=state[0])
+            state[0] = models.detach_state(st)
+        else:
+            nll = token_nll(model(x).logits, y)
         loss = nll.mean((1, 2)) if ptb else nll.sum((1, 2)) / B
         guarded_step(opt, _Tracker(), list(range(R)), loss, 1, 0)
 
     def fwd():
         with torch.no_grad():
-            out = model(x, state=state[0])
             if ptb:
-                state[0] = out.state
-            token_nll(out.logits, y)
+                state[0] = model.nll(x, y, state=state[0])[1]
+            else:
+                token_nll(model(x).logits, y)
     return train, fwd
 
 

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from ..config import RunConfig
 from . import default_device, environment, hyperparameters, progress_disabled, resume, set_threads
 from .epochlog import lines_enabled, ptb_epoch, resumed
-from .evaluate import stream_cross_entropy, token_nll
+from .evaluate import model_nll, stream_cross_entropy
 from .formal import RecordParts, Tracker, _num, _per_replica_counts, check_group, guarded_step
 from .optim import BatchedSGD, ReplicaOptimizer
 
@@ -145,9 +145,8 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
         bar = tqdm(todo, total=n_chunks, desc=desc or f"ptb/{first['model']} x{len(idx)} epoch {epoch}",
                    disable=progress_disabled(progress), leave=False, initial=done)
         for i, (x, y) in enumerate(bar):
-            out = model(x, state=state)
-            state = detach(out.state)
-            nll = token_nll(out.logits, y)  # (R_live, B, T)
+            nll, state = model_nll(model, x, y, state)  # (R_live, B, T): the classifier and loss fused
+            state = detach(state)
             loss = nll.mean((1, 2))  # (R_live,)
             guarded_step(opt, tracker, idx, loss, epoch, step)
             tr_nll[live] += nll.detach().double().sum((1, 2)).cpu()
