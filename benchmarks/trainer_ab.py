@@ -11,10 +11,13 @@ backward for the large replica affine map (its weight gradient transposed, then 
     OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/trainer_ab.py ptb lstm-256 1 5 --profile
 
 ``--fused`` (issue 19, the PTB replica groups): old = the model's logits then ``token_nll``
-(``model(x).logits``, (R, 1120, 10001) logits and their gradient stored for all replicas);
-new = ``model.nll`` (the classifier and the loss fused replica by replica,
-``marnn.kernels.loss.classifier_nll``). R may be a comma list (1,8): every (R, path)
-alternates in one process, and the table gives CPU ms per step and per replica:
+(``model(x).logits``, (R, 1120, 10001) logits and their gradient stored for all replicas),
+``new_zeros`` for the embedding gradient, glibc's default allocator thresholds; new =
+``model.nll`` (the classifier and the loss fused replica by replica,
+``marnn.kernels.loss.classifier_nll``), no NaN fill, ``marnn.train.large_blocks_kept`` (as
+``train_ptb`` runs). The allocator setting is per process, so each path runs in its own
+process and the two take one step each in turn. R may be a comma list (1,8); the table
+gives CPU ms per step and per replica, and the page faults per step:
 
     OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/trainer_ab.py ptb lstm-256 1,8 6 --fused
 
@@ -57,30 +60,55 @@ def _old_lookup_backward(ctx, grad):
     return g, None
 
 
-def fused_ab(setting: str, model: str, Rs: list[int], reps: int) -> None:
-    """Old (logits + ``token_nll``, the embedding gradient's NaN fill) against new
-    (``model.nll``, no NaN fill) trainer steps at every R, alternating."""
-    from marnn.models.stack_rnn import StackRNN
+def _fused_worker(conn, setting: str, model: str, Rs: list[int], path: str) -> None:
+    """One side of :func:`fused_ab`, in its own process (the allocator setting is process-wide):
+    runs a step of ``R`` replicas whenever the parent sends ``R``; answers CPU ms and page faults."""
+    import contextlib
+    import resource
 
-    fused, lookup = StackRNN.nll, ml._Lookup.backward
-    steps = {}
-    for R in Rs:
-        spec = dict(kind="unit", setting=setting, model=model, n=35, R=R, batch=32, threads=1)
-        steps[R, "old"] = bench._trainer_step(spec)[0]
-        steps[R, "new"] = bench._trainer_step(spec)[0]
+    from marnn.models.stack_rnn import StackRNN
+    from marnn.train import large_blocks_kept
+
+    torch.set_num_threads(1)
+    keep = contextlib.ExitStack()
+    if path == "old":
+        StackRNN.nll = _unfused_nll  # type: ignore[method-assign]
+        ml._Lookup.backward = staticmethod(_old_lookup_backward)  # type: ignore[method-assign]
+    else:
+        keep.enter_context(large_blocks_kept())  # as train_ptb runs
+    steps = {R: bench._trainer_step(dict(kind="unit", setting=setting, model=model, n=35, R=R, batch=32,
+                                         threads=1))[0] for R in Rs}
+    conn.send("ready")
+    while (R := conn.recv()) is not None:
+        f0, c = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.process_time()
+        steps[R]()
+        conn.send(((time.process_time() - c) * 1e3, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0))
+    keep.close()
+
+
+def fused_ab(setting: str, model: str, Rs: list[int], reps: int) -> None:
+    """Old against new trainer steps at every R, each path in its own process, one step at
+    a time in alternation (so both see the same load). Old: the model's logits, then
+    ``token_nll``; the embedding gradient's NaN fill; glibc's default allocator thresholds.
+    New: ``model.nll`` (classifier and loss fused), no NaN fill, ``large_blocks_kept``."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    conns, procs = {}, []
+    for path in ("old", "new"):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_fused_worker, args=(child, setting, model, Rs, path), daemon=True)
+        proc.start()
+        conns[path] = parent
+        procs.append(proc)
+    for c in conns.values():
+        assert c.recv() == "ready"
+    keys = [(R, path) for R in Rs for path in ("old", "new")]
 
     def run(key):
-        old = key[1] == "old"
-        StackRNN.nll = _unfused_nll if old else fused  # type: ignore[method-assign]
-        ml._Lookup.backward = staticmethod(_old_lookup_backward) if old else lookup  # type: ignore[method-assign]
-        try:
-            c = time.process_time()
-            steps[key]()
-            return (time.process_time() - c) * 1e3
-        finally:
-            StackRNN.nll, ml._Lookup.backward = fused, lookup  # type: ignore[method-assign]
+        conns[key[1]].send(key[0])
+        return conns[key[1]].recv()
 
-    keys = list(steps)
     for _ in range(2):
         for k in keys:
             run(k)
@@ -88,15 +116,24 @@ def fused_ab(setting: str, model: str, Rs: list[int], reps: int) -> None:
     for i in range(reps):
         for k in (keys if i % 2 == 0 else keys[::-1]):
             res[k].append(run(k))
-    print("| model | R | old: cpu ms / step (median) | new | old: ms / replica | new: ms / replica | new / old |")
-    print("|---|---|---|---|---|---|---|")
+    for c in conns.values():
+        c.send(None)
+    for proc in procs:
+        proc.join()
+
+    def med(R, path, j=0):
+        return statistics.median(v[j] for v in res[R, path])
+
+    print("| model | R | old: CPU ms / step | new: CPU ms / step | old: ms / replica | new: ms / replica "
+          "| new / old | page faults / step, old -> new |")
+    print("|---|---|---|---|---|---|---|---|")
     for R in Rs:
-        o, n = statistics.median(res[R, "old"]), statistics.median(res[R, "new"])
-        print(f"| {model} | {R} | {o:.1f} | {n:.1f} | {o / R:.1f} | {n / R:.1f} | {n / o:.3f} |")
-    base = {p: statistics.median(res[Rs[0], p]) / Rs[0] for p in ("old", "new")}
+        o, n = med(R, "old"), med(R, "new")
+        print(f"| {model} | {R} | {o:.1f} | {n:.1f} | {o / R:.1f} | {n / R:.1f} | {n / o:.3f} "
+              f"| {med(R, 'old', 1):.0f} -> {med(R, 'new', 1):.0f} |")
     for R in Rs[1:]:
-        print(f"per replica, R={R} / R={Rs[0]}: old {statistics.median(res[R, 'old']) / R / base['old']:.3f}, "
-              f"new {statistics.median(res[R, 'new']) / R / base['new']:.3f}")
+        print(f"per replica, R={R} / R={Rs[0]}: old {med(R, 'old') / R / (med(Rs[0], 'old') / Rs[0]):.3f}, "
+              f"new {med(R, 'new') / R / (med(Rs[0], 'new') / Rs[0]):.3f}")
 
 
 def main(argv) -> None:

@@ -483,11 +483,16 @@ def _measure_unit(spec: dict) -> dict:
     """Cost-model unit (child process): seconds of one training step as the trainers take
     it and of one no-grad forward pass with the loss, same batch, ``R`` replicas (formal:
     B strings of length n; PTB: a B x n chunk with carried state)."""
+    import contextlib
+
+    from .train import large_blocks_kept
+
     ptb = spec["setting"] == "ptb"
-    train, fwd = _trainer_step(spec)
-    reps = spec.get("repeats", 3)
-    tw, tc = _time(train, reps, warm=2 if ptb else 1)
-    fw, fc = _time(fwd, reps, warm=2 if ptb else 1)
+    with large_blocks_kept() if ptb else contextlib.nullcontext():  # as train_ptb runs
+        train, fwd = _trainer_step(spec)
+        reps = spec.get("repeats", 3)
+        tw, tc = _time(train, reps, warm=2 if ptb else 1)
+        fw, fc = _time(fwd, reps, warm=2 if ptb else 1)
     return dict(spec, train_s=tw, train_cpu_s=tc, fwd_s=fw, fwd_cpu_s=fc)
 
 

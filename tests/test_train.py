@@ -616,3 +616,26 @@ def test_ptb_run_resumes_bitwise_from_inside_an_epoch(tmp_path, model):
         assert state["epoch"] == 1 and "partial" not in state
     resumed = train_ptb(cfgs, state_dir=tmp_path, **kw)
     assert json.dumps([_strip(r) for r in resumed]) == json.dumps([_strip(r) for r in straight])
+
+
+def test_large_blocks_kept_reuses_freed_heap_blocks():
+    """Inside ``large_blocks_kept`` a freed 64 MB tensor's memory is reused by the next
+    one (no fresh pages to fault in); afterwards glibc maps large blocks afresh again."""
+    import resource
+
+    from marnn import train
+
+    if train._glibc() is None:
+        pytest.skip("glibc only")
+
+    def faults() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        x = torch.empty(16 << 20)  # 64 MB
+        x.fill_(1.0)
+        del x
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    with train.large_blocks_kept():
+        faults()
+        assert faults() < 1000  # 16,384 pages of 4 KiB when mapped afresh
+    assert faults() > 4000

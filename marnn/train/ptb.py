@@ -35,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import RunConfig
-from . import default_device, environment, hyperparameters, progress_disabled, resume, set_threads
+from . import default_device, environment, hyperparameters, large_blocks_kept, progress_disabled, resume, set_threads
 from .epochlog import lines_enabled, ptb_epoch, resumed
 from .evaluate import model_nll, stream_cross_entropy
 from .formal import RecordParts, Tracker, _num, _per_replica_counts, check_group, guarded_step
@@ -59,6 +59,7 @@ def _cut(tokens: torch.Tensor, limit: int | None) -> torch.Tensor:
     return tokens if limit is None else tokens[:limit]
 
 
+@large_blocks_kept()  # no page faults for the large gradients of a replica group, chunk after chunk
 def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None, detach: Callable | None = None,
               device=None, progress: bool = False, desc: str | None = None,
               threads: int | None = None, compact: bool = True, state_dir=None,
