@@ -205,9 +205,16 @@ def large_blocks_kept():
         yield
     finally:
         if libc is not None:
-            libc.mallopt(_M_MMAP_THRESHOLD, _DEFAULT_MMAP)
-            libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM)
+            libc.mallopt(_M_MMAP_THRESHOLD, _env_int("MALLOC_MMAP_THRESHOLD_", _DEFAULT_MMAP))
+            libc.mallopt(_M_TRIM_THRESHOLD, _env_int("MALLOC_TRIM_THRESHOLD_", _DEFAULT_TRIM))  # dask: 65536
             libc.malloc_trim(0)
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ[name])
+    except (KeyError, ValueError):
+        return default
 
 
 def default_device():
