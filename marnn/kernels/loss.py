@@ -19,6 +19,17 @@ The reference path writes the log-probabilities (45 MB), zero-fills a second
 direction and the gradient written once. Small vocabularies (the formal
 languages), non-contiguous logits, devices other than the CPU and the 16-bit
 formats take the reference path.
+
+:func:`classifier_nll` goes one step further for the PTB classifier of a replica
+group (issue 19): the classifier's product, the loss and the whole backward pass
+of both run one replica at a time through one (N, V) buffer (45 MB, in the L3
+cache) instead of (R, N, V) logits and their gradient (360 MB each at R = 8).
+The forward pass takes the gradients too, for the upstream gradient of the PTB
+trainer's loss (the mean per replica); the backward pass hands them over, or
+runs a replica again for any other upstream gradient. Per replica the same
+kernels on the same rows as ``baddbmm`` + :class:`_BlockedNLL` +
+``_ReplicaAffine``'s backward: at 1 thread the loss and every gradient equal
+the unfused path bit for bit (``tests/test_loss.py``, ``tests/test_models.py``).
 """
 from __future__ import annotations
 
