@@ -146,7 +146,6 @@ class ReplicaLinear(nn.Module):
             y = torch.baddbmm(self.bias.unsqueeze(1), flat, self.weight.transpose(1, 2))
         return y.view(*x.shape[:-1], self.out_features)
 
-
     def nll(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Per-token NLL of ``targets`` under ``softmax`` of this layer's output: ``x``
         ``(R, B, T, in)``, ``targets`` ``(B, T)`` or ``(R, B, T)`` -> ``(R, B, T)``.

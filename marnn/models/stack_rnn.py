@@ -217,7 +217,8 @@ class StackRNN(nn.Module):
         """Per-token NLL ``(R, B, T(+1))`` of ``targets`` and the new state: the same numbers
         as ``token_nll(self(x, state).logits, targets)``. PTB: the classifier and the loss
         fused replica by replica (:func:`marnn.kernels.loss.classifier_nll`), so the
-        (R, B, T, V) logits are never stored (the gradients equal to float rounding)."""
+        (R, B, T, V) logits are never stored (at 1 thread the loss and the gradients bit
+        for bit; with more threads the GEMMs split differently: float rounding)."""
         hs, new_state, _ = self._hidden(x, state, False)
         if not self.include_initial:
             return self.classifier.nll(hs[:, 1:].transpose(1, 2), targets), new_state
