@@ -462,19 +462,20 @@ def _trainer_step(spec: dict):
             pass
 
     def train():
-        out = model(x, state=state[0])
-        if ptb:
-            state[0] = models.detach_state(out.state)
-        nll = token_nll(out.logits, y)
+        if ptb:  # the PTB trainer's call: classifier and loss fused (marnn.kernels.loss.classifier_nll)
+            nll, st = model.nll(x, y, state=state[0])
+            state[0] = models.detach_state(st)
+        else:
+            nll = token_nll(model(x).logits, y)
         loss = nll.mean((1, 2)) if ptb else nll.sum((1, 2)) / B
         guarded_step(opt, _Tracker(), list(range(R)), loss, 1, 0)
 
     def fwd():
         with torch.no_grad():
-            out = model(x, state=state[0])
             if ptb:
-                state[0] = out.state
-            token_nll(out.logits, y)
+                state[0] = model.nll(x, y, state=state[0])[1]
+            else:
+                token_nll(model(x).logits, y)
     return train, fwd
 
 
@@ -482,11 +483,16 @@ def _measure_unit(spec: dict) -> dict:
     """Cost-model unit (child process): seconds of one training step as the trainers take
     it and of one no-grad forward pass with the loss, same batch, ``R`` replicas (formal:
     B strings of length n; PTB: a B x n chunk with carried state)."""
+    import contextlib
+
+    from .train import large_blocks_kept
+
     ptb = spec["setting"] == "ptb"
-    train, fwd = _trainer_step(spec)
-    reps = spec.get("repeats", 3)
-    tw, tc = _time(train, reps, warm=2 if ptb else 1)
-    fw, fc = _time(fwd, reps, warm=2 if ptb else 1)
+    with large_blocks_kept() if ptb else contextlib.nullcontext():  # as train_ptb runs
+        train, fwd = _trainer_step(spec)
+        reps = spec.get("repeats", 3)
+        tw, tc = _time(train, reps, warm=2 if ptb else 1)
+        fw, fc = _time(fwd, reps, warm=2 if ptb else 1)
     return dict(spec, train_s=tw, train_cpu_s=tc, fwd_s=fw, fwd_cpu_s=fc)
 
 

@@ -133,6 +133,16 @@ def test_local_cluster_with_two_worker_processes(tmp_path):
     assert set(df["task"]) == {"count-3", "marked-copy"} and df["best"].any()
 
 
+def test_local_cluster_workers_use_one_malloc_arena():
+    """The task thread allocates from the main heap (marnn.train.large_blocks_kept)."""
+    from distributed import Client
+
+    with grid.local_cluster(1) as cluster, Client(cluster) as client:
+        env = list(client.run(lambda: (os.environ.get("MALLOC_ARENA_MAX"), os.environ.get("OPENBLAS_NUM_THREADS")))
+                   .values())
+    assert env == [("1", "1")]
+
+
 def _records(root: Path) -> dict[str, tuple[int, bytes]]:
     return {str(p): (p.stat().st_mtime_ns, p.read_bytes()) for p in root.rglob("*.json") if not p.name.startswith(".")}
 

@@ -236,3 +236,58 @@ def test_large_replica_linear_equals_autograd_baddbmm(bias):
     if bias:
         assert torch.equal(ga["bias"], lin.bias.grad)
     torch.testing.assert_close(ga["weight"], lin.weight.grad, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["lstm-256", "jm-hidden-5", "jm-learned-4", "rns-2-2", "vrns-2-2-3"])
+def test_ptb_model_nll_equals_logits_then_token_nll(name):
+    """``model.nll`` (classifier and loss fused, marnn/kernels/loss.py) against the model's
+    logits and ``token_nll``: R = 4 replicas in the four freeze modes, a vocabulary large
+    enough for the fused path, carried state, one trainer step (``guarded_step``, SGD with
+    per-replica clipping): the loss and the new state bit for bit, every gradient to
+    float64 rounding, frozen slices untouched, and the same parameters after the step."""
+    from marnn.kernels.loss import fusable
+    from marnn.models.freeze import FREEZE_MODES
+    from marnn.train.evaluate import token_nll
+    from marnn.train.formal import guarded_step
+    from marnn.train.optim import BatchedSGD
+
+    modes = list(FREEZE_MODES)
+    kw = {} if name == "lstm-256" else {"hidden_size": 8}
+    g = torch.Generator().manual_seed(0)
+    x0, x1 = (torch.randint(0, 600, (3, 4), generator=g) for _ in range(2))
+    y = torch.randint(0, 600, (3, 4), generator=g)
+    results = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = models.build(name, vocab_size=600, replicas=len(modes), **kw).double()
+        masks = model.freeze_masks(modes)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        opt = BatchedSGD(model.named_parameters(), lr=[0.5] * len(modes), clip=[0.1] * len(modes), masks=masks)
+        state = models.detach_state(model(x0).state)  # carried state, as in the trainer
+        if fused:
+            assert fusable(torch.zeros((), dtype=torch.float64), model.classifier.weight)
+            nll, new_state = model.nll(x1, y, state=state)
+        else:
+            out = model(x1, state=state)
+            nll, new_state = token_nll(out.logits, y), out.state
+        loss = nll.mean((1, 2))
+
+        class _Tracker:
+            def diverge(self, *args):
+                raise AssertionError(args)
+        guarded_step(opt, _Tracker(), list(range(len(modes))), loss, 1, 0)
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        params = {n: p.detach().clone() for n, p in model.named_parameters()}
+        for n, m in masks.items():
+            for r in range(len(modes)):
+                if not m[r]:
+                    assert torch.equal(params[n][r], before[n][r]), (n, r)
+                    assert n not in grads or not grads[n][r].any(), (n, r)
+        results.append((nll.detach(), new_state, grads, params))
+    (na, sa, ga, pa), (nb, sb, gb, pb) = results
+    assert torch.equal(na, nb)
+    assert torch.equal(sa.h, sb.h) and torch.equal(sa.c, sb.c)
+    assert ga.keys() == gb.keys()
+    for n in ga:
+        torch.testing.assert_close(ga[n], gb[n], rtol=0, atol=1e-10, msg=n)
+        torch.testing.assert_close(pa[n], pb[n], rtol=0, atol=1e-10, msg=n)

@@ -621,3 +621,35 @@ def test_ptb_run_resumes_bitwise_from_inside_an_epoch(tmp_path, model):
         assert state["epoch"] == 1 and "partial" not in state
     resumed = train_ptb(cfgs, state_dir=tmp_path, **kw)
     assert json.dumps([_strip(r) for r in resumed]) == json.dumps([_strip(r) for r in straight])
+
+
+def test_large_blocks_kept_sets_and_restores_the_malloc_thresholds(monkeypatch):
+    """Inside ``large_blocks_kept`` glibc keeps freed blocks up to 1 GiB in the heap;
+    afterwards the environment's thresholds (dask's workers: a trim threshold of 64 KiB)
+    or glibc's final dynamic ones come back and the heap is trimmed. The real glibc
+    takes the calls where there is one."""
+    from marnn import train
+
+    calls = []
+
+    class _Libc:
+        def mallopt(self, param, value):
+            calls.append(("mallopt", param, value))
+            return 1
+
+        def malloc_trim(self, pad):
+            calls.append(("trim", pad))
+            return 1
+
+    real = train._glibc()
+    monkeypatch.setattr(train, "_glibc", _Libc)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    with train.large_blocks_kept():
+        assert calls == [("mallopt", -3, 1 << 30), ("mallopt", -1, (1 << 31) - 1)]
+    assert calls[2:] == [("mallopt", -3, 32 << 20), ("mallopt", -1, 65536), ("trim", 0)]
+    if real is not None:
+        monkeypatch.setattr(train, "_glibc", lambda: real)
+        with train.large_blocks_kept():
+            x = torch.ones(1 << 24)
+            del x

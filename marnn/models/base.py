@@ -23,6 +23,16 @@ Forward
 * ``Output.stack``: with ``return_stack=True`` a dict of per-step tensors for
   analysis (``"actions"``, ``"readings"``), else ``None``.
 
+Loss
+----
+``model.nll(x, targets, state=None) -> (nll, state)`` (optional): the per-token
+negative log-likelihood ``(R, B, T(+1))`` of ``targets`` and ``Output.state``,
+the same numbers as ``token_nll(model(x, state).logits, targets)``. StackRNN's
+fuses the PTB classifier with the loss (:func:`marnn.kernels.loss.classifier_nll`:
+no (R, B, T, V) logits); the trainers call it through
+:func:`marnn.train.evaluate.model_nll`, which falls back to the logits for a
+model without one.
+
 Parameter groups and freeze modes
 ---------------------------------
 ``model.group_of(param_name) -> str`` in ``{"controller", "memory",

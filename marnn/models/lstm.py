@@ -76,7 +76,13 @@ class _Lookup(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (index,) = ctx.saved_tensors
-        g = grad.new_zeros(ctx.rows, grad.shape[-1])
+        fill = torch.utils.deterministic.fill_uninitialized_memory
+        torch.utils.deterministic.fill_uninitialized_memory = False  # zeroed below: no NaN fill first
+        try:
+            g = grad.new_empty(ctx.rows, grad.shape[-1])
+        finally:
+            torch.utils.deterministic.fill_uninitialized_memory = fill
+        g.zero_()
         g.index_add_(0, index.reshape(-1), grad.reshape(-1, grad.shape[-1]))
         return g, None
 
@@ -139,6 +145,17 @@ class ReplicaLinear(nn.Module):
         else:
             y = torch.baddbmm(self.bias.unsqueeze(1), flat, self.weight.transpose(1, 2))
         return y.view(*x.shape[:-1], self.out_features)
+
+    def nll(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-token NLL of ``targets`` under ``softmax`` of this layer's output: ``x``
+        ``(R, B, T, in)``, ``targets`` ``(B, T)`` or ``(R, B, T)`` -> ``(R, B, T)``.
+        Large vocabularies on the CPU: :func:`marnn.kernels.loss.classifier_nll` (no
+        (R, B, T, out) logits); else ``token_nll`` of :meth:`forward`."""
+        from ..kernels.loss import classifier_nll, fusable, token_nll
+
+        if x.dim() == 4 and fusable(x, self.weight):
+            return classifier_nll(x, self.weight, self.bias, targets)
+        return token_nll(self(x), targets)
 
 
 class ReplicaEmbedding(nn.Module):

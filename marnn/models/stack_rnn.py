@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..kernels.fused_lstm import fused_stack_lstm
+from ..kernels.loss import token_nll
 from ..registry import DEFAULT_EMBEDDING_GROUP, EMBEDDING_GROUPS, UnknownNameError
 from .base import Output
 from .lstm import ReplicaEmbedding, ReplicaLinear, ReplicaLSTM, init_replicas, replica_param
@@ -203,6 +204,27 @@ class StackRNN(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor, state: ModelState | None = None, return_stack: bool = False) -> Output:
+        hs, new_state, stack = self._hidden(x, state, return_stack)
+        # hs: (R, T + 1, B, H), hs[:, 0] = h_0 (zeros for a fresh string, else the carried h)
+        if not self.include_initial:
+            # PTB: transpose the small hs, not the large logits, so that the classifier is one
+            # GEMM that writes (R, B, T, V) in place and the loss reads it without a copy
+            # (forward and backward); its weight gradient sums the rows batch-major
+            return Output(self.classifier(hs[:, 1:].transpose(1, 2)), new_state, stack)
+        return Output(self.classifier(hs).transpose(1, 2), new_state, stack)  # logits (R, B, T + 1, V)
+
+    def nll(self, x: torch.Tensor, targets: torch.Tensor, state: ModelState | None = None):
+        """Per-token NLL ``(R, B, T(+1))`` of ``targets`` and the new state: the same numbers
+        as ``token_nll(self(x, state).logits, targets)``. PTB: the classifier and the loss
+        fused replica by replica (:func:`marnn.kernels.loss.classifier_nll`), so the
+        (R, B, T, V) logits are never stored (at 1 thread the loss and the gradients bit
+        for bit; with more threads the GEMMs split differently: float rounding)."""
+        hs, new_state, _ = self._hidden(x, state, False)
+        if not self.include_initial:
+            return self.classifier.nll(hs[:, 1:].transpose(1, 2), targets), new_state
+        return token_nll(self.classifier(hs).transpose(1, 2), targets), new_state
+
+    def _hidden(self, x: torch.Tensor, state: ModelState | None, return_stack: bool):
         x = self._replicate(x)
         R, B, T = x.shape
         ctl = self.controller
@@ -215,13 +237,7 @@ class StackRNN(nn.Module):
             (hs, new_state), stack = self._fused(gx, state), None
         else:
             hs, new_state, stack = self._generic(gx, state, return_stack)
-        # hs: (R, T + 1, B, H), hs[:, 0] = h_0 (zeros for a fresh string, else the carried h)
-        if not self.include_initial:
-            # PTB: transpose the small hs, not the large logits, so that the classifier is one
-            # GEMM that writes (R, B, T, V) in place and the loss reads it without a copy
-            # (forward and backward); its weight gradient sums the rows batch-major
-            return Output(self.classifier(hs[:, 1:].transpose(1, 2)), new_state, stack)
-        return Output(self.classifier(hs).transpose(1, 2), new_state, stack)  # logits (R, B, T + 1, V)
+        return hs, new_state, stack
 
     def _fused(self, gx, state):
         R, T, B, G = gx.shape

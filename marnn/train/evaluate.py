@@ -44,6 +44,18 @@ def token_stats(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tens
     return token_nll(logits, tgt), logits.argmax(-1) == tgt
 
 
+def model_nll(model, x: torch.Tensor, targets: torch.Tensor, state=None) -> tuple[torch.Tensor, Any]:
+    """Per-token NLL ``(R, B, T)`` of ``targets`` and the model's new state: ``model.nll``
+    where the model has one (:meth:`marnn.models.stack_rnn.StackRNN.nll`: for PTB the
+    classifier and the loss fused replica by replica, no (R, B, T, V) logits), else
+    :func:`token_nll` of ``model(x, state=state).logits``. Same numbers either way."""
+    nll = getattr(model, "nll", None)
+    if callable(nll):
+        return nll(x, targets, state=state)
+    out = model(x, state=state)
+    return token_nll(out.logits, targets), out.state
+
+
 @torch.no_grad()
 def split_metrics(model, batches: list[Batch]) -> dict[str, Any]:
     """Summed NLL, correct count and symbol count per replica over some batches.
@@ -159,9 +171,9 @@ def stream_cross_entropy(model, data: torch.Tensor, bptt: int, detach_state) -> 
     total: torch.Tensor | None = None
     count = 0
     for x, y in chunks(data, bptt):
-        out = model(x, state=state)
-        state = detach_state(out.state)
-        s = token_nll(out.logits, y).double().sum((1, 2))
+        nll, state = model_nll(model, x, y, state)
+        state = detach_state(state)
+        s = nll.double().sum((1, 2))
         total = s if total is None else total + s
         count += y.numel()
     if total is None:

@@ -35,8 +35,8 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from . import hyperparameters, progress_disabled, resume
-from .evaluate import stream_cross_entropy, token_nll
+from . import hyperparameters, large_blocks_kept, progress_disabled, resume
+from .evaluate import model_nll, stream_cross_entropy
 from .loop import Group, default_build, finite_or_none, guarded_step
 from .optim import BatchedSGD, ReplicaOptimizer
 
@@ -53,6 +53,7 @@ def _cut(tokens: torch.Tensor, limit: int | None) -> torch.Tensor:
     return tokens if limit is None else tokens[:limit]
 
 
+@large_blocks_kept()  # no page faults for the large gradients of a replica group, chunk after chunk
 def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None, detach: Callable | None = None,
               device=None, progress: bool = False, desc: str | None = None,
               threads: int | None = None, compact: bool = True, state_dir=None,
@@ -124,9 +125,8 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
         bar = tqdm(todo, total=n_chunks, desc=desc or f"ptb/{first.model} x{len(idx)} epoch {epoch}",
                    disable=progress_disabled(progress), leave=False, initial=done)
         for i, (x, y) in enumerate(bar):
-            out = model(x, state=state)
-            state = detach(out.state)
-            nll = token_nll(out.logits, y)  # (R_live, B, T)
+            nll, state = model_nll(model, x, y, state)  # (R_live, B, T): the classifier and loss fused
+            state = detach(state)
             loss = nll.mean((1, 2))  # (R_live,)
             guarded_step(opt, tracker, idx, loss, epoch, group.step)
             tr_nll[live] += nll.detach().double().sum((1, 2)).cpu()
