@@ -434,7 +434,7 @@ def _trainer_step(spec: dict):
 
     from . import models, tasks
     from .train.evaluate import token_nll
-    from .train.formal import guarded_step
+    from .train.loop import guarded_step
     from .train.optim import BatchedAdam, BatchedSGD
 
     torch.use_deterministic_algorithms(True)
