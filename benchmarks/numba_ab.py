@@ -9,6 +9,11 @@ checks that old and new agree (max abs difference of every output).
 
     OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/numba_ab.py [--rev REV] [--R 20] [--n 60] \
         [--repeats 9] [MODEL ...]        # default: jm-10 jm-3.3.3 jm-hidden lstm
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/numba_ab.py --trainer [--R 20] [--repeats 15] jm-10
+
+``--trainer``: the trainers' whole step (``marnn.bench._trainer_step``, formal setting, n = 60,
+B = 10, one thread) with the old module swapped into :mod:`marnn.kernels.fused_lstm` against
+the new one, alternating, CPU ms per step.
 """
 import argparse
 import importlib.util
@@ -81,6 +86,34 @@ def compare(name, R, n, B, repeats, old):
           f"{us['old'][1]:.3f} | {us['new'][1]:.3f} | {us['new'][1] / us['old'][1]:.2f} | {diff:.1e} |", flush=True)
 
 
+def trainer(name, R, repeats, old):
+    import torch
+
+    from marnn import bench
+    from marnn.kernels import fused_lstm
+    torch.set_num_threads(1)
+    spec = dict(kind="unit", setting="formal", model=name, n=60, R=R, batch=10, threads=1)
+    train, _ = bench._trainer_step(spec)
+    mods = {"old": old, "new": new}
+    res = {"old": [], "new": []}
+
+    def step(key):
+        fused_lstm.fused_lstm_numba = mods[key]
+        c = time.process_time()
+        train()
+        return time.process_time() - c
+
+    for key in ("old", "new", "old", "new"):
+        step(key)
+    for i in range(repeats):
+        for key in (("old", "new") if i % 2 == 0 else ("new", "old")):
+            res[key].append(step(key))
+    fused_lstm.fused_lstm_numba = new
+    o, n_ = (1e3 * statistics.median(res[k]) for k in ("old", "new"))
+    print(f"| trainer step {name}, R = {R} | {o:.1f} ms | {n_:.1f} ms | {n_ / o:.2f} |  "
+          f"(min {1e3 * min(res['old']):.1f} / {1e3 * min(res['new']):.1f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("models", nargs="*", default=["jm-10", "jm-3.3.3", "jm-hidden", "lstm"])
@@ -89,8 +122,16 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=60)
     ap.add_argument("--B", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--trainer", action="store_true")
     a = ap.parse_args()
     old = load_old(a.rev)
+    if a.trainer:
+        print(f"CPU ms per trainer step, median of {a.repeats}, old and new alternating")
+        print("| step | old | new | new/old |")
+        print("|---|---|---|---|")
+        for name in a.models:
+            trainer(name, a.R, a.repeats, old)
+        return
     print(f"R = {a.R}, B = {a.B}, n = {a.n}, float32, one thread; CPU us per row-step, median of {a.repeats}")
     print("| model | fwd old | fwd new | new/old | bwd old | bwd new | new/old | max abs diff |")
     print("|---|---|---|---|---|---|---|---|")

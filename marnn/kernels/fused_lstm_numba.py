@@ -2,10 +2,19 @@
 
 Same inputs, outputs and saved state as the NumPy loop of
 :mod:`marnn.kernels.fused_lstm` (``_forward_loop`` / ``_backward_loop``), but
-each (replica, string) row runs through all timesteps inside one compiled
-function: the row's weights (a few KiB at H = 20) and its stack stay in the
+each replica's B strings run through all timesteps together inside one compiled
+function: the replica's weights (a few KiB at H = 20) and its stacks stay in the
 L1 cache, there is no per-operation call overhead, and the functions release
 the GIL, so replica blocks run truly in parallel threads.
+
+The per-step products of a replica ((B x H) @ (H x P), the read's (B x M) @ (M x G),
+and backward (B x P) @ (P x H), (B x G) @ (G x M)) run as register tiles of 2 rows x
+32 columns (:func:`_gemm_acc`, tiles written as llvmlite intrinsics: Numba's loop
+vectoriser cannot keep accumulators in registers across the inner sum, and its
+SLP vectoriser is off), on weight copies padded with zero columns to a multiple
+of 8. Each product entry is still ``acc = fma(x_j, w_j, acc)`` for j ascending:
+the numbers are bit for bit those of the row-at-a-time loop before issue 19
+(benchmarks/numba_ab.py checks), only faster (about 1.6-3x, benchmarks/README.md).
 
 Arithmetic (documented because it differs from the NumPy loop by rounding only):
 
