@@ -271,6 +271,27 @@ def test_exp32_is_accurate_to_one_ulp():
     assert clamped[0] == clamped[1] > 0 and clamped[2] == clamped[3] < np.inf  # saturated, never 0 or inf
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nr,K,N", [(10, 20, 96), (7, 93, 24), (1, 3, 5), (3, 0, 16), (2, 80, 77), (5, 10, 40)])
+def test_compiled_tile_products_equal_the_plain_loop(dtype, nr, K, N):
+    """The register-tiled products of the compiled loop (every tile shape: 2 or 1 rows, 32/24/16/8
+    columns, single columns, K = 0) give the plain loop's numbers exactly (same fused
+    multiply-adds in the same order), at offsets into larger arrays."""
+    rng = np.random.default_rng(nr * 1000 + K * 10 + N)
+    X = rng.standard_normal((2, nr, K + 3)).astype(dtype)
+    W = rng.standard_normal((3, K, N + 5)).astype(dtype)
+    Y = rng.standard_normal((2, nr, N + 2)).astype(dtype)
+    want = Y.astype(np.float64)
+    for j in range(K):  # the plain loop: one fused multiply-add per term (rounded once to float32)
+        want[1, :, :N] = want[1, :, :N] + X[1, :, j, None].astype(np.float64) * W[2, j, :N].astype(np.float64)
+        want = want.astype(dtype).astype(np.float64)
+    compiled._gemm_acc(X, nr * (K + 3), K + 3, W, 2 * K * (N + 5), N + 5, Y, nr * (N + 2), N + 2, nr, K, N)
+    if dtype == np.float32:  # float64 holds the products exactly: the float32 fma's numbers
+        assert np.array_equal(Y, want.astype(dtype))
+    else:
+        np.testing.assert_allclose(Y, want, rtol=1e-13, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", ["lstm", "jm-10", "jm-3.3.3", "jm-hidden"])
 def test_compiled_float32_agrees_with_autograd_loop(monkeypatch, name):
     """float32 (exp32, no zero-division checks) against the autograd loop in float32."""

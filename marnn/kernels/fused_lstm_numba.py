@@ -2,10 +2,19 @@
 
 Same inputs, outputs and saved state as the NumPy loop of
 :mod:`marnn.kernels.fused_lstm` (``_forward_loop`` / ``_backward_loop``), but
-each (replica, string) row runs through all timesteps inside one compiled
-function: the row's weights (a few KiB at H = 20) and its stack stay in the
+each replica's B strings run through all timesteps together inside one compiled
+function: the replica's weights (a few KiB at H = 20) and its stacks stay in the
 L1 cache, there is no per-operation call overhead, and the functions release
 the GIL, so replica blocks run truly in parallel threads.
+
+The per-step products of a replica ((B x H) @ (H x P), the read's (B x M) @ (M x G),
+and backward (B x P) @ (P x H), (B x G) @ (G x M)) run as register tiles of 2 rows x
+32 columns (:func:`_gemm_acc`, tiles written as llvmlite intrinsics: Numba's loop
+vectoriser cannot keep accumulators in registers across the inner sum, and its
+SLP vectoriser is off), on weight copies padded with zero columns to a multiple
+of 8. Each product entry is still ``acc = fma(x_j, w_j, acc)`` for j ascending:
+the numbers are bit for bit those of the row-at-a-time loop before issue 19
+(benchmarks/numba_ab.py checks), only faster (about 1.6-3x, benchmarks/README.md).
 
 Arithmetic (documented because it differs from the NumPy loop by rounding only):
 
@@ -36,12 +45,18 @@ try:  # optional: without Numba the NumPy loop is used
     import numba
     from llvmlite import ir
     from numba import njit, types
+    from numba.core import cgutils
     from numba.extending import intrinsic
     AVAILABLE = True
 except ImportError:  # pragma: no cover - exercised only without numba
     AVAILABLE = False
 
 MAX_HIDDEN = 64  # larger controllers: the NumPy loop (BLAS products) is faster
+
+
+def pad8(n: int) -> int:
+    """``n`` rounded up to a multiple of 8 (the column counts of the kernels' padded weight copies)."""
+    return -(-n // 8) * 8
 
 if AVAILABLE:
     # error_model="numpy": no zero-division checks (they stop vectorisation); only FMA
@@ -113,29 +128,145 @@ if AVAILABLE:
     # with unsigned offsets (uH, um, ...): a signed index that may be negative gets
     # Python's wrap-around test, which stops LLVM from vectorising the loop (5x).
 
+    def _make_tile(rows, nv, lanes):
+        """Intrinsic ``tile(X, xo, ldx, W, wo, ldw, Y, oo, ldo, K)``: for the ``rows`` rows b and the
+        ``nv * lanes`` columns c of one output tile (flat element offsets into C-contiguous arrays),
+        ``Y[oo + b ldo + c] += sum_j X[xo + b ldx + j] W[wo + j ldw + c]``, j = 0, ..., K - 1 in
+        that order, each step one fused multiply-add (``llvm.fmuladd``, as ``contract`` makes of
+        ``out += x * w``): the same numbers as the plain loop ``for j: for c: Y[.., c] += X[.., j] W[j, c]``, but the
+        tile's ``rows * nv`` accumulators stay in vector registers across the K steps and each
+        weight vector loaded feeds ``rows`` rows."""
+        @intrinsic
+        def tile(typingctx, X, xo, ldx, W, wo, ldw, Y, oo, ldo, K):
+            def codegen(context, builder, sig, args):
+                xa, xo, ldx, wa, wo, ldw, oa, oo, ldo, K = args
+                xp = context.make_array(sig.args[0])(context, builder, xa).data
+                wp = context.make_array(sig.args[3])(context, builder, wa).data
+                op = context.make_array(sig.args[6])(context, builder, oa).data
+                et = context.get_data_type(sig.args[6].dtype)
+                suffix = "f32" if et == ir.FloatType() else "f64"
+                i64 = ir.IntType(64)
+                if lanes > 1:
+                    vt = ir.VectorType(et, lanes)
+                    fname = f"llvm.fmuladd.v{lanes}{suffix}"
+                else:
+                    vt, fname = et, f"llvm.fmuladd.{suffix}"
+                fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt, vt]), fname)
+
+                def const(v):
+                    return ir.Constant(i64, v)
+
+                def vptr(base, off):
+                    ptr = builder.gep(base, [off])
+                    return builder.bitcast(ptr, vt.as_pointer()) if lanes > 1 else ptr
+
+                optr = [[vptr(op, builder.add(oo, builder.add(builder.mul(const(r), ldo), const(lanes * v))))
+                         for v in range(nv)] for r in range(rows)]
+                init = [[builder.load(optr[r][v], align=4) for v in range(nv)] for r in range(rows)]
+                entry = builder.block
+                loop = builder.append_basic_block("tile.loop")
+                done = builder.append_basic_block("tile.done")
+                builder.cbranch(builder.icmp_signed(">", K, const(0)), loop, done)
+                builder.position_at_end(loop)
+                j = builder.phi(i64)
+                acc = [[builder.phi(vt) for _ in range(nv)] for _ in range(rows)]
+                wrow = builder.add(wo, builder.mul(j, ldw))
+                wv = [builder.load(vptr(wp, builder.add(wrow, const(lanes * v))), align=4) for v in range(nv)]
+                new = []
+                for r in range(rows):
+                    x = builder.load(builder.gep(xp, [builder.add(builder.add(xo, builder.mul(const(r), ldx)), j)]))
+                    if lanes > 1:
+                        x = builder.insert_element(ir.Constant(vt, ir.Undefined), x, const(0))
+                        x = builder.shuffle_vector(x, ir.Constant(vt, ir.Undefined),
+                                                   ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+                    new.append([builder.call(fma, [x, wv[v], acc[r][v]]) for v in range(nv)])
+                jn = builder.add(j, const(1))
+                body = builder.block
+                j.add_incoming(const(0), entry)
+                j.add_incoming(jn, body)
+                for r in range(rows):
+                    for v in range(nv):
+                        acc[r][v].add_incoming(init[r][v], entry)
+                        acc[r][v].add_incoming(new[r][v], body)
+                builder.cbranch(builder.icmp_signed("<", jn, K), loop, done)
+                builder.position_at_end(done)
+                out = [[builder.phi(vt) for _ in range(nv)] for _ in range(rows)]
+                for r in range(rows):
+                    for v in range(nv):
+                        out[r][v].add_incoming(init[r][v], entry)
+                        out[r][v].add_incoming(new[r][v], body)
+                for r in range(rows):
+                    for v in range(nv):
+                        builder.store(out[r][v], optr[r][v], align=4)
+                return context.get_dummy_value()
+            i = types.int64
+            return types.void(X, i, i, W, i, i, Y, i, i, i), codegen
+        return tile
+
+    _LANES = 8  # columns per vector (float32: a ymm register; float64: two)
+    _tile2x4, _tile2x3, _tile2x2, _tile2x1 = (_make_tile(2, nv, _LANES) for nv in (4, 3, 2, 1))
+    _tile1x4, _tile1x3, _tile1x2, _tile1x1 = (_make_tile(1, nv, _LANES) for nv in (4, 3, 2, 1))
+    _tile_scalar = _make_tile(1, 1, 1)
+
     @njit(**_JIT)
-    def _add_product(x, n, W, r, out):
-        """out += x[:n] @ W[r, :n, :len(out)] (out's loop innermost: vectorised, fixed order)."""
-        for q in range(n):
-            xq = x[q]
-            for f in range(out.shape[0]):
-                out[f] += xq * W[r, q, f]
+    def _gemm_acc(X, xo, ldx, W, wo, ldw, Y, oo, ldo, nr, K, N):
+        """``Y[oo + b ldo + c] += sum_j X[xo + b ldx + j] W[wo + j ldw + c]`` for b < nr, c < N
+        (flat offsets into C-contiguous arrays), j ascending with fused multiply-adds: the
+        numbers of that plain loop, row by row. Tiles of 2 rows x 32 columns (then 8, 16 or
+        24 columns; a last odd row alone); columns beyond a multiple of 8 one at a time (the
+        kernels pad their weight copies so that this never happens in them)."""
+        N32 = N - N % 32
+        N8 = N - N % 8
+        tail = (N8 - N32) // 8
+        b = 0
+        while b < nr:
+            two = b + 1 < nr
+            x0 = xo + b * ldx
+            o0 = oo + b * ldo
+            for c in range(0, N32, 32):
+                if two:
+                    _tile2x4(X, x0, ldx, W, wo + c, ldw, Y, o0 + c, ldo, K)
+                else:
+                    _tile1x4(X, x0, ldx, W, wo + c, ldw, Y, o0 + c, ldo, K)
+            if tail == 3:
+                if two:
+                    _tile2x3(X, x0, ldx, W, wo + N32, ldw, Y, o0 + N32, ldo, K)
+                else:
+                    _tile1x3(X, x0, ldx, W, wo + N32, ldw, Y, o0 + N32, ldo, K)
+            elif tail == 2:
+                if two:
+                    _tile2x2(X, x0, ldx, W, wo + N32, ldw, Y, o0 + N32, ldo, K)
+                else:
+                    _tile1x2(X, x0, ldx, W, wo + N32, ldw, Y, o0 + N32, ldo, K)
+            elif tail == 1:
+                if two:
+                    _tile2x1(X, x0, ldx, W, wo + N32, ldw, Y, o0 + N32, ldo, K)
+                else:
+                    _tile1x1(X, x0, ldx, W, wo + N32, ldw, Y, o0 + N32, ldo, K)
+            for bb in range(b, b + 2 if two else b + 1):
+                for c in range(N8, N):
+                    _tile_scalar(X, xo + bb * ldx, ldx, W, wo + c, ldw, Y, oo + bb * ldo + c, ldo, K)
+            b += 2 if two else 1
 
     @njit(**_JIT)
     def _forward(gx, WT, bz, RwT, h0, c0, Z, zoff, heights, fresh, push_hidden, k, m, save,
                  Hs, C, ACT, TC, A, READ, cT, one, two):
-        """Rows (r, b) one after the other, each through all T steps.
+        """Replica by replica; the B strings of a replica step through time together.
 
-        gx (R,T,B,G) input half of the gates (unscaled, no bias); WT (R,H,P) = [-s W_hh; W_a; W_v]^T;
-        bz (R,P) the matching bias; RwT (R,M,G) = (-s W_ir)^T; Z (R,B,k,total) the stack
-        history (slots at ``zoff``, see the comment above; S0 in slot 0 with zero padding;
-        T + 1 slots when ``save``, else 2 reused ones). Outputs: Hs (R,T+1,B,H), C (R,T+1,B,H)
-        (the cell before each step and after the last; only when ``save``), ACT (R,Ta,B,G),
-        TC (R,Ta,B,H), A (R,Ta,B,k,3), READ (R,Ta,B,M) (Ta = T when ``save``, else 1), cT (R,B,H).
+        gx (R,T,B,G) input half of the gates (unscaled, no bias); WT (R,H,Pp) = [-s W_hh; W_a; W_v]^T
+        with zero columns up to Pp = pad8(P); bz (R,Pp) the matching bias; RwT (R,M,Gp) = (-s W_ir)^T
+        (Gp = pad8(G)); Z (R,B,k,total) the stack history (slots at ``zoff``, see the comment
+        above; S0 in slot 0 with zero padding; T + 1 slots when ``save``, else 2 reused ones).
+        Outputs: Hs (R,T+1,B,H), C (R,T+1,B,H) (the cell before each step and after the last;
+        only when ``save``), ACT (R,Ta,B,G), TC (R,Ta,B,H), A (R,Ta,B,k,3), READ (R,Ta,B,M)
+        (Ta = T when ``save``, else 1), cT (R,B,H). The products of a step are one
+        (B x H) @ (H x Pp) and one (B x M) @ (M x Gp) per replica (:func:`_gemm_acc`); every
+        number is computed as by the row-at-a-time loop (same operations, same order).
         """
         R, T, B, G = gx.shape
         H = G // 4
-        P = WT.shape[2]
+        Pp = WT.shape[2]
+        Gp = RwT.shape[2]
         M = k * m
         stack = k > 0
         uH = np.uint64(H)
@@ -143,45 +274,49 @@ if AVAILABLE:
         uH3 = uH2 + uH
         um = np.uint64(m)
         um2 = um + um
-        p = np.empty(P, gx.dtype)
-        c = np.empty(H, gx.dtype)
-        h = np.empty(H, gx.dtype)
-        z = np.empty(G, gx.dtype)
-        rd = np.empty(max(M, 1), gx.dtype)
+        p = np.zeros((B, Pp), gx.dtype)
+        c = np.empty((B, H), gx.dtype)
+        h = np.empty((B, H), gx.dtype)
+        z = np.zeros((B, Gp), gx.dtype)
+        rd = np.zeros((B, max(M, 1)), gx.dtype)
         for r in range(R):
             for b in range(B):
                 for j in range(H):
-                    h[j] = h0[r, b, j]
-                    Hs[r, 0, b, j] = h[j]
-                    c[j] = c0[r, b, j]
+                    h[b, j] = h0[r, b, j]
+                    Hs[r, 0, b, j] = h[b, j]
+                    c[b, j] = c0[r, b, j]
                     if save:
-                        C[r, 0, b, j] = c[j]
-                for t in range(T):
-                    first = fresh and t == 0
-                    ti = t if save else 0
-                    for q in range(P):
-                        p[q] = bz[r, q]
-                    if not first:
-                        _add_product(h, H, WT, r, p)
+                        C[r, 0, b, j] = c[b, j]
+            for t in range(T):
+                first = fresh and t == 0
+                ti = t if save else 0
+                for b in range(B):
+                    for q in range(Pp):
+                        p[b, q] = bz[r, q]
+                if not first:
+                    _gemm_acc(h, 0, H, WT, r * H * Pp, Pp, p, 0, Pp, B, H, Pp)
+                for b in range(B):
                     for q in range(G):
-                        z[q] = p[q] - gx[r, t, b, q]
+                        z[b, q] = p[b, q] - gx[r, t, b, q]
                     for j in range(uH):  # the g gate takes -2 gx
-                        z[uH2 + j] -= gx[r, t, b, uH2 + j]
-                    if stack and first:  # no update (S0 is empty): the next slot reads as an empty stack
-                        zo = np.uint64(zoff[1])
+                        z[b, uH2 + j] -= gx[r, t, b, uH2 + j]
+                if stack and first:  # no update (S0 is empty): the next slot reads as an empty stack
+                    zo = np.uint64(zoff[1])
+                    for b in range(B):
                         for s in range(k):
                             for q in range(um, um2 + um):
                                 Z[r, b, s, zo + q] = 0
-                    if stack and not first:
-                        zi = np.uint64(zoff[t if save else t & 1])
-                        zo = np.uint64(zoff[t + 1 if save else (t + 1) & 1])
-                        L = heights[t]
+                if stack and not first:
+                    zi = np.uint64(zoff[t if save else t & 1])
+                    zo = np.uint64(zoff[t + 1 if save else (t + 1) & 1])
+                    L = heights[t]
+                    for b in range(B):
                         for s in range(k):
                             g0 = G + 3 * s
-                            mx = max(p[g0], max(p[g0 + 1], p[g0 + 2]))
-                            e0 = fexp(p[g0] - mx)
-                            e1 = fexp(p[g0 + 1] - mx)
-                            e2 = fexp(p[g0 + 2] - mx)
+                            mx = max(p[b, g0], max(p[b, g0 + 1], p[b, g0 + 2]))
+                            e0 = fexp(p[b, g0] - mx)
+                            e1 = fexp(p[b, g0 + 1] - mx)
+                            e2 = fexp(p[b, g0 + 2] - mx)
                             tot = e0 + e1 + e2
                             a0, a1, a2 = e0 / tot, e1 / tot, e2 / tot
                             A[r, ti, b, s, 0] = a0
@@ -189,11 +324,11 @@ if AVAILABLE:
                             A[r, ti, b, s, 2] = a2
                             if push_hidden:
                                 for f in range(m):
-                                    Z[r, b, s, zi + f] = h[s * m + f]
+                                    Z[r, b, s, zi + f] = h[b, s * m + f]
                             else:  # sigmoid(W_v h + b_v)
                                 v0 = G + 3 * k + s * m
                                 for f in range(m):
-                                    Z[r, b, s, zi + f] = one / (one + fexp(-p[v0 + f]))
+                                    Z[r, b, s, zi + f] = one / (one + fexp(-p[b, v0 + f]))
                             for q in range(np.uint64(L * m)):  # S_t[i] = push B[i] + noop B[i+1] + pop B[i+2]
                                 Z[r, b, s, zo + um + q] = (a0 * Z[r, b, s, zi + q] + a1 * Z[r, b, s, zi + um + q]
                                                            + a2 * Z[r, b, s, zi + um2 + q])
@@ -201,37 +336,43 @@ if AVAILABLE:
                             for q in range(um2):  # the two rows below the new stack read as empty
                                 Z[r, b, s, pad + q] = 0
                             for f in range(m):
-                                rd[s * m + f] = Z[r, b, s, zo + m + f]  # r_t = S_t[0]
-                                READ[r, ti, b, s * m + f] = rd[s * m + f]
-                        _add_product(rd, M, RwT, r, z)
+                                rd[b, s * m + f] = Z[r, b, s, zo + m + f]  # r_t = S_t[0]
+                                READ[r, ti, b, s * m + f] = rd[b, s * m + f]
+                    _gemm_acc(rd, 0, rd.shape[1], RwT, r * M * Gp, Gp, z, 0, Gp, B, M, Gp)
+                for b in range(B):
                     for q in range(G):
-                        z[q] = one / (one + fexp(z[q]))
+                        z[b, q] = one / (one + fexp(z[b, q]))
                     for j in range(uH):
-                        z[uH2 + j] = two * z[uH2 + j] - one
+                        z[b, uH2 + j] = two * z[b, uH2 + j] - one
                     for q in range(G):
-                        ACT[r, ti, b, q] = z[q]
+                        ACT[r, ti, b, q] = z[b, q]
                     for j in range(uH):
-                        cj = z[uH + j] * c[j] + z[j] * z[uH2 + j]
-                        c[j] = cj
+                        cj = z[b, uH + j] * c[b, j] + z[b, j] * z[b, uH2 + j]
+                        c[b, j] = cj
                         tj = two / (one + fexp(-two * cj)) - one
                         TC[r, ti, b, j] = tj
-                        h[j] = z[uH3 + j] * tj
-                        Hs[r, t + 1, b, j] = h[j]
+                        h[b, j] = z[b, uH3 + j] * tj
+                        Hs[r, t + 1, b, j] = h[b, j]
                     if save:
                         for j in range(H):
-                            C[r, t + 1, b, j] = c[j]
+                            C[r, t + 1, b, j] = c[b, j]
+            for b in range(B):
                 for j in range(H):
-                    cT[r, b, j] = c[j]
+                    cT[r, b, j] = c[b, j]
 
     @njit(**_JIT)
     def _backward(dHs, dcT, dST, C, ACT, TC, A, Z, zoff, W_h, W_ir, heights, fresh, push_hidden, k, m, L0,
                   dP, dS0, dh0, dc0, one):
         """Gradients for :func:`_forward` (saved state): writes every entry of dP (R,T,B,P),
-        dS0 (R,B,k,L0*m), dh0 and dc0 (R,B,H). W_h (R,P,H) and W_ir (R,G,M) unscaled;
-        dST (R,B,k,hT*m) the gradient of the final stack."""
+        dS0 (R,B,k,L0*m), dh0 and dc0 (R,B,H). W_h (R,P,Hp) and W_ir (R,G,Mp) unscaled, with
+        zero columns up to Hp = pad8(H), Mp = pad8(M); dST (R,B,k,hT*m) the gradient of the
+        final stack. The B strings of a replica step back together (products as in
+        :func:`_forward`); every number as by the row-at-a-time loop."""
         R, T, B, G = ACT.shape
         H = G // 4
-        P = W_h.shape[1]
+        P = dP.shape[3]
+        Hp = W_h.shape[2]
+        Mp = W_ir.shape[2]
         M = k * m
         stack = k > 0
         width = (zoff[1:] - zoff[:-1]).max()  # widest slot
@@ -242,57 +383,60 @@ if AVAILABLE:
         um2 = um + um
         um3 = um2 + um
         dt = ACT.dtype
-        dh = np.empty(H, dt)
-        dc = np.empty(H, dt)
-        d = np.empty(P, dt)
-        dv = np.empty(max(M, 1), dt)
-        dr = np.empty(max(M, 1), dt)
+        dh = np.zeros((B, Hp), dt)
+        dc = np.empty((B, H), dt)
+        d = np.zeros((B, P), dt)
+        dv = np.zeros((B, max(M, 1)), dt)
+        dr = np.zeros((B, Mp), dt)
         lanes = np.empty(3 * m, dt)
         ext = width + 4 * m
-        DS = np.zeros((2, max(k, 1), ext), dt)  # [cur, prev]: dS[(2 + i) * m + f] = dL/dS[i, f]
+        DS = np.zeros((B, 2, max(k, 1), ext), dt)  # [cur, prev]: dS[(2 + i) * m + f] = dL/dS[i, f]
         for r in range(R):
             for b in range(B):
                 for j in range(H):
-                    dh[j] = 0
-                    dc[j] = dcT[r, b, j]
-                if stack:
-                    DS[:] = 0
+                    dh[b, j] = 0
+                    dc[b, j] = dcT[r, b, j]
+            if stack:
+                DS[:] = 0
+                for b in range(B):
                     for s in range(k):
                         for q in range(dST.shape[3]):
-                            DS[0, s, 2 * m + q] = dST[r, b, s, q]
-                cur = 0
-                for t in range(T - 1, -1, -1):
-                    first = fresh and t == 0
+                            DS[b, 0, s, 2 * m + q] = dST[r, b, s, q]
+            cur = 0
+            for t in range(T - 1, -1, -1):
+                first = fresh and t == 0
+                for b in range(B):
                     for q in range(P):
-                        d[q] = 0
+                        d[b, q] = 0
                     for j in range(uH):
-                        dht = dHs[r, t + 1, b, j] + dh[j]
+                        dht = dHs[r, t + 1, b, j] + dh[b, j]
                         ij, fj = ACT[r, t, b, j], ACT[r, t, b, uH + j]
                         gj, oj = ACT[r, t, b, uH2 + j], ACT[r, t, b, uH3 + j]
                         tj = TC[r, t, b, j]
-                        dcj = dc[j] + dht * oj * (one - tj * tj)
-                        d[j] = dcj * gj * ij * (one - ij)
-                        d[uH + j] = dcj * C[r, t, b, j] * fj * (one - fj)
-                        d[uH2 + j] = dcj * ij * (one - gj * gj)
-                        d[uH3 + j] = dht * tj * oj * (one - oj)
-                        dc[j] = dcj * fj
-                    if stack and not first:
-                        L = heights[t]
-                        Lp = heights[t - 1] if t > 0 else L0
-                        nxt = 1 - cur
-                        zt = np.uint64(zoff[t])
-                        dr[:] = 0
-                        _add_product(d, G, W_ir, r, dr)
+                        dcj = dc[b, j] + dht * oj * (one - tj * tj)
+                        d[b, j] = dcj * gj * ij * (one - ij)
+                        d[b, uH + j] = dcj * C[r, t, b, j] * fj * (one - fj)
+                        d[b, uH2 + j] = dcj * ij * (one - gj * gj)
+                        d[b, uH3 + j] = dht * tj * oj * (one - oj)
+                        dc[b, j] = dcj * fj
+                if stack and not first:
+                    L = heights[t]
+                    Lp = heights[t - 1] if t > 0 else L0
+                    nxt = 1 - cur
+                    zt = np.uint64(zoff[t])
+                    dr[:] = 0
+                    _gemm_acc(d, 0, P, W_ir, r * G * Mp, Mp, dr, 0, Mp, B, G, Mp)
+                    for b in range(B):
                         for s in range(k):
                             for f in range(m):
-                                DS[cur, s, 2 * m + f] += dr[s * m + f]  # dL/dr_t enters dS_t[0]
+                                DS[b, cur, s, 2 * m + f] += dr[b, s * m + f]  # dL/dr_t enters dS_t[0]
                             a0, a1, a2 = A[r, t, b, s, 0], A[r, t, b, s, 1], A[r, t, b, s, 2]
                             for f in range(3 * m):
                                 lanes[f] = 0
                             for i in range(L):  # da_j = <dS_t, B[i + j]>, in m lanes (vectorised)
                                 at = np.uint64(i * m)
                                 for f in range(um):
-                                    g = DS[cur, s, um2 + at + f]
+                                    g = DS[b, cur, s, um2 + at + f]
                                     lanes[f] += g * Z[r, b, s, zt + at + f]
                                     lanes[um + f] += g * Z[r, b, s, zt + um + at + f]
                                     lanes[um2 + f] += g * Z[r, b, s, zt + um2 + at + f]
@@ -305,41 +449,45 @@ if AVAILABLE:
                                 d2 += lanes[2 * m + f]
                             dot = a0 * d0 + a1 * d1 + a2 * d2
                             g0 = G + 3 * s
-                            d[g0] = a0 * (d0 - dot)
-                            d[g0 + 1] = a1 * (d1 - dot)
-                            d[g0 + 2] = a2 * (d2 - dot)
+                            d[b, g0] = a0 * (d0 - dot)
+                            d[b, g0 + 1] = a1 * (d1 - dot)
+                            d[b, g0 + 2] = a2 * (d2 - dot)
                             for f in range(m):
-                                dv[s * m + f] = a0 * DS[cur, s, 2 * m + f]
+                                dv[b, s * m + f] = a0 * DS[b, cur, s, 2 * m + f]
                             n = min(Lp, L + 1)
                             # dS_{t-1}[j] = push dS_t[j+1] + noop dS_t[j] + pop dS_t[j-1]
                             for q in range(np.uint64(n * m)):
-                                DS[nxt, s, um2 + q] = (a0 * DS[cur, s, um3 + q] + a1 * DS[cur, s, um2 + q]
-                                                       + a2 * DS[cur, s, um + q])
+                                DS[b, nxt, s, um2 + q] = (a0 * DS[b, cur, s, um3 + q] + a1 * DS[b, cur, s, um2 + q]
+                                                          + a2 * DS[b, cur, s, um + q])
                             for q in range((2 + n) * m, min(ext, (4 + max(n, Lp)) * m)):
-                                DS[nxt, s, q] = 0
+                                DS[b, nxt, s, q] = 0
                             if not push_hidden:
                                 v0 = G + 3 * k + s * m
                                 for f in range(m):
                                     v = Z[r, b, s, zt + f]
-                                    d[v0 + f] = dv[s * m + f] * v * (one - v)
-                        cur = nxt
-                        if t == 0:  # carried stack (not fresh)
+                                    d[b, v0 + f] = dv[b, s * m + f] * v * (one - v)
+                    cur = nxt
+                    if t == 0:  # carried stack (not fresh)
+                        for b in range(B):
                             for s in range(k):
                                 for q in range(L0 * m):
-                                    dS0[r, b, s, q] = DS[cur, s, 2 * m + q]
+                                    dS0[r, b, s, q] = DS[b, cur, s, 2 * m + q]
+                for b in range(B):
                     for q in range(P):
-                        dP[r, t, b, q] = d[q]
-                    if first:
-                        break
-                    dh[:] = 0
-                    _add_product(d, P, W_h, r, dh)
-                    if stack and push_hidden:
+                        dP[r, t, b, q] = d[b, q]
+                if first:
+                    break
+                dh[:] = 0
+                _gemm_acc(d, 0, P, W_h, r * P * Hp, Hp, dh, 0, Hp, B, P, Hp)
+                if stack and push_hidden:
+                    for b in range(B):
                         for j in range(H):
-                            dh[j] += dv[j]
-                if not fresh:
+                            dh[b, j] += dv[b, j]
+            if not fresh:
+                for b in range(B):
                     for j in range(H):
-                        dh0[r, b, j] = dh[j] + dHs[r, 0, b, j]
-                        dc0[r, b, j] = dc[j]
+                        dh0[r, b, j] = dh[b, j] + dHs[r, 0, b, j]
+                        dc0[r, b, j] = dc[b, j]
 
 
 def usable(dtype, hidden: int) -> bool:
@@ -369,8 +517,11 @@ def forward_loop(xp, gx, W_h, b_h, W_ir, h0, c0, S0, k, heights, fresh, push_hid
     dt = gx.dtype.type
     Wz = np.array(W_h)
     Wz[:, :G] = gate_scale(xp, W_h[:, :G], G)
-    WT = np.ascontiguousarray(Wz.transpose(0, 2, 1))
-    bz = np.array(b_h[:, 0])
+    P = Wz.shape[1]
+    WT = np.zeros((R, H, pad8(P)), gx.dtype)  # zero columns: the products run in whole 8-column tiles
+    WT[:, :, :P] = Wz.transpose(0, 2, 1)
+    bz = np.zeros((R, pad8(P)), gx.dtype)
+    bz[:, :P] = b_h[:, 0]
     bz[:, :G] = gate_scale(xp, b_h[:, 0, :G].reshape(R, G, 1), G).reshape(R, G)
     gx = np.ascontiguousarray(gx)
     Ta = T if save else 1
@@ -383,12 +534,13 @@ def forward_loop(xp, gx, W_h, b_h, W_ir, h0, c0, S0, k, heights, fresh, push_hid
         Z = np.empty((R, B, k, zoff[-1]), gx.dtype)  # the kernel writes every entry it reads
         Z[..., :zoff[1]] = 0
         Z[..., m:(1 + L0) * m] = S0.reshape(R, B, k, L0 * m)
-        RwT = np.ascontiguousarray(gate_scale(xp, W_ir, G).transpose(0, 2, 1))
+        RwT = np.zeros((R, M, pad8(G)), gx.dtype)
+        RwT[:, :, :G] = gate_scale(xp, W_ir, G).transpose(0, 2, 1)
     else:
         k, m, M, L0 = 0, 1, 0, 0
         Z = np.zeros((R, B, 1, 1), gx.dtype)
         zoff = np.zeros(2, dtype=np.int64)
-        RwT = np.zeros((R, 0, G), gx.dtype)
+        RwT = np.zeros((R, 0, pad8(G)), gx.dtype)
     heights_a = np.asarray(list(heights) or [0], dtype=np.int64)
     C = np.empty((R, T + 1 if save else 1, B, H), gx.dtype)
     ACT = np.empty((R, Ta, B, G), gx.dtype)
@@ -396,7 +548,7 @@ def forward_loop(xp, gx, W_h, b_h, W_ir, h0, c0, S0, k, heights, fresh, push_hid
     A = np.zeros((R, Ta, B, max(k, 1), 3), gx.dtype)
     READ = np.zeros((R, Ta, B, max(M, 1)), gx.dtype)
     cT = np.empty((R, B, H), gx.dtype)
-    _forward(gx, WT, np.ascontiguousarray(bz), RwT, np.ascontiguousarray(h0), np.ascontiguousarray(c0), Z, zoff,
+    _forward(gx, WT, bz, RwT, np.ascontiguousarray(h0), np.ascontiguousarray(c0), Z, zoff,
              heights_a, fresh, push_hidden, k, m, save, Hs, C, ACT, TC, A, READ, cT, dt(1), dt(2))
     S_last, prev = None, 0
     if stack:
@@ -427,14 +579,18 @@ def backward_loop(sv, Hs, dHs, dcT, dST, W_h, W_ir, fresh, push_hidden, dP):
             dS[:, :, :, :dST.shape[3]] = dST
         dS = dS.reshape(R, B, k, hT * m)
         dS0 = np.zeros((R, B, k, L0 * m), Hs.dtype)
-        W_ir_c = np.ascontiguousarray(W_ir)
+        M = W_ir.shape[2]
+        W_ir_c = np.zeros((R, 4 * H, pad8(M)), Hs.dtype)  # zero columns: whole 8-column tiles
+        W_ir_c[..., :M] = W_ir
     else:
         dS = dS0 = np.zeros((R, B, 1, 0), Hs.dtype)
         W_ir_c = np.zeros((R, 4 * H, 0), Hs.dtype)
+    W_h_c = np.zeros((R, W_h.shape[1], pad8(H)), Hs.dtype)
+    W_h_c[..., :H] = W_h
     dh0 = np.zeros((R, B, H), Hs.dtype)
     dc0 = np.zeros((R, B, H), Hs.dtype)
     _backward(np.ascontiguousarray(dHs), dcT, dS, sv["C"], sv["ACT"], sv["TC"], sv["A"], sv["Z"], sv["zoff"],
-              np.ascontiguousarray(W_h), W_ir_c, sv["heights"], fresh, push_hidden, k, m, L0,
+              W_h_c, W_ir_c, sv["heights"], fresh, push_hidden, k, m, L0,
               dP, dS0, dh0, dc0, dt(1))
     dS0 = dS0.reshape(R, B, k, L0, m) if stack else None
     return (None if fresh else dh0), (None if fresh else dc0), dS0
