@@ -471,6 +471,9 @@ if AVAILABLE:
                             else:  # sigmoid(W_v h + b_v)
                                 for f in range(m):
                                     Zf[zv + np.uint64(f)] = one / (one + fexp(-p[b, v0 + f]))
+                        zv = np.uint64(zs + zi * w)
+                        for q in range(np.uint64(B * m), uw):  # the push row's padding lanes
+                            Zf[zv + q] = 0
                         # S_t[i] = push B[i] + noop B[i+1] + pop B[i+2], all strings and features of a row at once
                         _mix3_rows(Zf, zs + (zo + 1) * w, Zf, zs + zi * w, zs + (zi + 1) * w, zs + (zi + 2) * w,
                                    cf, w, L)
@@ -689,7 +692,8 @@ def forward_loop(xp, gx, W_h, b_h, W_ir, h0, c0, S0, k, heights, fresh, push_hid
         L0 = S0.shape[3]
         zoff, sh = _slots(heights, T, L0, fresh, save)
         w = pad8(B * m)
-        Z = np.zeros((R, k, zoff[-1], w), gx.dtype)  # zeros: the padding lanes stay 0 throughout
+        Z = np.empty((R, k, zoff[-1], w), gx.dtype)  # the kernel writes every row it reads, all w lanes
+        Z[:, :, :zoff[1]] = 0
         Z[:, :, 1:1 + L0, :B * m] = S0.transpose(0, 2, 3, 1, 4).reshape(R, k, L0, B * m)
         Z = Z.reshape(R, k, zoff[-1] * w)
         RwT = np.zeros((R, M, pad8(G)), gx.dtype)
