@@ -292,6 +292,46 @@ def test_compiled_tile_products_equal_the_plain_loop(dtype, nr, K, N):
         np.testing.assert_allclose(Y, want, rtol=1e-13, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("w,nr", [(32, 5), (104, 3), (200, 1), (8, 4), (24, 0)])
+def test_compiled_stack_rows_equal_the_plain_loop(dtype, w, nr):
+    """The vectorised stack rows (issue 19): ``_mix3_rows`` gives the numbers of the scalar
+    expression ``a0 * x0 + a1 * x1 + a2 * x2`` compiled as the kernels compile it, and
+    ``_dot3_rows`` those of ``acc += g * x`` over the rows in order (one fused multiply-add
+    per term), lane by lane, at offsets into larger arrays (16 and 24-lane blocks, nr = 0)."""
+    import numba
+
+    @numba.njit(error_model="numpy", fastmath={"contract"})
+    def plain_mix3(Y, yo, X, x0, x1, x2, C, w, nr):
+        for i in range(nr):
+            for c in range(w):
+                q = i * w + c
+                Y[yo + q] = C[c] * X[x0 + q] + C[w + c] * X[x1 + q] + C[2 * w + c] * X[x2 + q]
+
+    rng = np.random.default_rng(w * 10 + nr)
+    X = rng.standard_normal((nr + 4) * w + 3).astype(dtype)
+    C = rng.standard_normal(3 * w).astype(dtype)
+    Y = rng.standard_normal((nr + 2) * w).astype(dtype)
+    want = Y.copy()
+    plain_mix3(want, w, X, 3, 3 + 2 * w, 3 + w, C, w, nr)
+    compiled._mix3_rows(Y, w, X, 3, 3 + 2 * w, 3 + w, C, w, nr)
+    assert np.array_equal(Y, want)
+
+    G = rng.standard_normal(nr * w + 5).astype(dtype)
+    acc = rng.standard_normal(3 * w).astype(dtype)
+    want = acc.astype(np.float64)
+    for i in range(nr):  # one fused multiply-add per term: exact product, one rounding
+        for j in range(3):
+            x = X[3 + (i + j) * w:3 + (i + j + 1) * w]
+            want[j * w:(j + 1) * w] += G[5 + i * w:5 + (i + 1) * w].astype(np.float64) * x
+        want = want.astype(dtype).astype(np.float64)
+    compiled._dot3_rows(acc, w, G, 5, X, 3, nr)
+    if dtype == np.float32:
+        assert np.array_equal(acc, want.astype(dtype))
+    else:
+        np.testing.assert_allclose(acc, want, rtol=1e-13, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", ["lstm", "jm-10", "jm-3.3.3", "jm-hidden"])
 def test_compiled_float32_agrees_with_autograd_loop(monkeypatch, name):
     """float32 (exp32, no zero-division checks) against the autograd loop in float32."""

@@ -16,6 +16,15 @@ of 8. Each product entry is still ``acc = fma(x_j, w_j, acc)`` for j ascending:
 the numbers are bit for bit those of the row-at-a-time loop before issue 19
 (benchmarks/numba_ab.py checks), only faster (about 1.6-3x, benchmarks/README.md).
 
+The superposition stacks of a replica's B strings are stored row-interleaved (one
+stack cell of all strings in one row of ``pad8(B m)`` lanes, see the comment above
+``_make_tile``), so that the update ``S_t[i] = a0 B[i] + a1 B[i+1] + a2 B[i+2]``, its
+backward recursion and the three dot products of the action gradients run as 8-lane
+vectors over whole rows (:func:`_mix3_rows`, :func:`_dot3_rows`, llvmlite intrinsics
+like the tiles): per lane the same operations in the same order as the per-string
+loops before (same numbers bit for bit; the dot products keep one accumulator per
+(string, feature) lane summed over the cells in order, then over the features).
+
 Arithmetic (documented because it differs from the NumPy loop by rounding only):
 
 * gates as in the NumPy loop: ``act = 1 / (1 + exp(z))`` with ``z = -s x``
@@ -120,11 +129,14 @@ if AVAILABLE:
         return out
 
     # The kernels index arrays directly (no views inside loops: every Numba view
-    # costs two atomic reference-count updates). Stack history Z (R, B, k, total):
-    # per (row, stack) the slots of all steps one after the other, slot t at
-    # zoff[t] holding [v_t, S_{t-1}[0], ..., S_{t-1}[sh_t - 1], 0, 0] (cell i,
-    # feature f at (i + 1) * m + f; sh_t = height of S_{t-1}): a row's history
-    # is contiguous and no slot is wider than its stack (see _slots). Inner loops index
+    # costs two atomic reference-count updates). Stack history Z (R, k, total * w),
+    # w = pad8(B m): per (replica, stack) the slots of all steps one after the other,
+    # slot t at row zoff[t] holding the rows [v_t, S_{t-1}[0], ..., S_{t-1}[sh_t - 1], 0, 0]
+    # (sh_t = height of S_{t-1}); one row holds that cell of all B strings, feature f of
+    # string b at lane b m + f, lanes B m, ..., w - 1 zero. The superposition and its
+    # backward then run over whole rows, the same per-lane coefficients (the strings'
+    # action weights, ``cf``) for every row: 8-lane vectors (:func:`_mix3`, :func:`_dot3x2`),
+    # each lane computed as the per-string loop computed it. Inner loops index
     # with unsigned offsets (uH, um, ...): a signed index that may be negative gets
     # Python's wrap-around test, which stops LLVM from vectorising the loop (5x).
 
@@ -208,6 +220,125 @@ if AVAILABLE:
     _tile1x4, _tile1x3, _tile1x2, _tile1x1 = (_make_tile(1, nv, _LANES) for nv in (4, 3, 2, 1))
     _tile_scalar = _make_tile(1, 1, 1)
 
+    def _vec_ptr(builder, base, off, vt):
+        return builder.bitcast(builder.gep(base, [off]), vt.as_pointer())
+
+    def _make_mix3(lanes):
+        """Intrinsic ``mix3(Y, yo, X, x0, x1, x2, C, co, w)``: for the ``lanes`` columns c of one vector,
+        ``Y[yo + c] = C[co + c] X[x0 + c] + C[co + w + c] X[x1 + c] + C[co + 2 w + c] X[x2 + c]``
+        (flat offsets; multiplications and additions in that order, as ``a0 * x0 + a1 * x1 + a2 * x2``
+        compiles to in the scalar loop: same instructions with ``contract``, so the same numbers)."""
+        @intrinsic
+        def mix3(typingctx, Y, yo, X, x0, x1, x2, C, co, w):
+            def codegen(context, builder, sig, args):
+                ya, yo, xa, x0, x1, x2, ca, co, w = args
+                yp = context.make_array(sig.args[0])(context, builder, ya).data
+                xp = context.make_array(sig.args[2])(context, builder, xa).data
+                cp = context.make_array(sig.args[6])(context, builder, ca).data
+                vt = ir.VectorType(context.get_data_type(sig.args[0].dtype), lanes)
+                fl = ("contract",)
+
+                def ld(base, off):
+                    return builder.load(_vec_ptr(builder, base, off, vt), align=4)
+                c1o = builder.add(co, w)
+                t = builder.fadd(builder.fmul(ld(cp, co), ld(xp, x0), flags=fl),
+                                 builder.fmul(ld(cp, c1o), ld(xp, x1), flags=fl), flags=fl)
+                t = builder.fadd(t, builder.fmul(ld(cp, builder.add(c1o, w)), ld(xp, x2), flags=fl), flags=fl)
+                builder.store(t, _vec_ptr(builder, yp, yo, vt), align=4)
+                return context.get_dummy_value()
+            i = types.int64
+            return types.void(Y, i, X, i, i, i, C, i, i), codegen
+        return mix3
+
+    def _make_dot3(nv, lanes):
+        """Intrinsic ``dot3(Acc, ao, w, G, go, X, xo, nr)``: for the ``nv * lanes`` columns c of a
+        block and j = 0, 1, 2, ``Acc[ao + j w + c] += sum_i G[go + i w + c] X[xo + (i + j) w + c]``,
+        i = 0, ..., nr - 1 in that order, one fused multiply-add per term (as ``acc += g * x``
+        contracts to): column by column the numbers of that plain loop, with the ``3 nv``
+        accumulators in registers across the sum."""
+        @intrinsic
+        def dot3(typingctx, Acc, ao, w, G, go, X, xo, nr):
+            def codegen(context, builder, sig, args):
+                aa, ao, w, ga, go, xa, xo, nr = args
+                ap = context.make_array(sig.args[0])(context, builder, aa).data
+                gp = context.make_array(sig.args[3])(context, builder, ga).data
+                xp = context.make_array(sig.args[5])(context, builder, xa).data
+                et = context.get_data_type(sig.args[0].dtype)
+                vt = ir.VectorType(et, lanes)
+                suffix = "f32" if et == ir.FloatType() else "f64"
+                fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt, vt]),
+                                                     f"llvm.fmuladd.v{lanes}{suffix}")
+                i64 = ir.IntType(64)
+
+                def const(v):
+                    return ir.Constant(i64, v)
+                aptr = [[_vec_ptr(builder, ap, builder.add(builder.add(ao, builder.mul(const(j), w)),
+                                                            const(lanes * v)), vt) for v in range(nv)]
+                        for j in range(3)]
+                init = [[builder.load(aptr[j][v], align=4) for v in range(nv)] for j in range(3)]
+                entry = builder.block
+                loop = builder.append_basic_block("dot3.loop")
+                done = builder.append_basic_block("dot3.done")
+                builder.cbranch(builder.icmp_signed(">", nr, const(0)), loop, done)
+                builder.position_at_end(loop)
+                i = builder.phi(i64)
+                acc = [[builder.phi(vt) for _ in range(nv)] for _ in range(3)]
+                iw = builder.mul(i, w)
+                grow = builder.add(go, iw)
+                xrow = builder.add(xo, iw)
+                new = [[None] * nv for _ in range(3)]
+                for v in range(nv):
+                    g = builder.load(_vec_ptr(builder, gp, builder.add(grow, const(lanes * v)), vt), align=4)
+                    for j in range(3):
+                        xoff = builder.add(builder.add(xrow, builder.mul(const(j), w)), const(lanes * v))
+                        x = builder.load(_vec_ptr(builder, xp, xoff, vt), align=4)
+                        new[j][v] = builder.call(fma, [g, x, acc[j][v]])
+                inext = builder.add(i, const(1))
+                body = builder.block
+                i.add_incoming(const(0), entry)
+                i.add_incoming(inext, body)
+                for j in range(3):
+                    for v in range(nv):
+                        acc[j][v].add_incoming(init[j][v], entry)
+                        acc[j][v].add_incoming(new[j][v], body)
+                builder.cbranch(builder.icmp_signed("<", inext, nr), loop, done)
+                builder.position_at_end(done)
+                out = [[builder.phi(vt) for _ in range(nv)] for _ in range(3)]
+                for j in range(3):
+                    for v in range(nv):
+                        out[j][v].add_incoming(init[j][v], entry)
+                        out[j][v].add_incoming(new[j][v], body)
+                for j in range(3):
+                    for v in range(nv):
+                        builder.store(out[j][v], aptr[j][v], align=4)
+                return context.get_dummy_value()
+            i = types.int64
+            return types.void(Acc, i, i, G, i, X, i, i), codegen
+        return dot3
+
+    _mix3 = _make_mix3(_LANES)
+    _dot3x2, _dot3x1 = _make_dot3(2, _LANES), _make_dot3(1, _LANES)
+
+    @njit(inline="always", **_JIT)
+    def _mix3_rows(Y, yo, X, x0, x1, x2, C, w, nr):
+        """Rows i < nr of width w (a multiple of _LANES): ``Y[yo + i w + c] = C[c] X[x0 + i w + c]
+        + C[w + c] X[x1 + i w + c] + C[2 w + c] X[x2 + i w + c]``."""
+        for i in range(nr):
+            iw = i * w
+            for c in range(0, w, _LANES):
+                _mix3(Y, yo + iw + c, X, x0 + iw + c, x1 + iw + c, x2 + iw + c, C, c, w)
+
+    @njit(inline="always", **_JIT)
+    def _dot3_rows(Acc, w, G, go, X, xo, nr):
+        """``Acc[j w + c] += sum_{i < nr} G[go + i w + c] X[xo + (i + j) w + c]`` (j < 3, c < w, w a
+        multiple of _LANES; i ascending, fused multiply-adds)."""
+        c = 0
+        while c + 2 * _LANES <= w:
+            _dot3x2(Acc, c, w, G, go + c, X, xo + c, nr)
+            c += 2 * _LANES
+        if c < w:
+            _dot3x1(Acc, c, w, G, go + c, X, xo + c, nr)
+
     @njit(**_JIT)
     def _gemm_acc(X, xo, ldx, W, wo, ldw, Y, oo, ldo, nr, K, N):
         """``Y[oo + b ldo + c] += sum_j X[xo + b ldx + j] W[wo + j ldw + c]`` for b < nr, c < N
@@ -273,7 +404,12 @@ if AVAILABLE:
         uH2 = uH + uH
         uH3 = uH2 + uH
         um = np.uint64(m)
-        um2 = um + um
+        w = (B * m + 7) // 8 * 8  # one stack row: feature f of string b at b m + f, zero lanes up to a multiple of 8
+        uw = np.uint64(w)
+        uw2 = uw + uw
+        ZE = Z.shape[2]
+        Zf = Z.reshape(Z.size)
+        cf = np.zeros(3 * w, gx.dtype)  # the action weights per lane: a0 | a1 | a2
         p = np.zeros((B, Pp), gx.dtype)
         c = np.empty((B, H), gx.dtype)
         h = np.empty((B, H), gx.dtype)
@@ -301,18 +437,19 @@ if AVAILABLE:
                     for j in range(uH):  # the g gate takes -2 gx
                         z[b, uH2 + j] -= gx[r, t, b, uH2 + j]
                 if stack and first:  # no update (S0 is empty): the next slot reads as an empty stack
-                    zo = np.uint64(zoff[1])
-                    for b in range(B):
-                        for s in range(k):
-                            for q in range(um, um2 + um):
-                                Z[r, b, s, zo + q] = 0
+                    for s in range(k):
+                        z1 = np.uint64((r * k + s) * ZE + (zoff[1] + 1) * w)
+                        for q in range(uw2):
+                            Zf[z1 + q] = 0
                 if stack and not first:
-                    zi = np.uint64(zoff[t if save else t & 1])
-                    zo = np.uint64(zoff[t + 1 if save else (t + 1) & 1])
+                    zi = zoff[t if save else t & 1]
+                    zo = zoff[t + 1 if save else (t + 1) & 1]
                     L = heights[t]
-                    for b in range(B):
-                        for s in range(k):
-                            g0 = G + 3 * s
+                    for s in range(k):
+                        zs = (r * k + s) * ZE
+                        g0 = G + 3 * s
+                        v0 = G + 3 * k + s * m
+                        for b in range(B):
                             mx = max(p[b, g0], max(p[b, g0 + 1], p[b, g0 + 2]))
                             e0 = fexp(p[b, g0] - mx)
                             e1 = fexp(p[b, g0 + 1] - mx)
@@ -322,21 +459,31 @@ if AVAILABLE:
                             A[r, ti, b, s, 0] = a0
                             A[r, ti, b, s, 1] = a1
                             A[r, ti, b, s, 2] = a2
+                            bm = np.uint64(b * m)
+                            for f in range(um):
+                                cf[bm + f] = a0
+                                cf[uw + bm + f] = a1
+                                cf[uw2 + bm + f] = a2
+                            zv = np.uint64(zs + zi * w + b * m)
                             if push_hidden:
                                 for f in range(m):
-                                    Z[r, b, s, zi + f] = h[b, s * m + f]
+                                    Zf[zv + np.uint64(f)] = h[b, s * m + f]
                             else:  # sigmoid(W_v h + b_v)
-                                v0 = G + 3 * k + s * m
                                 for f in range(m):
-                                    Z[r, b, s, zi + f] = one / (one + fexp(-p[b, v0 + f]))
-                            for q in range(np.uint64(L * m)):  # S_t[i] = push B[i] + noop B[i+1] + pop B[i+2]
-                                Z[r, b, s, zo + um + q] = (a0 * Z[r, b, s, zi + q] + a1 * Z[r, b, s, zi + um + q]
-                                                           + a2 * Z[r, b, s, zi + um2 + q])
-                            pad = zo + np.uint64((1 + L) * m)
-                            for q in range(um2):  # the two rows below the new stack read as empty
-                                Z[r, b, s, pad + q] = 0
+                                    Zf[zv + np.uint64(f)] = one / (one + fexp(-p[b, v0 + f]))
+                        zv = np.uint64(zs + zi * w)
+                        for q in range(np.uint64(B * m), uw):  # the push row's padding lanes
+                            Zf[zv + q] = 0
+                        # S_t[i] = push B[i] + noop B[i+1] + pop B[i+2], all strings and features of a row at once
+                        _mix3_rows(Zf, zs + (zo + 1) * w, Zf, zs + zi * w, zs + (zi + 1) * w, zs + (zi + 2) * w,
+                                   cf, w, L)
+                        pad = np.uint64(zs + (zo + 1 + L) * w)
+                        for q in range(uw2):  # the two rows below the new stack read as empty
+                            Zf[pad + q] = 0
+                        zr = np.uint64(zs + (zo + 1) * w)
+                        for b in range(B):
                             for f in range(m):
-                                rd[b, s * m + f] = Z[r, b, s, zo + m + f]  # r_t = S_t[0]
+                                rd[b, s * m + f] = Zf[zr + np.uint64(b * m + f)]  # r_t = S_t[0]
                                 READ[r, ti, b, s * m + f] = rd[b, s * m + f]
                     _gemm_acc(rd, 0, rd.shape[1], RwT, r * M * Gp, Gp, z, 0, Gp, B, M, Gp)
                 for b in range(B):
@@ -375,22 +522,28 @@ if AVAILABLE:
         Mp = W_ir.shape[2]
         M = k * m
         stack = k > 0
-        width = (zoff[1:] - zoff[:-1]).max()  # widest slot
+        width = (zoff[1:] - zoff[:-1]).max()  # widest slot (rows)
         uH = np.uint64(H)
         uH2 = uH + uH
         uH3 = uH2 + uH
-        um = np.uint64(m)
-        um2 = um + um
-        um3 = um2 + um
         dt = ACT.dtype
         dh = np.zeros((B, Hp), dt)
         dc = np.empty((B, H), dt)
         d = np.zeros((B, P), dt)
         dv = np.zeros((B, max(M, 1)), dt)
         dr = np.zeros((B, Mp), dt)
-        lanes = np.empty(3 * m, dt)
-        ext = width + 4 * m
-        DS = np.zeros((B, 2, max(k, 1), ext), dt)  # [cur, prev]: dS[(2 + i) * m + f] = dL/dS[i, f]
+        w = (B * m + 7) // 8 * 8  # stack rows as in _forward
+        um = np.uint64(m)
+        uw = np.uint64(w)
+        uw2 = uw + uw
+        ZE = Z.shape[2]
+        Zf = Z.reshape(Z.size)
+        cf = np.zeros(3 * w, dt)  # a0 | a1 | a2 per lane
+        acc = np.empty(3 * w, dt)  # <dS_t, B[i + j]> per lane, j = 0, 1, 2
+        ext = width + 4
+        EX = ext * w
+        DS = np.zeros((2, max(k, 1), EX), dt)  # [cur, prev]: row 2 + i = dL/dS[i] (lanes as the stack rows)
+        DSf = DS.reshape(DS.size)
         for r in range(R):
             for b in range(B):
                 for j in range(H):
@@ -398,10 +551,11 @@ if AVAILABLE:
                     dc[b, j] = dcT[r, b, j]
             if stack:
                 DS[:] = 0
-                for b in range(B):
-                    for s in range(k):
-                        for q in range(dST.shape[3]):
-                            DS[b, 0, s, 2 * m + q] = dST[r, b, s, q]
+                for s in range(k):
+                    for i in range(dST.shape[3] // m):
+                        for b in range(B):
+                            for f in range(m):
+                                DS[0, s, (2 + i) * w + b * m + f] = dST[r, b, s, i * m + f]
             cur = 0
             for t in range(T - 1, -1, -1):
                 first = fresh and t == 0
@@ -423,55 +577,61 @@ if AVAILABLE:
                     L = heights[t]
                     Lp = heights[t - 1] if t > 0 else L0
                     nxt = 1 - cur
-                    zt = np.uint64(zoff[t])
+                    zt = zoff[t]
                     dr[:] = 0
                     _gemm_acc(d, 0, P, W_ir, r * G * Mp, Mp, dr, 0, Mp, B, G, Mp)
-                    for b in range(B):
-                        for s in range(k):
-                            for f in range(m):
-                                DS[b, cur, s, 2 * m + f] += dr[b, s * m + f]  # dL/dr_t enters dS_t[0]
+                    for s in range(k):
+                        zs = (r * k + s) * ZE + zt * w
+                        dc_ = (cur * k + s) * EX
+                        dn_ = (nxt * k + s) * EX
+                        g0 = G + 3 * s
+                        for b in range(B):
+                            bm = np.uint64(b * m)
                             a0, a1, a2 = A[r, t, b, s, 0], A[r, t, b, s, 1], A[r, t, b, s, 2]
-                            for f in range(3 * m):
-                                lanes[f] = 0
-                            for i in range(L):  # da_j = <dS_t, B[i + j]>, in m lanes (vectorised)
-                                at = np.uint64(i * m)
-                                for f in range(um):
-                                    g = DS[b, cur, s, um2 + at + f]
-                                    lanes[f] += g * Z[r, b, s, zt + at + f]
-                                    lanes[um + f] += g * Z[r, b, s, zt + um + at + f]
-                                    lanes[um2 + f] += g * Z[r, b, s, zt + um2 + at + f]
-                            d0 = lanes[0]
-                            d1 = lanes[m]
-                            d2 = lanes[2 * m]
+                            for f in range(m):
+                                DS[cur, s, 2 * w + b * m + f] += dr[b, s * m + f]  # dL/dr_t enters dS_t[0]
+                            for f in range(um):
+                                cf[bm + f] = a0
+                                cf[uw + bm + f] = a1
+                                cf[uw2 + bm + f] = a2
+                        for q in range(3 * w):
+                            acc[q] = 0
+                        # da_j = <dS_t, B[i + j]>: per lane (string, feature) a sum over the rows i
+                        _dot3_rows(acc, w, DSf, dc_ + 2 * w, Zf, zs, L)
+                        for b in range(B):
+                            bi = b * m
+                            a0, a1, a2 = A[r, t, b, s, 0], A[r, t, b, s, 1], A[r, t, b, s, 2]
+                            d0 = acc[bi]
+                            d1 = acc[w + bi]
+                            d2 = acc[2 * w + bi]
                             for f in range(1, m):
-                                d0 += lanes[f]
-                                d1 += lanes[m + f]
-                                d2 += lanes[2 * m + f]
+                                d0 += acc[bi + f]
+                                d1 += acc[w + bi + f]
+                                d2 += acc[2 * w + bi + f]
                             dot = a0 * d0 + a1 * d1 + a2 * d2
-                            g0 = G + 3 * s
                             d[b, g0] = a0 * (d0 - dot)
                             d[b, g0 + 1] = a1 * (d1 - dot)
                             d[b, g0 + 2] = a2 * (d2 - dot)
                             for f in range(m):
-                                dv[b, s * m + f] = a0 * DS[b, cur, s, 2 * m + f]
-                            n = min(Lp, L + 1)
-                            # dS_{t-1}[j] = push dS_t[j+1] + noop dS_t[j] + pop dS_t[j-1]
-                            for q in range(np.uint64(n * m)):
-                                DS[b, nxt, s, um2 + q] = (a0 * DS[b, cur, s, um3 + q] + a1 * DS[b, cur, s, um2 + q]
-                                                          + a2 * DS[b, cur, s, um + q])
-                            for q in range((2 + n) * m, min(ext, (4 + max(n, Lp)) * m)):
-                                DS[b, nxt, s, q] = 0
+                                dv[b, s * m + f] = a0 * DSf[dc_ + 2 * w + bi + f]
                             if not push_hidden:
                                 v0 = G + 3 * k + s * m
                                 for f in range(m):
-                                    v = Z[r, b, s, zt + f]
+                                    v = Zf[zs + bi + f]
                                     d[b, v0 + f] = dv[b, s * m + f] * v * (one - v)
+                        n = min(Lp, L + 1)
+                        # dS_{t-1}[j] = push dS_t[j+1] + noop dS_t[j] + pop dS_t[j-1]
+                        _mix3_rows(DSf, dn_ + 2 * w, DSf, dc_ + 3 * w, dc_ + 2 * w, dc_ + w, cf, w, n)
+                        zz = np.uint64(dn_ + (2 + n) * w)
+                        for q in range(np.uint64((min(ext, 4 + max(n, Lp)) - 2 - n) * w)):
+                            DSf[zz + q] = 0
                     cur = nxt
                     if t == 0:  # carried stack (not fresh)
-                        for b in range(B):
-                            for s in range(k):
-                                for q in range(L0 * m):
-                                    dS0[r, b, s, q] = DS[b, cur, s, 2 * m + q]
+                        for s in range(k):
+                            for i in range(L0):
+                                for b in range(B):
+                                    for f in range(m):
+                                        dS0[r, b, s, i * m + f] = DS[cur, s, (2 + i) * w + b * m + f]
                 for b in range(B):
                     for q in range(P):
                         dP[r, t, b, q] = d[b, q]
@@ -495,13 +655,13 @@ def usable(dtype, hidden: int) -> bool:
     return AVAILABLE and dtype in (np.float32, np.float64) and hidden <= MAX_HIDDEN
 
 
-def _slots(heights, T, L0, fresh, save, m):
-    """Offsets of the stack-history slots (T + 1 of them when ``save``, else 2 reused ones;
+def _slots(heights, T, L0, fresh, save):
+    """Offsets (in stack rows) of the stack-history slots (T + 1 of them when ``save``, else 2 reused ones;
     one more entry: the total) and the stack height before each step (``sh``, T + 1 entries)."""
     sh = [L0]
     for t in range(T):
         sh.append(sh[-1] if (fresh and t == 0) else int(heights[t]))
-    widths = [(h + 3) * m for h in sh]
+    widths = [h + 3 for h in sh]
     if not save:
         widths = [max(widths)] * 2
     zoff = np.zeros(len(widths) + 1, dtype=np.int64)
@@ -530,15 +690,17 @@ def forward_loop(xp, gx, W_h, b_h, W_ir, h0, c0, S0, k, heights, fresh, push_hid
         M = W_ir.shape[2]
         m = M // k
         L0 = S0.shape[3]
-        zoff, sh = _slots(heights, T, L0, fresh, save, m)
-        Z = np.empty((R, B, k, zoff[-1]), gx.dtype)  # the kernel writes every entry it reads
-        Z[..., :zoff[1]] = 0
-        Z[..., m:(1 + L0) * m] = S0.reshape(R, B, k, L0 * m)
+        zoff, sh = _slots(heights, T, L0, fresh, save)
+        w = pad8(B * m)
+        Z = np.empty((R, k, zoff[-1], w), gx.dtype)  # the kernel writes every row it reads, all w lanes
+        Z[:, :, :zoff[1]] = 0
+        Z[:, :, 1:1 + L0, :B * m] = S0.transpose(0, 2, 3, 1, 4).reshape(R, k, L0, B * m)
+        Z = Z.reshape(R, k, zoff[-1] * w)
         RwT = np.zeros((R, M, pad8(G)), gx.dtype)
         RwT[:, :, :G] = gate_scale(xp, W_ir, G).transpose(0, 2, 1)
     else:
         k, m, M, L0 = 0, 1, 0, 0
-        Z = np.zeros((R, B, 1, 1), gx.dtype)
+        Z = np.zeros((R, 1, 8), gx.dtype)
         zoff = np.zeros(2, dtype=np.int64)
         RwT = np.zeros((R, 0, pad8(G)), gx.dtype)
     heights_a = np.asarray(list(heights) or [0], dtype=np.int64)
@@ -554,7 +716,9 @@ def forward_loop(xp, gx, W_h, b_h, W_ir, h0, c0, S0, k, heights, fresh, push_hid
     if stack:
         prev = sh[-1]  # the stack's height after the last step
         z = zoff[T if save else T & 1]
-        S_last = Z[..., z + m:z + (1 + prev) * m].reshape(R, B, k, prev, m).copy()
+        w = pad8(B * m)
+        S_last = (Z.reshape(R, k, -1, w)[:, :, z + 1:z + 1 + prev, :B * m].reshape(R, k, prev, B, m)
+                  .transpose(0, 3, 1, 2, 4).copy())
     sv = None
     if save:
         sv = dict(C=C, ACT=ACT, TC=TC, A=A, Z=Z, zoff=zoff, READ=READ[..., :M].reshape(R, T, B, M) if stack else None,
