@@ -698,14 +698,15 @@ def baseline_equality(df: pd.DataFrame, refs: pd.DataFrame, where: dict | None =
 
 
 def position_sentence(pos: pd.DataFrame, what: str = "compared cells") -> str:
-    """'Of the 14 compared cells, 3 are above the best trivial predictor, ...; 2 ceilings are upper bounds.'"""
+    """'Of the compared cells (14): 3 above the best trivial predictor, ...; 2 ceilings are upper bounds.'
+    (The count in brackets: the sentence reads the same for one cell as for many.)"""
     if pos.empty:
         return f"No {what} to place against the references."
     c = pos["vs trivial"].value_counts()
     bounds = int(pos["ceiling"].str.endswith("(bound)").sum())
-    out = (f"Of the {len(pos)} {what}, {int(c.get('above', 0))} are above the best trivial predictor of "
+    out = (f"Of the {what} ({len(pos)}): {int(c.get('above', 0))} above the best trivial predictor of "
            f"their bin (restart mean, 95% t interval over restarts), {int(c.get('cannot tell', 0))} cannot be told "
-           f"from it and {int(c.get('not above', 0))} are not above it; the median gap to the ceiling is "
+           f"from it and {int(c.get('not above', 0))} not above it; the median gap to the ceiling is "
            f"{pos['to ceiling'].astype(float).median():.2f}.")
     if bounds:
         out += f" For {bounds} of them the ceiling is only an upper bound, marked (bound)."
