@@ -24,6 +24,11 @@ from .scales import PAPER, get_scale
 DASH = "–"
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless n is 1: '1 language', '7 languages'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _show(text: str) -> None:
     from IPython.display import Markdown, display
 
@@ -205,8 +210,9 @@ def mode_table(scale: str, mode: str, tasks: Sequence[str] | None = None, models
         return
     last = report.last_bin(df, scale)
     S = get_scale(scale)
-    _show(f"## Our runs\n\n{df['key'].nunique()} runs: {df['task'].nunique()} languages x "
-          f"{df['model'].nunique()} models x {df['seed'].nunique()} restarts in mode `{mode}`, test bins "
+    _show(f"## Our runs\n\n{df['key'].nunique()} runs: {counted(df['task'].nunique(), 'language')} x "
+          f"{counted(df['model'].nunique(), 'model')} x {counted(df['seed'].nunique(), 'restart')} in mode "
+          f"`{mode}`, test bins "
           f"{', '.join(bin_labels(scale).values())} (scale `{S.name}`). Accuracy of the best restart (lowest "
           "validation cross-entropy) ± the standard deviation over the restarts that did not diverge, then the "
           "references of each bin: the ceiling (the Bayes predictor's accuracy; *upper bound* where only a "

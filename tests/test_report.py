@@ -245,3 +245,9 @@ def test_sentences_are_computed():
     assert "1 of 2 cells" in report.comparison_sentence(comp)
     assert "smoke" in report.scale_caveat("smoke") and "same lengths" in report.scale_caveat("paper")
     assert np.isfinite(report.paper_formal("m")["value"]).all()
+
+
+def test_counted_nouns_agree_with_their_number():
+    from marnn.pages import counted
+
+    assert [counted(n, "language") for n in (0, 1, 7)] == ["0 languages", "1 language", "7 languages"]
