@@ -270,7 +270,7 @@ def paired_restarts(a, b, weights=None, *, higher: bool = True, level: float = L
     d = restart_differences(a, b, weights, higher=higher)
     r, u = np.atleast_2d(np.asarray(a)).shape
     point, lo, hi = (float(x) for x in t_limits(d, level))
-    if r < 2:  # the spread over restarts is the larger noise (issue 12): one restart cannot decide
+    if r < 2:  # the spread over restarts is the larger noise: one restart cannot decide
         return Verdict(point, -np.inf, np.inf, UNSURE, "one restart: its noise is not measured", r)
     method = (f"t interval over {r} paired restarts ({r - 1} df), each the mean over {u} "
               f"length{'s' * (u != 1)}")

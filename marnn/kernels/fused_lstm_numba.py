@@ -13,7 +13,7 @@ and backward (B x P) @ (P x H), (B x G) @ (G x M)) run as register tiles of 2 ro
 vectoriser cannot keep accumulators in registers across the inner sum, and its
 SLP vectoriser is off), on weight copies padded with zero columns to a multiple
 of 8. Each product entry is still ``acc = fma(x_j, w_j, acc)`` for j ascending:
-the numbers are bit for bit those of the row-at-a-time loop before issue 19
+the numbers are bit for bit those of the earlier row-at-a-time loop
 (benchmarks/numba_ab.py checks), only faster (about 1.6-3x, benchmarks/README.md).
 
 The superposition stacks of a replica's B strings are stored row-interleaved (one

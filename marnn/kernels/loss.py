@@ -21,7 +21,7 @@ languages), non-contiguous logits, devices other than the CPU and the 16-bit
 formats take the reference path.
 
 :func:`classifier_nll` goes one step further for the PTB classifier of a replica
-group (issue 19): the classifier's product, the loss and the whole backward pass
+group: the classifier's product, the loss and the whole backward pass
 of both run one replica at a time through one (N, V) buffer (45 MB, in the L3
 cache) instead of (R, N, V) logits and their gradient (360 MB each at R = 8).
 The forward pass takes the gradients too, for the upstream gradient of the PTB
