@@ -17,6 +17,20 @@ configurations ``(state, top symbol)``, ``A = 2K + Q`` actions per configuration
 (``Lw`` of them) of which ``Lr = Lw - 1`` have a pop term; ``col`` holds push
 times ``[lo, t]`` (its first ``d = loT - lo`` rows leave the window).
 
+The three O(L^2) sweeps run as register tiles written as llvmlite intrinsics
+(:func:`_make_rows_tile`, :func:`_make_dots_tile`, like the tiles of
+:mod:`marnn.kernels.fused_lstm_numba`): the pop term keeps a block of Q rows x 32
+columns of its sum in vector registers while it walks down the rows (c, u) of the
+triangle that cover the block (rows that end inside it go 8 columns at a time;
+each row is followed by ``PAD`` zeros, so a vector may run past a row's end);
+the deferred adjoint does the same over the stored rows (t', r) of ``DP``; and the
+gradient of ``P̂`` dots the Q rows (c, u) of one c with the Q rows of the pop-term
+gradient at once. The pop term and the deferred adjoint add their terms in the
+order of the loops they replace (the same numbers). At the grid's sizes (a group of
+12 replicas x 10 strings) the triangles of all strings (~0.6 MB each at n = 60)
+no longer fit in the caches between two steps, so these sweeps are bound by
+memory traffic rather than arithmetic.
+
 Arithmetic: the same sums as the reference, in a fixed order per string
 (deterministic; the only difference from torch is rounding). ``fastmath``
 allows FMA contraction, and re-association only inside the dot products of
@@ -35,8 +49,13 @@ from typing import Any
 
 import numpy as np
 
+PAD = 8  # zeros after every row of the packed triangle: one vector may run past its end
+
 try:  # optional: without Numba the torch reference runs
-    from numba import njit
+    from llvmlite import ir
+    from numba import njit, types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
     AVAILABLE = True
 except ImportError:  # pragma: no cover - exercised only without numba
     AVAILABLE = False
@@ -46,6 +65,185 @@ if AVAILABLE:
     # dot products only: re-association lets LLVM keep the partial sums in vector lanes (15x faster
     # than one scalar chain); a dot's value changes only by its summation order
     _DOT: dict[str, Any] = dict(_JIT, fastmath={"contract", "reassoc"})
+    _LANES = 8  # numbers per vector register in the tiles (float32: ymm; float64: two)
+    _BLOCK = 4 * _LANES  # columns of the widest tile
+
+    def _ptr(context, builder, sig, args, k):
+        return context.make_array(sig.args[k])(context, builder, args[k]).data
+
+    def _vec(builder, base, off, vt):
+        ptr = builder.gep(base, [off])
+        return builder.bitcast(ptr, vt.as_pointer()) if isinstance(vt, ir.VectorType) else ptr
+
+    def _fma(builder, vt, et):
+        suffix = "f32" if et == ir.FloatType() else "f64"
+        name = f"llvm.fmuladd.v{vt.count}{suffix}" if isinstance(vt, ir.VectorType) else f"llvm.fmuladd.{suffix}"
+        return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt, vt]), name)
+
+    def _splat(builder, x, vt):
+        if not isinstance(vt, ir.VectorType):
+            return x
+        i32 = ir.IntType(32)
+        x = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(i32, 0))
+        return builder.shuffle_vector(x, ir.Constant(vt, ir.Undefined),
+                                      ir.Constant(ir.VectorType(i32, vt.count), [0] * vt.count))
+
+    def _counted_loop(builder, n, name, carried, body):
+        """``for k in range(n)`` with the values ``carried`` (a flat list) updated by ``body(k,
+        values) -> values``; returns their final values (the initial ones when n <= 0)."""
+        i64 = ir.IntType(64)
+        entry = builder.block
+        loop = builder.append_basic_block(f"{name}.loop")
+        done = builder.append_basic_block(f"{name}.done")
+        builder.cbranch(builder.icmp_signed(">", n, ir.Constant(i64, 0)), loop, done)
+        builder.position_at_end(loop)
+        k = builder.phi(i64)
+        cur = [builder.phi(v.type) for v in carried]
+        new = body(k, cur)
+        kn = builder.add(k, ir.Constant(i64, 1))
+        end = builder.block
+        k.add_incoming(ir.Constant(i64, 0), entry)
+        k.add_incoming(kn, end)
+        for c, v0, v1 in zip(cur, carried, new, strict=True):
+            c.add_incoming(v0, entry)
+            c.add_incoming(v1, end)
+        builder.cbranch(builder.icmp_signed("<", kn, n), loop, done)
+        builder.position_at_end(done)
+        out = [builder.phi(v.type) for v in carried]
+        for o, v0, v1 in zip(out, carried, new, strict=True):
+            o.add_incoming(v0, entry)
+            o.add_incoming(v1, end)
+        return out
+
+    def _make_rows_tile(rows, nv, lanes):
+        """Intrinsic ``tile(Acc, ao, lda, P, po, ldp, X, R, ro, xo, n)``: for the ``rows`` rows r and
+        the ``nv * lanes`` columns e of one block (flat offsets into C-contiguous arrays),
+        ``Acc[ao + r lda + e] += sum_k P[po + r ldp + k] X[R[ro + k] + xo + e]``, k = 0, ..., n - 1
+        in that order, one fused multiply-add per term (``llvm.fmuladd``, what ``contract``
+        makes of ``acc += p * x``): the numbers of the loop ``for k: for r: for e: Acc[r, e] +=
+        P[r, k] X[k, e]``, but with the ``rows * nv`` accumulators in vector registers across the
+        sum and each vector of X loaded once for all rows. Row k of X starts at ``R[ro + k] + xo``."""
+        @intrinsic
+        def tile(typingctx, Acc, ao, lda, P, po, ldp, X, R, ro, xo, n):
+            def codegen(context, builder, sig, args):
+                ap, pp, xp, rp = (_ptr(context, builder, sig, args, k) for k in (0, 3, 6, 7))
+                ao, lda, po, ldp, ro, xo, n = (args[k] for k in (1, 2, 4, 5, 8, 9, 10))
+                et = context.get_data_type(sig.args[0].dtype)
+                vt = ir.VectorType(et, lanes) if lanes > 1 else et
+                fma = _fma(builder, vt, et)
+                i64 = ir.IntType(64)
+
+                def const(v):
+                    return ir.Constant(i64, v)
+                optr = [_vec(builder, ap, builder.add(builder.add(ao, builder.mul(const(r), lda)),
+                                                      const(lanes * v)), vt)
+                        for r in range(rows) for v in range(nv)]
+                init = [builder.load(q, align=4) for q in optr]
+
+                def body(k, acc):
+                    off = builder.add(builder.load(builder.gep(rp, [builder.add(ro, k)])), xo)
+                    xs = [builder.load(_vec(builder, xp, builder.add(off, const(lanes * v)), vt), align=4)
+                          for v in range(nv)]
+                    new = []
+                    for r in range(rows):
+                        p = builder.load(builder.gep(pp, [builder.add(builder.add(po, builder.mul(const(r), ldp)), k)]))
+                        p = _splat(builder, p, vt)
+                        new += [builder.call(fma, [p, xs[v], acc[r * nv + v]]) for v in range(nv)]
+                    return new
+                out = _counted_loop(builder, n, "tile", init, body)
+                for q, v in zip(optr, out, strict=True):
+                    builder.store(v, q, align=4)
+                return context.get_dummy_value()
+            i = types.int64
+            return types.void(Acc, i, i, P, i, i, X, R, i, i, i), codegen
+        return tile
+
+    def _make_dots_tile(rows, lanes):
+        """Intrinsic ``dots(Out, oo, ldo, D, do, ldd, X, R, ro, xo, L)``: for r, u < ``rows``,
+        ``Out[oo + r ldo + u] = sum_{e < L} D[do + r ldd + e] X[R[ro + u] + xo + e]`` (L a multiple
+        of ``lanes``): each row of X loaded once for all rows of D, the ``rows^2`` sums in vector
+        lanes (then added across the lanes: a re-associated sum, like the loop it replaces)."""
+        @intrinsic
+        def dots(typingctx, Out, oo, ldo, D, do, ldd, X, R, ro, xo, L):
+            def codegen(context, builder, sig, args):
+                op, dp, xp, rp = (_ptr(context, builder, sig, args, k) for k in (0, 3, 6, 7))
+                oo, ldo, do, ldd, ro, xo, L = (args[k] for k in (1, 2, 4, 5, 8, 9, 10))
+                et = context.get_data_type(sig.args[0].dtype)
+                vt = ir.VectorType(et, lanes)
+                fma = _fma(builder, vt, et)
+                i64 = ir.IntType(64)
+
+                def const(v):
+                    return ir.Constant(i64, v)
+                xrow = [builder.add(builder.load(builder.gep(rp, [builder.add(ro, const(u))])), xo)
+                        for u in range(rows)]
+                drow = [builder.add(do, builder.mul(const(r), ldd)) for r in range(rows)]
+                zero = ir.Constant(vt, [ir.Constant(et, 0.0)] * lanes)
+
+                def body(k, acc):
+                    e = builder.mul(k, const(lanes))
+                    xs = [builder.load(_vec(builder, xp, builder.add(xrow[u], e), vt), align=4) for u in range(rows)]
+                    ds = [builder.load(_vec(builder, dp, builder.add(drow[r], e), vt), align=4) for r in range(rows)]
+                    return [builder.call(fma, [ds[r], xs[u], acc[r * rows + u]])
+                            for r in range(rows) for u in range(rows)]
+                nk = builder.sdiv(L, const(lanes))
+                out = _counted_loop(builder, nk, "dots", [zero] * (rows * rows), body)
+                i32 = ir.IntType(32)
+                for r in range(rows):
+                    for u in range(rows):
+                        v, w = out[r * rows + u], lanes
+                        while w > 1:  # pairwise across the lanes
+                            w //= 2
+                            hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, w), list(range(w, 2 * w))))
+                            lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, w), list(range(w))))
+                            v = builder.fadd(lo, hi) if w > 1 else builder.fadd(
+                                builder.extract_element(lo, const(0)), builder.extract_element(hi, const(0)))
+                        dst = builder.gep(op, [builder.add(builder.add(oo, builder.mul(const(r), ldo)), const(u))])
+                        builder.store(v, dst)
+                return context.get_dummy_value()
+            i = types.int64
+            return types.void(Out, i, i, D, i, i, X, R, i, i, i), codegen
+        return dots
+
+    def _make_rows_acc(rows):
+        """``acc(Acc, ao, lda, P, po, ldp, X, R, ro, xo, n, width)``: :func:`_make_rows_tile`'s sum for
+        the columns e < width: blocks of 4, then 1 vectors, then single columns."""
+        wide, one, single = (_make_rows_tile(rows, nv, ln) for nv, ln in ((4, _LANES), (1, _LANES), (1, 1)))
+
+        @njit(inline="always", **_JIT)
+        def acc(Acc, ao, lda, P, po, ldp, X, R, ro, xo, n, width):
+            e = 0
+            while e + 4 * _LANES <= width:
+                wide(Acc, ao + e, lda, P, po, ldp, X, R, ro, xo + e, n)
+                e += 4 * _LANES
+            while e + _LANES <= width:
+                one(Acc, ao + e, lda, P, po, ldp, X, R, ro, xo + e, n)
+                e += _LANES
+            while e < width:
+                single(Acc, ao + e, lda, P, po, ldp, X, R, ro, xo + e, n)
+                e += 1
+        return acc
+
+    _acc1, _acc2, _acc3, _acc4 = (_make_rows_acc(r) for r in (1, 2, 3, 4))
+    _dots1, _dots2, _dots3, _dots4 = (_make_dots_tile(r, _LANES) for r in (1, 2, 3, 4))
+
+    @njit(**_JIT)
+    def _rows_acc(Acc, ao, lda, P, po, ldp, X, R, ro, xo, n, width, rows):
+        """``Acc[ao + r lda + e] += sum_{k < n} P[po + r ldp + k] X[R[ro + k] + xo + e]`` for r < rows,
+        e < width, k ascending with fused multiply-adds (register tiles of up to 4 rows)."""
+        r0 = 0
+        while r0 < rows:
+            q = min(4, rows - r0)
+            a, p = ao + r0 * lda, po + r0 * ldp
+            if q == 3:
+                _acc3(Acc, a, lda, P, p, ldp, X, R, ro, xo, n, width)
+            elif q == 4:
+                _acc4(Acc, a, lda, P, p, ldp, X, R, ro, xo, n, width)
+            elif q == 2:
+                _acc2(Acc, a, lda, P, p, ldp, X, R, ro, xo, n, width)
+            else:
+                _acc1(Acc, a, lda, P, p, ldp, X, R, ro, xo, n, width)
+            r0 += q
 
     @njit(inline="always", **_JIT)
     def _row_start(roff, rj0, pbase, loT, c, u, K, Q):
@@ -53,12 +251,14 @@ if AVAILABLE:
 
         Packed layout: row block of push time ``ca`` (absolute; index ``ca - pbase`` in the row
         table) at ``roff``, holding push times ``j >= rj0`` (``ln = ca - rj0 + 1`` of them) for
-        each u: element (u, j, a) at ``roff + (u*ln + j - rj0)*K + a``. Rows are appended as
-        the columns arrive, so a sweep over the triangle reads memory in order."""
+        each u, each row followed by ``PAD`` zeros: element (u, j, a) at
+        ``roff + u*(ln*K + PAD) + (j - rj0)*K + a``. Rows are appended as the columns arrive,
+        so a sweep over the triangle reads memory in order; the zeros let a vector run past
+        a row's end."""
         ri = loT + c - pbase
         j0 = rj0[ri]
         lenc = loT + c - j0 + 1
-        return np.uint64(roff[ri] + (u * lenc + loT - j0) * K)
+        return np.uint64(roff[ri] + u * (lenc * K + PAD) + (loT - j0) * K)
 
     @njit(**_JIT)
     def _forward(E, alpha, col, d, pk, roff, rj0, pbase, loT, Lw, Cre, vec_old, v, m, newcol, a_out, s_out, z0_out,
@@ -82,7 +282,15 @@ if AVAILABLE:
         uK = np.uint64(K)
         dt = E.dtype
         W = np.empty((K, A), dt)
-        acc = np.empty((Q, max(Lr, 1) * K), dt)
+        wa = -(-max(Lr * K, 1) // _BLOCK) * _BLOCK  # whole tiles
+        uwa = np.uint64(wa)
+        acc = np.empty((Q, wa), dt)
+        LrQ = Lr * Q
+        P = pk.shape[2]
+        rows = np.empty(max(LrQ, 1), np.int64)  # start of row (c, u) of the triangle (the same for every string)
+        for c in range(Lr):
+            for u in range(Q):
+                rows[c * Q + u] = _row_start(roff, rj0, pbase, loT, c, u, K, Q)
         zero = tiny - tiny  # 0 and 1 in the arrays' dtype (a float literal would promote float32 sums)
         one = tiny / tiny
         for i in range(N):
@@ -119,19 +327,24 @@ if AVAILABLE:
                                 for cp in range(K):
                                     x += col[i, d + 1 + c, ab, cp] * W[cp, 2 * K + r]
                                 PhT[i, y, r, c * Q + u] = x
-                # pop: C[j][a, (r,y)] += sum_{c >= j, u} tri[y][(c,u), (j,a)] P̂[c+1][(u,y), r]
+                # pop: C[j][a, (r,y)] += sum_{c >= j, u} tri[y][(c,u), (j,a)] P̂[c+1][(u,y), r], summed
+                # over (c, u) ascending, in tiles of _BLOCK columns (a row (c, u) reaches column e iff
+                # (c + 1) K > e; past its end it holds zeros)
                 for y in range(S):
                     for r in range(Q):
-                        for e in range(np.uint64(Lr * K)):
+                        for e in range(uwa):
                             acc[r, e] = 0
-                    for c in range(Lr):
-                        ln = np.uint64((c + 1) * K)
-                        for u in range(Q):
-                            st = _row_start(roff, rj0, pbase, loT, c, u, K, Q)
-                            for r in range(Q):
-                                p = PhT[i, y, r, c * Q + u]
-                                for e in range(ln):
-                                    acc[r, e] += p * pk[i, y, st + e]
+                    xb = (i * S + y) * P
+                    pb = (i * S + y) * Q * LrQ
+                    for e0 in range(0, Lr * K, _BLOCK):
+                        # rows ending inside the block: _LANES columns at a time, as far as each reaches
+                        kf = min((-(-(e0 + _BLOCK) // K) - 1) * Q, LrQ)
+                        for e in range(e0, e0 + _BLOCK, _LANES):
+                            ks = (e // K) * Q
+                            if ks < kf:
+                                _rows_acc(acc, e, wa, PhT, pb + ks, LrQ, pk, rows, ks, xb + e, kf - ks, _LANES, Q)
+                        # then the rows that cover the whole block (c ascending for every column)
+                        _rows_acc(acc, e0, wa, PhT, pb + kf, LrQ, pk, rows, kf, xb + e0, LrQ - kf, _BLOCK, Q)
                     for j in range(Lr):
                         for a in range(K):
                             for r in range(Q):
@@ -185,6 +398,23 @@ if AVAILABLE:
                     for b in range(uK):
                         C[j, a, b] = C[j, a, b] / ahat[i, b]
 
+    @njit(**_JIT)
+    def _tri_dots_tiled(dpop, pk, rows, xb, Lr, K, Q, dPh, ob, LrQ):
+        """:func:`_tri_dots` by tiles (Q <= 4; ``dpop`` zero past column Lr K, ``rows`` the row
+        starts, ``xb`` / ``ob`` the flat offsets of pk[i, y] / dPh[y]): the Q rows (c, u) of one c
+        dotted with the Q rows of dpop over whole vectors (the rows' zeros fill the last one)."""
+        wd = dpop.shape[1]
+        for c in range(Lr):
+            L = min(-(-(c + 1) * K // _LANES) * _LANES, wd)
+            if Q == 3:
+                _dots3(dPh, ob + c * Q, LrQ, dpop, 0, wd, pk, rows, c * Q, xb, L)
+            elif Q == 2:
+                _dots2(dPh, ob + c * Q, LrQ, dpop, 0, wd, pk, rows, c * Q, xb, L)
+            elif Q == 4:
+                _dots4(dPh, ob + c * Q, LrQ, dpop, 0, wd, pk, rows, c * Q, xb, L)
+            else:
+                _dots1(dPh, ob + c * Q, LrQ, dpop, 0, wd, pk, rows, c * Q, xb, L)
+
     @njit(**_DOT)
     def _tri_dots(dpop, pk, roff, rj0, pbase, loT, i, y, Lr, K, Q, dPh, zero):
         """dPh[y, r, c*Q+u] = sum_{j <= c, a} dpop[r, (j,a)] tri[y][(c,u), (j,a)] (rows of the triangle
@@ -203,7 +433,7 @@ if AVAILABLE:
     def _backward(E, alpha, col, d, pk, roff, rj0, pbase, loT, Lw, PhT, z0, a_in, s_in, alphaT, ahat, newcol, vec,
                   w, reading, m, dR, dalphaT, has_dalpha, dM, has_dM, DP, doff, dj0, dlen, PH, tb, jb, adj_lo,
                   adj_hi, adj_j, dV, j0,
-                  dE, dcol, dalpha, dCout, tiny):
+                  dE, dcol, dalpha, dCout, dPhOut, tiny):
         """Reverse of :func:`_forward` at step T (same arrays as recorded there), for every string.
 
         dR (N,K) or (N,K*m) the reading's gradient; dalphaT (N,K) (``has_dalpha``)
@@ -219,7 +449,8 @@ if AVAILABLE:
         Outputs: dE (N,K,A) (w.r.t. E), dcol (N,Lc,K,K), dalpha (N,K)
         (w.r.t. alpha[t]). dCout (N,Lw,K,K), unless empty: the replace term's adjoint
         goes there instead, and its products (dcol += dCout @ Wre^T, the replace part
-        of dE and dalpha) are the caller's.
+        of dE and dalpha) are the caller's; so are then P̂'s (dPhOut (N,S,Q,Lr*Q) gets the
+        gradient of PhT, and the pop part of dE, dalpha and dcol is left out).
         """
         N, K, A = E.shape
         Q = A - 2 * K
@@ -234,11 +465,27 @@ if AVAILABLE:
         WreT = np.empty((K, K), dt)
         dWre = np.empty((K, K), dt)
         da = np.empty(K, dt)
-        dpop = np.empty((Q, max(Lr, 1) * K), dt)
+        wd = -(-max(Lr * K, 1) // _LANES) * _LANES  # dpop's rows: whole vectors, zeros past column Lr K
+        dpop = np.zeros((Q, wd), dt)
+        LrQ = Lr * Q
+        P = pk.shape[2]
+        rows = np.empty(max(LrQ, 1), np.int64)  # start of row (c, u) of the triangle
+        for c in range(Lr):
+            for u in range(Q):
+                rows[c * Q + u] = _row_start(roff, rj0, pbase, loT, c, u, K, Q)
         dPh = np.empty((S, Q, max(Lr, 1) * Q), dt)
         L3 = Lw + 1 - (adj_j - jb)   # deferred rows: push times adj_j..T (buffer index)
         accu = np.empty((Q, max(L3, 1) * K), dt)
         adj = adj_hi > adj_lo
+        n_ph = PH.shape[2]
+        PD = DP.shape[2]
+        t_full = adj_lo  # steps t' in [adj_lo, t_full) hold dpop for every push time from adj_j on
+        while t_full < adj_hi and dj0[t_full] <= adj_j:
+            t_full += 1
+        drows = np.empty(max((t_full - adj_lo) * Q, 1), np.int64)  # start of row (t', r) at push time adj_j
+        for tq in range(adj_lo, t_full):
+            for r in range(Q):
+                drows[(tq - adj_lo) * Q + r] = doff[tq] + (r * dlen[tq] + adj_j - dj0[tq]) * K
         zero = tiny - tiny
         one = tiny / tiny
         for i in range(N):
@@ -291,7 +538,11 @@ if AVAILABLE:
                     for u in range(Q):
                         for e in range(ln):
                             accu[u, e] = 0
-                    for tq in range(adj_lo, adj_hi):
+                    # steps whose rows cover all push times adj_j..tb: tiles over (t', r) ascending
+                    phb = ((i * S + y) * n_ph + tb) * Q * n_ph * Q
+                    _rows_acc(accu, 0, accu.shape[1], PH, phb + adj_lo * Q, n_ph * Q, DP, drows, 0,
+                              (i * S + y) * PD, (t_full - adj_lo) * Q, L3 * K, Q)
+                    for tq in range(t_full, adj_hi):  # later ones (windowed): their rows start later
                         j0q = dj0[tq]
                         jlo = max(adj_j, j0q)  # push times before the window of step tq: zero there
                         cnt = np.uint64((tb - jlo + 1) * K)
@@ -375,7 +626,10 @@ if AVAILABLE:
                         for a in range(K):
                             for r in range(Q):
                                 dpop[r, j * K + a] = dC[j, a, r * S + y]
-                    _tri_dots(dpop, pk, roff, rj0, pbase, loT, i, y, Lr, K, Q, dPh, zero)
+                    if Q <= 4:
+                        _tri_dots_tiled(dpop, pk, rows, (i * S + y) * P, Lr, K, Q, dPh, y * Q * LrQ, LrQ)
+                    else:
+                        _tri_dots(dpop, pk, roff, rj0, pbase, loT, i, y, Lr, K, Q, dPh, zero)
                     # store dpop_T and P̂_T for the deferred adjoint of the triangle
                     for r in range(Q):
                         o = np.uint64(doff[tb] + r * Lr * K)
@@ -385,8 +639,13 @@ if AVAILABLE:
                         for u in range(Q):
                             for r in range(Q):
                                 PH[i, y, jb + c, u, tb, r] = PhT[i, y, r, c * Q + u]
+                if gemm:  # P̂'s products left to the caller too: dPh handed over
+                    for y in range(S):
+                        for r in range(Q):
+                            for e in range(np.uint64(LrQ)):
+                                dPhOut[i, y, r, e] = dPh[y, r, e]
                 # P̂[c+1][(u,y), r] = sum_c' col[c+1][(u,y), c'] W[c', 2K + r]
-                for c in range(Lr):
+                for c in range(0 if gemm else Lr):
                     for u in range(Q):
                         for y in range(S):
                             ab = u * S + y
@@ -410,17 +669,20 @@ if AVAILABLE:
     @njit(**_JIT)
     def _pk_insert(col, r0, pk, off, ln):
         """Append column t of the triangle as one packed row block at ``off``:
-        pk[:, y, off + (u*ln + j)*K + a] = col[:, r0 + j, a, (u, y)], j < ln."""
+        pk[:, y, off + u*(ln*K + PAD) + j*K + a] = col[:, r0 + j, a, (u, y)], j < ln, each row
+        followed by ``PAD`` zeros."""
         N, _, K, _ = col.shape
         S = pk.shape[1]
         Q = K // S
         for i in range(N):
             for y in range(S):
                 for u in range(Q):
+                    o = off + u * (ln * K + PAD)
                     for j in range(ln):
-                        o = off + (u * ln + j) * K
                         for a in range(K):
-                            pk[i, y, o + a] = col[i, r0 + j, a, u * S + y]
+                            pk[i, y, o + j * K + a] = col[i, r0 + j, a, u * S + y]
+                    for e in range(ln * K, ln * K + PAD):
+                        pk[i, y, o + e] = 0
 
     @njit(**_JIT)
     def _pk_copy(src, roff, rj0, pbase, c0, c1, jlo, dst, droff, drj0, K):
@@ -441,11 +703,11 @@ if AVAILABLE:
             for i in range(N):
                 for y in range(S):
                     for u in range(Q):
-                        a0 = roff[ri] + (u * lenc + jl - j0) * K
-                        b0 = o + u * ln * K
-                        for e in range(ln * K):
+                        a0 = roff[ri] + u * (lenc * K + PAD) + (jl - j0) * K
+                        b0 = o + u * (ln * K + PAD)
+                        for e in range(ln * K + PAD):  # the row's suffix and its zeros
                             dst[i, y, b0 + e] = src[i, y, a0 + e]
-            o += Q * ln * K
+            o += Q * (ln * K + PAD)
         return o
 
 
@@ -459,7 +721,7 @@ if AVAILABLE:
     FORWARD_ROWS = _positions(_forward, "E alpha col pk Cre vec_old v newcol a_out s_out z0_out alphaT ahat PhT w "
                                         "vec_new reading")
     BACKWARD_ROWS = _positions(_backward, "E alpha col pk PhT z0 a_in s_in alphaT ahat newcol vec w reading dR "
-                                          "dalphaT dM DP PH dV dE dcol dalpha dCout")
+                                          "dalphaT dM DP PH dV dE dcol dalpha dCout dPhOut")
 
 
 def usable(device, dtype) -> bool:

@@ -39,9 +39,9 @@ each string goes through the whole step in one loop nest, the triangle is kept
 *packed* (each column's rows one after the other, only the push times still in
 the window) instead of in ``buf``, DP likewise, and blocks of strings run in
 parallel threads when torch may use several. The replace products and ``P̂``
-(``O(L K^3)``, small GEMMs) stay batched ``torch.bmm`` calls once a column holds
-``_GEMM_MIN`` push times; the kernels do the pop term (sweeps of the packed
-triangle, the lower half only), the normalisation and their adjoints. The torch
+(``O(L K^3)``, small GEMMs), forward and backward, stay batched ``torch.bmm`` calls
+once a column holds ``_GEMM_MIN`` push times; the kernels do the pop term (sweeps of
+the packed triangle, the lower half only), the normalisation and their adjoints. The torch
 code of ``forward_step`` / ``backward_step`` stays as the reference it is tested
 against (``tests/test_rns_compiled.py``: values and every gradient equal to
 float64 rounding); ``RNSCore(compiled=False)``, the model
@@ -90,6 +90,12 @@ def step_kernels(compiled: bool | None, device, dtype):
         return None
     kern = _kernels()
     return kern if kern is not None and kern.usable(device, dtype) else None
+
+
+def _row_block(core, ln):
+    """Elements of one row block of the packed triangle holding ``ln`` push times
+    (:func:`marnn.kernels.rns_numba._row_start`): Q rows of ln K numbers and their zeros."""
+    return core.Q * (ln * core.K + rns_numba.PAD)
 
 
 def window_lo(t: int, window: int | None) -> int:
@@ -142,7 +148,7 @@ class Tape:
         if self.pk is not None and t - 1 >= lo1:  # compiled: rows [lo1, t) from push time lo1 on
             rows = max(2 * (t - lo1 + 1), 16)
             new.roff, new.rj0 = np.zeros(rows, dtype=np.int64), np.zeros(rows, dtype=np.int64)
-            size = core.Q * core.K * sum(c - lo1 + 1 for c in range(lo1, t))
+            size = sum(_row_block(core, c - lo1 + 1) for c in range(lo1, t))
             new.pk = torch.empty(self.N, core.S, max(2 * size, 1024), dtype=self.dtype, device=self.device)
             new.pused = int(self.kern._pk_copy(self.pk.numpy(), self.roff, self.rj0, self.pbase, lo1, t, lo1,
                                                new.pk.numpy(), new.roff, new.rj0, core.K))
@@ -375,7 +381,7 @@ class Tape:
             if self.pk is not None and self.nrows > k0:
                 jlo = max(keep_lo, int(self.rj0[k0]))
                 c = np.arange(self.pbase + k0, self.pbase + self.nrows)
-                kept = int((c - np.maximum(jlo, self.rj0[k0:self.nrows]) + 1).sum()) * self.core.Q * K
+                kept = int(_row_block(self.core, c - np.maximum(jlo, self.rj0[k0:self.nrows]) + 1).sum())
                 P = max(P, 2 * (kept + need))
                 pk = torch.empty(N, S, P, dtype=self.dtype, device=self.device)
                 c0 = self.pbase + k0
@@ -403,7 +409,7 @@ class Tape:
             return
         r0 = max(lo2, lo)
         ln = t - r0 + 1
-        need = core.Q * ln * core.K
+        need = _row_block(core, ln)
         if self.nrows == 0:
             self.pbase = t
         if self.pk is None or self.pused + need > self.pk.shape[2]:
@@ -491,7 +497,9 @@ class Tape:
         col = r["col"]
         dE, dcol, dalpha = new(N, K, 2 * K + Q), new(col.shape), new(N, K)
         gemm = Lw >= _GEMM_MIN
+        Lr = Lw - 1
         dCre = new(N, Lw, K, K) if gemm else new(0, 0, 0, 0)
+        dPh = new(N, core.S, Q, Lr * Q) if gemm else new(0, 0, 0, 0)
         empty = new(0, 0)
         if m:
             dV, j0 = self.dV, loT - self.vbase
@@ -509,15 +517,23 @@ class Tape:
             (new(0, 0, 0, 0) if dM is None else dM.contiguous()).numpy(), dM is not None,
             self.DP.numpy(), self.doff, self.dj0, self.dlen, self.PH.numpy(), T - b, loT - b,
             adj_lo, adj_hi, lo3 - b, dV.numpy(), j0, dE.numpy(), dcol.numpy(), dalpha.numpy(), dCre.numpy(),
-            _NP[self.dtype](tiny)), self.kern.BACKWARD_ROWS)
-        if gemm:  # the replace products as batched GEMMs: dcol += dC Wre^T, dWre = col^T dC
+            dPh.numpy(), _NP[self.dtype](tiny)), self.kern.BACKWARD_ROWS)
+        if gemm:  # the replace and P̂ products as batched GEMMs: dcol += dC Wre^T + dP̂ Wpo^T, ...
             E, alpha, d = r["E"], r["alpha"], r["d"]
-            Wre = alpha[:, :, None] * E[..., K:2 * K]
+            W = alpha[:, :, None] * E[..., K:]
             dC2 = dCre.view(N, Lw * K, K)
-            dcol[:, d:].view(N, Lw * K, K).add_(torch.bmm(dC2, Wre.transpose(1, 2)))
+            dcol[:, d:].view(N, Lw * K, K).add_(torch.bmm(dC2, W[..., :K].transpose(1, 2)))
             dWre = torch.bmm(col[:, d:].reshape(N, Lw * K, K).transpose(1, 2), dC2)
-            dE[..., K:2 * K] = dWre * alpha[:, :, None]
-            dalpha += (dWre * E[..., K:2 * K]).sum(-1)
+            dWo = [dWre]
+            if Lr > 0:  # dPhat[(c, u, y), r]: the gradient of P̂[c+1][(u,y), r] (PhT's layout permuted)
+                dPhat = dPh.view(N, core.S, Q, Lr, Q).permute(0, 3, 4, 1, 2).reshape(N, Lr * K, Q)
+                dcol[:, d + 1:].view(N, Lr * K, K).baddbmm_(dPhat, W[..., K:].transpose(1, 2))
+                dWo.append(torch.bmm(col[:, d + 1:].reshape(N, Lr * K, K).transpose(1, 2), dPhat))
+            else:
+                dWo.append(dE.new_zeros(N, K, Q))
+            dWg = torch.cat(dWo, -1)  # (N, K, K + Q): replace and pop columns
+            dE[..., K:] = dWg * alpha[:, :, None]
+            dalpha += (dWg * E[..., K:]).sum(-1)
         dv = None
         if m:
             dv = self.dV[:, T - self.vbase].clone()
