@@ -42,9 +42,12 @@
   125 x 20 / 76 x 33 (74 x 34) / 38 x 67 (66) = 2,500-2,546 strings per bin;
   marked-copy and the other copies 84 (81) x 30 (31) / 50 x 50 / 25 x 100.
   rns-3-3 (per-model entry of ``models``, every cut next to its field):
-  1,000 / 200 strings, at most 6 epochs (patience 3, lr patience 2), 3
-  restarts, and the first 2 strings of every length of the same test set
-  (134-200 strings in bin 2: standard error <= 0.043). A formal restart's
+  2,500 / 1,000 strings (the paper's 10,000 / 1,000), at most 8 epochs
+  (patience 4, lr patience 2), 3 restarts, and the first 2 strings of every
+  length of the same test set (134-200 strings in bin 2: standard error <=
+  0.043). The training strings were raised from 1,000 (and epochs from 6)
+  once the compiled RNS step got faster (kernels/rns_numba.py), to what
+  about 8 CPU-hours buy. A formal restart's
   learning rate and initialisation come from (task, model, restart)
   (``independent_draws``), so restarts of different languages are independent.
 
@@ -82,15 +85,21 @@
   formal lstm and jm-* (0.31 per epoch of all 560 runs)  15 at a mean of
                                                          50 epochs (3.4
                                                          at 11, 19 at 60)
-  formal rns-3-3 (3.7 training, 1.7 evaluation)          5.4
+  formal rns-3-3 (4.5 training, 1.9 validation and test)  6.4 (*)
   PTB modes c and cm                                     10.6
   PTB embedding ablation (lstm-256, modes m and c)       3.8
   vrns-3-3-5 as the equations say, mode none (the pair)  0.7
   ====================================================  ===============
 
-  about 48 CPU-hours (``marnn.campaign`` computes the PTB rows, with the
+  (*) measured later than the other rows, on a faster machine (``marnn bench
+  --plan paper-2core`` on 2026-12-07: fp32 GEMM peak 176 GFLOP/s at 1 thread;
+  time per training step of one replica in a group of 12 at n = 40 / 60 / 80:
+  rns-3-3 32 / 87 / 195 ms; the same plan puts the lstm / jm-* phase at 11.2
+  CPU-h at the cap and lstm-256 at 0.19 s per chunk and replica).
+
+  about 49 CPU-hours (``marnn.campaign`` computes the PTB rows, with the
   uncapped lstm-256 runs at 15 epochs until the search's survivor shows its
-  own), ~24 h on 2 cores. The ``paper`` scale by the same numbers: formal lstm / jm-* 31
+  own), ~25 h on 2 cores. The ``paper`` scale by the same numbers: formal lstm / jm-* 31
   CPU-h at a mean of 50 epochs (124 at 200), rns-3-3 ~20 CPU-h per epoch (~1,000
   at 50), PTB ~40 CPU-h per epoch of the grid (4 modes x 10 restarts), ~800 at
   20 epochs: about 1,800 CPU-hours.
@@ -260,13 +269,13 @@ PAPER_2CORE = Scale(
     ptb_restarts=1,  # the selected draw; 10 x the grid does not fit
     # lstm-256 keeps the paper's cap (100) and stopping rule; the other models are capped below
     models=per_model({
-        # rns-3-3 costs ~0.25 s per replica-step at n = 40-80 (1,000x the lstm): the full
-        # protocol would take ~5 CPU-h per epoch of the formal phase
+        # rns-3-3 costs ~0.1 s per replica-step at n = 40-80 (~40x a jm-*): the paper's 10,000
+        # strings would take ~2.2 CPU-h per epoch of the 7 groups (module docstring)
         "rns-3-3": {
-            "train_size": 1_000,  # 1/10 of the paper's: 100 steps per epoch
-            "valid_size": 200,  # 1/5 of the paper's
-            "max_epochs": 6,  # the paper's cap is 200
-            "early_stop": 3,  # the paper's patience is 10 (could never trigger within 6 epochs)
+            "train_size": 2_500,  # 1/4 of the paper's: 250 steps per epoch
+            "valid_size": 1_000,  # the paper's
+            "max_epochs": 8,  # the paper's cap is 200
+            "early_stop": 4,  # the paper's patience is 10 (could never trigger within 8 epochs)
             "lr_patience": 2,  # the paper's is 5, for the same reason
             "restarts": 3,  # the paper's is 10
             "test_take": 2,  # 2 strings per length of the shared test set (~0.4 s per n = 400 string)

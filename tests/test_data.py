@@ -110,10 +110,10 @@ def test_paper_2core_scale_keys_and_overrides():
     sc = get_scale("paper-2core")
     lstm = formal_config("marked-copy", "lstm", "none", 0, sc)
     rns = formal_config("marked-copy", "rns-3-3", "none", 0, sc)
-    assert lstm["scale_fields"]["train_size"] == 10_000 and rns["scale_fields"]["train_size"] == 1_000
+    assert lstm["scale_fields"]["train_size"] == 10_000 and rns["scale_fields"]["train_size"] == 2_500
     assert "models" not in rns["scale_fields"] and rns["scale_fields"]["test_take"] == 2
     assert "test_take" not in lstm["scale_fields"]  # unset optional fields stay out of the key
-    assert scale_from_config(rns).max_epochs == 6 and scale_from_config(lstm).max_epochs == 60  # the cut
+    assert scale_from_config(rns).max_epochs == 8 and scale_from_config(lstm).max_epochs == 60  # the cut
     assert scale_from_config(formal_config("marked-copy", "lstm", "none", 0, get_scale("paper"))).max_epochs == 200
     assert scale_from_config(ptb_config("rns-4-5", "m", 0, sc)).ptb_max_epochs == 3
     assert scale_from_config(ptb_config("lstm-256", "m", 0, sc)).ptb_max_epochs == 100  # the paper's: no cut
