@@ -287,6 +287,13 @@ if AVAILABLE:
         acc = np.empty((Q, wa), dt)
         LrQ = Lr * Q
         P = pk.shape[2]
+        Lc = col.shape[1]
+        wre = np.empty(K, np.int64)  # rows c of W's replace and pop blocks (flat offsets)
+        wpo = np.empty(K, np.int64)
+        for c in range(K):
+            wre[c] = c * A + K
+            wpo[c] = c * A + 2 * K
+        ph = np.empty(max(Lr * K * Q, 1), dt)  # P̂[c+1][(u,y), r] at ((c K + u S + y) Q + r)
         rows = np.empty(max(LrQ, 1), np.int64)  # start of row (c, u) of the triangle (the same for every string)
         for c in range(Lr):
             for u in range(Q):
@@ -304,29 +311,28 @@ if AVAILABLE:
                     for a in range(K):
                         for b in range(uK):
                             C[j, a, b] = Cre[i, j, a, b]
-            else:
-                for j in range(Lw):  # replace: C[j] = col[j] @ Wre
+            else:  # replace: C[j] = col[j] @ Wre, rows (j, a) by register tiles (c ascending)
+                for j in range(Lw):
                     for a in range(K):
                         for b in range(uK):
                             C[j, a, b] = 0
-                        for c in range(K):
-                            x = col[i, d + j, a, c]
-                            for b in range(uK):
-                                C[j, a, b] += x * W[c, uK + b]
+                _rows_acc(newcol, i * (Lw + 1) * K * K, K, col, (i * Lc + d) * K * K, K, W, wre, 0, 0, K, K,
+                          Lw * K)
             for a in range(K):  # push at time T
                 for b in range(uK):
                     C[Lw, a, b] = W[a, b]
             if Lr > 0:
-                # P̂[c+1][(u,y), r] = sum_c' col[c+1][(u,y), c'] Wpop[c', r] (unless given, with Cre)
-                for c in range(Lr if Cre.shape[0] != N else 0):
-                    for u in range(Q):
-                        for y in range(S):
-                            ab = u * S + y
-                            for r in range(Q):
-                                x = zero
-                                for cp in range(K):
-                                    x += col[i, d + 1 + c, ab, cp] * W[cp, 2 * K + r]
-                                PhT[i, y, r, c * Q + u] = x
+                # P̂[c+1][(u,y), r] = sum_c' col[c+1][(u,y), c'] Wpop[c', r] (unless given, with Cre):
+                # rows (c, u, y) by register tiles (c' ascending), then into PhT's layout
+                if Cre.shape[0] != N:
+                    for e in range(Lr * K * Q):
+                        ph[e] = 0
+                    _rows_acc(ph, 0, Q, col, (i * Lc + d + 1) * K * K, K, W, wpo, 0, 0, K, Q, Lr * K)
+                    for c in range(Lr):
+                        for u in range(Q):
+                            for y in range(S):
+                                for r in range(Q):
+                                    PhT[i, y, r, c * Q + u] = ph[(c * K + u * S + y) * Q + r]
                 # pop: C[j][a, (r,y)] += sum_{c >= j, u} tri[y][(c,u), (j,a)] P̂[c+1][(u,y), r], summed
                 # over (c, u) ascending, in tiles of _BLOCK columns (a row (c, u) reaches column e iff
                 # (c + 1) K > e; past its end it holds zeros)

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from ..kernels import rns_sequence, rns_tape
 from ..kernels.fused_lstm import fused_stack_lstm
 from ..kernels.loss import token_nll
 from ..registry import DEFAULT_EMBEDDING_GROUP, EMBEDDING_GROUPS, UnknownNameError
@@ -235,9 +236,24 @@ class StackRNN(nn.Module):
             gx = ctl.input_gates(xt, one_hot=True)
         if self.uses_fused_kernel and not return_stack:
             (hs, new_state), stack = self._fused(gx, state), None
+        elif state is None and not return_stack and self._whole_strings(gx):
+            action: Any = self.memory.action
+            hs, hT, cT = rns_sequence.strings(gx, ctl.gate_bias(), ctl.weight_hh, ctl.weight_ir, action.weight,
+                                              action.bias, self.core.Q, self.core.S)
+            new_state, stack = ModelState(hT, cT, None, self.core), None  # no stack kept: see _generic
         else:
             hs, new_state, stack = self._generic(gx, state, return_stack)
         return hs, new_state, stack
+
+    def _whole_strings(self, gx) -> bool:
+        """Whether a fresh pass without gradients runs whole strings through the compiled RNS
+        kernel (:mod:`marnn.kernels.rns_sequence`): RNS (not VRNS), no window, the compiled step
+        in use, no autograd graph wanted."""
+        cfg, core = self.config, self.core
+        action: Any = self.memory.action
+        return (cfg.fused and cfg.memory == "rns" and core.window is None and action.bias is not None
+                and not torch.is_grad_enabled() and rns_tape.step_kernels(core.compiled, gx.device, gx.dtype)
+                is not None and rns_sequence.AVAILABLE)
 
     def _fused(self, gx, state):
         R, T, B, G = gx.shape
@@ -282,6 +298,9 @@ class StackRNN(nn.Module):
                 mem = core.initial_state(N, device=gx.device, dtype=gx.dtype, **extra)
         else:
             h, c, mem, _ = state
+            if core is not None and mem is None:
+                raise ValueError("this state ends a whole-string pass of the compiled RNS kernel, which keeps no "
+                                 "stack; build the model with fused=False (or run with gradients) to continue")
             if isinstance(mem, SuperpositionState):
                 mem = mem._replace(length=None)  # a continued stack grows; pruning needs the whole string
         Whh = ctl.weight_hh.transpose(1, 2)  # (R, H, 4H)

@@ -1,0 +1,106 @@
+"""The whole-string RNS evaluation kernel (marnn.kernels.rns_sequence) against the per-step paths.
+
+Without gradients, a fresh RNS model runs each string through all its steps in one compiled
+call; its logits must equal the torch reference (``fused=False``) and the per-step compiled
+path (what runs with gradients) to float64 rounding, and it must step aside wherever it
+does not apply.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from marnn import models, tasks
+from marnn.kernels import rns_sequence
+
+pytestmark = pytest.mark.skipif(not rns_sequence.AVAILABLE, reason="numba not installed")
+
+f64 = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _model(name="rns-3-3", task="marked-copy", R=3, seed=0, dtype=f64, **changes):
+    torch.manual_seed(seed)
+    m = models.build(name, task=tasks.get(task), replicas=R).to(dtype)
+    with torch.no_grad():  # larger weights than at initialisation: sharper actions, a busier stack
+        for p in m.parameters():
+            p.mul_(3.0)
+    return m.with_config(**changes) if changes else m.eval()
+
+
+def _strings(m, B, T, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, m.config.input_size, (m.replicas, B, T), generator=g)
+
+
+def _whole(m, x):
+    with torch.no_grad():
+        gx = m.controller.input_gates(x.transpose(1, 2), one_hot=True)
+        assert m._whole_strings(gx)
+        return m(x).logits
+
+
+@pytest.mark.parametrize("task,B,T", [("marked-copy", 4, 13), ("count-3", 2, 1), ("count-3", 3, 2),
+                                      ("unmarked-reverse-and-copy", 5, 24)])
+def test_whole_strings_equal_the_torch_reference(task, B, T):
+    m = _model(task=task)
+    x = _strings(m, B, T)
+    with torch.no_grad():
+        ref = m.with_config(fused=False)(x).logits
+    torch.testing.assert_close(_whole(m, x), ref, rtol=1e-11, atol=1e-13)
+
+
+def test_whole_strings_equal_the_per_step_compiled_path():
+    m = _model(R=2)
+    x = _strings(m, 3, 17, seed=4)
+    with torch.enable_grad():  # with gradients the per-step path runs
+        per_step = m(x).logits.detach()
+    torch.testing.assert_close(_whole(m, x), per_step, rtol=1e-11, atol=1e-13)
+
+
+def test_whole_strings_float32_close_to_float64():
+    m64 = _model(R=2)
+    m32 = _model(R=2, dtype=torch.float32)
+    x = _strings(m64, 3, 20, seed=2)
+    torch.testing.assert_close(_whole(m32, x).double(), _whole(m64, x), rtol=1e-4, atol=1e-5)
+
+
+def test_replicas_are_independent():
+    m = _model(R=3)
+    x = _strings(m, 2, 9, seed=3)
+    whole = _whole(m, x)
+    for r in range(3):
+        one = _model(R=3)
+        with torch.no_grad():
+            for p, q in zip(one.parameters(), m.parameters(), strict=True):
+                p.copy_(q[r:r + 1].expand_as(q))
+        torch.testing.assert_close(_whole(one, x[r:r + 1].expand_as(x))[0], whole[r], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name,changes", [("vrns-2-3-3", {}), ("rns-3-3", {"fused": False}),
+                                          ("rns-3-3", {"window": 4})])
+def test_steps_aside_where_it_does_not_apply(name, changes):
+    m = _model(name, R=1, **changes)
+    x = _strings(m, 2, 5)
+    with torch.no_grad():
+        gx = m.controller.input_gates(x.transpose(1, 2), one_hot=True)
+        assert not m._whole_strings(gx)
+    m = _model(R=1)
+    with torch.enable_grad():
+        assert not m._whole_strings(m.controller.input_gates(x.transpose(1, 2), one_hot=True))
+
+
+def test_its_state_cannot_be_continued():
+    m = _model(R=1)
+    x = _strings(m, 2, 5)
+    with torch.no_grad():
+        state = m(x).state
+        with pytest.raises(ValueError, match="whole-string pass"):
+            m(x, state=state)
