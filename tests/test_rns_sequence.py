@@ -1,9 +1,9 @@
-"""The whole-string RNS evaluation kernel (marnn.kernels.rns_sequence) against the per-step paths.
+"""The whole-string RNS kernel (marnn.kernels.rns_sequence) against the per-step paths.
 
-Without gradients, a fresh RNS model runs each string through all its steps in one compiled
-call; its logits must equal the torch reference (``fused=False``) and the per-step compiled
-path (what runs with gradients) to float64 rounding, and it must step aside wherever it
-does not apply.
+A fresh RNS model runs each string through all its steps in one compiled call, with and
+without gradients; its logits and every parameter gradient must equal the torch reference
+(``fused=False``) and the per-step compiled path (what VRNS and windowed models run) to
+float64 rounding, and it must step aside wherever it does not apply.
 """
 from __future__ import annotations
 
@@ -84,17 +84,54 @@ def test_replicas_are_independent():
         torch.testing.assert_close(_whole(one, x[r:r + 1].expand_as(x))[0], whole[r], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("task,B,T", [("marked-copy", 3, 11), ("count-3", 2, 1), ("count-3", 2, 2),
+                                      ("count-3", 3, 3), ("unmarked-reverse-and-copy", 4, 21)])
+def test_gradients_equal_the_torch_reference(task, B, T):
+    m = _model(task=task, R=2)
+    x = _strings(m, B, T, seed=6)
+    w = torch.randn(2, B, T + 1, m.config.output_size, generator=torch.Generator().manual_seed(7), dtype=f64)
+    grads = []
+    for model in (m, m.with_config(fused=False)):
+        model.train()
+        with torch.enable_grad():
+            gx = model.controller.input_gates(x.transpose(1, 2), one_hot=True)
+            assert model._whole_strings(gx) == model.config.fused
+            out = model(x).logits
+            params = [p for _, p in sorted(model.named_parameters())]
+            g = torch.autograd.grad((out * w).sum(), params, allow_unused=True)  # T = 1: no stack step
+            g = [torch.zeros_like(p) if d is None else d for p, d in zip(params, g, strict=True)]
+            grads.append((out.detach(), g))
+    (out, g), (ref, gref) = grads
+    torch.testing.assert_close(out, ref, rtol=1e-11, atol=1e-13)
+    for a, b in zip(g, gref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+
+
+def test_gradients_equal_the_per_step_compiled_path(monkeypatch):
+    m = _model(R=2)
+    x = _strings(m, 3, 15, seed=8)
+    res = []
+    for whole in (True, False):
+        if not whole:  # the per-step path (one compiled stack step per timestep), as VRNS models run
+            monkeypatch.setattr(type(m), "_whole_strings", lambda self, gx: False)
+        m.zero_grad()
+        out = m(x).logits
+        (out.square().sum()).backward()
+        res.append((out.detach(), [p.grad.clone() for p in m.parameters()]))
+    (a, ga), (b, gb) = res
+    torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
+    for u, v in zip(ga, gb, strict=True):
+        torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-13)
+
+
 @pytest.mark.parametrize("name,changes", [("vrns-2-3-3", {}), ("rns-3-3", {"fused": False}),
                                           ("rns-3-3", {"window": 4})])
 def test_steps_aside_where_it_does_not_apply(name, changes):
     m = _model(name, R=1, **changes)
     x = _strings(m, 2, 5)
-    with torch.no_grad():
-        gx = m.controller.input_gates(x.transpose(1, 2), one_hot=True)
-        assert not m._whole_strings(gx)
-    m = _model(R=1)
-    with torch.enable_grad():
-        assert not m._whole_strings(m.controller.input_gates(x.transpose(1, 2), one_hot=True))
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            assert not m._whole_strings(m.controller.input_gates(x.transpose(1, 2), one_hot=True))
 
 
 def test_its_state_cannot_be_continued():

@@ -17,8 +17,8 @@ gradient.
 * :mod:`.rns_numba`: that step compiled with Numba (``tests/test_rns_compiled.py``
   against the torch step of :mod:`.rns_tape`).
 * :mod:`.rns_sequence`: whole strings of an RNS model (controller and stack) in one
-  compiled call, for passes without gradients (``tests/test_rns_sequence.py``
-  against the per-step paths).
+  compiled call, forward and backward (``tests/test_rns_sequence.py`` against the
+  per-step paths).
 * :mod:`.loss`: the per-token cross-entropy over a large vocabulary in
   row blocks that stay in the cache (``tests/test_loss.py`` against
   ``F.cross_entropy``, bit for bit).

@@ -473,6 +473,13 @@ if AVAILABLE:
         da = np.empty(K, dt)
         wd = -(-max(Lr * K, 1) // _LANES) * _LANES  # dpop's rows: whole vectors, zeros past column Lr K
         dpop = np.zeros((Q, wd), dt)
+        Lc = col.shape[1]
+        colT = np.empty((K, Lw * K), dt)  # a string's columns [d, d + Lw) transposed
+        dPhat = np.empty(max(Lr * K * Q, 1), dt)
+        WpoT = np.empty((Q, K), dt)
+        nk = max(Lw * K, K)
+        kK = np.arange(nk) * K  # row k of a flat (., K) array
+        kQ = np.arange(nk) * Q
         LrQ = Lr * Q
         P = pk.shape[2]
         rows = np.empty(max(LrQ, 1), np.int64)  # start of row (c, u) of the triangle
@@ -607,22 +614,20 @@ if AVAILABLE:
                     WreT[b, c] = W[c, K + b]
                     dWre[c, b] = 0
             gemm = dCout.shape[0] == N  # replace products left to the caller (batched GEMMs on dCout)
-            for j in range(Lw):  # dcol[j] = dC[j] @ Wre^T, dWre += col[j]^T @ dC[j] (contiguous inner loops)
+            for j in range(Lw):
                 for a in range(K):
                     for c in range(uK):
                         dcol[i, d + j, a, c] = 0
                     if gemm:
                         for b in range(uK):
                             dCout[i, j, a, b] = dC[j, a, b]
-                        continue
-                    for b in range(K):
-                        g = dC[j, a, b]
-                        for c in range(uK):
-                            dcol[i, d + j, a, c] += g * WreT[b, c]
-                    for c in range(K):
-                        y0 = col[i, d + j, a, c]
-                        for b in range(uK):
-                            dWre[c, b] += y0 * dC[j, a, b]
+            if not gemm:  # dcol[j] = dC[j] @ Wre^T, dWre += col[j]^T @ dC[j]: register tiles, sums in order
+                _rows_acc(dcol, (i * Lc + d) * K * K, K, dC, 0, K, WreT, kK, 0, 0, K, K, Lw * K)
+                for j in range(Lw):  # colT[c, (j, a)] = col[j][a, c]
+                    for a in range(K):
+                        for c in range(K):
+                            colT[c, j * K + a] = col[i, d + j, a, c]
+                _rows_acc(dWre, 0, K, colT, 0, Lw * K, dC, kK, 0, 0, Lw * K, K, K)
             for c in range(K):
                 for b in range(K):
                     dW[c, K + b] = dWre[c, b]
@@ -650,19 +655,19 @@ if AVAILABLE:
                         for r in range(Q):
                             for e in range(np.uint64(LrQ)):
                                 dPhOut[i, y, r, e] = dPh[y, r, e]
-                # P̂[c+1][(u,y), r] = sum_c' col[c+1][(u,y), c'] W[c', 2K + r]
-                for c in range(0 if gemm else Lr):
-                    for u in range(Q):
-                        for y in range(S):
-                            ab = u * S + y
-                            for cp in range(K):
-                                x = zero
-                                y0 = col[i, d + 1 + c, ab, cp]
+                # P̂[c+1][(u,y), r] = sum_c' col[c+1][(u,y), c'] W[c', 2K + r]: with dPhat[(c, u, y), r] its
+                # gradient, dcol[c+1] += dPhat Wpo^T and dWpo += col[c+1]^T dPhat (register tiles)
+                if not gemm:
+                    for c in range(Lr):
+                        for u in range(Q):
+                            for y in range(S):
                                 for r in range(Q):
-                                    g = dPh[y, r, c * Q + u]
-                                    x += g * W[cp, 2 * K + r]
-                                    dW[cp, 2 * K + r] += y0 * g
-                                dcol[i, d + 1 + c, ab, cp] += x
+                                    dPhat[((c * Q + u) * S + y) * Q + r] = dPh[y, r, c * Q + u]
+                    for r in range(Q):
+                        for cp in range(K):
+                            WpoT[r, cp] = W[cp, 2 * K + r]
+                    _rows_acc(dcol, (i * Lc + d + 1) * K * K, K, dPhat, 0, Q, WpoT, kK, 0, 0, Q, K, Lr * K)
+                    _rows_acc(dW, 2 * K, A, colT, K, Lw * K, dPhat, kQ, 0, 0, Lr * K, Q, K)
             for a in range(K):
                 x = zero
                 al = alpha[i, a]

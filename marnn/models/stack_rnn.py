@@ -238,22 +238,24 @@ class StackRNN(nn.Module):
             (hs, new_state), stack = self._fused(gx, state), None
         elif state is None and not return_stack and self._whole_strings(gx):
             action: Any = self.memory.action
-            hs, hT, cT = rns_sequence.strings(gx, ctl.gate_bias(), ctl.weight_hh, ctl.weight_ir, action.weight,
-                                              action.bias, self.core.Q, self.core.S)
-            new_state, stack = ModelState(hT, cT, None, self.core), None  # no stack kept: see _generic
+            weights = (ctl.gate_bias(), ctl.weight_hh, ctl.weight_ir, action.weight, action.bias)
+            if torch.is_grad_enabled():
+                hs, cT = rns_sequence.strings_with_grad(gx, *weights, self.core.Q, self.core.S)
+            else:
+                hs, _, cT = rns_sequence.strings(gx, *weights, self.core.Q, self.core.S)
+            new_state, stack = ModelState(hs[:, -1], cT, None, self.core), None  # no stack kept: see _generic
         else:
             hs, new_state, stack = self._generic(gx, state, return_stack)
         return hs, new_state, stack
 
     def _whole_strings(self, gx) -> bool:
-        """Whether a fresh pass without gradients runs whole strings through the compiled RNS
-        kernel (:mod:`marnn.kernels.rns_sequence`): RNS (not VRNS), no window, the compiled step
-        in use, no autograd graph wanted."""
+        """Whether a fresh pass runs whole strings through the compiled RNS kernel
+        (:mod:`marnn.kernels.rns_sequence`): RNS (not VRNS), no window, the compiled step in use."""
         cfg, core = self.config, self.core
+        if not (cfg.fused and cfg.memory == "rns" and core.window is None and rns_sequence.AVAILABLE):
+            return False
         action: Any = self.memory.action
-        return (cfg.fused and cfg.memory == "rns" and core.window is None and action.bias is not None
-                and not torch.is_grad_enabled() and rns_tape.step_kernels(core.compiled, gx.device, gx.dtype)
-                is not None and rns_sequence.AVAILABLE)
+        return action.bias is not None and rns_tape.step_kernels(core.compiled, gx.device, gx.dtype) is not None
 
     def _fused(self, gx, state):
         R, T, B, G = gx.shape
