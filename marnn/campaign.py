@@ -139,7 +139,7 @@ PHASES = {
     2: Phase(2, "formal lstm and jm-* (15 CPU-h at a mean of 50 epochs; 3.4 at 11, 19 at the cap of 60)",
              lambda root: grid.formal_grid(SCALE, models=["lstm", "jm-10", "jm-3.3.3", "jm-hidden"]),
              lambda root: 15.0, ptb=False),
-    3: Phase(3, "formal rns-3-3", lambda root: grid.formal_grid(SCALE, models=["rns-3-3"]), lambda root: 6.4,
+    3: Phase(3, "formal rns-3-3", lambda root: grid.formal_grid(SCALE, models=["rns-3-3"]), lambda root: 5.7,
              ptb=False),
     4: Phase(4, "PTB modes c and cm, the embedding ablation (lstm-256, modes m and c: in none and cm the "
                 "embedding's group changes nothing), vrns-3-3-5 (equations) none, all at the search's draw",

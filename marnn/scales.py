@@ -42,12 +42,13 @@
   125 x 20 / 76 x 33 (74 x 34) / 38 x 67 (66) = 2,500-2,546 strings per bin;
   marked-copy and the other copies 84 (81) x 30 (31) / 50 x 50 / 25 x 100.
   rns-3-3 (per-model entry of ``models``, every cut next to its field):
-  2,500 / 1,000 strings (the paper's 10,000 / 1,000), at most 8 epochs
+  5,000 / 1,000 strings (the paper's 10,000 / 1,000), at most 8 epochs
   (patience 4, lr patience 2), 3 restarts, and the first 2 strings of every
   length of the same test set (134-200 strings in bin 2: standard error <=
   0.043). The training strings were raised from 1,000 (and epochs from 6)
-  once the compiled RNS step got faster (kernels/rns_numba.py), to what
-  about 8 CPU-hours buy. A formal restart's
+  once RNS models ran whole strings in one compiled call
+  (kernels/rns_sequence.py, ~3x faster per replica than before), to what about
+  8 CPU-hours buy. A formal restart's
   learning rate and initialisation come from (task, model, restart)
   (``independent_draws``), so restarts of different languages are independent.
 
@@ -85,7 +86,7 @@
   formal lstm and jm-* (0.31 per epoch of all 560 runs)  15 at a mean of
                                                          50 epochs (3.4
                                                          at 11, 19 at 60)
-  formal rns-3-3 (4.5 training, 1.9 validation and test)  6.4 (*)
+  formal rns-3-3 (4.8 training, 0.9 validation and test)  5.7 (*)
   PTB modes c and cm                                     10.6
   PTB embedding ablation (lstm-256, modes m and c)       3.8
   vrns-3-3-5 as the equations say, mode none (the pair)  0.7
@@ -94,15 +95,17 @@
   (*) measured later than the other rows, on a faster machine (``marnn bench
   --plan paper-2core`` on 2026-12-07: fp32 GEMM peak 176 GFLOP/s at 1 thread;
   time per training step of one replica in a group of 12 at n = 40 / 60 / 80:
-  rns-3-3 32 / 87 / 195 ms; the same plan puts the lstm / jm-* phase at 11.2
+  rns-3-3 22 / 49 / 89 ms; the same plan puts the lstm / jm-* phase at 11-12
   CPU-h at the cap and lstm-256 at 0.19 s per chunk and replica).
 
-  about 49 CPU-hours (``marnn.campaign`` computes the PTB rows, with the
+  about 48 CPU-hours (``marnn.campaign`` computes the PTB rows, with the
   uncapped lstm-256 runs at 15 epochs until the search's survivor shows its
-  own), ~25 h on 2 cores. The ``paper`` scale by the same numbers: formal lstm / jm-* 31
-  CPU-h at a mean of 50 epochs (124 at 200), rns-3-3 ~20 CPU-h per epoch (~1,000
-  at 50), PTB ~40 CPU-h per epoch of the grid (4 modes x 10 restarts), ~800 at
-  20 epochs: about 1,800 CPU-hours.
+  own), ~24 h on 2 cores. The ``paper`` scale by the plan of 2026-12-07 (the
+  machine marked (*), RNS models on whole strings): formal lstm / jm-* ~21 CPU-h
+  at a mean of 50 epochs (82 at 200), rns-3-3 ~4.1 CPU-h per epoch (~210 at 50),
+  PTB ~21 CPU-h per epoch of the grid (4 modes x 10 restarts), ~410 at 20
+  epochs: about 650 CPU-hours (``marnn bench --plan paper``, every run to its
+  cap: about 3,000).
 
 Test bins are closed ranges; bins after the first start one past the previous
 bin's end (the paper writes 40-100, 100-200, 200-400).
@@ -269,10 +272,10 @@ PAPER_2CORE = Scale(
     ptb_restarts=1,  # the selected draw; 10 x the grid does not fit
     # lstm-256 keeps the paper's cap (100) and stopping rule; the other models are capped below
     models=per_model({
-        # rns-3-3 costs ~0.1 s per replica-step at n = 40-80 (~40x a jm-*): the paper's 10,000
-        # strings would take ~2.2 CPU-h per epoch of the 7 groups (module docstring)
+        # rns-3-3 costs ~50 ms per replica-step at n = 40-80 (~40x a jm-*): the paper's 10,000
+        # strings would take ~1.2 CPU-h per epoch of the 7 groups (module docstring)
         "rns-3-3": {
-            "train_size": 2_500,  # 1/4 of the paper's: 250 steps per epoch
+            "train_size": 5_000,  # half the paper's: 500 steps per epoch
             "valid_size": 1_000,  # the paper's
             "max_epochs": 8,  # the paper's cap is 200
             "early_stop": 4,  # the paper's patience is 10 (could never trigger within 8 epochs)

@@ -110,7 +110,7 @@ def test_paper_2core_scale_keys_and_overrides():
     sc = get_scale("paper-2core")
     lstm = formal_config("marked-copy", "lstm", "none", 0, sc)
     rns = formal_config("marked-copy", "rns-3-3", "none", 0, sc)
-    assert lstm["scale_fields"]["train_size"] == 10_000 and rns["scale_fields"]["train_size"] == 2_500
+    assert lstm["scale_fields"]["train_size"] == 10_000 and rns["scale_fields"]["train_size"] == 5_000
     assert "models" not in rns["scale_fields"] and rns["scale_fields"]["test_take"] == 2
     assert "test_take" not in lstm["scale_fields"]  # unset optional fields stay out of the key
     assert scale_from_config(rns).max_epochs == 8 and scale_from_config(lstm).max_epochs == 60  # the cut
