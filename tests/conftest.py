@@ -5,11 +5,16 @@
   ``from conftest import TASK`` where a parametrisation needs it at collection time;
 * :data:`MODES`: the freeze modes, from the registry;
 * :data:`REPO`: the repository root (:mod:`marnn.paths`);
-* every test runs with ``TQDM_DISABLE=1`` (no progress bars in the output).
+* every test runs with ``TQDM_DISABLE=1`` (no progress bars in the output);
+* ``one_thread``: torch at 1 thread for the test, the caller's setting restored after
+  (``pytestmark = pytest.mark.usefixtures("one_thread")``: the stack tests are dominated by
+  small ops, and on a shared 2-core machine OpenMP spin-waiting makes 2 threads many times
+  slower than 1).
 """
 from __future__ import annotations
 
 import pytest
+import torch
 
 from marnn import tasks
 from marnn.paths import REPO
@@ -23,3 +28,11 @@ __all__ = ["TASK", "MODES", "REPO"]
 @pytest.fixture(autouse=True)
 def _no_progress_bars(monkeypatch):
     monkeypatch.setenv("TQDM_DISABLE", "1")
+
+
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

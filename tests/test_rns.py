@@ -20,15 +20,8 @@ import torch
 from marnn.kernels import rns_tape
 from marnn.models import rns
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These tests are dominated by small ops; on a shared 2-core box OpenMP spin-waiting
-    # makes 2 threads many times slower than 1. Restore the caller's setting afterwards.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 RNSCore, rns_readings = rns.RNSCore, rns.rns_readings
 f64 = torch.float64
 

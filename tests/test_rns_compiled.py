@@ -17,18 +17,13 @@ from marnn.models import rns
 
 from test_rns import run_steps
 
-pytestmark = pytest.mark.skipif(not rns_compiled.AVAILABLE, reason="numba not installed")
+pytestmark = [pytest.mark.skipif(not rns_compiled.AVAILABLE, reason="numba not installed"),
+              pytest.mark.usefixtures("one_thread")]
 
 f64 = torch.float64
 TOL = dict(rtol=1e-10, atol=1e-12)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _inputs(core, N, n, seed, dtype=f64, scale=1.0):

@@ -13,17 +13,12 @@ import torch
 from marnn import models, tasks
 from marnn.kernels import rns_sequence
 
-pytestmark = pytest.mark.skipif(not rns_sequence.AVAILABLE, reason="numba not installed")
+pytestmark = [pytest.mark.skipif(not rns_sequence.AVAILABLE, reason="numba not installed"),
+              pytest.mark.usefixtures("one_thread")]
 
 f64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _model(name="rns-3-3", task="marked-copy", R=3, seed=0, dtype=f64, **changes):

@@ -47,6 +47,34 @@ if AVAILABLE:
     def _sigmoid(x):
         return 1.0 / (1.0 + np.exp(-x))
 
+    @njit(inline="always", **_JIT)
+    def _action_weights(Wa, ba, r, h, logits, E):
+        """E[0] (K, A) = exp(l - max l) of the action logits l = W_a h + b_a of replica r."""
+        K, A = E.shape[1], E.shape[2]
+        for q in range(K * A):
+            x = ba[r, q]
+            for k in range(h.shape[0]):
+                x += Wa[r, q, k] * h[k]
+            logits[q] = x
+        mx = logits[0]
+        for q in range(1, K * A):
+            mx = max(mx, logits[q])
+        for a in range(K):
+            for e in range(A):
+                E[0, a, e] = np.exp(logits[a * A + e] - mx)
+
+    @njit(inline="always", **_JIT)
+    def _gates(gx, bias, Whh, Wir, r, t, b, h, reading, gates):
+        """gates = gx[r, t, b] + bias[r] + W_hh h (not at t = 0, where h = 0) + W_ir reading."""
+        for g in range(gates.shape[0]):
+            x = gx[r, t, b, g] + bias[r, g]
+            if t > 0:
+                for k in range(h.shape[0]):
+                    x += Whh[r, g, k] * h[k]
+            for k in range(reading.shape[0]):
+                x += Wir[r, g, k] * reading[k]
+            gates[g] = x
+
     @njit(**_JIT)
     def _strings(gx, bias, Whh, Wir, Wa, ba, Q, S, hs, hT, cT, tiny):
         """Every string of every replica through all its steps.
@@ -104,17 +132,7 @@ if AVAILABLE:
                 for t in range(T):
                     if t > 0:  # the stack step T' = t: push times [0, t - 1], Lw = t of them
                         Lw = t
-                        for q in range(K * A):
-                            x = ba[r, q]
-                            for k in range(H):
-                                x += Wa[r, q, k] * h[k]
-                            logits[q] = x
-                        mx = logits[0]
-                        for q in range(1, K * A):
-                            mx = max(mx, logits[q])
-                        for a in range(K):
-                            for e in range(A):
-                                E[0, a, e] = np.exp(logits[a * A + e] - mx)
+                        _action_weights(Wa, ba, r, h, logits, E)
                         nxt = 1 - cur
                         PhT = np.empty((1, S, Q, (Lw - 1) * Q), dt)
                         _forward(E, alpha[cur], cols[cur, :, :Lw], 0, pk, roff, rj0, 0, 0, Lw, none4, none3,
@@ -127,14 +145,7 @@ if AVAILABLE:
                         _pk_insert(cols[cur, :, :Lw], 0, pk, used, Lw)
                         used += Q * (Lw * K + PAD)
                         cur = nxt
-                    for g in range(G):
-                        x = gx[r, t, b, g] + bias[r, g]
-                        if t > 0:
-                            for k in range(H):
-                                x += Whh[r, g, k] * h[k]
-                        for k in range(K):
-                            x += Wir[r, g, k] * reading[0, k]
-                        gates[g] = x
+                    _gates(gx, bias, Whh, Wir, r, t, b, h, reading[0], gates)
                     for k in range(H):
                         c[k] = _sigmoid(gates[H + k]) * c[k] + _sigmoid(gates[k]) * np.tanh(gates[2 * H + k])
                         h[k] = _sigmoid(gates[3 * H + k]) * np.tanh(c[k])
@@ -191,18 +202,8 @@ if AVAILABLE:
                 for t in range(T):
                     if t > 0:  # the stack step from time t - 1 (push times [0, t - 1], Lw = t) to t
                         Lw = t
-                        for q in range(K * A):
-                            x = ba[r, q]
-                            for k in range(H):
-                                x += Wa[r, q, k] * h[k]
-                            logits[q] = x
-                        mx = logits[0]
-                        for q in range(1, K * A):
-                            mx = max(mx, logits[q])
                         E = Es[r, b, t:t + 1]
-                        for a in range(K):
-                            for e in range(A):
-                                E[0, a, e] = np.exp(logits[a * A + e] - mx)
+                        _action_weights(Wa, ba, r, h, logits, E)
                         col = colpk[r, b, coff[t - 1]:coff[t]].reshape(1, Lw, K, K)
                         newcol = colpk[r, b, coff[t]:coff[t + 1]].reshape(1, Lw + 1, K, K)
                         PhT = phpk[r, b, poff[t]:poff[t + 1]].reshape(1, S, Q, (Lw - 1) * Q)
@@ -214,14 +215,7 @@ if AVAILABLE:
                         rj0[t - 1] = 0
                         _pk_insert(col, 0, pk, used, Lw)
                         used += Q * (Lw * K + PAD)
-                    for g in range(G):
-                        x = gx[r, t, b, g] + bias[r, g]
-                        if t > 0:
-                            for k in range(H):
-                                x += Whh[r, g, k] * h[k]
-                        for k in range(K):
-                            x += Wir[r, g, k] * reads[r, b, t, k]
-                        gates[g] = x
+                    _gates(gx, bias, Whh, Wir, r, t, b, h, reads[r, b, t], gates)
                     for k in range(H):
                         ig = _sigmoid(gates[k])
                         fg = _sigmoid(gates[H + k])
