@@ -91,7 +91,8 @@ if AVAILABLE:
         one = tiny / tiny
         # one string's buffers, reused: two column buffers (the step writes the new column
         # into the one it does not read), the packed triangle and its row table
-        cols = np.zeros((2, 1, T + 1, K, K), dt)
+        nc = (T + 1) * K * K
+        cols = np.zeros((2, nc), dt)  # flat: each step views a C-contiguous (1, L, K, K) prefix
         P = 0
         for c in range(T):
             P += Q * ((c + 1) * K + PAD)
@@ -119,13 +120,13 @@ if AVAILABLE:
                     c[k] = zero
                     hs[r, 0, b, k] = zero
                 cur = 0
-                cols[cur, 0, 0, 0, 0] = one  # the bottom: Ĝ[0 -> 0] at (q0, ⊥)
+                cols[cur, 0] = one  # the bottom: Ĝ[0 -> 0] at (q0, ⊥)
                 for a in range(K):
                     alpha[cur, 0, a] = zero
                     reading[0, a] = zero
                     for e in range(K):
                         if a + e > 0:
-                            cols[cur, 0, 0, a, e] = zero
+                            cols[cur, a * K + e] = zero
                 alpha[cur, 0, 0] = one
                 reading[0, 0] = one
                 used = 0
@@ -135,14 +136,16 @@ if AVAILABLE:
                         _action_weights(Wa, ba, r, h, logits, E)
                         nxt = 1 - cur
                         PhT = np.empty((1, S, Q, (Lw - 1) * Q), dt)
-                        _forward(E, alpha[cur], cols[cur, :, :Lw], 0, pk, roff, rj0, 0, 0, Lw, none4, none3,
-                                 none2, 0, cols[nxt, :, :Lw + 1], a_out, s_out, z0, alpha[nxt], ahat, PhT,
+                        col = cols[cur, :Lw * K * K].reshape(1, Lw, K, K)
+                        _forward(E, alpha[cur], col, 0, pk, roff, rj0, 0, 0, Lw, none4, none3,
+                                 none2, 0, cols[nxt, :(Lw + 1) * K * K].reshape(1, Lw + 1, K, K), a_out, s_out, z0,
+                                 alpha[nxt], ahat, PhT,
                                  none3, none3, reading, tiny)
                         # column t - 1 (push times [0, t - 1]) joins the triangle: the pop term
                         # reads it from step t + 1 on
                         roff[t - 1] = used
                         rj0[t - 1] = 0
-                        _pk_insert(cols[cur, :, :Lw], 0, pk, used, Lw)
+                        _pk_insert(col, 0, pk, used, Lw)
                         used += Q * (Lw * K + PAD)
                         cur = nxt
                     _gates(gx, bias, Whh, Wir, r, t, b, h, reading[0], gates)
@@ -259,7 +262,7 @@ if AVAILABLE:
         dgates = np.empty(G, dt)
         dr = np.empty((1, K), dt)
         dal = np.zeros((2, 1, K), dt)   # the gradient of alpha at a tape time, from the step after it
-        dcols = np.zeros((2, 1, T + 1, K, K), dt)  # ... of the column at a tape time
+        dcols = np.zeros((2, (T + 1) * K * K), dt)  # ... of the column at a tape time (flat, as cols)
         dE = np.empty((1, K, A), dt)
         none3 = np.empty((0, 0, 0), dt)
         none4 = np.empty((0, 0, 0, 0), dt)
@@ -319,9 +322,10 @@ if AVAILABLE:
                                   phpk[r, b, poff[t]:poff[t + 1]].reshape(1, S, Q, (Lw - 1) * Q), z0s[r, b, t:t + 1],
                                   a_s[r, b, t:t + 1], s_s[r, b, t:t + 1], alphas[r, b, t:t + 1],
                                   ahats[r, b, t:t + 1], colpk[r, b, coff[t]:coff[t + 1]].reshape(1, Lw + 1, K, K),
-                                  none3, none3, none2, 0, dr, dal[cur], has, dcols[cur, :, :Lw + 1], has, DP, doff,
+                                  none3, none3, none2, 0, dr, dal[cur], has,
+                                  dcols[cur, :(Lw + 1) * K * K].reshape(1, Lw + 1, K, K), has, DP, doff,
                                   dj0, dlen, PH, t, 0, adj_lo, adj_hi, 0, none3, 0,
-                                  dE, dcols[nxt, :, :Lw], dal[nxt], none4, none4, tiny)
+                                  dE, dcols[nxt, :Lw * K * K].reshape(1, Lw, K, K), dal[nxt], none4, none4, tiny)
                         cur = nxt
                         has = True
                         for q in range(K * A):  # the action logits (exp of them): dx = dE E
@@ -393,22 +397,23 @@ try:
             H, K = G // 4, Q * S
             A = 2 * K + Q
             coff, poff, P, doff, dj0, dlen, PD = _layout(T, Q, S)
-            new = gx.new_empty
+            dt = _NP[gx.dtype]
+
+            def new(*shape):  # every entry is written (NumPy: no NaN fill of deterministic torch)
+                return np.empty(shape, dt)
             hs, cs, acts, reads = new(R, T + 1, B, H), new(R, B, T + 1, H), new(R, B, T, G), new(R, B, T, K)
             Es, alphas = new(R, B, T, K, A), new(R, B, T, K)
             colpk, phpk = new(R, B, int(coff[T])), new(R, B, max(int(poff[T]), 1))
             z0s, s_s, a_s, ahats = new(R, B, T), new(R, B, T), new(R, B, T, K), new(R, B, T, K)
             pks = new(R, B, S, P)
-            tiny = np.array(torch.finfo(gx.dtype).tiny, dtype=_NP[gx.dtype]).item()
-            args = _numpy(gx, bias, Whh, Wir, Wa, ba)
+            tiny = dt(torch.finfo(gx.dtype).tiny)
             saved = [hs, cs, acts, reads, Es, alphas, colpk, coff, phpk, poff, z0s, a_s, s_s, ahats, pks]
-            _strings_train(*args, Q, S, *[x if isinstance(x, np.ndarray) else x.numpy() for x in saved],
-                           _NP[gx.dtype](tiny))
+            _strings_train(*_numpy(gx, bias, Whh, Wir, Wa, ba), Q, S, *saved, tiny)
             ctx.QS, ctx.saved, ctx.tables = (Q, S), saved, (doff, dj0, dlen, PD)
             ctx.save_for_backward(gx, Whh, Wir, Wa)
-            cT = cs[:, :, -1].clone()
+            cT = torch.from_numpy(cs[:, :, -1].copy())
             ctx.mark_non_differentiable(cT)
-            return hs, cT
+            return torch.from_numpy(hs), cT
 
         @staticmethod
         def backward(ctx, dhs, dcT):
@@ -421,13 +426,10 @@ try:
             dbias, dWhh, dWir = gx.new_zeros(R, G), torch.zeros_like(Whh), torch.zeros_like(Wir)
             dWa, dba = torch.zeros_like(Wa), gx.new_zeros(R, K * A)
             doff, dj0, dlen, PD = ctx.tables
-            tiny = np.array(torch.finfo(gx.dtype).tiny, dtype=_NP[gx.dtype]).item()
-            saved = [x if isinstance(x, np.ndarray) else x.numpy() for x in ctx.saved]
-            if dhs is None:
-                dhs = torch.zeros_like(ctx.saved[0])
-            _strings_backward(dhs.contiguous().numpy(), *_numpy(gx, Whh, Wir, Wa), Q, S, *saved, doff, dj0, dlen,
-                              PD, dgx.numpy(), dbias.numpy(), dWhh.numpy(), dWir.numpy(), dWa.numpy(), dba.numpy(),
-                              _NP[gx.dtype](tiny))
+            dhs = np.zeros_like(ctx.saved[0]) if dhs is None else dhs.contiguous().numpy()
+            _strings_backward(dhs, *_numpy(gx, Whh, Wir, Wa), Q, S, *ctx.saved, doff, dj0, dlen, PD, dgx.numpy(),
+                              dbias.numpy(), dWhh.numpy(), dWir.numpy(), dWa.numpy(), dba.numpy(),
+                              _NP[gx.dtype](torch.finfo(gx.dtype).tiny))
             return dgx, dbias, dWhh, dWir, dWa, dba, None, None
 
     _NP = {torch.float32: np.float32, torch.float64: np.float64}
