@@ -167,6 +167,20 @@ def _cost(group: list[dict]) -> float:
     return registry.cost(group[0]["model"]) * len(group)
 
 
+def _priority(group: list[dict], root: str) -> tuple[bool, float]:
+    """The order groups start in: those with a saved state first (half-trained: their
+    records land soonest, their state files leave the folder), then the costliest."""
+    from .train import resume
+
+    return resume.state_path(group, resume.state_dir(root)).exists(), _cost(group)
+
+
+def _dask_priority(key: tuple[bool, float]) -> int:
+    """:func:`_priority` as dask's integer priority (larger runs first)."""
+    started, cost = key
+    return int(cost) + (1 << 30 if started else 0)
+
+
 def local_cluster(workers: int | None = None, threads_per_worker: int = 1):
     """A LocalCluster of worker processes on loopback (one per core by default).
 
@@ -292,7 +306,8 @@ def run_grid(configs: list[dict], root: str | None = None, *, scheduler: str | N
     fresh LocalCluster with ``workers`` processes). Failed groups are reported
     in the summary (``failed``) rather than stopping the others.
 
-    Runs that another live process has claimed (a second grid on the same
+    Groups start half-trained first (those with a saved state), then the
+    costliest. Runs that another live process has claimed (a second grid on the same
     store) are not trained here: the grid waits for them and counts them in
     ``elsewhere``; if their owner dies, the next round trains them.
     """
@@ -318,7 +333,7 @@ def run_grid(configs: list[dict], root: str | None = None, *, scheduler: str | N
 
     def round_groups(todo):
         todo = [c for c in todo if store.config_key(c) not in failed_keys]
-        groups = sorted(group_configs(todo, max_replicas), key=_cost, reverse=True)
+        groups = sorted(group_configs(todo, max_replicas), key=lambda g: _priority(g, root), reverse=True)
         summary["groups"] += len(groups)
         return groups
 
@@ -380,7 +395,8 @@ def run_grid(configs: list[dict], root: str | None = None, *, scheduler: str | N
             def run_dask(groups):
                 futures = {}
                 for g in groups:
-                    fut = client.submit(run_group, g, root, pure=False, priority=int(_cost(g)), **kwargs,
+                    fut = client.submit(run_group, g, root, pure=False, **kwargs,
+                                        priority=_dask_priority(_priority(g, root)),
                                         key=f"group-{RunConfig.from_dict(g[0]).corpus}-{g[0]['model']}-{store.config_key(g[0])}"
                                             f"-{secrets.token_hex(3)}")
                     futures[fut] = g

@@ -53,6 +53,26 @@ def test_sync_grid_runs_only_what_is_missing(tmp_path):
     assert again["written"] == 0 and again["existing"] == 4
 
 
+def test_groups_with_a_saved_state_start_first(tmp_path, monkeypatch):
+    from marnn.train import resume
+
+    cfgs = grid.formal_grid("smoke", tasks=["count-3"], models=["lstm", "jm-10", "rns-3-3"], modes=["none"],
+                            restarts=1)
+    groups = grid.group_configs(cfgs)
+    order: list[str] = []
+    monkeypatch.setattr(grid, "run_group", lambda g, *a, **k: order.append(g[0]["model"]) or [])
+    grid.run_grid(cfgs, tmp_path, scheduler="sync", progress=False)
+    assert order == ["rns-3-3", "jm-10", "lstm"]  # the costliest first
+    half = next(g for g in groups if g[0]["model"] == "lstm")
+    folder = resume.state_dir(tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    resume.state_path(half, folder).write_bytes(b"")  # a half-trained group (only its file's presence counts)
+    order.clear()
+    grid.run_grid(cfgs, tmp_path, scheduler="sync", progress=False)
+    assert order == ["lstm", "rns-3-3", "jm-10"]
+    assert grid._dask_priority(grid._priority(half, str(tmp_path))) > grid._dask_priority((False, 1e6))
+
+
 def test_formal_runs_keep_their_selected_weights_beside_the_record(tmp_path):
     from marnn.analysis.weights import stored_group
     from marnn.tasks import get as get_task
