@@ -5,7 +5,9 @@
   ``from conftest import TASK`` where a parametrisation needs it at collection time;
 * :data:`MODES`: the freeze modes, from the registry;
 * :data:`REPO`: the repository root (:mod:`marnn.paths`);
-* every test runs with ``TQDM_DISABLE=1`` (no progress bars in the output);
+* every test runs with ``TQDM_DISABLE=1`` (no progress bars in the output) and with
+  :data:`marnn.kernels.arrays.CHECK_WRITES` on (the kernels' unfilled buffers start as NaN,
+  so an entry a kernel reads before it writes it shows in the results);
 * ``one_thread``: torch at 1 thread for the test, the caller's setting restored after
   (``pytestmark = pytest.mark.usefixtures("one_thread")``: the stack tests are dominated by
   small ops, and on a shared 2-core machine OpenMP spin-waiting makes 2 threads many times
@@ -17,6 +19,7 @@ import pytest
 import torch
 
 from marnn import tasks
+from marnn.kernels import arrays
 from marnn.paths import REPO
 from marnn.registry import MODES
 
@@ -28,6 +31,11 @@ __all__ = ["TASK", "MODES", "REPO"]
 @pytest.fixture(autouse=True)
 def _no_progress_bars(monkeypatch):
     monkeypatch.setenv("TQDM_DISABLE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _check_kernel_writes(monkeypatch):
+    monkeypatch.setattr(arrays, "CHECK_WRITES", True)
 
 
 @pytest.fixture

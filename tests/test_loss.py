@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from marnn.kernels import loss
+from marnn.kernels import arrays, loss
 from marnn.train.evaluate import token_nll, token_stats
 
 
@@ -45,6 +45,30 @@ def test_blocked_nll_equals_cross_entropy_bitwise(monkeypatch, dtype, shared, bl
         torch.use_deterministic_algorithms(False)
     assert torch.equal(a.grad, b.grad)
     assert torch.utils.deterministic.fill_uninitialized_memory  # restored after the backward pass
+
+
+def _fills(make) -> int:
+    from torch.profiler import profile
+    with profile() as p:
+        make()
+    return sum(e.key == "aten::fill_" for e in p.events())
+
+
+def test_kernel_buffers_skip_the_nan_fill_of_deterministic_mode(monkeypatch):
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert _fills(lambda: torch.empty(1000)) == 1  # what deterministic mode does to every new tensor
+        monkeypatch.setattr(arrays, "CHECK_WRITES", False)
+        x = arrays.empty(10, 100, dtype=torch.float64)
+        assert x.shape == (10, 100) and x.dtype == torch.float64
+        assert _fills(lambda: arrays.empty(1000, dtype=torch.float32)) == 0
+        assert _fills(lambda: arrays.empty_like(x)) == 0 and arrays.empty_like(x, (3, 4)).shape == (3, 4)
+        assert torch.utils.deterministic.fill_uninitialized_memory  # restored
+        monkeypatch.setattr(arrays, "CHECK_WRITES", True)  # as in every test: NaN whatever the mode
+        assert torch.isnan(arrays.empty_like(x, 5, 6)).all()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert torch.isnan(arrays.empty(4, dtype=torch.float32)).all()
 
 
 def test_blocked_nll_float64_gradcheck(monkeypatch):

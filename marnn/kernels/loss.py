@@ -33,11 +33,11 @@ the unfused path bit for bit (``tests/test_loss.py``, ``tests/test_models.py``).
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+
+from .arrays import empty_like
 
 BLOCK_BYTES = 1 << 19  # rows per block: about this many bytes of logits (stays in L2)
 MIN_VOCAB = 512  # smaller vocabularies: the reference path (its temporaries are small)
@@ -69,13 +69,7 @@ class _BlockedNLL(torch.autograd.Function):
         N, V = x.shape
         nb = _rows(V, x.element_size())
         g = g.contiguous()
-        fill = torch.utils.deterministic.fill_uninitialized_memory
-        torch.utils.deterministic.fill_uninitialized_memory = False  # every entry is written below
-        try:
-            dx = torch.empty_like(x)
-            go = x.new_empty(min(nb, N), V)
-        finally:
-            torch.utils.deterministic.fill_uninitialized_memory = fill
+        dx, go = empty_like(x), empty_like(x, min(nb, N), V)  # every entry is written below
         for a in range(0, N, nb):
             b = min(N, a + nb)
             lp = torch.log_softmax(x[a:b], 1)
@@ -104,17 +98,6 @@ def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 # ---- the classifier and the loss fused, one replica at a time ---------------------------
-
-
-def _uninitialised(*shape, like: torch.Tensor) -> torch.Tensor:
-    """``torch.empty`` without the NaN fill of deterministic algorithms (every entry is written)."""
-    det: Any = torch.utils.deterministic
-    fill = det.fill_uninitialized_memory
-    det.fill_uninitialized_memory = False
-    try:
-        return like.new_empty(shape)
-    finally:
-        det.fill_uninitialized_memory = fill
 
 
 def _replica_pass(h, W, b, t, g, buf, nll, gW, gh, gb) -> None:
@@ -162,12 +145,12 @@ class _ClassifierNLL(torch.autograd.Function):
     def forward(ctx, h, W, b, t, expect):
         R, N, H = h.shape
         V = W.shape[1]
-        buf = _uninitialised(N, V, like=h)  # one replica's logits (45 MB for PTB), reused
+        buf = empty_like(h, N, V)  # one replica's logits (45 MB for PTB), reused
         nll = h.new_empty(R, N)
         grads = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        gW = _uninitialised(R, V, H, like=W) if grads else None
-        gh = _uninitialised(R, N, H, like=h) if grads else None
-        gb = _uninitialised(R, V, like=b) if grads and b is not None else None
+        gW = empty_like(W, R, V, H) if grads else None
+        gh = empty_like(h, R, N, H) if grads else None
+        gb = empty_like(b, R, V) if grads and b is not None else None
         g = torch.full((N,), expect, dtype=h.dtype) if grads else None
         for r in range(R):
             _replica_pass(h[r], W[r], None if b is None else b[r], t[r], g, buf, nll[r],
@@ -185,8 +168,8 @@ class _ClassifierNLL(torch.autograd.Function):
         R, N = g.shape
         if ctx.grads is None:  # a second backward pass (retain_graph): the first one handed them over
             V, H = W.shape[1:]
-            ctx.grads = (_uninitialised(R, V, H, like=W), _uninitialised(R, N, H, like=h),
-                         None if b is None else _uninitialised(R, V, like=b))
+            ctx.grads = (empty_like(W, R, V, H), empty_like(h, R, N, H),
+                         None if b is None else empty_like(b, R, V))
             ctx.expect = None
         (gW, gh, gb), expect = ctx.grads, ctx.expect
         ctx.grads = ctx.expect = None  # the gradients go to autograd without another reference
@@ -200,7 +183,7 @@ class _ClassifierNLL(torch.autograd.Function):
                         grad[r].mul_(0)
                 continue
             if buf is None:
-                buf = _uninitialised(N, W.shape[1], like=h)
+                buf = empty_like(h, N, W.shape[1])
             _replica_pass(h[r], W[r], None if b is None else b[r], t[r], g[r], buf, torch.empty_like(g[r]),
                           gW[r], gh[r], None if gb is None else gb[r])
         need = ctx.needs_input_grad
@@ -226,7 +209,7 @@ def classifier_nll(h: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, tar
     tgt = (targets.expand(R, B, T) if targets.dim() == 2 else targets).reshape(R, B * T).contiguous()
     flat = h.reshape(R, B * T, H)
     if not flat.is_contiguous():  # (the PTB model's hidden states are batch-major views)
-        flat = _uninitialised(R, B * T, H, like=h).copy_(flat)
+        flat = empty_like(h, R, B * T, H).copy_(flat)
     if not torch.is_grad_enabled() or not (h.requires_grad or W.requires_grad or (b is not None and b.requires_grad)):
         with torch.no_grad():
             return _ClassifierNLL.forward(_NoCtx(), flat, W.detach(), None if b is None else b.detach(), tgt,

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import rns_numba
+from . import arrays, rns_numba
 
 AVAILABLE = rns_numba.AVAILABLE
 
@@ -350,8 +350,8 @@ def strings(gx, bias, Whh, Wir, Wa, ba, Q: int, S: int):
 
     R, T, B, G = gx.shape
     H = G // 4
-    hs = gx.new_empty(R, T + 1, B, H)
-    hT, cT = gx.new_empty(R, B, H), gx.new_empty(R, B, H)
+    hs = arrays.empty_like(gx, R, T + 1, B, H)  # every entry is written
+    hT, cT = arrays.empty_like(gx, R, B, H), arrays.empty_like(gx, R, B, H)
     tiny = np.array(torch.finfo(gx.dtype).tiny, dtype=gx.numpy().dtype).item()
     args = [t.detach().contiguous().numpy() for t in (gx, bias, Whh, Wir, Wa, ba)]
     _strings(*args, Q, S, hs.numpy(), hT.numpy(), cT.numpy(), args[0].dtype.type(tiny))
@@ -422,7 +422,7 @@ try:
             R, T, B, G = gx.shape
             K = Q * S
             A = 2 * K + Q
-            dgx = torch.empty_like(gx)
+            dgx = arrays.empty_like(gx)  # every entry is written
             dbias, dWhh, dWir = gx.new_zeros(R, G), torch.zeros_like(Whh), torch.zeros_like(Wir)
             dWa, dba = torch.zeros_like(Wa), gx.new_zeros(R, K * A)
             doff, dj0, dlen, PD = ctx.tables

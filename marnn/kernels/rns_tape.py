@@ -61,7 +61,7 @@ import functools
 import numpy as np
 import torch
 
-from . import backend, rns_numba
+from . import arrays, backend, rns_numba
 from .backend import parallel
 
 Tensor = torch.Tensor
@@ -149,7 +149,7 @@ class Tape:
             rows = max(2 * (t - lo1 + 1), 16)
             new.roff, new.rj0 = np.zeros(rows, dtype=np.int64), np.zeros(rows, dtype=np.int64)
             size = sum(_row_block(core, c - lo1 + 1) for c in range(lo1, t))
-            new.pk = torch.empty(self.N, core.S, max(2 * size, 1024), dtype=self.dtype, device=self.device)
+            new.pk = arrays.empty(self.N, core.S, max(2 * size, 1024), dtype=self.dtype, device=self.device)
             new.pused = int(self.kern._pk_copy(self.pk.numpy(), self.roff, self.rj0, self.pbase, lo1, t, lo1,
                                                new.pk.numpy(), new.roff, new.rj0, core.K))
             new.pbase, new.nrows = lo1, t - lo1
@@ -383,19 +383,19 @@ class Tape:
                 c = np.arange(self.pbase + k0, self.pbase + self.nrows)
                 kept = int(_row_block(self.core, c - np.maximum(jlo, self.rj0[k0:self.nrows]) + 1).sum())
                 P = max(P, 2 * (kept + need))
-                pk = torch.empty(N, S, P, dtype=self.dtype, device=self.device)
+                pk = arrays.empty(N, S, P, dtype=self.dtype, device=self.device)
                 c0 = self.pbase + k0
                 live = int(self.kern._pk_copy(self.pk.numpy(), self.roff, self.rj0, self.pbase, c0,
                                               self.pbase + self.nrows, jlo, pk.numpy(), roff, rj0, K))
             else:
-                pk = torch.empty(N, S, P, dtype=self.dtype, device=self.device)
+                pk = arrays.empty(N, S, P, dtype=self.dtype, device=self.device)
             self.pbase += k0
             self.nrows -= k0
             self.pused = live
         else:                      # grow in place of nothing: copy the prefix
             P = max(2 * (self.pused + need), 1024)
             assert self.pk is not None
-            pk = torch.empty(N, S, P, dtype=self.dtype, device=self.device)
+            pk = arrays.empty(N, S, P, dtype=self.dtype, device=self.device)
             pk[:, :, :self.pused] = self.pk[:, :, :self.pused]
             roff[:self.nrows], rj0[:self.nrows] = self.roff[:self.nrows], self.rj0[:self.nrows]
         self.pk, self.roff, self.rj0 = pk, roff, rj0
@@ -437,7 +437,7 @@ class Tape:
         Lw = t - loT + 1
         Lr = Lw - 1
         E = E.detach().contiguous()
-        new = functools.partial(torch.empty, dtype=self.dtype, device=self.device)
+        new = functools.partial(arrays.empty, dtype=self.dtype, device=self.device)
         newcol, a, s, Z0 = new(N, Lw + 1, K, K), new(N, K), new(N), new(N)
         alphaT, ahat = new(N, K), new(N, K)
         PhT = new(N, S, Q, max(Lr, 0) * Q)
@@ -485,7 +485,7 @@ class Tape:
             self._alloc_backward(Tend, fill=False)  # the kernel writes every entry it reads
             self.bwd_top = T                        # the last step of this pass
             self._pack_dp(T)
-        new = functools.partial(torch.empty, dtype=self.dtype, device=self.device)
+        new = functools.partial(arrays.empty, dtype=self.dtype, device=self.device)
         dalphaT = self.dalpha.pop(T, None)
         dM = self.dcol.pop(T, None)
         b = self.base
@@ -557,7 +557,7 @@ class Tape:
             Lr = max(tq - 1 - lo, 0)
             self.doff[tq - b], self.dj0[tq - b], self.dlen[tq - b] = off, lo - b, Lr
             off += core.Q * Lr * core.K
-        self.DP = torch.empty(self.N, core.S, max(off, 1), device=self.device, dtype=self.dtype)
+        self.DP = arrays.empty(self.N, core.S, max(off, 1), device=self.device, dtype=self.dtype)
 
     def _alloc_backward(self, Tend: int, fill: bool = True):
         core = self.core
@@ -565,7 +565,7 @@ class Tape:
         n = Tend + 1 - self.base
         self.Jn = self.Tn = n
         # DP[:, y, t', r, j, a] = dpop_t'[j][a, (r, y)];  PH[:, y, c, u, t', r] = P̂_t'[c+1][(u, y), r]
-        make = torch.zeros if fill else torch.empty
+        make = torch.zeros if fill else arrays.empty
         if fill:  # (the compiled backward packs DP: _pack_dp)
             self.DP = torch.zeros(N, S, n, Q, n, K, device=self.device, dtype=self.dtype)
         self.PH = make(N, S, n, Q, n, Q, device=self.device, dtype=self.dtype)

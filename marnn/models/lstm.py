@@ -27,6 +27,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from ..kernels import arrays
+
 
 def replica_param(R: int, *shape: int, init: tuple) -> nn.Parameter:
     """An uninitialised ``(R, *shape)`` parameter tagged with its init rule."""
@@ -71,18 +73,14 @@ class _Lookup(torch.autograd.Function):
     def forward(ctx, table, index):
         ctx.save_for_backward(index)
         ctx.rows = table.shape[0]
-        return table.index_select(0, index.reshape(-1)).view(*index.shape, table.shape[1])
+        flat = index.reshape(-1)
+        out = arrays.empty_like(table, flat.numel(), table.shape[1])  # every row is written
+        return torch.index_select(table, 0, flat, out=out).view(*index.shape, table.shape[1])
 
     @staticmethod
     def backward(ctx, grad):
         (index,) = ctx.saved_tensors
-        fill = torch.utils.deterministic.fill_uninitialized_memory
-        torch.utils.deterministic.fill_uninitialized_memory = False  # zeroed below: no NaN fill first
-        try:
-            g = grad.new_empty(ctx.rows, grad.shape[-1])
-        finally:
-            torch.utils.deterministic.fill_uninitialized_memory = fill
-        g.zero_()
+        g = arrays.empty_like(grad, ctx.rows, grad.shape[-1]).zero_()
         g.index_add_(0, index.reshape(-1), grad.reshape(-1, grad.shape[-1]))
         return g, None
 

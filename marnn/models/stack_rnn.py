@@ -310,8 +310,9 @@ class StackRNN(nn.Module):
         push_layer = getattr(self.memory, "push", None) if core is not None else None
         bias = ctl.gate_bias().unsqueeze(1)  # (R, 1, 4H)
         hs, acts, reads = [h], [], []
+        gxs = gx.unbind(1)  # one gradient buffer for all steps (gx[:, t] would zero a whole gx per step)
         for t in range(T):
-            gates = gx[:, t] + bias
+            gates = gxs[t] + bias
             if not (fresh and t == 0):
                 gates = torch.baddbmm(gates, h, Whh)
             if core is not None:
