@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import REPO
 
 from marnn import models, tasks
 from marnn.kernels import rns_sequence
@@ -136,3 +137,32 @@ def test_its_state_cannot_be_continued():
         state = m(x).state
         with pytest.raises(ValueError, match="whole-string pass"):
             m(x, state=state)
+
+
+def test_cache_follows_the_modules_it_calls_into(tmp_path):
+    """Numba keys a cached function by its own file: one that calls into another module keeps
+    the code that module had when it was cached, unless ``backend.cache_follows`` empties it."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "dep.py").write_text("from numba import njit\n\n\n@njit(cache=True)\ndef g():\n    return 1\n")
+    (tmp_path / "user.py").write_text(
+        "import sys\n\nfrom numba import njit\n\nimport dep\nfrom marnn.kernels import backend\n\n\n"
+        "@njit(cache=True)\ndef f():\n    return dep.g()\n\n\n"
+        "if 'follow' in sys.argv:\n    backend.cache_follows([dep.__file__], f)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]), NUMBA_CACHE_DIR=str(tmp_path))
+
+    def f(*flags):
+        cmd = f"import sys; sys.argv += {list(flags)!r}; import user; print(user.f())"
+        return subprocess.run([sys.executable, "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    assert f("follow") == "1"
+    assert f("follow") == "1"  # unchanged: the cache stays
+    dep = tmp_path / "dep.py"
+    dep.write_text(dep.read_text().replace("return 1", "return 2"))
+    st = dep.stat()
+    os.utime(dep, (st.st_atime + 10, st.st_mtime + 10))
+    assert f() == "1"  # what Numba alone serves: the old g inside f's cache
+    assert f("follow") == "2"

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import arrays, rns_numba
+from . import arrays, backend, rns_numba
 
 AVAILABLE = rns_numba.AVAILABLE
 
@@ -48,14 +48,18 @@ if AVAILABLE:
         return 1.0 / (1.0 + np.exp(-x))
 
     @njit(inline="always", **_JIT)
-    def _action_weights(Wa, ba, r, h, logits, E):
-        """E[0] (K, A) = exp(l - max l) of the action logits l = W_a h + b_a of replica r."""
+    def _action_weights(WaT, ba, r, h, logits, E):
+        """E[0] (K, A) = exp(l - max l) of the action logits l = W_a h + b_a of replica r
+        (``WaT`` (H, K A): W_a transposed). Each logit is summed over h in order, as a dot
+        product would, but all logits at once (independent sums: vectorised, not one chain
+        of dependent additions per logit)."""
         K, A = E.shape[1], E.shape[2]
         for q in range(K * A):
-            x = ba[r, q]
-            for k in range(h.shape[0]):
-                x += Wa[r, q, k] * h[k]
-            logits[q] = x
+            logits[q] = ba[r, q]
+        for k in range(h.shape[0]):
+            hk = h[k]
+            for q in range(K * A):
+                logits[q] += WaT[k, q] * hk
         mx = logits[0]
         for q in range(1, K * A):
             mx = max(mx, logits[q])
@@ -64,16 +68,28 @@ if AVAILABLE:
                 E[0, a, e] = np.exp(logits[a * A + e] - mx)
 
     @njit(inline="always", **_JIT)
-    def _gates(gx, bias, Whh, Wir, r, t, b, h, reading, gates):
-        """gates = gx[r, t, b] + bias[r] + W_hh h (not at t = 0, where h = 0) + W_ir reading."""
-        for g in range(gates.shape[0]):
-            x = gx[r, t, b, g] + bias[r, g]
-            if t > 0:
-                for k in range(h.shape[0]):
-                    x += Whh[r, g, k] * h[k]
-            for k in range(reading.shape[0]):
-                x += Wir[r, g, k] * reading[k]
-            gates[g] = x
+    def _gates(gx, bias, WhhT, WirT, r, t, b, h, reading, gates):
+        """gates = gx[r, t, b] + bias[r] + W_hh h (not at t = 0, where h = 0) + W_ir reading, each
+        gate summed in that order (``WhhT`` (H, 4H), ``WirT`` (K, 4H): transposed, so that the
+        gates accumulate side by side as in :func:`_action_weights`)."""
+        G = gates.shape[0]
+        for g in range(G):
+            gates[g] = gx[r, t, b, g] + bias[r, g]
+        if t > 0:
+            for k in range(h.shape[0]):
+                hk = h[k]
+                for g in range(G):
+                    gates[g] += WhhT[k, g] * hk
+        for k in range(reading.shape[0]):
+            rk = reading[k]
+            for g in range(G):
+                gates[g] += WirT[k, g] * rk
+
+    @njit(inline="always", **_JIT)
+    def _transposed(Whh, Wir, Wa, r):
+        """Replica r's W_hh, W_ir and W_a transposed (contiguous), for :func:`_gates` and
+        :func:`_action_weights`."""
+        return Whh[r].T.copy(), Wir[r].T.copy(), Wa[r].T.copy()
 
     @njit(**_JIT)
     def _strings(gx, bias, Whh, Wir, Wa, ba, Q, S, hs, hT, cT, tiny):
@@ -114,6 +130,7 @@ if AVAILABLE:
         none4 = np.empty((0, 0, 0, 0), dt)
         none2 = np.empty((0, 0), dt)
         for r in range(R):
+            WhhT, WirT, WaT = _transposed(Whh, Wir, Wa, r)
             for b in range(B):
                 for k in range(H):
                     h[k] = zero
@@ -133,7 +150,7 @@ if AVAILABLE:
                 for t in range(T):
                     if t > 0:  # the stack step T' = t: push times [0, t - 1], Lw = t of them
                         Lw = t
-                        _action_weights(Wa, ba, r, h, logits, E)
+                        _action_weights(WaT, ba, r, h, logits, E)
                         nxt = 1 - cur
                         PhT = np.empty((1, S, Q, (Lw - 1) * Q), dt)
                         col = cols[cur, :Lw * K * K].reshape(1, Lw, K, K)
@@ -148,7 +165,7 @@ if AVAILABLE:
                         _pk_insert(col, 0, pk, used, Lw)
                         used += Q * (Lw * K + PAD)
                         cur = nxt
-                    _gates(gx, bias, Whh, Wir, r, t, b, h, reading[0], gates)
+                    _gates(gx, bias, WhhT, WirT, r, t, b, h, reading[0], gates)
                     for k in range(H):
                         c[k] = _sigmoid(gates[H + k]) * c[k] + _sigmoid(gates[k]) * np.tanh(gates[2 * H + k])
                         h[k] = _sigmoid(gates[3 * H + k]) * np.tanh(c[k])
@@ -185,6 +202,7 @@ if AVAILABLE:
         none4 = np.empty((0, 0, 0, 0), dt)
         none2 = np.empty((0, 0), dt)
         for r in range(R):
+            WhhT, WirT, WaT = _transposed(Whh, Wir, Wa, r)
             for b in range(B):
                 for k in range(H):
                     h[k] = zero
@@ -206,7 +224,7 @@ if AVAILABLE:
                     if t > 0:  # the stack step from time t - 1 (push times [0, t - 1], Lw = t) to t
                         Lw = t
                         E = Es[r, b, t:t + 1]
-                        _action_weights(Wa, ba, r, h, logits, E)
+                        _action_weights(WaT, ba, r, h, logits, E)
                         col = colpk[r, b, coff[t - 1]:coff[t]].reshape(1, Lw, K, K)
                         newcol = colpk[r, b, coff[t]:coff[t + 1]].reshape(1, Lw + 1, K, K)
                         PhT = phpk[r, b, poff[t]:poff[t + 1]].reshape(1, S, Q, (Lw - 1) * Q)
@@ -218,7 +236,7 @@ if AVAILABLE:
                         rj0[t - 1] = 0
                         _pk_insert(col, 0, pk, used, Lw)
                         used += Q * (Lw * K + PAD)
-                    _gates(gx, bias, Whh, Wir, r, t, b, h, reads[r, b, t], gates)
+                    _gates(gx, bias, WhhT, WirT, r, t, b, h, reads[r, b, t], gates)
                     for k in range(H):
                         ig = _sigmoid(gates[k])
                         fg = _sigmoid(gates[H + k])
@@ -296,11 +314,12 @@ if AVAILABLE:
                         dbias[r, g] += x
                         for k in range(K):
                             dWir[r, g, k] += x * reads[r, b, t, k]
-                    for k in range(K):
-                        x = zero
-                        for g in range(G):
-                            x += Wir[r, g, k] * dgates[g]
-                        dr[0, k] = x
+                    for k in range(K):  # dr = W_ir^T dgates, each sum over g in order, all k side by side
+                        dr[0, k] = zero
+                    for g in range(G):
+                        x = dgates[g]
+                        for k in range(K):
+                            dr[0, k] += Wir[r, g, k] * x
                     for k in range(H):
                         dh[k] = zero
                     if t > 0:
@@ -336,6 +355,9 @@ if AVAILABLE:
                             for k in range(H):
                                 dWa[r, q, k] += x * hs[r, t, b, k]
                                 dh[k] += Wa[r, q, k] * x
+
+    # these call rns_numba's compiled step: their cache must not outlive a change there
+    backend.cache_follows([rns_numba.__file__], _strings, _strings_train, _strings_backward)
 
 
 def usable(device, dtype) -> bool:
