@@ -42,7 +42,9 @@ array loop, e.g. to compare the two, and the torch RNS step; ``torch``), via
 ``$MARNN_FUSED_BACKEND``.
 
 Times are medians of wall-clock repeats after warm-up; ``cpu_ms`` is the
-process CPU time (the two differ when other work shares the cores). Memory is
+process CPU time (the two differ when other work shares the cores). Rows and
+units run as the trainers do, with large freed blocks kept in the heap
+(:func:`marnn.train.large_blocks_kept`; the torch rows too). Memory is
 the growth of the child's peak resident set size over the measurement
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss`` after minus before, MiB).
 
@@ -243,14 +245,17 @@ def _measure(spec: dict) -> dict:
         return dict(spec, peak_gflops=_peak(spec["threads"]), bandwidth_gbs=_bandwidth(spec["threads"]))
     if spec["kind"] == "unit":
         return _measure_unit(spec)
+    from .train import large_blocks_kept
+
     kind, n, reps = spec["kind"], spec["n"], spec["repeats"]
-    step, B, cfg = _torch_twin(spec) if kind == "torch" else _model_step(spec)
-    step()  # warm-up (allocations, first-call costs; PTB: the carried state reaches its steady size)
-    if kind == "ptb":
-        step()
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    walls, cpus = _samples(step, reps)
-    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with large_blocks_kept():  # as the trainers run (the torch rows too)
+        step, B, cfg = _torch_twin(spec) if kind == "torch" else _model_step(spec)
+        step()  # warm-up (allocations, first-call costs; PTB: the carried state reaches its steady size)
+        if kind == "ptb":
+            step()
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        walls, cpus = _samples(step, reps)
+        rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     per = B if kind == "eval" else 1
     from .kernels import backend
 
@@ -483,12 +488,10 @@ def _measure_unit(spec: dict) -> dict:
     """Cost-model unit (child process): seconds of one training step as the trainers take
     it and of one no-grad forward pass with the loss, same batch, ``R`` replicas (formal:
     B strings of length n; PTB: a B x n chunk with carried state)."""
-    import contextlib
-
     from .train import large_blocks_kept
 
     ptb = spec["setting"] == "ptb"
-    with large_blocks_kept() if ptb else contextlib.nullcontext():  # as train_ptb runs
+    with large_blocks_kept():  # as the trainers run
         train, fwd = _trainer_step(spec)
         reps = spec.get("repeats", 3)
         tw, tc = _time(train, reps, warm=2 if ptb else 1)
