@@ -199,10 +199,12 @@ def local_cluster(workers: int | None = None, threads_per_worker: int = 1):
 
     n = workers or os.cpu_count() or 1
     # one malloc arena per worker process: the task thread then allocates from the main heap,
-    # whose large freed blocks train_ptb keeps for reuse (marnn.train.large_blocks_kept); a
+    # whose large freed blocks the trainers keep for reuse (marnn.train.large_blocks_kept); a
     # thread's own arena maps every block over 64 MB afresh (an R = 8 PTB chunk's
     # 80 MB gradients: 44,000 page faults and 0.07 s of system time per chunk, against
-    # 6,700 and 0.02 s)
+    # 6,700 and 0.02 s; the packed triangles of a windowed RNS chunk, 100-250 MB: ~50,000
+    # page faults a second). Forked workers inherit the fork server's malloc, which reads
+    # the variable when it starts (the nanny's pre-spawn environment comes too late for it)
     dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_ARENA_MAX": 1})
     if "forkserver" in multiprocessing.get_all_start_methods() \
             and threading.current_thread() is threading.main_thread():
@@ -215,11 +217,17 @@ def local_cluster(workers: int | None = None, threads_per_worker: int = 1):
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)
         warnoptions = list(sys.warnoptions)  # passed on to the resource tracker this starts:
         sys.warnoptions.append("ignore:resource_tracker:UserWarning")  # no "leaked semaphore" after Ctrl-C
+        arenas = os.environ.get("MALLOC_ARENA_MAX")
+        os.environ["MALLOC_ARENA_MAX"] = "1"
         try:
             forkserver.ensure_running()
         finally:
             sys.warnoptions[:] = warnoptions
             signal.signal(signal.SIGINT, old)
+            if arenas is None:
+                os.environ.pop("MALLOC_ARENA_MAX", None)
+            else:
+                os.environ["MALLOC_ARENA_MAX"] = arenas
     # memory_limit=0: no per-worker cap. Dask's default cap (RAM / workers) kills a
     # worker training a windowed RNS/VRNS PTB group of 4 replicas (~10 GB of
     # autograd tape on 32 x 35 chunks); the OS is the better judge here.
