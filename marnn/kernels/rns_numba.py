@@ -471,6 +471,7 @@ if AVAILABLE:
         WreT = np.empty((K, K), dt)
         dWre = np.empty((K, K), dt)
         da = np.empty(K, dt)
+        xs = np.empty(K, dt)
         wd = -(-max(Lr * K, 1) // _LANES) * _LANES  # dpop's rows: whole vectors, zeros past column Lr K
         dpop = np.zeros((Q, wd), dt)
         Lc = col.shape[1]
@@ -582,13 +583,15 @@ if AVAILABLE:
                 for b in range(K):
                     da[b] = ds
             if has_m:
+                for b in range(K):  # xs[b] = sum_{j, a} dMe[j, a, b] newcol[j, a, b], (j, a) ascending:
+                    xs[b] = zero    # the K sums side by side (not K chains of dependent additions)
+                for j in range(Lw + 1):
+                    for a in range(K):
+                        for b in range(uK):
+                            xs[b] += dMe[j, a, b] * newcol[i, j, a, b]
                 for b in range(K):
-                    x = zero
-                    for j in range(Lw + 1):
-                        for a in range(K):
-                            x += dMe[j, a, b] * newcol[i, j, a, b]
                     if a_in[i, b] > tiny:
-                        da[b] -= x / ahat[i, b]
+                        da[b] -= xs[b] / ahat[i, b]
                 for j in range(Lw + 1):
                     for a in range(K):
                         for b in range(uK):
