@@ -31,8 +31,8 @@
   stopping after 10) except 5 restarts instead of 10 and at most 60 epochs
   instead of 200: validation cross-entropy keeps creeping down for a long time
   (count-3 / jm-10: all 20 runs still improving at epoch 13, the frozen modes
-  most), so most runs would reach a cap of 200 and the phase would cost ~60
-  CPU-h; at 60 it costs at most ~19. A run stopped by the cap is recorded as
+  most), so most runs would reach a cap of 200 and the phase would cost ~40
+  CPU-h; at 60 it costs at most ~12. A run stopped by the cap is recorded as
   ``max-epochs`` and the pages count them.
   Test sets hold at least 2,500 strings per bin (``test_strings``: every valid
   length gets ceil(2,500 / #lengths)): a string's accuracy lies in [0, 1], so
@@ -83,10 +83,11 @@
   PTB learning-rate search (8+4+2x2 epochs, then one     3.4 (at 15
   run to early stopping)                                 epochs)
   Table 3, PTB modes none and m at its draw              8.7
-  formal lstm and jm-* (0.31 per epoch of all 560 runs)  15 at a mean of
-                                                         50 epochs (3.4
-                                                         at 11, 19 at 60)
-  formal rns-3-3 (4.8 training, 0.9 validation and test)  5.7 (*)
+  formal lstm and jm-* (0.19 per epoch of all 560 runs)  9.7 at a mean of
+  (**)                                                   50 epochs (2.1
+                                                         at 11, 11.7 at
+                                                         60)
+  formal rns-3-3 (4.4 training, 1.0 validation and test)  5.4 (**)
   PTB modes c and cm                                     10.6
   PTB embedding ablation (lstm-256, modes m and c)       3.8
   vrns-3-3-5 as the equations say, mode none (the pair)  0.7
@@ -97,10 +98,18 @@
   time per training step of one replica in a group of 12 at n = 40 / 60 / 80:
   rns-3-3 22 / 49 / 89 ms; the same plan puts the lstm / jm-* phase at 11-12
   CPU-h at the cap and lstm-256 at 0.19 s per chunk and replica).
+  (**) ``marnn bench --plan paper-2core`` on the same machine in the afternoon,
+  after the formal trainer kept its freed blocks (benchmarks/README.md, "Fresh
+  pages, NaN fills and dependent sums"), process CPU time beside the running
+  trainers: a training step of one replica in a group of 12 at n = 60 costs lstm
+  0.67 ms, jm-10 1.46, jm-3.3.3 1.36, jm-hidden 1.22, rns-3-3 45 ms. The
+  phase-2 groups stored before that took 1,470-2,140 CPU-s each (mean 49-59
+  epochs; count-3 / jm-10, the first, 3,400) against 1,620-1,770 projected at
+  the cap.
 
-  about 48 CPU-hours (``marnn.campaign`` computes the PTB rows, with the
+  about 38 CPU-hours (``marnn.campaign`` computes the PTB rows, with the
   uncapped lstm-256 runs at 15 epochs until the search's survivor shows its
-  own), ~24 h on 2 cores. The ``paper`` scale by the plan of 2026-12-07 (the
+  own), ~19 h on 2 cores. The ``paper`` scale by the plan of 2026-12-07 (the
   machine marked (*), RNS models on whole strings): formal lstm / jm-* ~21 CPU-h
   at a mean of 50 epochs (82 at 200), rns-3-3 ~4.1 CPU-h per epoch (~210 at 50),
   PTB ~21 CPU-h per epoch of the grid (4 modes x 10 restarts), ~410 at 20
@@ -263,7 +272,7 @@ PAPER_2CORE = Scale(
     # Formal languages, lstm and jm-*: every field is the paper's but restarts.
     independent_draws=True,  # the languages a verdict counts are then independent samples
     restarts=5,  # 10 do not fit: ~0.3 CPU-h per epoch of the phase at 5 (module docstring)
-    max_epochs=60,  # the paper's cap is 200: at 60 the phase costs at most ~19 CPU-h (module docstring)
+    max_epochs=60,  # the paper's cap is 200: at 60 the phase costs at most ~12 CPU-h (module docstring)
     test_strings=2_500,  # per bin: SE of the bin accuracy over strings <= sqrt(1/4 / 2500) = 0.01
     # Penn Treebank: full streams, 32 x 35, the paper's SGD protocol at one learning-rate
     # draw chosen on validation, shared by every model and mode (module docstring):
