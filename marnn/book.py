@@ -330,13 +330,20 @@ def _ipc_kernel_manager():
     """A kernel manager that talks to its kernel over local (IPC) sockets, not TCP: nothing
     leaves the machine, and the kernel has no reason to warn about unencrypted TCP. The kernel
     logs only critical messages (not the "KeyboardInterrupt caught" of its shutdown); errors in
-    a cell still reach the notebook and fail the page."""
+    a cell still reach the notebook and fail the page. Each manager names its sockets after a
+    path of its own (jupyter_client's default, ``kernel-ipc-<n>`` in the working directory,
+    let two processes starting kernels at once in one directory take the same sockets: the
+    kernel then gets the other one's messages, "Invalid Signature")."""
+    import tempfile
+    import uuid
+
     from jupyter_client.manager import AsyncKernelManager
 
     class IPCKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
             self.transport = "ipc"
+            self.ip = os.path.join(tempfile.gettempdir(), f"marnn-kernel-{uuid.uuid4().hex[:16]}")
 
         def format_kernel_cmd(self, extra_arguments=None):
             return [*super().format_kernel_cmd(extra_arguments), "--IPKernelApp.log_level=CRITICAL"]

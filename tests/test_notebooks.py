@@ -124,3 +124,13 @@ def test_figure_2_draws_the_references_the_tables_print(scale):
     ys = {round(float(seg[0][1]), 6) for coll in ax.collections for seg in coll.get_segments()}
     assert 0.123 in ys
     plt.close(fig)
+
+
+def test_kernel_managers_name_their_sockets_apart(tmp_path, monkeypatch):
+    """Two processes executing pages at once in one directory must not share kernel sockets
+    (jupyter_client's default IPC name is ``kernel-ipc-<n>`` in the working directory)."""
+    monkeypatch.chdir(tmp_path)
+    manager = book._ipc_kernel_manager()
+    a, b = manager(kernel_name="python3"), manager(kernel_name="python3")
+    assert a.transport == b.transport == "ipc"
+    assert a.ip != b.ip and Path(a.ip).is_absolute() and Path(a.ip).parent != tmp_path
