@@ -160,7 +160,6 @@ def _model_step(spec: dict):
     import torch
 
     from . import models, tasks
-    from .kernels.loss import token_nll
 
     kind, name, n, R = spec["kind"], spec["model"], spec["n"], spec["R"]
     if kind in ("ptb", "ptb-eval"):
@@ -186,11 +185,12 @@ def _model_step(spec: dict):
             with torch.no_grad():
                 state[0] = model(x, state=state[0]).state
             return
-        out = model(x, state=state[0])
-        if kind == "ptb":  # truncated BPTT: the next chunk continues this one
-            state[0] = models.detach_state(out.state)
-            loss = token_nll(out.logits, y).mean((1, 2)).sum()  # the mean per replica, summed (the PTB trainer's)
+        if kind == "ptb":  # the PTB trainer's call: classifier and loss fused (marnn.kernels.loss.classifier_nll);
+            nll, st = model.nll(x, y, state=state[0])  # truncated BPTT: the next chunk continues this one
+            state[0] = models.detach_state(st)
+            loss = nll.mean((1, 2)).sum()  # the mean per replica, summed (the PTB trainer's)
         else:
+            out = model(x, state=state[0])
             loss = torch.nn.functional.cross_entropy(out.logits.reshape(-1, out_size), y.reshape(-1),
                                                      reduction="sum") / B
         opt.zero_grad()
