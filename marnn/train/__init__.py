@@ -197,9 +197,10 @@ def large_blocks_kept():
     and one replica's logits, 45 MB): 66,000 page faults and 0.2 s of system time per
     chunk, 10% of the step (R = 1: 12,000 and 12 ms). A formal group's step allocates
     fewer and smaller ones (its gates and their gradients, a few MB each), but the trim
-    threshold returns them too: with dask's ``MALLOC_TRIM_THRESHOLD_=65536``, a jm-10
-    step of 20 replicas at n = 60 took ~4,300 page faults and 10 ms of system time, 35
-    ms in all; with the blocks kept, 43 and 23 ms. Raising the mmap and trim
+    threshold returns them too: a jm-10 step of 20 replicas at n = 60 took ~550 page
+    faults and 20-23 ms with glibc's defaults (what the grid's forked workers run with),
+    ~5,000 and 32-33 ms with dask's ``MALLOC_TRIM_THRESHOLD_=65536``; with the blocks
+    kept, 0 faults and 19-23 ms (benchmarks/page_faults.py). Raising the mmap and trim
     thresholds makes them reuse heap blocks (~3,000 faults per chunk). Afterwards the
     dynamic thresholds' final values are set and the free heap is trimmed. No effect
     other than on glibc (and results never depend on it)."""

@@ -40,7 +40,7 @@ from .loop import Group, default_build, finite_or_none, guarded_step
 from .optim import BatchedAdam, ReplicaOptimizer
 
 
-@large_blocks_kept()  # no page faults for the step's large temporaries, step after step (~30% of a jm-10 step)
+@large_blocks_kept()  # no page faults for the step's large temporaries, step after step
 def train_formal(configs: list[dict], *, build: Callable | None = None, device=None, progress: bool = False,
                  desc: str | None = None, threads: int | None = None, compact: bool = True,
                  return_model: bool = False, state_dir=None, after_epoch: Callable[[int], None] | None = None,
