@@ -38,7 +38,7 @@ def cache_follows(sources, *dispatchers) -> bool:
 
     Numba keys a cached function by its own file only, so a function that calls into
     another module would keep serving the code that module had when it was cached. The
-    digest of ``sources`` is kept beside the cache (``<first qualname>.deps``); where the
+    digest of ``sources`` is kept beside the cache (``<first source's stem>-<first qualname>.deps``); where the
     cache folder cannot be written nothing is kept, and the next process checks again."""
     digest = hashlib.sha256(b"".join(Path(f).read_bytes() for f in sources)).hexdigest()
     folder = Path(dispatchers[0]._cache.cache_path)
