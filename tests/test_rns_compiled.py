@@ -221,3 +221,25 @@ def test_strings_split_over_threads_give_the_same_numbers(monkeypatch, m, window
         assert torch.equal(out, res[0][0])
         for a, b in zip(grads, res[0][1], strict=True):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,width,rows,group", [(1, 1, 1, 4), (3, 7, 3, 4), (5, 8, 4, 4), (9, 45, 4, 4),
+                                                (6, 33, 3, 3), (7, 20, 5, 2), (13, 61, 6, 4), (4, 16, 2, 1)])
+def test_streamed_rows_give_the_tiles_numbers(dtype, n, width, rows, group):
+    """The row sweep of the pop term and the deferred adjoint (``_rows_seq``: each row of X read
+    once, front to back) adds the same terms in the same order as the register tiles
+    (``_rows_acc``): the same numbers, bit for bit, for any number of rows and any width."""
+    np_dt = torch.empty(0, dtype=dtype).numpy().dtype
+    g = torch.Generator().manual_seed(n * 100 + width)
+    lda, ldp = width + 5, n + 2
+    X = torch.randn(4 * n * (width + 3), generator=g, dtype=f64).to(dtype).numpy()
+    R = torch.randperm(n, generator=g).numpy().astype("int64") * (width + 3) + 2  # rows in any order
+    P = torch.randn(rows * ldp + 1, generator=g, dtype=f64).to(dtype).numpy()
+    A0 = torch.randn(rows * lda + 3, generator=g, dtype=f64).to(dtype).numpy()
+    tile, seq = A0.copy(), A0.copy()
+    rns_compiled._rows_acc(tile, 1, lda, P, 1, ldp, X, R, 0, 1, n, width, rows)
+    rns_compiled._rows_seq(seq, 1, lda, P, 1, ldp, X, R, 0, 1, n, width, rows, group)
+    assert seq.dtype == np_dt
+    assert (seq.view(f"u{seq.itemsize}") == tile.view(f"u{tile.itemsize}")).all()
+    assert not (tile == A0).all()

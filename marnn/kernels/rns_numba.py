@@ -17,19 +17,21 @@ configurations ``(state, top symbol)``, ``A = 2K + Q`` actions per configuration
 (``Lw`` of them) of which ``Lr = Lw - 1`` have a pop term; ``col`` holds push
 times ``[lo, t]`` (its first ``d = loT - lo`` rows leave the window).
 
-The three O(L^2) sweeps run as register tiles written as llvmlite intrinsics
-(:func:`_make_rows_tile`, :func:`_make_dots_tile`, like the tiles of
-:mod:`marnn.kernels.fused_lstm_numba`): the pop term keeps a block of Q rows x 32
-columns of its sum in vector registers while it walks down the rows (c, u) of the
-triangle that cover the block (rows that end inside it go 8 columns at a time;
-each row is followed by ``PAD`` zeros, so a vector may run past a row's end);
-the deferred adjoint does the same over the stored rows (t', r) of ``DP``; and the
-gradient of ``P̂`` dots the Q rows (c, u) of one c with the Q rows of the pop-term
-gradient at once. The pop term and the deferred adjoint add their terms in the
-order of the loops they replace (the same numbers). At the grid's sizes (a group of
-12 replicas x 10 strings) the triangles of all strings (~0.6 MB each at n = 60)
-no longer fit in the caches between two steps, so these sweeps are bound by
-memory traffic rather than arithmetic.
+The three O(L^2) sweeps are written as llvmlite intrinsics (like the tiles of
+:mod:`marnn.kernels.fused_lstm_numba`). At the grid's sizes (a group of 12
+replicas x 10 strings, or 32 PTB streams) the triangles of all strings (~0.6-1 MB
+each) no longer fit in the caches between two steps, so these sweeps are bound by
+memory traffic rather than arithmetic, and they read their rows once each, front
+to back (:func:`_make_sweep`): the pop term takes the Q rows (c, u) of one c side
+by side over their whole length, adding into its Q rows of sums (in L1), and each
+row is followed by ``PAD`` zeros, so a vector may run past a row's end; the
+deferred adjoint does the same over the stored rows (t', r) of ``DP``; and the
+gradient of ``P̂`` dots the Q rows (c, u) of one c with the Q rows of the
+pop-term gradient at once (:func:`_make_dots_tile`). The pop term and the
+deferred adjoint add their terms in the order of the loops they replace (the
+same numbers). Walking a block of 32 columns down all the rows instead (the sums
+in registers, :func:`_make_rows_tile`, still used for the short products) read
+128 bytes from rows a kilobyte or more apart, and took 10-20% longer.
 
 Arithmetic: the same sums as the reference, in a fixed order per string
 (deterministic; the only difference from torch is rounding). ``fastmath``
@@ -225,6 +227,109 @@ if AVAILABLE:
         return acc
 
     _acc1, _acc2, _acc3, _acc4 = (_make_rows_acc(r) for r in (1, 2, 3, 4))
+
+    def _make_sweep(nr, nu, lanes):
+        """Intrinsic ``sweep(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)``: the sum of
+        :func:`_make_rows_tile` for ``nr`` rows r and ``nu`` rows k of X, but over the whole width at
+        once: each row k (from ``R[ro + k] + xo``) is read once from front to back, and for every
+        column e < width, ``Acc[ao + r lda + e] += P[po + r ldp + k] X[R[ro + k] + xo + e]`` for
+        k = 0, ..., nu - 1 in that order (fused multiply-adds; ``lanes`` columns at a time, then
+        single ones). Acc stays in memory (L1): the rows are streamed instead of revisited."""
+        @intrinsic
+        def sweep(typingctx, Acc, ao, lda, P, po, ldp, X, R, ro, xo, width):
+            def codegen(context, builder, sig, args):
+                ap, pp, xp, rp = (_ptr(context, builder, sig, args, k) for k in (0, 3, 6, 7))
+                ao, lda, po, ldp, ro, xo, width = (args[k] for k in (1, 2, 4, 5, 8, 9, 10))
+                et = context.get_data_type(sig.args[0].dtype)
+                i64 = ir.IntType(64)
+
+                def const(v):
+                    return ir.Constant(i64, v)
+                xrow = [builder.add(builder.load(builder.gep(rp, [builder.add(ro, const(u))])), xo)
+                        for u in range(nu)]
+                arow = [builder.add(ao, builder.mul(const(r), lda)) for r in range(nr)]
+                ps = [[builder.load(builder.gep(pp, [builder.add(builder.add(po, builder.mul(const(r), ldp)),
+                                                                 const(u))])) for u in range(nu)] for r in range(nr)]
+
+                def run(vt, w, e0):
+                    fma = _fma(builder, vt, et)
+                    pv = [[_splat(builder, p, vt) for p in row] for row in ps]
+
+                    def body(k, carried):
+                        e = builder.add(e0, builder.mul(k, const(w)))
+                        xs = [builder.load(_vec(builder, xp, builder.add(xrow[u], e), vt), align=4)
+                              for u in range(nu)]
+                        for r in range(nr):
+                            q = _vec(builder, ap, builder.add(arow[r], e), vt)
+                            a = builder.load(q, align=4)
+                            for u in range(nu):
+                                a = builder.call(fma, [pv[r][u], xs[u], a])
+                            builder.store(a, q, align=4)
+                        return carried
+                    return body
+                nv = builder.sdiv(width, const(lanes))
+                _counted_loop(builder, nv, "sweep", [], run(ir.VectorType(et, lanes), lanes, const(0)))
+                e1 = builder.mul(nv, const(lanes))
+                _counted_loop(builder, builder.sub(width, e1), "sweep1", [], run(et, 1, e1))
+                return context.get_dummy_value()
+            i = types.int64
+            return types.void(Acc, i, i, P, i, i, X, R, i, i, i), codegen
+        return sweep
+
+    _sw11, _sw12, _sw13, _sw14 = (_make_sweep(1, u, _LANES) for u in (1, 2, 3, 4))
+    _sw21, _sw22, _sw23, _sw24 = (_make_sweep(2, u, _LANES) for u in (1, 2, 3, 4))
+    _sw31, _sw32, _sw33, _sw34 = (_make_sweep(3, u, _LANES) for u in (1, 2, 3, 4))
+    _sw41, _sw42, _sw43, _sw44 = (_make_sweep(4, u, _LANES) for u in (1, 2, 3, 4))
+
+    @njit(inline="always", **_JIT)
+    def _sweep(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width, nr, nu):
+        """:func:`_make_sweep` for nr, nu <= 4."""
+        if nr == 4:
+            if nu == 4:
+                _sw44(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
+            elif nu == 3:
+                _sw43(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
+            elif nu == 2:
+                _sw42(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
+            else:
+                _sw41(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
+        elif nr == 3:
+            if nu == 4:
+                _sw34(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
+            elif nu == 3:
+                _sw33(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
+            elif nu == 2:
+                _sw32(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
+            else:
+                _sw31(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
+        elif nr == 2:
+            if nu == 4:
+                _sw24(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
+            elif nu == 3:
+                _sw23(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
+            elif nu == 2:
+                _sw22(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
+            else:
+                _sw21(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
+        elif nu == 4:
+            _sw14(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
+        elif nu == 3:
+            _sw13(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
+        elif nu == 2:
+            _sw12(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
+        else:
+            _sw11(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
+
+    @njit(**_JIT)
+    def _rows_seq(Acc, ao, lda, P, po, ldp, X, R, ro, xo, n, width, rows, group):
+        """The sum of :func:`_rows_acc` (the same numbers: k ascending for every element), with the
+        rows of X streamed ``group`` (<= 4) at a time over the whole width (:func:`_make_sweep`)."""
+        for k0 in range(0, n, group):
+            nu = min(group, n - k0)
+            for r0 in range(0, rows, 4):
+                _sweep(Acc, ao + r0 * lda, lda, P, po + r0 * ldp + k0, ldp, X, R, ro + k0, xo, width,
+                       min(4, rows - r0), nu)
+
     _dots1, _dots2, _dots3, _dots4 = (_make_dots_tile(r, _LANES) for r in (1, 2, 3, 4))
 
     @njit(**_JIT)
@@ -282,7 +387,7 @@ if AVAILABLE:
         uK = np.uint64(K)
         dt = E.dtype
         W = np.empty((K, A), dt)
-        wa = -(-max(Lr * K, 1) // _BLOCK) * _BLOCK  # whole tiles
+        wa = -(-max(Lr * K, 1) // _LANES) * _LANES  # whole vectors
         uwa = np.uint64(wa)
         acc = np.empty((Q, wa), dt)
         LrQ = Lr * Q
@@ -334,23 +439,18 @@ if AVAILABLE:
                                 for r in range(Q):
                                     PhT[i, y, r, c * Q + u] = ph[(c * K + u * S + y) * Q + r]
                 # pop: C[j][a, (r,y)] += sum_{c >= j, u} tri[y][(c,u), (j,a)] P̂[c+1][(u,y), r], summed
-                # over (c, u) ascending, in tiles of _BLOCK columns (a row (c, u) reaches column e iff
-                # (c + 1) K > e; past its end it holds zeros)
+                # over (c, u) ascending: the triangle read once, in memory order, the Q rows (c, u) of
+                # one c side by side over their whole length (row (c, u) reaches column e iff
+                # (c + 1) K > e; whole vectors, so a row's last one runs into its zeros)
                 for y in range(S):
                     for r in range(Q):
                         for e in range(uwa):
                             acc[r, e] = 0
                     xb = (i * S + y) * P
                     pb = (i * S + y) * Q * LrQ
-                    for e0 in range(0, Lr * K, _BLOCK):
-                        # rows ending inside the block: _LANES columns at a time, as far as each reaches
-                        kf = min((-(-(e0 + _BLOCK) // K) - 1) * Q, LrQ)
-                        for e in range(e0, e0 + _BLOCK, _LANES):
-                            ks = (e // K) * Q
-                            if ks < kf:
-                                _rows_acc(acc, e, wa, PhT, pb + ks, LrQ, pk, rows, ks, xb + e, kf - ks, _LANES, Q)
-                        # then the rows that cover the whole block (c ascending for every column)
-                        _rows_acc(acc, e0, wa, PhT, pb + kf, LrQ, pk, rows, kf, xb + e0, LrQ - kf, _BLOCK, Q)
+                    for c in range(Lr):
+                        _rows_seq(acc, 0, wa, PhT, pb + c * Q, LrQ, pk, rows, c * Q, xb,
+                                  Q, -(-((c + 1) * K) // _LANES) * _LANES, Q, 4)
                     for j in range(Lr):
                         for a in range(K):
                             for r in range(Q):
@@ -496,6 +596,7 @@ if AVAILABLE:
         t_full = adj_lo  # steps t' in [adj_lo, t_full) hold dpop for every push time from adj_j on
         while t_full < adj_hi and dj0[t_full] <= adj_j:
             t_full += 1
+        qrows = np.empty(Q, np.int64)
         drows = np.empty(max((t_full - adj_lo) * Q, 1), np.int64)  # start of row (t', r) at push time adj_j
         for tq in range(adj_lo, t_full):
             for r in range(Q):
@@ -554,19 +655,15 @@ if AVAILABLE:
                             accu[u, e] = 0
                     # steps whose rows cover all push times adj_j..tb: tiles over (t', r) ascending
                     phb = ((i * S + y) * n_ph + tb) * Q * n_ph * Q
-                    _rows_acc(accu, 0, accu.shape[1], PH, phb + adj_lo * Q, n_ph * Q, DP, drows, 0,
-                              (i * S + y) * PD, (t_full - adj_lo) * Q, L3 * K, Q)
+                    _rows_seq(accu, 0, accu.shape[1], PH, phb + adj_lo * Q, n_ph * Q, DP, drows, 0,
+                              (i * S + y) * PD, (t_full - adj_lo) * Q, L3 * K, Q, 4)
                     for tq in range(t_full, adj_hi):  # later ones (windowed): their rows start later
                         j0q = dj0[tq]
                         jlo = max(adj_j, j0q)  # push times before the window of step tq: zero there
-                        cnt = np.uint64((tb - jlo + 1) * K)
-                        dst = np.uint64((jlo - adj_j) * K)
                         for r in range(Q):
-                            src = np.uint64(doff[tq] + (r * dlen[tq] + jlo - j0q) * K)
-                            for u in range(Q):
-                                p = PH[i, y, tb, u, tq, r]
-                                for e in range(cnt):
-                                    accu[u, dst + e] += p * DP[i, y, src + e]
+                            qrows[r] = doff[tq] + (r * dlen[tq] + jlo - j0q) * K
+                        _rows_seq(accu, (jlo - adj_j) * K, accu.shape[1], PH, phb + tq * Q, n_ph * Q, DP, qrows, 0,
+                                  (i * S + y) * PD, Q, (tb - jlo + 1) * K, Q, 4)
                     jr = adj_j - jb
                     for j in range(L3):
                         for a in range(K):
