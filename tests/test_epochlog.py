@@ -51,7 +51,16 @@ def test_ptb_lines_say_each_run_s_epoch(talk, capsys):
     recs = train_ptb(cfgs, corpus=_Corpus(), build=_small, epoch_lines=True)
     err = capsys.readouterr().err
     lines = _lines(err)
-    assert len(lines) == len(err.strip().splitlines()) == sum(r["epochs"] for r in recs)  # nothing else written
+    assert len(lines) == len(err.strip().splitlines())  # nothing else written
+    inside = [p for p in lines if p["kind"] == "chunk"]  # no bar here: the group says how far each epoch is
+    lines = [p for p in lines if p["kind"] != "chunk"]
+    assert len(lines) == sum(r["epochs"] for r in recs)
+    n = inside[0]["chunks"]
+    for e in range(1, max(r["epochs"] for r in recs) + 1):
+        mine = [p for p in inside if p["epoch"] == e]
+        assert [p["chunk"] for p in mine] == list(range(max(n // 10, 1), n, max(n // 10, 1)))
+        assert {(p["group"], p["max_epochs"], p["chunks"]) for p in mine} == {("ptb lstm-256 x4", 3, n)}
+        assert all(p["minutes"] >= 0 for p in mine)
     for cfg, rec in zip(cfgs, recs, strict=True):
         mine = [p for p in lines if (p["mode"], p["seed"]) == (cfg["freeze"], cfg["seed"])]
         assert [p["epoch"] for p in mine] == [row["epoch"] for row in rec["curve"]]
@@ -101,6 +110,11 @@ def test_a_line_is_one_short_line_and_parses_back():
     assert (p["mode"], p["seed"], p["running"], p["replicas"], p["best_accuracy"]) == ("cm", 3, 1, 1, 0.5)
     assert epochlog.parse(epochlog.resumed_line(one, 4)) == {"kind": "resumed", "group": "count-3 jm-10 cm seed 3",
                                                              "epoch": 4}
+    pair = [ptb_config("rns-4-5", m, 4, "smoke") for m in ("none", "m")]
+    line = epochlog.chunk_line(pair, 2, 3, 249, 830, 913.0)
+    assert line == "ptb rns-4-5 x2 | epoch 2/3 | chunk 249/830 | 15.2 min"
+    assert epochlog.parse(line) == {"kind": "chunk", "group": "ptb rns-4-5 x2", "epoch": 2, "max_epochs": 3,
+                                    "chunk": 249, "chunks": 830, "minutes": 15.2}
     assert epochlog.parse("runs:  50%|#####     | 4/8") is None
 
 
@@ -212,7 +226,7 @@ def test_a_learning_rate_search_marks_its_pruned_draws(talk, capsys):
     scale = SMOKE.with_(ptb_max_epochs=2, ptb_early_stop=2, ptb_halving=(1,))
     cfgs = [ptb_config("lstm-256", "none", s, scale) for s in range(4)]
     recs = train_ptb(cfgs, corpus=_Corpus(), build=_small, epoch_lines=True)
-    lines = _lines(capsys.readouterr().err)
+    lines = [p for p in _lines(capsys.readouterr().err) if p["kind"] == "ptb"]
     pruned = {p["seed"] for p in lines if p["note"] == "pruned"}
     assert pruned == {r["seed"] for r in recs if r["status"] == "pruned"} and len(pruned) == 2
     assert all(p["epoch"] == 1 for p in lines if p["seed"] in pruned)  # no line after a draw is pruned

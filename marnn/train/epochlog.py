@@ -17,7 +17,11 @@ them::
 best and median validation accuracy over the replicas that trained in it
 (diverged ones left out); a group of one run names its mode and seed after the
 model. A group that continues from a saved state (:mod:`marnn.train.resume`)
-first says so: ``ptb lstm-256 none seed 1 | resumed after epoch 3``.
+first says so: ``ptb lstm-256 none seed 1 | resumed after epoch 3``. Inside a
+PTB epoch (~10-50 minutes on the whole stream) a group also says how far it is,
+each tenth of the epoch's chunks::
+
+    ptb rns-4-5 x2 | epoch 2/3 | chunk 249/830 | 15.2 min
 
 The lines go through ``tqdm.write`` to ``sys.stderr``, so they do not break an
 active progress bar; a group trained by a dask worker sends them to the
@@ -123,6 +127,13 @@ def formal_line(configs: list[dict], epoch: int, max_epochs: int, running: int, 
                        f"{seconds:.1f} s"])
 
 
+def chunk_line(configs: list[dict], epoch: int, max_epochs: int, chunk: int, n_chunks: int, seconds: float) -> str:
+    """The line of a PTB group inside ``epoch``: ``chunk`` of its ``n_chunks`` training chunks done,
+    ``seconds`` (wall) into the epoch."""
+    return " | ".join([group_name(configs), f"epoch {epoch}/{max_epochs}", f"chunk {chunk}/{n_chunks}",
+                       f"{seconds / 60:.1f} min"])
+
+
 def resumed_line(configs: list[dict], epoch: int) -> str:
     return f"{group_name(configs)} | resumed after epoch {epoch}"
 
@@ -161,7 +172,9 @@ _FORMAL = re.compile(
     rf" \| epoch (?P<epoch>\d+)/(?P<max_epochs>\d+) \| running (?P<running>\d+)/(?P<replicas>\d+)"
     rf" \| valid acc best (?P<best_accuracy>{_NUM}) median (?P<median_accuracy>{_NUM}) \| (?P<seconds>{_NUM}) s$")
 _RESUMED = re.compile(r"^(?P<group>.+) \| resumed after epoch (?P<epoch>\d+)$")
-_INTS = ("seed", "epoch", "max_epochs", "running", "replicas")
+_CHUNK = re.compile(rf"^(?P<group>.+) \| epoch (?P<epoch>\d+)/(?P<max_epochs>\d+) \| chunk (?P<chunk>\d+)"
+                    rf"/(?P<chunks>\d+) \| (?P<minutes>{_NUM}) min$")
+_INTS = ("seed", "epoch", "max_epochs", "running", "replicas", "chunk", "chunks")
 
 
 def _value(key: str, text: str | None):
@@ -173,10 +186,10 @@ def _value(key: str, text: str | None):
 
 
 def parse(line: str) -> dict | None:
-    """A line of this module as a dict (``kind``: "ptb", "formal" or "resumed"; numbers
+    """A line of this module as a dict (``kind``: "ptb", "formal", "chunk" or "resumed"; numbers
     as numbers, "-" as None); None for any other text."""
     line = line.rstrip("\n")
-    for kind, pattern in (("ptb", _PTB), ("formal", _FORMAL), ("resumed", _RESUMED)):
+    for kind, pattern in (("ptb", _PTB), ("formal", _FORMAL), ("chunk", _CHUNK), ("resumed", _RESUMED)):
         m = pattern.match(line)
         if m:
             return {"kind": kind, **{k: _value(k, v) for k, v in m.groupdict().items()}}

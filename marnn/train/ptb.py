@@ -35,7 +35,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from . import hyperparameters, large_blocks_kept, progress_disabled, resume
+from . import epochlog, hyperparameters, large_blocks_kept, progress_disabled, resume
 from .evaluate import model_nll, stream_cross_entropy
 from .loop import Group, default_build, finite_or_none, guarded_step
 from .optim import BatchedSGD, ReplicaOptimizer
@@ -69,7 +69,9 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
     the carried hidden state, :func:`marnn.train.resume.partial_epoch`), and
     resumes from that chunk. ``after_chunk(epoch, chunks done)`` runs after
     every training chunk (tests interrupt there). ``epoch_lines``: one line
-    per replica on stderr after every epoch (:mod:`marnn.train.epochlog`).
+    per replica on stderr after every epoch (:mod:`marnn.train.epochlog`), and,
+    where no progress bar shows it (a grid's workers), one line for the group
+    each tenth of an epoch's chunks.
     """
     from ..ptb import batchify, chunks, load_corpus, num_chunks
 
@@ -102,6 +104,7 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
     tracker, curves = group.tracker, group.curves
     partial = saved.get("partial") if saved is not None else None
     n_chunks = num_chunks(train, T)
+    tenth = max(n_chunks // 10, 1)
     for epoch in range(group.start, scale.ptb_max_epochs + 1):
         running = tracker.running()
         if not running:
@@ -139,6 +142,9 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
                 if inside is not None:
                     group.save(epoch - 1, partial=inside)
                 last_save = time.perf_counter()
+            if group.lines and bar.disable and chunk < n_chunks and chunk % tenth == 0:  # no bar to show it
+                epochlog.emit(epochlog.chunk_line(configs, epoch, scale.ptb_max_epochs, chunk, n_chunks,
+                                                  time.perf_counter() - t_epoch))
             if after_chunk is not None:
                 after_chunk(epoch, chunk)
         bar.close()
