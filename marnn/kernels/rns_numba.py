@@ -276,49 +276,36 @@ if AVAILABLE:
             return types.void(Acc, i, i, P, i, i, X, R, i, i, i), codegen
         return sweep
 
-    _sw11, _sw12, _sw13, _sw14 = (_make_sweep(1, u, _LANES) for u in (1, 2, 3, 4))
-    _sw21, _sw22, _sw23, _sw24 = (_make_sweep(2, u, _LANES) for u in (1, 2, 3, 4))
-    _sw31, _sw32, _sw33, _sw34 = (_make_sweep(3, u, _LANES) for u in (1, 2, 3, 4))
-    _sw41, _sw42, _sw43, _sw44 = (_make_sweep(4, u, _LANES) for u in (1, 2, 3, 4))
+    def _make_sweep_rows(nr):
+        """``sweep(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width, nu)``: :func:`_make_sweep` for ``nr``
+        rows of sums and any ``nu <= 4``."""
+        s1, s2, s3, s4 = (_make_sweep(nr, u, _LANES) for u in (1, 2, 3, 4))
+
+        @njit(inline="always", **_JIT)
+        def sweep(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width, nu):
+            if nu == 4:
+                s4(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
+            elif nu == 3:
+                s3(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
+            elif nu == 2:
+                s2(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
+            else:
+                s1(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
+        return sweep
+
+    _sweep1, _sweep2, _sweep3, _sweep4 = (_make_sweep_rows(r) for r in (1, 2, 3, 4))
 
     @njit(inline="always", **_JIT)
     def _sweep(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width, nr, nu):
         """:func:`_make_sweep` for nr, nu <= 4."""
         if nr == 4:
-            if nu == 4:
-                _sw44(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
-            elif nu == 3:
-                _sw43(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
-            elif nu == 2:
-                _sw42(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
-            else:
-                _sw41(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
+            _sweep4(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width, nu)
         elif nr == 3:
-            if nu == 4:
-                _sw34(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
-            elif nu == 3:
-                _sw33(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
-            elif nu == 2:
-                _sw32(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
-            else:
-                _sw31(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
+            _sweep3(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width, nu)
         elif nr == 2:
-            if nu == 4:
-                _sw24(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
-            elif nu == 3:
-                _sw23(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
-            elif nu == 2:
-                _sw22(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
-            else:
-                _sw21(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
-        elif nu == 4:
-            _sw14(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
-        elif nu == 3:
-            _sw13(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
-        elif nu == 2:
-            _sw12(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
+            _sweep2(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width, nu)
         else:
-            _sw11(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width)
+            _sweep1(Acc, ao, lda, P, po, ldp, X, R, ro, xo, width, nu)
 
     @njit(**_JIT)
     def _rows_seq(Acc, ao, lda, P, po, ldp, X, R, ro, xo, n, width, rows, group):
