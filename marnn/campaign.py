@@ -139,7 +139,7 @@ PHASES = {
     2: Phase(2, "formal lstm and jm-* (9.7 CPU-h at a mean of 50 epochs; 2.1 at 11, 11.7 at the cap of 60)",
              lambda root: grid.formal_grid(SCALE, models=["lstm", "jm-10", "jm-3.3.3", "jm-hidden"]),
              lambda root: 9.7, ptb=False),
-    3: Phase(3, "formal rns-3-3", lambda root: grid.formal_grid(SCALE, models=["rns-3-3"]), lambda root: 5.4,
+    3: Phase(3, "formal rns-3-3", lambda root: grid.formal_grid(SCALE, models=["rns-3-3"]), lambda root: 7.0,
              ptb=False),
     4: Phase(4, "PTB modes c and cm, the embedding ablation (lstm-256, modes m and c: in none and cm the "
                 "embedding's group changes nothing), vrns-3-3-5 (equations) none, all at the search's draw",

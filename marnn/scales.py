@@ -87,11 +87,18 @@
   (**)                                                   50 epochs (2.1
                                                          at 11, 11.7 at
                                                          60)
-  formal rns-3-3 (4.4 training, 1.0 validation and test)  5.4 (**)
+  formal rns-3-3 (5,000 strings, 8 epochs, 3 restarts)   7.0 (***)
   PTB modes c and cm                                     10.6
   PTB embedding ablation (lstm-256, modes m and c)       3.8
   vrns-3-3-5 as the equations say, mode none (the pair)  0.7
   ====================================================  ===============
+
+  (***) ``marnn bench --plan paper-2core`` with the rns-3-3 step re-measured on
+  the idle machine (trainers paused) on 2026-12-07 evening, after the sweeps read each
+  row once: a training step of one replica in a group of 12 at n = 40 / 60 / 80
+  costs 18 / 63 / 114 ms and the plan gives 0.98-1.01 CPU-h per language, 7.0
+  in all. The paper's 10,000 training strings would double the training part
+  (about 13 CPU-h), past the phase's budget of about 8, so the cut stays.
 
   (*) measured later than the other rows, on a faster machine (``marnn bench
   --plan paper-2core`` on 2026-12-07: fp32 GEMM peak 176 GFLOP/s at 1 thread;
@@ -107,9 +114,9 @@
   epochs; count-3 / jm-10, the first, 3,400) against 1,620-1,770 projected at
   the cap.
 
-  about 38 CPU-hours (``marnn.campaign`` computes the PTB rows, with the
+  about 39 CPU-hours (``marnn.campaign`` computes the PTB rows, with the
   uncapped lstm-256 runs at 15 epochs until the search's survivor shows its
-  own), ~19 h on 2 cores. The ``paper`` scale by the plan of 2026-12-07 (the
+  own), ~20 h on 2 cores. The ``paper`` scale by the plan of 2026-12-07 (the
   machine marked (*), RNS models on whole strings): formal lstm / jm-* ~21 CPU-h
   at a mean of 50 epochs (82 at 200), rns-3-3 ~4.1 CPU-h per epoch (~210 at 50),
   PTB ~21 CPU-h per epoch of the grid (4 modes x 10 restarts), ~410 at 20
