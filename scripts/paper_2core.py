@@ -8,7 +8,7 @@ Every phase is one or two ``marnn.grid.run_grid`` calls (phase 1: the PTB
 learning-rate search, then the cells at its draw) on a LocalCluster of one
 worker per core unless ``--workers`` or ``--scheduler``; killing it and
 starting it again trains only what is missing, and a group resumes from its
-last finished epoch (a PTB LSTM group: from its last 10-minute mark inside
+last finished epoch (a PTB group: from its last 10-minute mark inside
 an epoch; ``marnn.train.resume``). Two phases may run at once on one
 store (each run is claimed before it is trained). ``--results`` picks the
 store (default ``$MARNN_RESULTS`` or ``results/``).

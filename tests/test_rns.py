@@ -642,3 +642,50 @@ def test_published_vrns_model_name_builds_the_published_layout():
     assert (a - b).abs().amax() > 1e-6
     b.sum().backward()
     assert pub.memory.bottom.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("Q,S,m,D,bottom", [(2, 2, None, 4, "equations"), (2, 3, 2, 12, "published"),
+                                            (2, 2, 2, None, "published"), (1, 2, None, None, "equations")])
+def test_snapshot_of_a_detached_state_continues_bitwise(compiled, Q, S, m, D, bottom):
+    """A detached state saved with torch.save (weights_only) and restored continues with the same
+    readings and gradients, bit for bit, as the state itself (what a PTB group saved inside an
+    epoch relies on); the published bottom's term is saved while it is still non-zero."""
+    import io
+
+    if compiled and not rns_tape.rns_numba.AVAILABLE:
+        pytest.skip("Numba is not installed")
+    core = RNSCore(Q, S, m, window=D, bottom=bottom, compiled=compiled)
+    g = torch.Generator().manual_seed(3)
+    B, n1, n2 = 3, 7, 6
+    dtype = torch.float32
+    logits = torch.randn(B, n1 + n2, core.num_actions, generator=g) * 2
+    pushed = torch.rand(B, n1 + n2, m, generator=g) if m else None
+    bottom_v = torch.rand(B, m, generator=g) if m else None
+    _, state = run_steps(core, logits[:, :n1].clone().requires_grad_(True),
+                         None if m is None else pushed[:, :n1], bottom_v, dtype=dtype)
+    state = core.detach_state(state)
+    assert (state.tape.kern is not None) == compiled
+    assert (state.published is not None) == (bottom == "published")
+    buf = io.BytesIO()
+    torch.save(core.snapshot_state(state), buf)
+    buf.seek(0)
+    back = core.restore_state(torch.load(buf, weights_only=True))
+
+    def go(st):
+        x = logits[:, n1:].clone().requires_grad_(True)
+        out, _ = run_steps(core, x, None if m is None else pushed[:, n1:], state=st)
+        (gx,) = torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(), x)
+        return out.detach(), gx
+
+    (a, ga), (b, gb) = go(back), go(state)
+    assert torch.equal(a, b) and torch.equal(ga, gb)
+
+
+def test_snapshot_refuses_a_state_that_has_advanced():
+    core = RNSCore(2, 2, window=4)
+    state = core.detach_state(run_steps(core, torch.randn(2, 3, core.num_actions))[1])
+    core.snapshot_state(state)  # fine: detached, not advanced
+    core.step(state, torch.randn(2, core.num_actions))
+    with pytest.raises(ValueError, match="not advanced"):
+        core.snapshot_state(state)

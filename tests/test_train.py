@@ -587,10 +587,12 @@ def test_set_threads_pins_numpy_blas_as_well_as_torch():
     assert out.split() == ["[2]", "[1]", "1"], out
 
 
-@pytest.mark.parametrize("model", ["lstm-256", "jm-hidden-247"])
+@pytest.mark.parametrize("model", ["lstm-256", "jm-hidden-247", "jm-learned-22", "rns-4-5",
+                                   "vrns-3-3-5-published"])
 def test_ptb_run_resumes_bitwise_from_inside_an_epoch(tmp_path, model):
-    """An LSTM group saves inside an epoch (here after every chunk) and resumes from the chunk it
-    reached; a stack model's carried state is an object, so it saves at epoch ends only."""
+    """A group saves inside an epoch (here after every chunk) with its carried state, the stack's
+    included (RNS: a window longer than a chunk), and resumes from the chunk it
+    reached with the same numbers as a run that was never stopped."""
     import json
 
     from marnn.models import build
@@ -598,7 +600,8 @@ def test_ptb_run_resumes_bitwise_from_inside_an_epoch(tmp_path, model):
     from marnn.train.ptb import train_ptb
 
     def small(name, **kw):
-        return build(name, hidden_size=16, **kw)
+        extra = {"window": 15} if "rns" in name else {}  # chunks of 10 tokens: the window spans two
+        return build(name, hidden_size=16, **extra, **kw)
 
     class _StopChunk(Exception):
         pass
@@ -614,11 +617,9 @@ def test_ptb_run_resumes_bitwise_from_inside_an_epoch(tmp_path, model):
     with pytest.raises(_StopChunk):
         train_ptb(cfgs, state_dir=tmp_path, state_seconds=0.0, after_chunk=stop_at, **kw)
     state = torch.load(resume.state_path(cfgs, tmp_path), weights_only=True)
-    if model == "lstm-256":
-        assert state["epoch"] == 1 and state["partial"]["epoch"] == 2 and state["partial"]["chunk"] == 3
-        assert (resume.progress(cfgs, tmp_path)["epoch"], resume.progress(cfgs, tmp_path)["chunk"]) == (1, 3)
-    else:
-        assert state["epoch"] == 1 and "partial" not in state
+    assert state["epoch"] == 1 and state["partial"]["epoch"] == 2 and state["partial"]["chunk"] == 3
+    assert ("memory" in state["partial"]["carry"]) == (model != "lstm-256")
+    assert (resume.progress(cfgs, tmp_path)["epoch"], resume.progress(cfgs, tmp_path)["chunk"]) == (1, 3)
     resumed = train_ptb(cfgs, state_dir=tmp_path, **kw)
     assert json.dumps([_strip(r) for r in resumed]) == json.dumps([_strip(r) for r in straight])
 

@@ -155,6 +155,52 @@ class Tape:
             new.pbase, new.nrows = lo1, t - lo1
         return new
 
+    def snapshot(self) -> dict:
+        """This tape as plain tensors and numbers (``torch.save(..., weights_only=True)`` takes
+        them), for a PTB group's state saved inside an epoch: only a tape that
+        :meth:`detached` made and nothing has advanced since (no graph, no backward
+        state). The triangle is kept as far as it is used; :meth:`restore` gives it back
+        with the same capacity, so the continuation's numbers are the same bit for bit."""
+        if self.rec or self.dalpha or self.dcol or self.bwd_T is not None:
+            raise ValueError("Tape.snapshot: only a detached tape that has not advanced can be saved")
+        snap: dict = {"N": self.N, "dtype": str(self.dtype).removeprefix("torch."), "t": self.t, "base": self.base,
+                      "alpha": self.alpha.detach().cpu().clone(), "col": self.col.detach().cpu().clone(),
+                      "vec": None if self.vec is None else self.vec.detach().cpu().clone(),
+                      "compiled": self.kern is not None, "cap": self.cap, "buf": None, "pk": None}
+        if self.buf is not None:  # the reference path: rows and columns [base, t) are all it holds
+            n = self.t - self.base
+            snap["buf"] = self.buf[:, :, :n, :, :n].cpu().clone()
+        if self.pk is not None:   # the compiled path: the packed triangle up to pused, its row table
+            snap.update(pk=self.pk[..., :self.pused].cpu().clone(), pk_cap=int(self.pk.shape[-1]),
+                        roff=torch.from_numpy(self.roff.copy()), rj0=torch.from_numpy(self.rj0.copy()),
+                        pbase=int(self.pbase), nrows=int(self.nrows), pused=int(self.pused))
+        return snap
+
+    @classmethod
+    def restore(cls, core, snap: dict, device=None) -> Tape:
+        """The tape a :meth:`snapshot` holds, for ``core`` on ``device``."""
+        dtype = getattr(torch, snap["dtype"])
+        vec = None if snap["vec"] is None else snap["vec"].to(device)
+        tape = cls(core, snap["N"], device, dtype, snap["alpha"].to(device), snap["col"].to(device), vec,
+                   snap["t"], snap["base"])
+        if snap["compiled"] and tape.kern is None:
+            raise ValueError("this saved RNS state comes from the compiled step, which is not available here "
+                             "(Numba missing or $MARNN_FUSED_BACKEND set); resume where it was saved")
+        if not snap["compiled"]:
+            tape.kern = None
+        if snap["buf"] is not None:
+            n, cap = snap["buf"].shape[2], snap["cap"]
+            tape.buf = torch.zeros(tape.N, core.S, cap, core.Q, cap, core.K, device=device, dtype=dtype)
+            tape.buf[:, :, :n, :, :n] = snap["buf"].to(device)
+            tape.cap = cap
+        if snap["pk"] is not None:
+            used = snap["pused"]
+            tape.pk = arrays.empty(tape.N, core.S, snap["pk_cap"], dtype=dtype, device=device)
+            tape.pk[..., :used] = snap["pk"].to(device)
+            tape.roff, tape.rj0 = snap["roff"].numpy().copy(), snap["rj0"].numpy().copy()
+            tape.pbase, tape.nrows, tape.pused = snap["pbase"], snap["nrows"], used
+        return tape
+
     # --------------------------------------------------------------- buffer
     def _ensure(self, hi: int, keep_lo: int):
         """Make absolute indices [keep_lo, hi) addressable in the triangle buffer."""

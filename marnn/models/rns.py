@@ -151,6 +151,22 @@ class _PublishedBottom:
         new.h = [h.detach() for h in self.h]
         return new
 
+    def snapshot(self) -> dict:
+        """Plain tensors and numbers (see :meth:`marnn.kernels.rns_tape.Tape.snapshot`)."""
+        def cpu(xs):
+            return [x.detach().cpu().clone() for x in xs]
+        return {"bottom": self.bottom.detach().cpu().clone(), "t": self.t, "alphas": cpu(self.alphas),
+                "cols": cpu(self.cols), "h": cpu(self.h)}
+
+    @classmethod
+    def restore(cls, core: RNSCore, snap: dict, device=None) -> _PublishedBottom:
+        new = object.__new__(cls)
+        new.core, new.bottom, new.t = core, snap["bottom"].to(device), snap["t"]
+        new.alphas = [a.to(device) for a in snap["alphas"]]
+        new.cols = [c.to(device) for c in snap["cols"]]
+        new.h = [h.to(device) for h in snap["h"]]
+        return new
+
     def step(self, x: Tensor, kind: str) -> tuple[Tensor | None, bool]:
         """Advance with this step's action logits / weights: ``(term, done)``, the
         reading term ``(N, K*m)`` (None when zero) and whether every later one is zero."""
@@ -256,6 +272,19 @@ class RNSCore:
             raise ValueError("detach_state: this state has already been advanced")
         published = None if state.published is None else state.published.detached()
         return RNSState(state.tape.detached(), state.t, None, None, published)
+
+    def snapshot_state(self, state: RNSState) -> dict:
+        """A state that :meth:`detach_state` gave (nothing advanced it since) as plain tensors and
+        numbers, for a PTB group's state saved inside an epoch; :meth:`restore_state` inverts it."""
+        if state.token is not None or state.reading0 is not None or state.tape.t != state.t:
+            raise ValueError("snapshot_state: only a state from detach_state that has not advanced can be saved")
+        return {"t": state.t, "tape": state.tape.snapshot(),
+                "published": None if state.published is None else state.published.snapshot()}
+
+    def restore_state(self, snap: dict, device=None) -> RNSState:
+        published = snap["published"]
+        return RNSState(Tape.restore(self, snap["tape"], device), snap["t"], None, None,
+                        None if published is None else _PublishedBottom.restore(self, published, device))
 
     # ------------------------------------------------------------------ step
     def step(self, state: RNSState, action_logits: Tensor, pushed: Tensor | None = None):

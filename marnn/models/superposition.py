@@ -133,3 +133,10 @@ class SuperpositionCore:
 
     def detach_state(self, state: SuperpositionState) -> SuperpositionState:
         return state._replace(stack=state.stack.detach())
+
+    def snapshot_state(self, state: SuperpositionState) -> dict:
+        """The state as plain tensors and numbers (a PTB group's state saved inside an epoch)."""
+        return {"stack": state.stack.detach().cpu().clone(), "updates": int(state.updates), "length": state.length}
+
+    def restore_state(self, snap: dict, device=None) -> SuperpositionState:
+        return SuperpositionState(snap["stack"].to(device), snap["updates"], snap["length"])

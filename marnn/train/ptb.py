@@ -46,7 +46,7 @@ def _detach_default(state):
     return detach_state(state)
 
 
-STATE_SECONDS = 600.0  # an LSTM group's state is also saved inside an epoch at most this often
+STATE_SECONDS = 600.0  # a group's state is also saved inside an epoch at most this often
 
 
 def _cut(tokens: torch.Tensor, limit: int | None) -> torch.Tensor:
@@ -64,10 +64,10 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
 
     ``state_dir`` / ``after_epoch``: as in :func:`marnn.train.formal.train_formal`
     (the state is saved after every epoch; the next epoch starts a fresh
-    hidden state). An LSTM group also saves inside an epoch once
-    ``state_seconds`` have passed since its last save (the chunk reached and
-    the carried hidden state, :func:`marnn.train.resume.partial_epoch`), and
-    resumes from that chunk. ``after_chunk(epoch, chunks done)`` runs after
+    hidden state). A group also saves inside an epoch once ``state_seconds``
+    have passed since its last save (the chunk reached and the carried state,
+    the stack's included, :func:`marnn.train.resume.partial_epoch`), and
+    resumes from that chunk with the same numbers. ``after_chunk(epoch, chunks done)`` runs after
     every training chunk (tests interrupt there). ``epoch_lines``: one line
     per replica on stderr after every epoch (:mod:`marnn.train.epochlog`), and,
     where no progress bar shows it (a grid's workers), one line for the group
@@ -119,7 +119,7 @@ def train_ptb(configs: list[dict], *, corpus=None, build: Callable | None = None
         if partial is not None and partial["epoch"] == epoch:  # resumed inside this epoch
             done, tr_tok = partial["chunk"], partial["train_tokens"]
             tr_nll = partial["train_nll"].clone()
-            state = resume.carried_state(partial, device)
+            state = resume.carried_state(partial, device, getattr(model, "core", None))
             t_epoch -= partial["seconds"]
         partial = None
         last_save = time.perf_counter()

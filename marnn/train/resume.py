@@ -19,9 +19,9 @@ replaced in one step, :func:`marnn.store.atomic_write`):
   the wall and CPU seconds spent;
 * a Penn Treebank group also saves *inside* an epoch (an epoch of the whole
   stream takes an hour for a learning-rate search of 8 replicas): every
-  ``state_seconds`` it writes the chunk reached, the carried hidden state and
-  the epoch's loss so far (:func:`partial_epoch`; LSTMs only: a stack's carried
-  state is an object, so stack models save at epoch ends).
+  ``state_seconds`` it writes the chunk reached, the carried state (the LSTM's
+  and the stack's: each stack core's ``snapshot_state``) and the epoch's loss
+  so far (:func:`partial_epoch`).
 
 Only plain Python types and tensors go in, so ``torch.load(path,
 weights_only=True)`` reads it. A group that finds its file resumes after the
@@ -175,9 +175,10 @@ def restore(tracker, state: dict, make_model) -> tuple[int, int, list, float, fl
 def partial_epoch(epoch: int, chunk: int, carry, train_nll: torch.Tensor, train_tokens: int,
                   seconds: float) -> dict | None:
     """The position inside PTB epoch ``epoch`` after ``chunk`` chunks, for :func:`save`: the carried
-    hidden state (``carry``), the training loss summed so far and the epoch's seconds. None when the
-    carried state holds more than an LSTM's ``h`` and ``c`` (a stack's state is an object that only an
-    epoch's end, which starts a fresh state, lets go of): such a group saves at epoch ends only."""
+    state (``carry``: the LSTM's ``h`` and ``c`` and, for a stack model, the stack core's state as
+    its ``snapshot_state`` gives it), the training loss summed so far and the epoch's seconds.
+    None when the carried state cannot be saved (a core without ``snapshot_state``): such a
+    group saves at epoch ends only."""
     packed = _pack_carry(carry)
     if packed is None:
         return None
@@ -190,19 +191,31 @@ def _pack_carry(carry) -> dict | None:
 
     if isinstance(carry, torch.Tensor):
         return {"tensor": _cpu(carry)}
-    if isinstance(carry, ModelState) and carry.memory is None and carry.core is None:
-        return {"h": _cpu(carry.h), "c": _cpu(carry.c)}
-    return None
+    if not isinstance(carry, ModelState):
+        return None
+    packed = {"h": _cpu(carry.h), "c": _cpu(carry.c)}
+    if carry.memory is None and carry.core is None:
+        return packed
+    if carry.memory is None or not hasattr(carry.core, "snapshot_state"):
+        return None
+    packed["memory"] = carry.core.snapshot_state(carry.memory)
+    return packed
 
 
-def carried_state(partial: dict, device):
-    """The carried hidden state a :func:`partial_epoch` holds, on ``device``."""
+def carried_state(partial: dict, device, core=None):
+    """The carried state a :func:`partial_epoch` holds, on ``device``; ``core``: the stack core of the
+    model that continues (the state of a stack model holds it)."""
     from ..models.stack_rnn import ModelState
 
     packed = partial["carry"]
     if "tensor" in packed:
         return packed["tensor"].to(device)
-    return ModelState(packed["h"].to(device), packed["c"].to(device))
+    h, c = packed["h"].to(device), packed["c"].to(device)
+    if "memory" not in packed:
+        return ModelState(h, c)
+    if core is None or not hasattr(core, "restore_state"):
+        raise ValueError("this saved PTB state carries a stack; resume it with the model's stack core")
+    return ModelState(h, c, core.restore_state(packed["memory"], device), core)
 
 
 def progress(configs: list[dict], folder) -> dict | None:
