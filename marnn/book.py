@@ -554,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m marnn.book", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("execute", help="execute the notebooks with papermill")
-    ex.add_argument("--scale", required=True, help="smoke, quick or paper (marnn.scales)")
+    ex.add_argument("--scale", required=True, help="smoke, quick, paper-2core or paper (marnn.scales)")
     ex.add_argument("--out", required=True, help="folder for the executed notebooks")
     ex.add_argument("--threads", type=int, default=1, help="torch / BLAS threads per notebook (default 1)")
     ex.add_argument("--only", nargs="+", metavar="NAME", help=f"a subset of {NOTEBOOKS}")
@@ -568,6 +568,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.threads < 1:
         parser.error(f"argument --threads: must be at least 1, got {args.threads}")
+    from .scales import SCALES
+    if args.scale not in SCALES:
+        parser.error(f"argument --scale: unknown scale {args.scale!r}; valid scales: {', '.join(SCALES)}")
+    unknown = sorted(set(args.only or ()) - set(NOTEBOOKS))
+    if unknown:
+        parser.error(f"argument --only: unknown page(s) {', '.join(unknown)}; pages: {', '.join(NOTEBOOKS)}")
     start = time.perf_counter()
     failed = execute(args.scale, args.out, args.threads, args.only, force=args.force)
     if failed:
