@@ -294,8 +294,9 @@ def check_ptb_best(inp: Inputs) -> Finding:
     stated_cell = flat[np.isclose(flat["perplexity"], STATED_BEST)]
     cell = (stated_cell.iloc[0]["model"], stated_cell.iloc[0]["freeze"]) if len(stated_cell) else None
     if _has(o, ["none", "m"]):
-        oflat = o[["none", "m"]].stack().rename("perplexity").reset_index().sort_values("perplexity",
-                                                                                         kind="stable")
+        oflat = (o[["none", "m"]].stack().rename("perplexity").reset_index()
+                 .dropna(subset=["perplexity"])  # a cell not trained yet has no place in the ranking
+                 .sort_values("perplexity", kind="stable"))
         ob = oflat.iloc[0]
         ours = f"lowest: {ob['model']} {ob['freeze']} {ob['perplexity']:.5g}"
         facts["ours_best"] = float(ob["perplexity"])
