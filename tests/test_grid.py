@@ -238,3 +238,26 @@ def test_a_normal_grid_exit_prints_nothing_on_stderr(tmp_path):
     assert out.returncode == 0 and "2 written" in out.stdout, out.stderr[-2000:]
     assert out.stderr == ""  # no "Worker process still alive", no lost-connection warnings
     assert not list(tmp_path.rglob(".*.lock")) and not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_a_grid_worker_pins_numpy_blas_as_well_as_torch():
+    """run_group (what each grid worker runs) pins NumPy's BLAS to the worker's threads, not only
+    torch's: left at one thread per core, OpenBLAS spun against the other workers."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import threadpoolctl, torch\n"
+            "from marnn import grid\n"
+            "import marnn.train.run as run\n"
+            "def blas():\n"
+            "    return sorted({i['num_threads'] for i in threadpoolctl.threadpool_info()\n"
+            "                   if i['user_api'] == 'blas'})\n"
+            "seen = []\n"
+            "run.train_missing = lambda configs, root, **kw: seen.append((blas(), torch.get_num_threads())) or []\n"
+            "before = blas()\n"
+            "grid.run_group([], None, torch_threads=1)\n"
+            "print(before, *seen)\n")
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["[2]", "([1],", "1)"], out
