@@ -100,6 +100,15 @@
   in all. The paper's 10,000 training strings would double the training part
   (about 13 CPU-h), past the phase's budget of about 8, so the cut stays.
 
+  The PTB groups stored before 2026-12-07 evening (the learning-rate search,
+  the rns-4-5 and vrns-3-3-5-published pairs) ran in grid workers that pinned
+  torch's threads but not NumPy's BLAS, which then ran a second thread on a
+  core the other trainer was using: their ``group.cpu_time_s`` counts that
+  thread too (lstm-256 about 2x, a jm-* pair about 3.7x the pinned CPU time on
+  a few chunks beside a trainer; the numbers of lstm-256 and the RNS models are
+  the same bit for bit either way, those of jm-* are not, and no jm-* PTB
+  record of this scale was stored before the fix).
+
   (*) measured later than the other rows, on a faster machine (``marnn bench
   --plan paper-2core`` on 2026-12-07: fp32 GEMM peak 176 GFLOP/s at 1 thread;
   time per training step of one replica in a group of 12 at n = 40 / 60 / 80:
