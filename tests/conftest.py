@@ -8,12 +8,17 @@
 * every test runs with ``TQDM_DISABLE=1`` (no progress bars in the output) and with
   :data:`marnn.kernels.arrays.CHECK_WRITES` on (the kernels' unfilled buffers start as NaN,
   so an entry a kernel reads before it writes it shows in the results);
+* :func:`run_at_two_threads`: a snippet in a fresh interpreter whose BLAS starts at 2 threads;
 * ``one_thread``: torch at 1 thread for the test, the caller's setting restored after
   (``pytestmark = pytest.mark.usefixtures("one_thread")``: the stack tests are dominated by
   small ops, and on a shared 2-core machine OpenMP spin-waiting makes 2 threads many times
   slower than 1).
 """
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -25,7 +30,21 @@ from marnn.registry import MODES
 
 TASK = tasks.get("marked-copy")
 
-__all__ = ["TASK", "MODES", "REPO"]
+__all__ = ["TASK", "MODES", "REPO", "run_at_two_threads"]
+
+
+def run_at_two_threads(snippet: str) -> list[str]:
+    """The words ``snippet`` prints, run in a fresh interpreter whose NumPy BLAS, OpenMP and MKL
+    start at 2 threads. The snippet finds ``blas()`` (NumPy's BLAS thread counts, sorted) and
+    ``before`` (its value once NumPy is imported) defined."""
+    code = ("import numpy, threadpoolctl\n"
+            "def blas():\n"
+            "    return sorted({i['num_threads'] for i in threadpoolctl.threadpool_info()\n"
+            "                   if i['user_api'] == 'blas'})\n"
+            "before = blas()\n") + snippet
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.split()
 
 
 @pytest.fixture(autouse=True)

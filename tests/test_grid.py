@@ -243,21 +243,14 @@ def test_a_normal_grid_exit_prints_nothing_on_stderr(tmp_path):
 def test_a_grid_worker_pins_numpy_blas_as_well_as_torch():
     """run_group (what each grid worker runs) pins NumPy's BLAS to the worker's threads, not only
     torch's: left at one thread per core, OpenBLAS spun against the other workers."""
-    import os
-    import subprocess
-    import sys
+    from conftest import run_at_two_threads
 
-    code = ("import threadpoolctl, torch\n"
-            "from marnn import grid\n"
-            "import marnn.train.run as run\n"
-            "def blas():\n"
-            "    return sorted({i['num_threads'] for i in threadpoolctl.threadpool_info()\n"
-            "                   if i['user_api'] == 'blas'})\n"
-            "seen = []\n"
-            "run.train_missing = lambda configs, root, **kw: seen.append((blas(), torch.get_num_threads())) or []\n"
-            "before = blas()\n"
-            "grid.run_group([], None, torch_threads=1)\n"
-            "print(before, *seen)\n")
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["[2]", "([1],", "1)"], out
+    out = run_at_two_threads(
+        "import torch\n"
+        "from marnn import grid\n"
+        "import marnn.train.run as run\n"
+        "seen = []\n"
+        "run.train_missing = lambda configs, root, **kw: seen.append((blas(), torch.get_num_threads())) or []\n"
+        "grid.run_group([], None, torch_threads=1)\n"
+        "print(before, *seen)\n")
+    assert out == ["[2]", "([1],", "1)"], out

@@ -569,22 +569,13 @@ def test_uniform_logits_give_the_vocabulary_size_as_perplexity():
 
 def test_set_threads_pins_numpy_blas_as_well_as_torch():
     """The fused kernels' CPU path multiplies with NumPy, whose BLAS ignores torch's thread count."""
-    import os
-    import subprocess
-    import sys
+    from conftest import run_at_two_threads
 
-    code = ("import threadpoolctl, numpy\n"
-            "def blas():\n"
-            "    return sorted({i['num_threads'] for i in threadpoolctl.threadpool_info()\n"
-            "                   if i['user_api'] == 'blas'})\n"
-            "before = blas()\n"
-            "from marnn.train import set_threads\n"
-            "set_threads(1)\n"
-            "import torch\n"
-            "print(before, blas(), torch.get_num_threads())\n")
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["[2]", "[1]", "1"], out
+    out = run_at_two_threads("from marnn.train import set_threads\n"
+                             "set_threads(1)\n"
+                             "import torch\n"
+                             "print(before, blas(), torch.get_num_threads())\n")
+    assert out == ["[2]", "[1]", "1"], out
 
 
 @pytest.mark.parametrize("model", ["lstm-256", "jm-hidden-247", "jm-learned-22", "rns-4-5",
