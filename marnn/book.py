@@ -568,14 +568,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.threads < 1:
         parser.error(f"argument --threads: must be at least 1, got {args.threads}")
-    from .scales import SCALES
-    if args.scale not in SCALES:
-        parser.error(f"argument --scale: unknown scale {args.scale!r}; valid scales: {', '.join(SCALES)}")
-    unknown = sorted(set(args.only or ()) - set(NOTEBOOKS))
-    if unknown:
-        parser.error(f"argument --only: unknown page(s) {', '.join(unknown)}; pages: {', '.join(NOTEBOOKS)}")
+    from .registry import UnknownNameError
     start = time.perf_counter()
-    failed = execute(args.scale, args.out, args.threads, args.only, force=args.force)
+    try:  # execute checks the scale and the page names before any work
+        failed = execute(args.scale, args.out, args.threads, args.only, force=args.force)
+    except UnknownNameError as err:
+        parser.error(f"argument --scale: {err}")
     if failed:
         print(f"{len(failed)} notebook(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1

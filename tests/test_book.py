@@ -291,7 +291,6 @@ def test_paired_bars_draw_dots_on_a_log_axis():
 
 @pytest.mark.parametrize("args, message", [
     (["--scale", "papr"], "argument --scale: unknown scale 'papr'; valid scales: smoke, quick, paper-2core, paper"),
-    (["--scale", "smoke", "--only", "tabel3"], "argument --only: unknown page(s) tabel3; pages: findings,"),
     (["--scale", "smoke", "--threads", "0"], "argument --threads: must be at least 1, got 0"),
 ])
 def test_execute_refuses_a_wrong_value_in_one_line_before_any_work(tmp_path, capsys, args, message):
