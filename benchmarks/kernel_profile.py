@@ -11,8 +11,9 @@ takes a minute or two), writes ``/tmp/perf-<pid>.map`` -- the address range of e
 compiled function of :mod:`marnn.kernels`, including the helpers Numba did not inline
 -- and then times the trainer's own step (:func:`marnn.bench._trainer_step`: a
 replica-batched Adam / SGD step of ``R`` replicas on ``batch`` strings of length ``n``,
-or one PTB chunk) under ``perf record`` for ``--seconds``. It prints the CPU time of a
-step and the share of the samples per symbol (``perf report --sort symbol``).
+or one PTB chunk, with large freed blocks kept in the heap as the trainers keep them)
+under ``perf record`` for ``--seconds``. It prints the CPU time of a step and the
+share of the samples per symbol (``perf report --sort symbol``).
 
 Run it with ``OPENBLAS_NUM_THREADS=1`` on an idle machine where possible; beside the
 trainers the shares hold but the times do not. ``--keep DIR`` leaves ``perf.data``,
@@ -101,9 +102,12 @@ def main() -> None:
     import torch
 
     from marnn import bench
+    from marnn.train import large_blocks_kept
 
     torch.set_num_threads(1)
     spec = dict(setting="ptb" if args.ptb else "formal", model=args.model, n=args.n, R=args.R, batch=args.batch)
+    blocks = large_blocks_kept()  # freed blocks stay in the heap, as in the trainers
+    blocks.__enter__()
     train, _ = bench._trainer_step(spec)
     t0 = time.process_time()
     train()
@@ -122,6 +126,7 @@ def main() -> None:
     cpu = time.process_time() - c0
     perf.send_signal(signal.SIGINT)
     perf.wait()
+    blocks.__exit__(None, None, None)
     print(f"{args.model} {'PTB chunk' if args.ptb else 'formal'} R={args.R} batch={args.batch} n={args.n}: "
           f"{steps} steps, {1000 * cpu / max(steps, 1):.1f} ms CPU per step")
     report = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "symbol", "--stdio"],
