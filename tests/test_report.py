@@ -235,6 +235,9 @@ def test_provenance(root, tmp_path):
     times = report.provenance_times(runs)
     assert times.loc[("smoke", "formal"), "wall time (h)"] == pytest.approx(12 / 3600)
     assert report.wall_time_by_model(runs).loc["lstm-256", "smoke"] == pytest.approx(2 / 3600)
+    store.save_record(fake_ptb(ptb_config("vrns-3-3-5-published", "none", 0, "smoke"), 10.0, 11.0), root)
+    hours = report.wall_time_by_model(report.provenance_runs(root))
+    assert hours.index[-1] == "vrns-3-3-5-published"  # a model outside the paper's list still shows, last
 
 
 def test_sentences_are_computed():
