@@ -89,13 +89,18 @@ def main() -> None:
         sys.exit("kernel_profile.py: needs Linux perf on the PATH (e.g. apt-get install linux-perf); none found")
     from marnn import registry
 
-    known = [name for name, m in registry.MODELS.items() if m.kind == ("ptb" if args.ptb else "formal")]
+    kind = "ptb" if args.ptb else "formal"
+    known = [name for name, m in registry.MODELS.items() if m.kind == kind]
     if args.model not in known:
-        sys.exit(f"kernel_profile.py: unknown {'PTB' if args.ptb else 'formal'} model {args.model!r}; "
-                 f"one of {', '.join(known)}")
-    for name in ("n", "R", "batch"):
+        other = registry.MODELS.get(args.model)
+        hint = "" if other is None else f" ({args.model} is a {other.kind} model: " + (
+            "add --ptb)" if other.kind == "ptb" else "leave out --ptb)")
+        sys.exit(f"kernel_profile.py: unknown {kind} model {args.model!r}{hint}; one of {', '.join(known)}")
+    for name in ("n", "R", "batch", "top"):
         if getattr(args, name) < 1:
             sys.exit(f"kernel_profile.py: --{name} must be a positive integer, got {getattr(args, name)}")
+    if not args.seconds > 0:
+        sys.exit(f"kernel_profile.py: --seconds must be a positive number, got {args.seconds}")
 
     cache = tempfile.mkdtemp(prefix="marnn-numba-")
     os.environ["NUMBA_CACHE_DIR"] = cache  # before Numba loads: every kernel compiled here, symbols kept
