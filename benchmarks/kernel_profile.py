@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/kernel_profile.py rns-3-3 [--n 60] [--R 1] [--batch 10]
         [--seconds 20] [--top 25] [--keep DIR]
+    .venv/bin/python benchmarks/kernel_profile.py rns-4-5 --ptb     # one 32 x 35 PTB chunk
 
 ``perf`` attributes samples in Numba's compiled code only to bare addresses: the
 kernels come from Numba's on-disk cache, which keeps no symbol table, and
@@ -78,13 +79,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="a model name (marnn.registry), e.g. rns-3-3, jm-10, lstm-256")
     parser.add_argument("--ptb", action="store_true", help="a PTB chunk (batch x n tokens) instead of formal strings")
-    parser.add_argument("--n", type=int, default=60, help="string length (formal) or chunk length (PTB); default 60")
+    parser.add_argument("--n", type=int, help="string length (formal; default 60) or chunk length (PTB; default 35)")
     parser.add_argument("--R", type=int, default=1, help="replicas in the group (default 1)")
-    parser.add_argument("--batch", type=int, default=10, help="strings (formal) or streams (PTB) per step; default 10")
+    parser.add_argument("--batch", type=int,
+                        help="strings (formal; default 10) or streams (PTB; default 32) per step")
     parser.add_argument("--seconds", type=float, default=20.0, help="how long perf records (default 20)")
     parser.add_argument("--top", type=int, default=25, help="symbols to print (default 25)")
     parser.add_argument("--keep", metavar="DIR", help="keep perf.data, the map and the kernels' machine code here")
     args = parser.parse_args()
+    args.n = args.n if args.n is not None else 35 if args.ptb else 60  # the bench's rows
+    args.batch = args.batch if args.batch is not None else 32 if args.ptb else 10
     if shutil.which("perf") is None:
         sys.exit("kernel_profile.py: needs Linux perf on the PATH (e.g. apt-get install linux-perf); none found")
     from marnn import registry
