@@ -83,12 +83,15 @@ def main() -> None:
     parser.add_argument("--R", type=int, default=1, help="replicas in the group (default 1)")
     parser.add_argument("--batch", type=int,
                         help="strings (formal; default 10) or streams (PTB; default 32) per step")
+    parser.add_argument("--warm", type=int, help="steps before perf starts (default 1; PTB 4: a windowed "
+                        "stack's tape and the heap grow over the first chunks, page-faulting fresh memory)")
     parser.add_argument("--seconds", type=float, default=20.0, help="how long perf records (default 20)")
     parser.add_argument("--top", type=int, default=25, help="symbols to print (default 25)")
     parser.add_argument("--keep", metavar="DIR", help="keep perf.data, the map and the kernels' machine code here")
     args = parser.parse_args()
     args.n = args.n if args.n is not None else 35 if args.ptb else 60  # the bench's rows
     args.batch = args.batch if args.batch is not None else 32 if args.ptb else 10
+    args.warm = args.warm if args.warm is not None else 4 if args.ptb else 1
     if shutil.which("perf") is None:
         sys.exit("kernel_profile.py: needs Linux perf on the PATH (e.g. apt-get install linux-perf); none found")
     from marnn import registry
@@ -100,7 +103,7 @@ def main() -> None:
         hint = "" if other is None else f" ({args.model} is a {other.kind} model: " + (
             "add --ptb)" if other.kind == "ptb" else "leave out --ptb)")
         sys.exit(f"kernel_profile.py: unknown {kind} model {args.model!r}{hint}; one of {', '.join(known)}")
-    for name in ("n", "R", "batch", "top"):
+    for name in ("n", "R", "batch", "top", "warm"):
         if getattr(args, name) < 1:
             sys.exit(f"kernel_profile.py: --{name} must be a positive integer, got {getattr(args, name)}")
     if not args.seconds > 0:
@@ -119,8 +122,10 @@ def main() -> None:
     blocks.__enter__()
     train, _ = bench._trainer_step(spec)
     t0 = time.process_time()
-    train()
-    print(f"first step (compiles every kernel): {time.process_time() - t0:.1f} s CPU", flush=True)
+    for _ in range(args.warm):
+        train()
+    print(f"{args.warm} warm-up step(s), the first compiling every kernel: {time.process_time() - t0:.1f} s CPU",
+          flush=True)
     rows = write_perf_map(f"/tmp/perf-{os.getpid()}.map")
     out = args.keep or tempfile.mkdtemp(prefix="marnn-perf-")
     os.makedirs(out, exist_ok=True)
@@ -142,7 +147,8 @@ def main() -> None:
                             capture_output=True, text=True).stdout
     lines = [" ".join(ln.split()) for ln in report.splitlines() if ln.strip() and not ln.startswith("#")]
     for ln in lines[:args.top]:
-        print("  " + ln.replace(" - -", ""))
+        ln = ln.replace(" - -", "")
+        print("  " + (ln if len(ln) <= 110 else ln[:107] + "..."))  # C++ template names run to pages
     if args.keep:
         import ctypes
 
