@@ -118,6 +118,28 @@ def test_untrained_ratio_uses_the_untrained_rows():
     assert c["learned"]  # 0.5 is the threshold, inclusive
 
 
+def test_untrained_models_see_the_test_strings_of_their_trained_runs(monkeypatch):
+    """rns-3-3 at paper-2core is tested on 2 strings per length (its own cut): so is its untrained model
+    (the whole test set would cost hours of O(n^3) evaluations on every build of the stability page)."""
+    from marnn.scales import get_scale
+    from marnn.train import evaluate
+
+    seen = {}
+
+    def fake_evaluate(model, task, batches, bins):
+        seen.update(batches=batches, replicas=model.replicas)
+        return [{"lengths": []}] * model.replicas
+    monkeypatch.setattr(evaluate, "evaluate_bins", fake_evaluate)
+    st.untrained_lengths("count-3", "rns-3-3", "paper-2core", [11, 12])
+    per_length = {}
+    for batches in seen["batches"].values():
+        for b in batches:
+            per_length[b.length] = per_length.get(b.length, 0) + b.size
+    take = get_scale("paper-2core").for_model("rns-3-3").test_take
+    assert take == 2 and seen["replicas"] == 2
+    assert set(per_length.values()) == {take}, sorted(set(per_length.values()))
+
+
 def test_diverged_lengths_are_dropped_and_too_few_give_no_verdict():
     rec = fake_record(lambda n: 0.01)
     for row in rec["lengths"][3:]:

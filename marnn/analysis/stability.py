@@ -440,8 +440,10 @@ def untrained_lengths(task: str, model: str, scale: str, seeds: Sequence[int]) -
     """Per-length test metrics of ``model`` at its initial weights, one list per seed.
 
     The model is :func:`marnn.models.build` with the same seeds as the runs,
-    i.e. exactly the weights training started from, evaluated on the scale's
-    fixed test bins like a trained run.
+    i.e. exactly the weights training started from, evaluated on the fixed test
+    bins its trained runs were evaluated on: the scale's, with the model's own cuts
+    (:meth:`marnn.scales.Scale.for_model`; rns-3-3 at ``paper-2core`` takes 2 strings
+    per length, not 2,500 per bin).
     """
     import torch
 
@@ -451,7 +453,7 @@ def untrained_lengths(task: str, model: str, scale: str, seeds: Sequence[int]) -
     from ..tasks.data import test_batches
     from ..train.evaluate import evaluate_bins
 
-    sc = get_scale(scale)
+    sc = get_scale(scale).for_model(model)
     t = _tasks.get(task)
     m = models.build(model, task=t, replicas=len(seeds), seeds=list(seeds))
     m.eval()
