@@ -2,9 +2,12 @@
 values and gradients bit for bit, at replica-batched (R, B, T, V) shapes."""
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import slices_keep_their_bits
 
 from marnn.kernels import arrays, loss
 from marnn.train.evaluate import token_nll, token_stats
@@ -137,7 +140,12 @@ def _run(lin, h, targets, fused, upstream=None):
 
 
 def _compare(a, b, dtype, bitwise):
-    assert torch.equal(a[0], b[0])  # the loss: bit for bit
+    """The loss, then every gradient: bit for bit (``bitwise``: callers pass it where
+    :func:`conftest.slices_keep_their_bits` holds) or to float rounding."""
+    if bitwise:
+        assert torch.equal(a[0], b[0])  # the loss: bit for bit
+    else:
+        torch.testing.assert_close(a[0], b[0], rtol=1e-14 if dtype == torch.float64 else 1e-6, atol=0)
     assert a[1].keys() == b[1].keys()
     for n in a[1]:
         if bitwise:
@@ -161,7 +169,8 @@ def test_classifier_nll_equals_logits_then_token_nll(monkeypatch, one_thread, dt
     h = torch.randn(3, 2, 5, 8, generator=g, dtype=dtype)
     t = torch.randint(0, 600, (2, 5) if shared else (3, 2, 5), generator=g)
     assert loss.fusable(h, lin.weight)
-    _compare(_run(lin, h, t, True), _run(lin, h, t, False), dtype, bitwise=True)
+    _compare(_run(lin, h, t, True), _run(lin, h, t, False), dtype,
+             bitwise=slices_keep_their_bits(dtype, 3, 10, 8, 600, bias))
 
 
 def test_classifier_nll_at_ptb_size(one_thread):
@@ -172,7 +181,8 @@ def test_classifier_nll_at_ptb_size(one_thread):
     t = torch.randint(0, 10001, (4, 35), generator=g)
     new, ref = _run(lin, h, t, True), _run(lin, h, t, False)
     _compare(new, ref, torch.float32, bitwise=False)
-    _compare(new, ref, torch.float32, bitwise=True)  # 1 thread: bit for bit as well
+    if slices_keep_their_bits(torch.float32, 3, 140, 256, 10001):
+        _compare(new, ref, torch.float32, bitwise=True)  # 1 thread: bit for bit as well
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -254,7 +264,9 @@ def test_classifier_nll_masked_non_finite_replica(one_thread):
         torch.where(finite, loss_r, torch.zeros(())).sum().backward()
         res.append((nll.detach(), {"h": x.grad, **{n: p.grad.clone() for n, p in lin.named_parameters()}}))
     (na, ga), (nb, gb) = res
-    assert torch.equal(na[[0, 2]], nb[[0, 2]]) and torch.equal(na[1].isnan(), nb[1].isnan())
+    same = torch.equal if slices_keep_their_bits(torch.float64, 3, 10, 8, 600) else functools.partial(
+        torch.allclose, rtol=1e-14, atol=1e-16)  # this BLAS: to float64 rounding only
+    assert same(na[[0, 2]], nb[[0, 2]]) and torch.equal(na[1].isnan(), nb[1].isnan())
     for n in ga:
-        assert torch.equal(ga[n][[0, 2]], gb[n][[0, 2]]), n
+        assert same(ga[n][[0, 2]], gb[n][[0, 2]]), n
         assert torch.equal(ga[n][1].isfinite(), gb[n][1].isfinite()), n

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import TASK  # marked-copy: alphabet 0 1 #, 3 inputs, 4 outputs
+from conftest import TASK, slices_keep_their_bits  # TASK: marked-copy: alphabet 0 1 #, 3 inputs, 4 outputs
 
 from marnn import models
 from marnn.registry import FORMAL_MODELS, PTB_MODELS, UnknownNameError
@@ -243,8 +243,9 @@ def test_ptb_model_nll_equals_logits_then_token_nll(name):
     """``model.nll`` (classifier and loss fused, marnn/kernels/loss.py) against the model's
     logits and ``token_nll``: R = 4 replicas in the four freeze modes, a vocabulary large
     enough for the fused path, carried state, one trainer step (``guarded_step``, SGD with
-    per-replica clipping): the loss and the new state bit for bit, every gradient to
-    float64 rounding, frozen slices untouched, and the same parameters after the step."""
+    per-replica clipping): the new state bit for bit, the loss too where this machine's BLAS
+    gives a replica's product the bits of its batched slice (else to float64 rounding), every
+    gradient to float64 rounding, frozen slices untouched, and the same parameters after the step."""
     from marnn.kernels.loss import fusable
     from marnn.models.freeze import FREEZE_MODES
     from marnn.train.evaluate import token_nll
@@ -285,7 +286,10 @@ def test_ptb_model_nll_equals_logits_then_token_nll(name):
                     assert n not in grads or not grads[n][r].any(), (n, r)
         results.append((nll.detach(), new_state, grads, params))
     (na, sa, ga, pa), (nb, sb, gb, pb) = results
-    assert torch.equal(na, nb)
+    if slices_keep_their_bits(torch.float64, len(modes), x1.numel(), model.classifier.weight.shape[-1], 600):
+        assert torch.equal(na, nb)
+    else:  # this machine's BLAS gives a replica's own product other last bits than its batched slice
+        torch.testing.assert_close(na, nb, rtol=1e-14, atol=0)
     assert torch.equal(sa.h, sb.h) and torch.equal(sa.c, sb.c)
     assert ga.keys() == gb.keys()
     for n in ga:

@@ -29,7 +29,10 @@ trainer's loss (the mean per replica); the backward pass hands them over, or
 runs a replica again for any other upstream gradient. Per replica the same
 kernels on the same rows as ``baddbmm`` + :class:`_BlockedNLL` +
 ``_ReplicaAffine``'s backward: at 1 thread the loss and every gradient equal
-the unfused path bit for bit (``tests/test_loss.py``, ``tests/test_models.py``).
+the unfused path bit for bit (``tests/test_loss.py``, ``tests/test_models.py``) where the
+BLAS gives a replica's own product the bits of its slice of the batched one (MKL on Intel
+CPUs); on an AMD EPYC, MKL's generic kernels differ in the last bit for some shapes, and the
+two paths agree to float rounding (the tests check which holds: ``conftest.slices_keep_their_bits``).
 """
 from __future__ import annotations
 
@@ -202,7 +205,8 @@ def classifier_nll(h: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, tar
     the (R, N, V) logits: ``h`` ``(R, B, T, H)``, ``W`` ``(R, V, H)``, ``b`` ``(R, V)``,
     ``targets`` ``(B, T)`` shared or ``(R, B, T)``; returns ``(R, B, T)``.
 
-    Equal to ``token_nll(baddbmm(b, h, W^T), targets)`` (the values bit for bit, the
+    Equal to ``token_nll(baddbmm(b, h, W^T), targets)`` (the values bit for bit where the BLAS
+    keeps a batched slice's bits (module docstring), else to float rounding; the
     gradients to float rounding; ``tests/test_loss.py``). Fast for the gradient of
     ``nll.mean((1, 2))`` per replica (the PTB trainer's loss), exact for any."""
     R, B, T, H = h.shape
