@@ -54,6 +54,9 @@ Record schema (formal; PTB has ``valid``/``test`` perplexities and no bins)::
                          "repeat-previous_accuracy"}}
     lengths       [{"bin", "length", "strings", "symbols", "accuracy", "cross_entropy",
                     "perplexity", "lower_bound", "ce_diff"}, ...]
+    untrained_lengths  the same rows for the run's model at its initial weights (the
+                  untrained reference of marnn.analysis.stability); absent from records
+                  trained before 2026-12-07, whose references the page computes
     curve         [{"epoch", "lr", "train_cross_entropy", "valid_cross_entropy",
                     "valid_ce_diff", "valid_accuracy", "seconds"}, ...]
     num_parameters, trainable_parameters
@@ -350,6 +353,13 @@ def problems(rec: object, path: str | os.PathLike | None = None) -> str | None:
                 return err
             if row["bin"] not in bins:
                 return f"lengths[{i}].bin {row['bin']!r} is not one of the bins"
+        if "untrained_lengths" in rec:  # optional (records made before it existed lack it)
+            if not isinstance(rec["untrained_lengths"], list):
+                return "untrained_lengths must be a list"
+            for i, row in enumerate(rec["untrained_lengths"]):
+                err = _metrics_problem(f"untrained_lengths[{i}]", row, ("bin", "length", "accuracy", "cross_entropy"))
+                if err:
+                    return err
     else:
         for split in ("valid", "test"):
             err = _metrics_problem(split, rec[split], ("cross_entropy", "perplexity"))

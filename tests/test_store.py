@@ -110,6 +110,8 @@ CORRUPTIONS = {
     "negative count": (lambda r: r["bins"]["bin0"].update(symbols=-1), "integer >= 0"),
     "curve accuracy": (lambda r: r["curve"][0].update(valid_accuracy=2.0), "curve[0]"),
     "length accuracy": (lambda r: r["lengths"][0].update(accuracy=-0.1), "lengths[0]"),
+    "untrained accuracy": (lambda r: r["untrained_lengths"][0].update(accuracy=1.5), "untrained_lengths[0]"),
+    "untrained not a list": (lambda r: r.update(untrained_lengths={"bin0": []}), "untrained_lengths must be a list"),
     "not an object": (lambda r: r.clear(), "config missing"),
     "flag not boolean": (lambda r: r["bins"]["bin0"].update(ceiling_exact="yes"), "true or false"),
 }

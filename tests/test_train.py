@@ -101,6 +101,21 @@ def _cfgs(modes=("none", "m", "c", "cm"), seeds=(0, 1), task="marked-copy", mode
     return [formal_config(task, model, f, s, scale) for f in modes for s in seeds]
 
 
+def test_records_keep_their_untrained_reference():
+    """Every record carries its model's test rows at its initial weights (the stability chapter's reference
+    for Thm 3.4): the freeze modes of one restart share them, and they are what the chapter computes itself."""
+    from marnn.analysis import stability as st
+
+    cfgs = _cfgs(modes=("none", "m"), seeds=(0, 1), task="count-3")
+    recs = {(r["config"]["freeze"], r["config"]["seed"]): r for r in train_formal(cfgs)}
+    rows = {s: recs[("none", s)]["untrained_lengths"] for s in (0, 1)}
+    assert rows[0] == recs[("m", 0)]["untrained_lengths"] and rows[0] != rows[1]
+    assert [r["length"] for r in rows[0]] == [r["length"] for r in recs[("none", 0)]["lengths"]]
+    assert rows[0] != recs[("none", 0)]["lengths"]  # trained and untrained differ
+    assert st.untrained_lengths("count-3", "lstm", "smoke", [0, 1]) == [rows[0], rows[1]]
+    assert st.untrained_losses(list(recs.values()))[("count-3", "lstm", 1)] == rows[1]  # read, not recomputed
+
+
 def _strip(rec):
     return {k: v for k, v in rec.items() if k not in ("env", "created", "wall_time_s", "group")} | {
         "curve": [{k: v for k, v in row.items() if k != "seconds"} for row in rec["curve"]]}
@@ -257,7 +272,9 @@ def test_frozen_parameters_stay_at_init_with_the_real_models():
 
     modes = ("none", "m", "c", "cm")
     recs = train_formal(_cfgs(modes=modes, seeds=(0,), model="jm-10"), build=recording_build)
-    model, init = made[-1][0], made[0][1]  # the final model; the first one's init
+    # the final model (the last with every replica; the trainer then builds the untrained reference, one
+    # replica per restart); the first one's init
+    model, init = [m for m, _ in made if m.replicas == len(modes)][-1], made[0][1]
     masks = model.freeze_masks(list(modes))
     for name, p in model.named_parameters():
         for r, trainable in enumerate(masks[name].tolist()):

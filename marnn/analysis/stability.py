@@ -465,17 +465,23 @@ def untrained_lengths(task: str, model: str, scale: str, seeds: Sequence[int]) -
 def untrained_losses(records: Iterable[dict], models: Iterable[str] | None = None) -> dict[tuple, list[dict]]:
     """``{(task, model, seed): lengths rows}`` of the untrained models behind ``records``.
 
+    A record's own ``untrained_lengths`` (the trainer evaluates each initialisation of a
+    group once, on the same test strings) where it has them; the rest computed here
+    (:func:`untrained_lengths`: records trained before the trainer kept them).
     ``models``: restrict to these model names (None: every model in ``records``).
     """
     from ..train import draw_seed
 
     wanted: dict[tuple[str, str, str], dict[int, int]] = {}  # restart -> the seed its init came from
     keep = None if models is None else set(models)
+    out = {}
     for rec in records:
         c = rec["config"]
         if keep is None or c["model"] in keep:
-            wanted.setdefault((c["task"], c["model"], c["scale"]), {})[int(c["seed"])] = draw_seed(c)
-    out = {}
+            if rec.get("untrained_lengths") is not None:
+                out[(c["task"], c["model"], int(c["seed"]))] = rec["untrained_lengths"]
+            else:
+                wanted.setdefault((c["task"], c["model"], c["scale"]), {})[int(c["seed"])] = draw_seed(c)
     for (task, model, scale), seeds in sorted(wanted.items()):
         restarts = sorted(seeds)
         inits = untrained_lengths(task, model, scale, [seeds[s] for s in restarts])

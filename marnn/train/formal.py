@@ -142,6 +142,12 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
     ranges = dict(zip(scale.bin_names, scale.test_bins, strict=True))
     test = {name: [type(b)(b.length, *to_dev(b)) for b in batches] for name, batches in data.test.items()}
     metrics = evaluate_bins(model, task, test, ranges)
+    # the untrained reference of Thm 3.4 (marnn.analysis.stability): every distinct initialisation of the
+    # group (one per restart; its freeze modes share it), rebuilt from its seed and tested on the same
+    # strings, once here rather than on every build of the page (rns-3-3: O(n^3) per string)
+    inits = sorted(set(seeds))
+    start = build(first.model, task=task.name, replicas=len(inits), seeds=inits, device=device).eval()
+    untrained = dict(zip(inits, (m["lengths"] for m in evaluate_bins(start, task, test, ranges)), strict=True))
     common = group.record_parts()
     records = []
     for r in range(len(configs)):
@@ -156,6 +162,7 @@ def train_formal(configs: list[dict], *, build: Callable | None = None, device=N
             },
             "bins": metrics[r]["bins"],
             "lengths": metrics[r]["lengths"],
+            "untrained_lengths": untrained[seeds[r]],
         }))
     return (records, model) if return_model else records
 
