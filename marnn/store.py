@@ -345,21 +345,16 @@ def problems(rec: object, path: str | os.PathLike | None = None) -> str | None:
                                                        "perplexity"))
             if err:
                 return err
-        if not isinstance(rec["lengths"], list):
-            return "lengths must be a list"
-        for i, row in enumerate(rec["lengths"]):
-            err = _metrics_problem(f"lengths[{i}]", row, ("bin", "length", "accuracy", "cross_entropy"))
-            if err:
-                return err
-            if row["bin"] not in bins:
-                return f"lengths[{i}].bin {row['bin']!r} is not one of the bins"
-        if "untrained_lengths" in rec:  # optional (records made before it existed lack it)
-            if not isinstance(rec["untrained_lengths"], list):
-                return "untrained_lengths must be a list"
-            for i, row in enumerate(rec["untrained_lengths"]):
-                err = _metrics_problem(f"untrained_lengths[{i}]", row, ("bin", "length", "accuracy", "cross_entropy"))
+        # untrained_lengths is optional (records made before the trainer kept it lack it)
+        for field in ("lengths", "untrained_lengths") if "untrained_lengths" in rec else ("lengths",):
+            if not isinstance(rec[field], list):
+                return f"{field} must be a list"
+            for i, row in enumerate(rec[field]):
+                err = _metrics_problem(f"{field}[{i}]", row, ("bin", "length", "accuracy", "cross_entropy"))
                 if err:
                     return err
+                if row["bin"] not in bins:
+                    return f"{field}[{i}].bin {row['bin']!r} is not one of the bins"
     else:
         for split in ("valid", "test"):
             err = _metrics_problem(split, rec[split], ("cross_entropy", "perplexity"))
