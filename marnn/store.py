@@ -56,7 +56,7 @@ Record schema (formal; PTB has ``valid``/``test`` perplexities and no bins)::
                     "perplexity", "lower_bound", "ce_diff"}, ...]
     untrained_lengths  the same rows for the run's model at its initial weights (the
                   untrained reference of marnn.analysis.stability); absent from records
-                  trained before 2026-12-07, whose references the page computes
+                  made before the trainer kept it, whose references the page computes
     curve         [{"epoch", "lr", "train_cross_entropy", "valid_cross_entropy",
                     "valid_ce_diff", "valid_accuracy", "seconds"}, ...]
     num_parameters, trainable_parameters
