@@ -62,9 +62,10 @@ Record schema (formal; PTB has ``valid``/``test`` perplexities and no bins)::
     num_parameters, trainable_parameters
     group         {"replicas", "wall_time_s", "cpu_time_s", "members"}: the batch it trained in
     wall_time_s   the group's wall time divided by its replicas
-    env           {"device", "cpu", "torch_threads", "python", "torch", "numpy",
+    env           {"device", "cpu", "cpu_model", "torch_threads", "python", "torch", "numpy",
                    "pandas", "numba", "marnn", "fused_backend", "git_commit",
-                   "code_modified", ...}
+                   "code_modified", ...} (``cpu_model`` absent in records made before
+                   the trainer kept it)
     created       UTC timestamp
 
 Formal runs trained by the grid also keep their selected (best-on-validation)

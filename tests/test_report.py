@@ -254,3 +254,47 @@ def test_counted_nouns_agree_with_their_number():
     from marnn.pages import counted
 
     assert [counted(n, "language") for n in (0, 1, 7)] == ["0 languages", "1 language", "7 languages"]
+
+
+def test_ptb_twins_read_a_pair_that_is_one_run_by_construction(tmp_path):
+    def rec(model, mode, ppl, replicas, commit, cpu=None):
+        r = fake_ptb(ptb_config(model, mode, 0, "smoke"), ppl + 5, ppl)
+        r["group"]["replicas"] = replicas
+        r["env"]["git_commit"] = commit
+        if cpu:
+            r["env"]["cpu_model"] = cpu
+        store.save_record(r, tmp_path)
+
+    none = report.ptb_twins("smoke", tmp_path)
+    assert none.empty and report.twins_sentence(none) == ""
+    rec("lstm-256", "none", 127.25, 8, "59f67f80d536aaaa", "CPU A")
+    rec("lstm-256", "m", 121.38, 1, "80f1e45b91e4bbbb", "CPU A")
+    rec("jm-hidden-247", "none", 126.88, 2, "80f1e45b91e4bbbb")  # a model with memory: never a twin
+    rec("jm-hidden-247", "m", 126.83, 2, "80f1e45b91e4bbbb")
+    t = report.ptb_twins("smoke", tmp_path)
+    assert len(t) == 1
+    row = t.iloc[0]
+    assert (row["model"], row["a"], row["b"]) == ("lstm-256", "none", "m")  # modes in their order, none first
+    assert row["relative"] == pytest.approx(121.38 / 127.25 - 1)
+    assert (row["replicas_a"], row["replicas_b"]) == (8, 1)
+    assert (row["commit_a"], row["commit_b"]) == ("59f67f80d536", "80f1e45b91e4")
+    text = report.twins_sentence(t, {"jm-hidden-247": 126.83 / 126.88 - 1, "rns-4-5": 148.21 / 137.62 - 1})
+    assert "127.25" in text and "121.38" in text and "4.6% apart" in text
+    assert "(the group size, the code commit)" in text  # the CPU was the same: not named
+    assert "smaller than this (4.6%): jm-hidden-247; larger: rns-4-5" in text
+
+    rec("lstm-256", "m", 127.25, 1, "80f1e45b91e4bbbb", "CPU A")  # the same numbers after all
+    assert "agree (127.25)" in report.twins_sentence(report.ptb_twins("smoke", tmp_path))
+
+
+def test_records_name_the_cpu_model():
+    from marnn.train import cpu_model, environment
+
+    env = environment("cpu")
+    assert env["cpu_model"] == cpu_model()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    assert env["cpu_model"] == (names[0] if names and names[0] else None)

@@ -122,6 +122,20 @@ def code_modified() -> bool | None:
     return None if status is None else bool(status)
 
 
+@lru_cache(maxsize=1)
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux: ``/proc/cpuinfo``), or None where it cannot be read: BLAS
+    libraries pick their kernels by CPU, so the same seed can round differently on another one."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip() or None
+    except OSError:
+        pass
+    return None
+
+
 def environment(device) -> dict:
     """Where and with what a record was computed."""
     import pandas
@@ -133,6 +147,7 @@ def environment(device) -> dict:
     return {
         "device": str(device),
         "cpu": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "torch_threads": torch.get_num_threads(),
         "hostname": platform.node(),
         "python": sys.version.split()[0],
