@@ -236,3 +236,22 @@ def test_the_old_growth_cut_amplified_where_the_restarts_cannot_tell():
     c = precision.growth_claims(frame)
     assert c.loc["all", "verdict"] == "cannot tell at this scale"
     assert "cannot tell" in precision.growth_sentence(c)
+
+
+def test_spread_lengths_keeps_the_ends_and_every_batch_of_a_chosen_length():
+    from marnn.tasks.data import Batch
+
+    def batch(n):
+        return Batch(n, torch.zeros(2, n, dtype=torch.long), torch.zeros(2, n + 1, dtype=torch.long))
+
+    batches = [batch(n) for n in range(201, 401)] + [batch(400)]  # length 400 twice: two batches
+    kept = precision.spread_lengths(batches, 8)
+    lengths = sorted({b.length for b in kept})
+    assert len(lengths) == 8 and lengths[0] == 201 and lengths[-1] == 400
+    assert sum(b.length == 400 for b in kept) == 2
+    assert all(b2 - b1 >= 28 for b1, b2 in zip(lengths, lengths[1:], strict=False))  # evenly spread
+    assert precision.spread_lengths(batches, None) == batches
+    assert precision.spread_lengths(batches, 500) == batches
+    assert [b.length for b in precision.spread_lengths(batches, 1)] == [400, 400]
+    with pytest.raises(ValueError, match="at least 1"):
+        precision.spread_lengths(batches, 0)

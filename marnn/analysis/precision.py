@@ -106,6 +106,11 @@ class PrecisionSettings:
     drift_batch: int = 4  # (b) strings per model
     drift_models: tuple[str, ...] = FORMAL_MODELS
     trained_models: tuple[str, ...] = ("lstm", "jm-10")  # (c)
+    # (c): lengths evaluated per test bin, spread evenly from its shortest to its longest (all the
+    # strings of each); None = every length. Each length is a batch of its own, and a bin of the
+    # paper's (201-400) has 200 lengths: at 20 replicas x 5 formats, every length of the paper's bins
+    # on the generic path takes hours
+    trained_lengths_per_bin: int | None = None
 
 
 SETTINGS: dict[str, PrecisionSettings] = {
@@ -114,9 +119,10 @@ SETTINGS: dict[str, PrecisionSettings] = {
     "quick": PrecisionSettings(depths=(1, 2, 5, 10, 20, 50, 100, 200, 400), rns_depths=(1, 2, 5, 10, 20, 50, 100)),
     # (a) and (b) train nothing: quick's sizes; (c) reads the campaign's kept weights (marnn.coverage)
     "paper-2core": PrecisionSettings(depths=(1, 2, 5, 10, 20, 50, 100, 200, 400),
-                                     rns_depths=(1, 2, 5, 10, 20, 50, 100)),
+                                     rns_depths=(1, 2, 5, 10, 20, 50, 100), trained_lengths_per_bin=8),
     "paper": PrecisionSettings(depths=(1, 2, 5, 10, 20, 50, 100, 200, 400),
-                               rns_depths=(1, 2, 5, 10, 20, 50, 100, 200), trials=8, rns_drift_length=400),
+                               rns_depths=(1, 2, 5, 10, 20, 50, 100, 200), trials=8, rns_drift_length=400,
+                               trained_lengths_per_bin=16),
 }
 
 
@@ -466,6 +472,19 @@ def best_seeds(records: list[dict]) -> dict[str, int]:
     return {mode: rec["config"]["seed"] for (mode,), rec in best_records(records, ("freeze",)).items()}
 
 
+def spread_lengths(batches: list, k: int | None) -> list:
+    """The batches of ``k`` of the lengths in ``batches`` (a test bin), spread evenly from the shortest to
+    the longest, both included; every batch of a chosen length is kept. ``k`` None or at least the
+    number of lengths: all of them."""
+    lengths = sorted({b.length for b in batches})
+    if k is None or k >= len(lengths):
+        return list(batches)
+    if k < 1:
+        raise ValueError(f"trained_lengths_per_bin must be at least 1 (or None for every length), got {k}")
+    pick = {lengths[round(i * (len(lengths) - 1) / (k - 1))] for i in range(k)} if k > 1 else {lengths[-1]}
+    return [b for b in batches if b.length in pick]
+
+
 def trained_precision(task: str, models: Sequence[str], scale: str, dtypes: Sequence[str] = tuple(DTYPES), *,
                       root=None, threads: int | None = None) -> pd.DataFrame:
     """Experiment (c): test metrics of trained replica groups in every dtype, per length.
@@ -474,6 +493,8 @@ def trained_precision(task: str, models: Sequence[str], scale: str, dtypes: Sequ
     weights the grid kept beside its records: every freeze mode and restart of
     the scale); the test set is the fixed one of the scale
     (``make_task_data(task, scale, 0).test``, drawn from the evaluation seed).
+    Where the scale's :class:`PrecisionSettings` sets ``trained_lengths_per_bin``, only that many
+    lengths of each bin (:func:`spread_lengths`, all strings of each) are evaluated.
     Rows per (model, freeze, seed, dtype, bin, length): ``accuracy``,
     ``cross_entropy`` (nats per symbol, computed in float64 from the logits),
     ``agree`` (fraction of symbols whose argmax equals float64's), ``logit_diff``
@@ -487,6 +508,7 @@ def trained_precision(task: str, models: Sequence[str], scale: str, dtypes: Sequ
 
     names = _with_reference(dtypes)
     bins = make_task_data(task, scale, 0).test  # the fixed test set (EVAL_SEED); the data seed does not enter it
+    bins = {k: spread_lengths(v, settings(scale).trained_lengths_per_bin) for k, v in bins.items()}
     rows = []
     for name in models:
         group = trained_group(task, name, scale, root=root, threads=threads)
