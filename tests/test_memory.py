@@ -327,3 +327,17 @@ def test_comparison_words():
     out = memory.comparison(np.array([0.2, -0.1, 0.05]))
     assert out["verdict"] == "cannot tell at this scale" and "3 paired restarts" in out["note"]
     assert memory.comparison(np.array([]))["verdict"] == "no cell applies"
+
+
+def test_distinct_codes_past_a_machine_integer():
+    from marnn.analysis.memory import distinct_codes
+
+    rng = np.random.default_rng(0)
+    short = distinct_codes(np.random.default_rng(1), 3, 8)  # every 3-bit code once
+    assert sorted(short) == list(range(8))
+    long = distinct_codes(rng, 200, 4)  # 2 ** 200 does not fit a C long: drawn bit by bit
+    assert len(set(long)) == 4 and all(0 <= x < 2 ** 200 for x in long)
+    assert max(long).bit_length() > 150  # random bits, not small numbers
+    assert distinct_codes(np.random.default_rng(5), 200, 4) == distinct_codes(np.random.default_rng(5), 200, 4)
+    with pytest.raises(ValueError, match="only 4"):
+        distinct_codes(rng, 2, 5)

@@ -481,6 +481,22 @@ def prefix_window(task: Task | str, length: int, prefix_bits: int) -> tuple[int,
     return start, stop
 
 
+def distinct_codes(rng: np.random.Generator, m: int, c: int) -> list[int]:
+    """``c`` distinct random ``m``-bit codes (Python ints; ``c <= 2 ** m``). Up to 62 bits one draw
+    without replacement; longer codes (the prefixes of the paper's test lengths run to 200 bits, past
+    any machine integer) bit by bit, a repeat drawn again."""
+    if c > 2 ** m:
+        raise ValueError(f"{c} distinct codes of {m} bits asked for; there are only {2 ** m}")
+    if m <= 62:
+        return [int(x) for x in rng.choice(2 ** m, size=c, replace=False)]
+    out: list[int] = []
+    while len(out) < c:
+        code = int("".join(map(str, rng.integers(0, 2, size=m).tolist())), 2)
+        if code not in out:
+            out.append(code)
+    return out
+
+
 def separation(fn: StateFn, task: Task | str, lengths: Iterable[int], classes: int = 4, per_class: int = 8,
                seed: int = 0) -> pd.DataFrame:
     """Between- / within-class distance of point sets, classes = first half of ``w``.
@@ -505,9 +521,8 @@ def separation(fn: StateFn, task: Task | str, lengths: Iterable[int], classes: i
         m = math.ceil(task.free_bits(k) / 2)
         c = min(classes, 2 ** m)  # short words have fewer prefixes than asked for
         rng = _rng(seed, 3, n)
-        codes = rng.choice(2 ** m, size=c, replace=False)
         xs = []
-        for code in codes.tolist():
+        for code in distinct_codes(rng, m, c):
             prefix = [(code >> (m - 1 - i)) & 1 for i in range(m)]
             xs.append(sample_words(task, n, per_class, rng, prefix=prefix)[0])
         x = np.concatenate(xs)  # (classes * per_class, n)
