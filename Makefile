@@ -1,5 +1,6 @@
 # marnn: two commands do everything (see README).
-#   make book   set up .venv, execute the notebooks with papermill, build the Jupyter Book
+#   make book   set up .venv, execute the notebooks with papermill (paper-2core: reads the store, never
+#               trains; BOOK_SCALE=quick for a fast build), build the Jupyter Book
 #   make test   set up .venv, run the whole test suite (unit, nbval, browser)
 #   make lint   ruff check and mypy
 SHELL := /bin/bash
@@ -7,7 +8,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-BOOK_SCALE ?= quick
+BOOK_SCALE ?= paper-2core
 export TQDM_DISABLE ?=
 
 .PHONY: install book notebooks test test-unit test-nbval test-browser bench lint clean

@@ -1,6 +1,6 @@
 """Execute the book's notebooks with papermill.
 
-    python -m marnn.book execute --scale quick --out book/generated [--threads N] [--only NAME ...] [--force]
+    python -m marnn.book execute --scale paper-2core --out book/generated [--threads N] [--only NAME ...] [--force]
     python -m marnn.book set-repository https://github.com/OWNER/NAME
 
 Every notebook in ``notebooks/`` listed in :data:`NOTEBOOKS` runs, in that
