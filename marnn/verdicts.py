@@ -988,3 +988,85 @@ def retention_comparison(df: pd.DataFrame, mode: str = "m", against: str = "none
     keep = ~(np.isnan(a).any(axis=1) | np.isnan(b).any(axis=1))
     keep_cols = np.isfinite(a[keep]).all(axis=0) & np.isfinite(b[keep]).all(axis=0)
     return paired_restarts(a[keep][:, keep_cols], b[keep][:, keep_cols])
+
+
+# ---- pairs that are one run by construction: what their stored runs say ---------------------------
+def ptb_twins(scale: str, root: str | None = None) -> pd.DataFrame:
+    """The stored PTB runs that are the same run by construction (a model without memory, modes
+    none and m or c and cm, the embedding not in the memory group: :func:`identical_by_construction`),
+    one row per pair: model, seed, embedding group, the two modes, their test perplexities, the
+    relative difference (b over a, minus 1), and for each run the replicas of the group it was
+    trained in, the code's commit (12 characters) and the CPU (``env.cpu_model``; absent in
+    records made before the trainer kept it)."""
+    from .registry import EMBEDDING_GROUPS, MODES
+    from .report import ptb_configs
+
+    recs = {}
+    for c in ptb_configs(scale, modes=MODES, embedding_groups=EMBEDDING_GROUPS, root=root):
+        rec = store.load_record(c, root)
+        if rec is not None and rec.get("test"):
+            recs[(c["model"], c["seed"], c["embedding_group"], c["freeze"])] = rec
+    rows = []
+    for (model, seed, group, a), ra in sorted(recs.items()):
+        for pair in SAME_PAIRS:
+            b = next(iter(pair - {a}), None)
+            if a not in pair or b is None or MODES.index(a) > MODES.index(b) \
+                    or not identical_by_construction(model, a, b, group):
+                continue
+            rb = recs.get((model, seed, group, b))
+            if rb is None:
+                continue
+            pa, pb = ra["test"]["perplexity"], rb["test"]["perplexity"]
+            row = dict(model=model, seed=seed, embedding_group=group, a=a, b=b, perplexity_a=pa, perplexity_b=pb,
+                       relative=pb / pa - 1)
+            for side, r in (("a", ra), ("b", rb)):
+                env = r.get("env", {})
+                row[f"replicas_{side}"] = r.get("group", {}).get("replicas")
+                row[f"commit_{side}"] = (env.get("git_commit") or "")[:12] or None
+                row[f"cpu_{side}"] = env.get("cpu_model")
+            rows.append(row)
+    return pd.DataFrame(rows, columns=["model", "seed", "embedding_group", "a", "b", "perplexity_a", "perplexity_b",
+                                       "relative", "replicas_a", "commit_a", "cpu_a", "replicas_b", "commit_b",
+                                       "cpu_b"])
+
+
+_TWIN_CAUSES = {"replicas": "the group size", "commit": "the code commit", "cpu": "the CPU"}
+
+
+def _trained_how(t, side: str) -> str:
+    r, c, cpu = getattr(t, f"replicas_{side}"), getattr(t, f"commit_{side}"), getattr(t, f"cpu_{side}")
+    parts = [f"trained in a group of {r} replica{'s' if r != 1 else ''}" if r else None,
+             f"commit {c}" if c else None, cpu]
+    return ", ".join(p for p in parts if p)
+
+
+def twins_sentence(twins: pd.DataFrame, differences: dict[str, float] | None = None) -> str:
+    """What the pairs of :func:`ptb_twins` say: where the two stored runs of one pair are not
+    the same numbers, how they were trained differently, and (``differences``: model -> relative
+    m-vs-none difference of single runs) which differences fall inside the gap."""
+    out = []
+    for t in twins.itertuples():
+        runs = f"{t.model} (seed {t.seed}, embedding in the {t.embedding_group} group)"
+        if t.perplexity_a == t.perplexity_b:
+            out.append(f"{runs}: modes `{t.a}` and `{t.b}` are the same run by construction, and the stored runs "
+                       f"agree ({t.perplexity_a:.2f}).")
+            continue
+        causes = [v for k, v in _TWIN_CAUSES.items()
+                  if getattr(t, f"{k}_a") is not None and getattr(t, f"{k}_a") != getattr(t, f"{k}_b")]
+        gap = abs(t.relative)
+        out.append(
+            f"{runs}: modes `{t.a}` and `{t.b}` train the same parameters from the same initialisation, learning "
+            f"rate and clipping, so the verdicts leave the pair out. The stored runs are not the same numbers: "
+            f"test perplexity {t.perplexity_a:.2f} (`{t.a}`: {_trained_how(t, 'a')}) and {t.perplexity_b:.2f} "
+            f"(`{t.b}`: {_trained_how(t, 'b')}), {gap:.1%} apart. What differs is how the arithmetic was done"
+            + (f" ({', '.join(causes)})" if causes else "")
+            + ": a group multiplies its replicas in one batch, which some CPUs' BLAS rounds differently from the "
+            "same product alone, and at a learning rate of this size training turns a last-bit difference into "
+            "another run (`scripts/same_seed_groups.py` shows where the two part). This pair measures once how "
+            "far arithmetic alone moves one run of this protocol.")
+        if differences:
+            inside = sorted(m for m, d in differences.items() if abs(d) < gap)
+            outside = sorted(m for m, d in differences.items() if abs(d) >= gap)
+            out.append(f"Single-run differences between modes smaller than this ({gap:.1%}): "
+                       f"{', '.join(inside) or 'none'}; larger: {', '.join(outside) or 'none'}.")
+    return " ".join(out)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from marnn import grid, report, store
+from marnn import grid, report, store, verdicts
 from marnn.registry import UnknownNameError
 from marnn.train import formal_config, ptb_config
 
@@ -265,26 +265,26 @@ def test_ptb_twins_read_a_pair_that_is_one_run_by_construction(tmp_path):
             r["env"]["cpu_model"] = cpu
         store.save_record(r, tmp_path)
 
-    none = report.ptb_twins("smoke", tmp_path)
-    assert none.empty and report.twins_sentence(none) == ""
+    none = verdicts.ptb_twins("smoke", tmp_path)
+    assert none.empty and verdicts.twins_sentence(none) == ""
     rec("lstm-256", "none", 127.25, 8, "59f67f80d536aaaa", "CPU A")
     rec("lstm-256", "m", 121.38, 1, "80f1e45b91e4bbbb", "CPU A")
     rec("jm-hidden-247", "none", 126.88, 2, "80f1e45b91e4bbbb")  # a model with memory: never a twin
     rec("jm-hidden-247", "m", 126.83, 2, "80f1e45b91e4bbbb")
-    t = report.ptb_twins("smoke", tmp_path)
+    t = verdicts.ptb_twins("smoke", tmp_path)
     assert len(t) == 1
     row = t.iloc[0]
     assert (row["model"], row["a"], row["b"]) == ("lstm-256", "none", "m")  # modes in their order, none first
     assert row["relative"] == pytest.approx(121.38 / 127.25 - 1)
     assert (row["replicas_a"], row["replicas_b"]) == (8, 1)
     assert (row["commit_a"], row["commit_b"]) == ("59f67f80d536", "80f1e45b91e4")
-    text = report.twins_sentence(t, {"jm-hidden-247": 126.83 / 126.88 - 1, "rns-4-5": 148.21 / 137.62 - 1})
+    text = verdicts.twins_sentence(t, {"jm-hidden-247": 126.83 / 126.88 - 1, "rns-4-5": 148.21 / 137.62 - 1})
     assert "127.25" in text and "121.38" in text and "4.6% apart" in text
     assert "(the group size, the code commit)" in text  # the CPU was the same: not named
     assert "smaller than this (4.6%): jm-hidden-247; larger: rns-4-5" in text
 
     rec("lstm-256", "m", 127.25, 1, "80f1e45b91e4bbbb", "CPU A")  # the same numbers after all
-    assert "agree (127.25)" in report.twins_sentence(report.ptb_twins("smoke", tmp_path))
+    assert "agree (127.25)" in verdicts.twins_sentence(verdicts.ptb_twins("smoke", tmp_path))
 
 
 def test_records_name_the_cpu_model():
